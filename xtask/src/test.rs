@@ -1,0 +1,102 @@
+//! `cargo xtask test`: unit tests, then the root-only integration tests, with a summary.
+//!
+//! Every step runs even when an earlier one failed, so one CI run reports all failures;
+//! the command exits non-zero if any step failed.
+
+use std::{env, process::Command, time::Instant};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    exec::{cmd, ensure_root, exec},
+    setup::{self, Scope},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Passed to the integration-test binaries after `--test-threads=1`, e.g. a name filter.
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+struct Step {
+    name: &'static str,
+    ok: bool,
+    secs: f64,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    ensure_root("test")?;
+    let start = Instant::now();
+    setup::ensure(Scope::All, false)?;
+    let mut steps = vec![Step {
+        name: "setup",
+        ok: true,
+        secs: start.elapsed().as_secs_f64(),
+    }];
+
+    let mut integration = cargo_test(&["--package", "mptcp-tests", "--release"]);
+    integration
+        .args(["--", "--test-threads=1"])
+        .args(&args.test_args);
+    if is_ci() && env::var_os("MPTCP_TESTS_REQUIRE_BPF").is_none() {
+        // In CI a skipped kernel test is a failure: the machine is known to support them.
+        integration.env("MPTCP_TESTS_REQUIRE_BPF", "1");
+    }
+    let commands = [
+        (
+            "unit tests: mptcp-common",
+            cargo_test(&["--package", "mptcp-common"]),
+        ),
+        (
+            "unit tests: mptcp-loader",
+            cargo_test(&["--package", "mptcp-loader"]),
+        ),
+        ("integration tests: mptcp-tests", integration),
+    ];
+    for (name, mut command) in commands {
+        let start = Instant::now();
+        let result = exec(&mut command);
+        if let Err(err) = &result {
+            eprintln!("xtask test: step `{name}` FAILED: {err:#}");
+        }
+        steps.push(Step {
+            name,
+            ok: result.is_ok(),
+            secs: start.elapsed().as_secs_f64(),
+        });
+    }
+
+    print_summary(&steps);
+    let failed: Vec<&str> = steps.iter().filter(|s| !s.ok).map(|s| s.name).collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} steps failed: {}",
+            failed.len(),
+            steps.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn cargo_test(args: &[&str]) -> Command {
+    let mut command = cmd("cargo");
+    command.arg("test").args(args);
+    command
+}
+
+/// CI sets `CI=true`; treat any value but empty, `0` and `false` as set.
+fn is_ci() -> bool {
+    env::var("CI").is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"))
+}
+
+fn print_summary(steps: &[Step]) {
+    println!();
+    println!("xtask test summary:");
+    println!("  {:<32} {:<7} {:>8}", "step", "result", "seconds");
+    for step in steps {
+        let result = if step.ok { "ok" } else { "FAILED" };
+        println!("  {:<32} {:<7} {:>8.1}", step.name, result, step.secs);
+    }
+}

@@ -1,0 +1,261 @@
+//! `mptcp-loader stats`: reads the counters pinned by the `run` of this network namespace.
+//!
+//! `--json` prints one object: every counter name -> number, in `Counter::ALL` order, plus
+//! `"install_latency_us": {count, min, median, p99, max}` once the run has installed a
+//! connection's midstates. The table shows the same.
+
+use std::{
+    borrow::Borrow,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
+use mptcp_common::{counters::Counter, maps::MAP_COUNTERS};
+
+use crate::{
+    errors::LoaderError,
+    latency::LatencySummary,
+    pins::{self, PIN_INSTALL_LATENCY},
+};
+
+/// Key of the latency summary in `stats --json`.
+pub const JSON_LATENCY_KEY: &str = "install_latency_us";
+
+/// Every counter summed over CPUs (wrapping, like the per-CPU u64s), in `Counter::ALL` order.
+/// Counters beyond the map's length (an older object) are left out.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn sum_counters<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> Result<Vec<(&'static str, u64)>, MapError> {
+    let len = map.len();
+    Counter::ALL
+        .iter()
+        .filter(|c| (**c as u32) < len)
+        .map(|&c| {
+            let per_cpu = map.get(&(c as u32), 0)?;
+            Ok((
+                c.name(),
+                per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
+            ))
+        })
+        .collect()
+}
+
+/// What `stats` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsReport {
+    /// Counter name and value, in `Counter::ALL` order.
+    pub counters: Vec<(&'static str, u64)>,
+    /// The run's install-latency summary, if it has installed anything.
+    pub install_latency: Option<LatencySummary>,
+    /// Whether a live run holds the pin directory (`false`: pins left behind by a dead run).
+    pub live: bool,
+}
+
+/// Where the pins of `pin_dir` can be reached from here: `pin_dir` itself, or the same directory
+/// in the mount namespace of another process of this network namespace (see
+/// [`pins::find_in_other_mount_namespaces`]).
+///
+/// # Errors
+/// [`LoaderError::NoActiveRun`] when there are no pins.
+pub fn locate_pins(pin_dir: &Path) -> Result<PathBuf, LoaderError> {
+    if pin_dir.join(MAP_COUNTERS).exists() {
+        return Ok(pin_dir.to_path_buf());
+    }
+    pins::find_in_other_mount_namespaces(pin_dir, MAP_COUNTERS).ok_or_else(|| {
+        LoaderError::NoActiveRun {
+            pin_dir: pin_dir.to_path_buf(),
+        }
+    })
+}
+
+fn open_pin(path: &Path) -> Result<Map, LoaderError> {
+    let open_error = |source| LoaderError::OpenPin {
+        path: path.to_path_buf(),
+        source,
+    };
+    let data = MapData::from_pin(path).map_err(open_error)?;
+    Map::from_map_data(data).map_err(open_error)
+}
+
+/// Reads the pinned counters of `pin_dir` (as located by [`locate_pins`]), summed over CPUs.
+///
+/// # Errors
+/// [`LoaderError::NoActiveRun`] without pins; map errors otherwise.
+pub fn read_counters(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, LoaderError> {
+    let dir = locate_pins(pin_dir)?;
+    read_counters_at(&dir)
+}
+
+fn read_counters_at(dir: &Path) -> Result<Vec<(&'static str, u64)>, LoaderError> {
+    let path = dir.join(MAP_COUNTERS);
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(open_pin(&path)?).map_err(|source| LoaderError::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+    sum_counters(&counters).map_err(LoaderError::map(MAP_COUNTERS))
+}
+
+/// Reads the pinned install-latency summary, `None` when the run has not published one yet.
+///
+/// # Errors
+/// When the pin exists but cannot be read.
+pub fn read_install_latency(dir: &Path) -> Result<Option<LatencySummary>, LoaderError> {
+    let path = dir.join(PIN_INSTALL_LATENCY);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map: Array<_, LatencySummary> =
+        Array::try_from(open_pin(&path)?).map_err(|source| LoaderError::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+    let summary = map
+        .get(&0, 0)
+        .map_err(|source| LoaderError::OpenPin { path, source })?;
+    Ok((summary.count > 0).then_some(summary))
+}
+
+/// Everything `stats` shows for `pin_dir`.
+///
+/// # Errors
+/// See [`read_counters`].
+pub fn read_report(pin_dir: &Path) -> Result<StatsReport, LoaderError> {
+    let dir = locate_pins(pin_dir)?;
+    Ok(StatsReport {
+        counters: read_counters_at(&dir)?,
+        install_latency: read_install_latency(&dir)?,
+        live: pins::lock_owner(&dir).is_some(),
+    })
+}
+
+/// The `--json` output: one object, no trailing text.
+#[must_use]
+pub fn format_json(report: &StatsReport) -> String {
+    let mut object = serde_json::Map::new();
+    for (name, value) in &report.counters {
+        object.insert((*name).to_owned(), (*value).into());
+    }
+    if let Some(latency) = &report.install_latency {
+        object.insert(JSON_LATENCY_KEY.to_owned(), latency.to_json());
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+/// The table output: one `name value` line per counter, then the latency line if any.
+#[must_use]
+pub fn format_table(report: &StatsReport) -> String {
+    let width = report
+        .counters
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0)
+        .max("counter".len());
+    let mut out = format!("{:<width$}  {:>12}\n", "counter", "value");
+    for (name, value) in &report.counters {
+        let _ = writeln!(out, "{name:<width$}  {value:>12}");
+    }
+    if let Some(latency) = &report.install_latency {
+        let _ = writeln!(out, "\n{}", latency.line());
+    }
+    out
+}
+
+/// One line with the total and every non-zero counter, for the end of a run.
+#[must_use]
+pub fn format_summary_line(counters: &[(&'static str, u64)]) -> String {
+    let packets: u64 = Counter::ALL
+        .iter()
+        .filter(|c| c.is_packet_reason())
+        .filter_map(|c| counters.iter().find(|(n, _)| *n == c.name()))
+        .map(|(_, v)| *v)
+        .sum();
+    let mut line = format!("final counters: packets={packets}");
+    for (name, value) in counters.iter().filter(|(_, v)| *v != 0) {
+        let _ = write!(line, " {name}={value}");
+    }
+    if counters.iter().any(|(_, v)| *v == 0) {
+        line.push_str(" (others 0)");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(latency: Option<LatencySummary>) -> StatsReport {
+        StatsReport {
+            counters: Counter::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name(), i as u64))
+                .collect(),
+            install_latency: latency,
+            live: true,
+        }
+    }
+
+    #[test]
+    fn json_is_one_object_in_counter_order() {
+        let text = format_json(&report(None));
+        assert!(!text.contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let object = value.as_object().unwrap();
+        assert_eq!(object.len(), Counter::ALL.len());
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        let names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(keys, names);
+        assert_eq!(object["not_tcp"], 0);
+        assert_eq!(object["tcp_no_mptcp"], 4);
+    }
+
+    #[test]
+    fn json_and_table_carry_the_latency() {
+        let lat = LatencySummary {
+            count: 2,
+            min_us: 10,
+            median_us: 10,
+            p99_us: 30,
+            max_us: 30,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&format_json(&report(Some(lat)))).unwrap();
+        assert_eq!(value[JSON_LATENCY_KEY]["p99"], 30);
+        let table = format_table(&report(Some(lat)));
+        assert!(table.contains("install latency: 2 connections"));
+        assert!(table
+            .lines()
+            .any(|l| l.starts_with("not_tcp") && l.ends_with(" 0")));
+    }
+
+    #[test]
+    fn summary_line_counts_packets_only() {
+        let counters = vec![
+            ("not_tcp", 5),
+            ("tcp_no_mptcp", 2),
+            ("aux_key_event_lost", 7),
+            ("malformed", 0),
+        ];
+        assert_eq!(
+            format_summary_line(&counters),
+            "final counters: packets=7 not_tcp=5 tcp_no_mptcp=2 aux_key_event_lost=7 (others 0)"
+        );
+    }
+
+    #[test]
+    fn no_pins_means_no_active_run() {
+        let dir = Path::new("/nonexistent/mptcp-fw/netns-1");
+        let err = read_report(dir).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no mptcp-loader run is active in this network namespace (no pins under \
+             /nonexistent/mptcp-fw/netns-1); start `mptcp-loader run --iface IF`"
+        );
+    }
+}

@@ -6,6 +6,8 @@ use crate::hmac::Midstate;
 
 /// Name of the XDP ingress program in the eBPF object.
 pub const PROG_XDP_INGRESS: &str = "mptcp_xdp_ingress";
+/// Name of a trivial XDP program that only returns XDP_PASS: the benchmark baseline.
+pub const PROG_XDP_PASS_BASELINE: &str = "xdp_pass_baseline";
 /// Connection state, keyed by connection id ([`ConnState`]).
 pub const MAP_CONNS: &str = "MPTCP_CONNS";
 /// Subflow 4-tuple -> connection id ([`FlowKey`] -> [`FlowRef`]).
@@ -13,11 +15,15 @@ pub const MAP_FLOWS: &str = "MPTCP_FLOWS";
 /// Per-CPU counters indexed by [`crate::counters::Counter`].
 pub const MAP_COUNTERS: &str = "MPTCP_COUNTERS";
 /// Ring buffer of [`KeyEvent`]s for the loader.
-pub const MAP_KEY_EVENTS: &str = "MPTCP_KEY_EVENTS";
+pub const MAP_KEY_EVENTS: &str = "MPTCP_KEYEVENTS";
 /// One-entry array holding the [`Config`] written by the loader.
 pub const MAP_CONFIG: &str = "MPTCP_CONFIG";
 /// Per-CPU scratch space used to build a [`ConnState`] off the 512-byte BPF stack.
 pub const MAP_SCRATCH: &str = "MPTCP_SCRATCH";
+/// Per-CPU option-walk state of the XDP program ([`crate::packet::WalkState`]).
+pub const MAP_WALK: &str = "MPTCP_WALK";
+/// Per-CPU HMAC work of the XDP program for the current frame ([`HmacJobs`]).
+pub const MAP_HMAC_JOBS: &str = "MPTCP_HMAC_JOBS";
 /// Every map the loader pins, in a fixed order.
 pub const PINNED_MAPS: [&str; 5] = [MAP_CONNS, MAP_FLOWS, MAP_COUNTERS, MAP_KEY_EVENTS, MAP_CONFIG];
 
@@ -159,6 +165,49 @@ pub struct Config {
     pub pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+/// One HMAC check the XDP program has prepared for the current frame. The checks run last, from
+/// one place, on data in this per-CPU map value: every path of the parser then reaches the
+/// SHA-256 code in the same verifier state, so that code is verified a few times, not once per
+/// path (which exceeds the verifier's instruction budget).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HmacJob {
+    /// The sender's midstates (valid unless `need_midstate`).
+    pub mid: Midstate,
+    /// The message's final inner block.
+    pub block: crate::sha256::Block,
+    /// Sender's key, to compute `mid` when `need_midstate` is set.
+    pub key_sender: [u8; 8],
+    /// Receiver's key, idem.
+    pub key_receiver: [u8; 8],
+    /// Connection whose `mid[role]` is filled in when the job computes it.
+    pub conn_id: u64,
+    /// The truncated HMAC the segment carries.
+    pub expected: [u8; 8],
+    /// Non-zero when this job is to be run.
+    pub active: u8,
+    /// Non-zero when the loader has not installed the sender's midstates yet.
+    pub need_midstate: u8,
+    /// Sender's role ([`ROLE_A`] / [`ROLE_B`]).
+    pub role: u8,
+    /// Always zero.
+    pub pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<HmacJob>() == 168);
+
+/// Value of [`MAP_HMAC_JOBS`]: the checks of one frame (at most two ADD_ADDRs fit one segment)
+/// and the frame's reason so far, kept here so that it is not a verifier-tracked register.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HmacJobs {
+    /// The prepared checks.
+    pub jobs: [HmacJob; crate::packet::MAX_ADD_ADDRS],
+    /// [`crate::counters::Counter`] code of the frame before the checks run.
+    pub reason: u32,
+    /// Always zero.
+    pub pad: u32,
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -323,19 +323,43 @@ fn walk_step<P: PacketView + ?Sized>(
     Step::Next(off + usize::from(len))
 }
 
+/// Option-walk state. The XDP program keeps it in a per-CPU map value instead of on the stack:
+/// the verifier does not track map memory precisely, so every path through one walk step
+/// reaches the next step in the same abstract state and is pruned there. Kept on the stack,
+/// each combination of offsets and findings is verified separately and the program exceeds
+/// the verifier's budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WalkState {
+    /// The segment whose options are walked.
+    pub seg: TcpSegment,
+    /// Offset of the next option byte.
+    pub off: usize,
+    /// What was found so far.
+    pub found: MptcpOptions,
+}
+
 /// Walks the TCP options of `seg` (at most [`MAX_TCP_OPT_STEPS`] steps) and collects every
 /// MPTCP option the validator acts on. Stops at EOL, at the header end, or at a bad length.
 #[inline(always)]
 pub fn walk_options<P: PacketView + ?Sized>(p: &P, seg: &TcpSegment) -> MptcpOptions {
-    let mut out = MptcpOptions::default();
-    let mut off = seg.opts_start;
+    let mut state = WalkState { seg: *seg, ..WalkState::default() };
+    walk_options_in(p, &mut state);
+    state.found
+}
+
+/// [`walk_options`] over `state.seg` with caller-provided state; the result is in `state.found`.
+#[inline(always)]
+pub fn walk_options_in<P: PacketView + ?Sized>(p: &P, state: &mut WalkState) {
+    state.off = state.seg.opts_start;
+    state.found = MptcpOptions::default();
     for _ in 0..MAX_TCP_OPT_STEPS {
-        match walk_step(p, seg, off, &mut out) {
-            Step::Next(n) => off = n,
+        // Make the compiler reload the state from memory each step (see WalkState).
+        let st = core::hint::black_box(&mut *state);
+        match walk_step(p, &st.seg, st.off, &mut st.found) {
+            Step::Next(n) => st.off = n,
             Step::Done => break,
         }
     }
-    out
 }
 
 /// The fields of an E=0 ADD_ADDR needed for its HMAC check.

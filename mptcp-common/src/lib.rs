@@ -9,8 +9,11 @@ pub mod packet;
 pub mod sha256;
 pub mod validate;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 extern crate std;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 #[cfg(test)]
 mod packet_tests;

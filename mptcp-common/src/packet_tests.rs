@@ -5,72 +5,9 @@ use crate::counters::Counter;
 use crate::hmac::midstate;
 use crate::maps::{FlowKey, FAMILY_V4, FAMILY_V6};
 use crate::packet::*;
+use crate::testing::Frame;
 use crate::validate::add_addr_hmac_ok;
 use std::collections::HashMap;
-use std::vec::Vec;
-
-/// Builds Ethernet / [VLAN] / IP / TCP frames with raw option bytes.
-struct Frame {
-    vlans: Vec<u16>,
-    v6: bool,
-    ip_opts: Vec<u8>,
-    v6_ext: Vec<(u8, Vec<u8>)>,
-    tcp_opts: Vec<u8>,
-    flags: u8,
-}
-
-impl Frame {
-    fn v4(opts: &[u8]) -> Self {
-        Frame { vlans: Vec::new(), v6: false, ip_opts: Vec::new(), v6_ext: Vec::new(), tcp_opts: opts.to_vec(), flags: TCP_ACK }
-    }
-    fn v6(opts: &[u8]) -> Self {
-        Frame { v6: true, ..Frame::v4(opts) }
-    }
-    fn bytes(&self) -> Vec<u8> {
-        let mut f = std::vec![0u8; 12];
-        for _ in &self.vlans {
-            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
-            f.extend_from_slice(&[0, 7]);
-        }
-        let mut tcp = std::vec![0x9c, 0x40, 0x27, 0x10, 0, 0, 0, 1, 0, 0, 0, 1];
-        let mut opts = self.tcp_opts.clone();
-        while opts.len() % 4 != 0 {
-            opts.push(TCPOPT_NOP);
-        }
-        tcp.push((((20 + opts.len()) / 4) as u8) << 4);
-        tcp.extend_from_slice(&[self.flags, 0xff, 0xff, 0, 0, 0, 0]);
-        tcp.extend_from_slice(&opts);
-        if self.v6 {
-            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
-            let first = self.v6_ext.first().map_or(IPPROTO_TCP, |e| e.0);
-            let mut ext = Vec::new();
-            for (i, (_, body)) in self.v6_ext.iter().enumerate() {
-                let next = self.v6_ext.get(i + 1).map_or(IPPROTO_TCP, |e| e.0);
-                ext.push(next);
-                ext.push(((body.len() + 2) / 8 - 1) as u8);
-                ext.extend_from_slice(body);
-            }
-            let plen = (ext.len() + tcp.len()) as u16;
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&plen.to_be_bytes());
-            f.extend_from_slice(&[first, 64]);
-            f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-            f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-            f.extend_from_slice(&ext);
-        } else {
-            f.extend_from_slice(&ETH_P_IP.to_be_bytes());
-            let ihl = (20 + self.ip_opts.len()) / 4;
-            let total = (ihl * 4 + tcp.len()) as u16;
-            f.push(0x40 | ihl as u8);
-            f.push(0);
-            f.extend_from_slice(&total.to_be_bytes());
-            f.extend_from_slice(&[0, 0, 0x40, 0, 64, IPPROTO_TCP, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2]);
-            f.extend_from_slice(&self.ip_opts);
-        }
-        f.extend_from_slice(&tcp);
-        f
-    }
-}
 
 const ADD_ADDR_V4: [u8; 16] = [30, 16, 0x30, 1, 198, 18, 9, 9, 1, 2, 3, 4, 5, 6, 7, 8];
 const ECHO_V4: [u8; 8] = [30, 8, 0x31, 1, 198, 18, 9, 9];
@@ -187,26 +124,11 @@ fn capable_rules() {
     assert_eq!((ks, kr), ([1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]));
 }
 
-/// Frames of a classic pcap with Ethernet link type.
-pub(crate) fn pcap_frames(path: &str) -> Vec<Vec<u8>> {
-    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    assert_eq!(&data[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian microsecond pcap");
-    assert_eq!(u32::from_le_bytes(data[20..24].try_into().unwrap()), 1, "Ethernet link type");
-    let mut frames = Vec::new();
-    let mut off = 24;
-    while off + 16 <= data.len() {
-        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
-        frames.push(data[off + 16..off + 16 + incl].to_vec());
-        off += 16 + incl;
-    }
-    frames
-}
-
 /// Replays a capture: learns keys from MP_CAPABLE, checks every ADD_ADDR. Returns (valid, invalid, unknown).
 fn replay(path: &str, flip: bool) -> (usize, usize, usize, HashMap<FlowKey, ([u8; 8], [u8; 8])>) {
     let mut conns: HashMap<FlowKey, ([u8; 8], [u8; 8])> = HashMap::new();
     let (mut valid, mut invalid, mut unknown) = (0, 0, 0);
-    for mut f in pcap_frames(path) {
+    for mut f in crate::testing::pcap_frames(path) {
         let Ok((seg, o)) = parse(&f) else { continue };
         if let Some(c) = o.capable_keys {
             let keys = read_capable_keys(f.as_slice(), c).unwrap();
@@ -232,18 +154,17 @@ fn replay(path: &str, flip: bool) -> (usize, usize, usize, HashMap<FlowKey, ([u8
     (valid, invalid, unknown, conns)
 }
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
 
 #[test]
 fn linux_captures_validate() {
-    let mixed = std::format!("{FIXTURES}/linux-6.18-mptcp-mixed.pcap");
+    let mixed = crate::testing::fixture("linux-6.18-mptcp-mixed.pcap");
     let (valid, invalid, unknown, conns) = replay(&mixed, false);
     assert_eq!((valid, invalid, unknown), (14, 0, 0));
     let key_a = [0xfd, 0xcf, 0x3c, 0x40, 0xbd, 0x10, 0x4a, 0x60];
     assert!(conns.values().any(|k| k.0 == key_a));
     assert_eq!(replay(&mixed, true).1, 14);
     // The second capture has no ADD_ADDR; its keys (checksum connection: MPC of 24 bytes) are learned.
-    let other = std::format!("{FIXTURES}/linux-6.18-mptcp-v6-backup-csum.pcap");
+    let other = crate::testing::fixture("linux-6.18-mptcp-v6-backup-csum.pcap");
     let (_, _, _, conns) = replay(&other, false);
     let key_a = [0x53, 0x9a, 0x02, 0x90, 0x2a, 0x56, 0x1f, 0x75];
     assert!(conns.values().any(|k| k.0 == key_a && k.1 == [0xe1, 0xb7, 0x28, 0x21, 0x36, 0x96, 0x12, 0x35]));

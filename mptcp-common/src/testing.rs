@@ -1,0 +1,166 @@
+//! Test support shared by the host tests and the BPF_PROG_TEST_RUN tests (feature `testing`):
+//! a frame builder that writes raw TCP options, and a reader for the fixture captures.
+
+use crate::packet::{
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCPOPT_NOP, TCP_ACK,
+};
+use std::string::String;
+use std::vec::Vec;
+
+/// Builds Ethernet / [VLAN] / IPv4 or IPv6 / TCP frames with raw option bytes.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// VLAN tags, outermost first (written as 802.1Q).
+    pub vlans: Vec<u16>,
+    /// IPv6 instead of IPv4.
+    pub v6: bool,
+    /// Source and destination address (IPv4 uses the first 4 bytes).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source and destination TCP ports.
+    pub ports: (u16, u16),
+    /// IPv4 options (padded by the caller to a multiple of 4).
+    pub ip_opts: Vec<u8>,
+    /// IPv6 extension headers: (next-header value naming this header, body after the 2-byte head).
+    pub v6_ext: Vec<(u8, Vec<u8>)>,
+    /// TCP options; NOP-padded to a multiple of 4.
+    pub tcp_opts: Vec<u8>,
+    /// TCP flags.
+    pub flags: u8,
+    /// TCP payload.
+    pub payload: Vec<u8>,
+}
+
+fn addr4(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&a);
+    out
+}
+
+impl Frame {
+    /// IPv4 198.18.0.1:40000 -> 198.18.0.2:10000, ACK, with these options.
+    #[must_use]
+    pub fn v4(opts: &[u8]) -> Self {
+        Frame {
+            vlans: Vec::new(),
+            v6: false,
+            src: addr4([198, 18, 0, 1]),
+            dst: addr4([198, 18, 0, 2]),
+            ports: (40000, 10000),
+            ip_opts: Vec::new(),
+            v6_ext: Vec::new(),
+            tcp_opts: opts.to_vec(),
+            flags: TCP_ACK,
+            payload: Vec::new(),
+        }
+    }
+
+    /// IPv6 [2001:db8::1]:40000 -> [2001:db8::2]:10000, ACK, with these options.
+    #[must_use]
+    pub fn v6(opts: &[u8]) -> Self {
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        let mut dst = src;
+        src[15] = 1;
+        dst[15] = 2;
+        Frame { v6: true, src, dst, ..Frame::v4(opts) }
+    }
+
+    /// The same frame in the other direction.
+    #[must_use]
+    pub fn reversed(&self, opts: &[u8]) -> Self {
+        Frame {
+            src: self.dst,
+            dst: self.src,
+            ports: (self.ports.1, self.ports.0),
+            tcp_opts: opts.to_vec(),
+            ..self.clone()
+        }
+    }
+
+    /// With other TCP options.
+    #[must_use]
+    pub fn with_opts(&self, opts: &[u8]) -> Self {
+        Frame { tcp_opts: opts.to_vec(), ..self.clone() }
+    }
+
+    /// The frame's bytes (checksums are left zero: the XDP program does not read them).
+    #[must_use]
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut f = std::vec![0u8; 12];
+        for tag in &self.vlans {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&tag.to_be_bytes());
+        }
+        let mut tcp = Vec::new();
+        tcp.extend_from_slice(&self.ports.0.to_be_bytes());
+        tcp.extend_from_slice(&self.ports.1.to_be_bytes());
+        tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        let mut opts = self.tcp_opts.clone();
+        while opts.len() % 4 != 0 {
+            opts.push(TCPOPT_NOP);
+        }
+        let doff = u8::try_from((20 + opts.len()) / 4).expect("TCP options too long");
+        tcp.push(doff << 4);
+        tcp.extend_from_slice(&[self.flags, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend_from_slice(&opts);
+        tcp.extend_from_slice(&self.payload);
+        if self.v6 {
+            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            let first = self.v6_ext.first().map_or(IPPROTO_TCP, |e| e.0);
+            let mut ext = Vec::new();
+            for (i, (_, body)) in self.v6_ext.iter().enumerate() {
+                let next = self.v6_ext.get(i + 1).map_or(IPPROTO_TCP, |e| e.0);
+                ext.push(next);
+                ext.push(u8::try_from((body.len() + 2) / 8 - 1).expect("extension too long"));
+                ext.extend_from_slice(body);
+            }
+            let plen = u16::try_from(ext.len() + tcp.len()).expect("frame too long");
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&plen.to_be_bytes());
+            f.extend_from_slice(&[first, 64]);
+            f.extend_from_slice(&self.src);
+            f.extend_from_slice(&self.dst);
+            f.extend_from_slice(&ext);
+        } else {
+            f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+            let ihl = (20 + self.ip_opts.len()) / 4;
+            let total = u16::try_from(ihl * 4 + tcp.len()).expect("frame too long");
+            f.push(0x40 | u8::try_from(ihl).expect("IP options too long"));
+            f.push(0);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0x40, 0, 64, IPPROTO_TCP, 0, 0]);
+            f.extend_from_slice(&self.src[..4]);
+            f.extend_from_slice(&self.dst[..4]);
+            f.extend_from_slice(&self.ip_opts);
+        }
+        f.extend_from_slice(&tcp);
+        f
+    }
+}
+
+/// Path of a capture in `../shared/fixtures` (next to the repository).
+#[must_use]
+pub fn fixture(name: &str) -> String {
+    std::format!("{}/../../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Frames of a classic little-endian pcap with Ethernet link type.
+///
+/// # Panics
+/// If the file cannot be read or is not such a pcap.
+#[must_use]
+pub fn pcap_frames(path: &str) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(&data[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "{path}: not a little-endian microsecond pcap");
+    assert_eq!(u32::from_le_bytes(data[20..24].try_into().unwrap()), 1, "{path}: not Ethernet");
+    let mut frames = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
+        frames.push(data[off + 16..off + 16 + incl].to_vec());
+        off += 16 + incl;
+    }
+    frames
+}

@@ -102,6 +102,16 @@ pub enum LoaderError {
         source: ProgramError,
     },
 
+    /// The interface already runs an XDP program (ours from another run, or someone else's).
+    #[error(
+        "{iface} already has an XDP program attached: see `ip link show {iface}`; stop the \
+         mptcp-loader run that owns it, or remove it with `ip link set {iface} xdp off`"
+    )]
+    XdpAlreadyAttached {
+        /// Interface name.
+        iface: String,
+    },
+
     /// Reading or writing a map failed.
     #[error("map `{map}`: {source}")]
     Map {

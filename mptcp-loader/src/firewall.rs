@@ -203,6 +203,13 @@ impl Firewall {
                     return Ok(mode);
                 }
                 Err(source) => {
+                    if let Some(errno @ (libc::EEXIST | libc::EBUSY)) = attach_errno(&source) {
+                        // Not a driver limitation: falling back to another mode would fail too.
+                        log::debug!("attaching XDP to {iface} failed (errno {errno}): {source}");
+                        return Err(LoaderError::XdpAlreadyAttached {
+                            iface: iface.to_owned(),
+                        });
+                    }
                     log::debug!(
                         "attaching XDP to {iface} in {} mode failed: {source}",
                         mode.short()
@@ -302,6 +309,17 @@ impl Firewall {
             .take_map(MAP_CONNS)
             .ok_or(missing_map(MAP_CONNS))?;
         HashMap::try_from(map).map_err(LoaderError::map(MAP_CONNS))
+    }
+}
+
+/// The OS error behind a failed attach (link create or netlink), if there is one.
+fn attach_errno(error: &ProgramError) -> Option<i32> {
+    match error {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        ProgramError::XdpError(aya::programs::xdp::XdpError::NetlinkError(e))
+        | ProgramError::NetlinkError(e) => e.raw_os_error(),
+        ProgramError::IOError(e) => e.raw_os_error(),
+        _ => None,
     }
 }
 

@@ -138,6 +138,12 @@ impl PinDir {
     /// # Errors
     /// [`LoaderError::AnotherRunActive`] when a live process holds it; I/O errors otherwise.
     pub fn claim(path: &Path) -> Result<Self, LoaderError> {
+        if let Some(pid) = live_owner_elsewhere(path) {
+            return Err(LoaderError::AnotherRunActive {
+                pin_dir: path.to_path_buf(),
+                owner: format!("pid {pid}, in another mount namespace"),
+            });
+        }
         // A few rounds: the previous owner may remove the directory while we open it.
         for _ in 0..3 {
             if let Some(parent) = path.parent() {
@@ -244,30 +250,55 @@ impl Drop for PinDir {
     }
 }
 
-/// Finds `pin_dir` as seen by another process of this network namespace that lives in another
-/// mount namespace (`ip netns exec` gives every command a fresh /sys, so a bpffs mounted by the
-/// `run` there is invisible to a later `ip netns exec ... stats`). Returns a
-/// `/proc/<pid>/root/...` path that reaches it.
+/// `pin_dir` as seen by the other processes of this network namespace that live in other mount
+/// namespaces, as `/proc/<pid>/root/...` paths, where such a directory exists there.
+///
+/// `ip netns exec` gives every command a fresh /sys, so a bpffs mounted for a `run` there is
+/// invisible to a later `ip netns exec ... stats` (or to a second `run`); this finds it anyway.
 #[must_use]
-pub fn find_in_other_mount_namespaces(pin_dir: &Path, marker: &str) -> Option<PathBuf> {
+pub fn views_from_other_mount_namespaces(pin_dir: &Path) -> Vec<PathBuf> {
     let ns_inode = |pid: &str, ns: &str| {
         fs::metadata(format!("/proc/{pid}/ns/{ns}"))
             .ok()
             .map(|m| m.ino())
     };
-    let (our_net, our_mnt) = (ns_inode("self", "net")?, ns_inode("self", "mnt")?);
-    let relative = pin_dir.strip_prefix("/").ok()?;
-    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().into_string().ok()?;
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+    let (Some(our_net), Some(our_mnt), Ok(relative), Ok(procs)) = (
+        ns_inode("self", "net"),
+        ns_inode("self", "mnt"),
+        pin_dir.strip_prefix("/"),
+        fs::read_dir("/proc"),
+    ) else {
+        return Vec::new();
+    };
+    let mut mount_namespaces_seen = Vec::new();
+    let mut views = Vec::new();
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || ns_inode(&pid, "net") != Some(our_net) {
+            continue;
         }
-        if ns_inode(&pid, "net")? != our_net || ns_inode(&pid, "mnt")? == our_mnt {
-            return None;
+        match ns_inode(&pid, "mnt") {
+            Some(mnt) if mnt != our_mnt && !mount_namespaces_seen.contains(&mnt) => {
+                mount_namespaces_seen.push(mnt);
+            }
+            _ => continue,
         }
-        let candidate = Path::new("/proc").join(&pid).join("root").join(relative);
-        candidate.join(marker).exists().then_some(candidate)
-    })
+        let view = Path::new("/proc").join(&pid).join("root").join(relative);
+        if view.is_dir() {
+            views.push(view);
+        }
+    }
+    views
+}
+
+/// The pid of a live run of this network namespace that holds `pin_dir` in another mount
+/// namespace.
+fn live_owner_elsewhere(pin_dir: &Path) -> Option<u32> {
+    views_from_other_mount_namespaces(pin_dir)
+        .iter()
+        .find_map(|view| lock_owner(view))
 }
 
 #[cfg(test)]

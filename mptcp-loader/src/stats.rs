@@ -57,7 +57,7 @@ pub struct StatsReport {
 
 /// Where the pins of `pin_dir` can be reached from here: `pin_dir` itself, or the same directory
 /// in the mount namespace of another process of this network namespace (see
-/// [`pins::find_in_other_mount_namespaces`]).
+/// [`pins::views_from_other_mount_namespaces`]).
 ///
 /// # Errors
 /// [`LoaderError::NoActiveRun`] when there are no pins.
@@ -65,10 +65,17 @@ pub fn locate_pins(pin_dir: &Path) -> Result<PathBuf, LoaderError> {
     if pin_dir.join(MAP_COUNTERS).exists() {
         return Ok(pin_dir.to_path_buf());
     }
-    pins::find_in_other_mount_namespaces(pin_dir, MAP_COUNTERS).ok_or_else(|| {
-        LoaderError::NoActiveRun {
-            pin_dir: pin_dir.to_path_buf(),
-        }
+    let views: Vec<PathBuf> = pins::views_from_other_mount_namespaces(pin_dir)
+        .into_iter()
+        .filter(|view| view.join(MAP_COUNTERS).exists())
+        .collect();
+    // Prefer the directory a live run holds over pins a dead run left behind.
+    let chosen = views
+        .iter()
+        .find(|view| pins::lock_owner(view).is_some())
+        .or(views.first());
+    chosen.cloned().ok_or_else(|| LoaderError::NoActiveRun {
+        pin_dir: pin_dir.to_path_buf(),
     })
 }
 

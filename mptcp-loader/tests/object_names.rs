@@ -1,0 +1,30 @@
+//! The embedded eBPF object defines the program and maps the loader looks up by name
+//! (`mptcp_common::maps` constants). Parses the ELF only: needs no root.
+
+use mptcp_common::maps::{MAP_SCRATCH, PINNED_MAPS, PROG_XDP_INGRESS};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+#[test]
+fn program_and_map_names_exist() {
+    if mptcp_loader::EBPF_OBJ.is_empty() {
+        eprintln!("skipped: the eBPF object was not built (AYA_BUILD_SKIP=1 or no bpf-linker)");
+        return;
+    }
+    let elf = object::File::parse(mptcp_loader::EBPF_OBJ).expect("the eBPF object is an ELF file");
+    let section_of = |name: &str| {
+        let symbol = elf
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no symbol `{name}` in the eBPF object"));
+        let index = symbol.section_index().expect("defined symbol");
+        elf.section_by_index(index)
+            .unwrap()
+            .name()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(section_of(PROG_XDP_INGRESS), "xdp");
+    for map in PINNED_MAPS.iter().chain([&MAP_SCRATCH]) {
+        assert_eq!(section_of(map), "maps", "map `{map}`");
+    }
+}

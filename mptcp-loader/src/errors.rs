@@ -112,6 +112,16 @@ pub enum LoaderError {
         iface: String,
     },
 
+    /// `--xdp-mode native` on an interface whose driver has no native XDP.
+    #[error(
+        "the driver of {iface} does not support native XDP: use `--xdp-mode auto` or \
+         `--xdp-mode skb` (generic XDP)"
+    )]
+    NativeXdpUnsupported {
+        /// Interface name.
+        iface: String,
+    },
+
     /// Reading or writing a map failed.
     #[error("map `{map}`: {source}")]
     Map {

@@ -219,6 +219,11 @@ impl Firewall {
             }
         }
         let (mode, source) = last_error.expect("at least one attempt");
+        if mode == AttachedMode::Native && attach_errno(&source) == Some(libc::EOPNOTSUPP) {
+            return Err(LoaderError::NativeXdpUnsupported {
+                iface: iface.to_owned(),
+            });
+        }
         Err(LoaderError::Attach {
             iface: iface.to_owned(),
             mode: mode.short(),

@@ -50,10 +50,43 @@ counters! {
     AddAddrEcho = "add_addr_echo",
     /// ADD_ADDR on a subflow whose connection keys are unknown: passed (fail-open).
     AddAddrUnknownConn = "add_addr_unknown_conn",
-    /// ADD_ADDR on a connection marked untrusted by a key conflict: passed.
-    AddAddrUntrustedConn = "add_addr_untrusted_conn",
+    /// ADD_ADDR, MP_JOIN or MP_FASTCLOSE of a connection marked untrusted by a key conflict:
+    /// passed.
+    UntrustedConn = "untrusted_conn",
     /// Malformed options (bad TCP option length, bad MPTCP length/E combination): passed.
     Malformed = "malformed",
+    /// MP_JOIN SYN whose token names a tracked connection: passed, nonce remembered.
+    JoinSynKnownToken = "join_syn_known_token",
+    /// MP_JOIN SYN with a token of no tracked connection, enforce mode: dropped.
+    JoinSynUnknownTokenDropped = "join_syn_unknown_token_dropped",
+    /// MP_JOIN SYN with a token of no tracked connection, monitor mode: passed and counted.
+    JoinSynUnknownTokenWouldDrop = "join_syn_unknown_token_would_drop",
+    /// MP_JOIN SYN/ACK whose 64-bit truncated HMAC is right: passed, subflow tracked.
+    JoinSynAckValid = "join_synack_valid",
+    /// MP_JOIN SYN/ACK with a wrong HMAC, enforce mode: dropped.
+    JoinSynAckBadHmacDropped = "join_synack_bad_hmac_dropped",
+    /// MP_JOIN SYN/ACK with a wrong HMAC, monitor mode: passed and counted.
+    JoinSynAckBadHmacWouldDrop = "join_synack_bad_hmac_would_drop",
+    /// MP_JOIN third ACK whose 160-bit HMAC is right: passed, subflow tracked.
+    JoinAckValid = "join_ack_valid",
+    /// MP_JOIN third ACK with a wrong HMAC, enforce mode: dropped.
+    JoinAckBadHmacDropped = "join_ack_bad_hmac_dropped",
+    /// MP_JOIN third ACK with a wrong HMAC, monitor mode: passed and counted.
+    JoinAckBadHmacWouldDrop = "join_ack_bad_hmac_would_drop",
+    /// MP_JOIN SYN/ACK or third ACK without the handshake state needed to check it (the SYN or
+    /// SYN/ACK was not seen, or expired): passed (fail-open).
+    JoinStateMissing = "join_state_missing",
+    /// MP_FASTCLOSE carrying the receiver's key: passed, the connection's state removed.
+    FastcloseValid = "fastclose_valid",
+    /// MP_FASTCLOSE with another key, enforce mode: dropped (Linux would ignore it).
+    FastcloseBadKeyDropped = "fastclose_bad_key_dropped",
+    /// MP_FASTCLOSE with another key, monitor mode: passed and counted.
+    FastcloseBadKeyWouldDrop = "fastclose_bad_key_would_drop",
+    /// MP_FASTCLOSE of a connection that is not tracked: passed.
+    FastcloseUnknownConn = "fastclose_unknown_conn",
+    /// Segment seen by the tc egress program (the host's own traffic; never dropped). Egress
+    /// segments count here and not under any other packet reason.
+    Egress = "egress",
     /// Auxiliary: a key event could not be queued (ring buffer full). The fast path still works.
     KeyEventLost = "aux_key_event_lost",
     /// Auxiliary: the fast path computed a direction's midstates itself because the loader had
@@ -61,6 +94,22 @@ counters! {
     MidstateComputedInline = "aux_midstate_computed_inline",
     /// Auxiliary: the connection or flow map refused an insert.
     MapInsertFailed = "aux_map_insert_failed",
+    /// Auxiliary: a subflow's connection was no longer in the map (evicted when the map was full,
+    /// or expired): what the program no longer knows passes.
+    FlowWithoutConn = "aux_flow_without_conn",
+    /// Auxiliary: a pending MP_JOIN state was older than its lifetime and ignored.
+    JoinStateExpired = "aux_join_state_expired",
+    /// Auxiliary: a tracked subflow ended (RST, or FIN from both ends).
+    SubflowClosed = "aux_subflow_closed",
+    /// Auxiliary: a connection's state was removed because its last subflow ended or it was
+    /// fast-closed.
+    ConnClosed = "aux_conn_closed",
+    /// Auxiliary: the egress program learned keys from an outgoing MP_CAPABLE.
+    EgressKeysLearned = "aux_egress_keys_learned",
+    /// Auxiliary: the egress program recorded the nonce of an outgoing MP_JOIN SYN or SYN/ACK.
+    EgressJoinNonce = "aux_egress_join_nonce",
+    /// Auxiliary: the egress program saw an MP_JOIN SYN whose token is not tracked.
+    EgressJoinUnknownToken = "aux_egress_join_unknown_token",
 }
 
 /// Number of counters (size of the per-CPU array).
@@ -72,7 +121,16 @@ impl Counter {
     pub const fn is_packet_reason(self) -> bool {
         !matches!(
             self,
-            Counter::KeyEventLost | Counter::MidstateComputedInline | Counter::MapInsertFailed
+            Counter::KeyEventLost
+                | Counter::MidstateComputedInline
+                | Counter::MapInsertFailed
+                | Counter::FlowWithoutConn
+                | Counter::JoinStateExpired
+                | Counter::SubflowClosed
+                | Counter::ConnClosed
+                | Counter::EgressKeysLearned
+                | Counter::EgressJoinNonce
+                | Counter::EgressJoinUnknownToken
         )
     }
 
@@ -81,16 +139,28 @@ impl Counter {
     #[must_use]
     pub const fn significance(self) -> u8 {
         match self {
-            Counter::AddAddrBadHmacDropped => 10,
-            Counter::AddAddrBadHmacWouldDrop => 9,
-            Counter::AddAddrUnknownConn => 8,
-            Counter::AddAddrUntrustedConn => 7,
-            Counter::KeysConflict => 6,
-            Counter::AddAddrValid => 5,
-            Counter::KeysLearned => 4,
-            Counter::Malformed => 3,
-            Counter::AddAddrEcho => 2,
-            Counter::KeysKnown => 1,
+            Counter::AddAddrBadHmacDropped
+            | Counter::JoinSynUnknownTokenDropped
+            | Counter::JoinSynAckBadHmacDropped
+            | Counter::JoinAckBadHmacDropped
+            | Counter::FastcloseBadKeyDropped => 20,
+            Counter::AddAddrBadHmacWouldDrop
+            | Counter::JoinSynUnknownTokenWouldDrop
+            | Counter::JoinSynAckBadHmacWouldDrop
+            | Counter::JoinAckBadHmacWouldDrop
+            | Counter::FastcloseBadKeyWouldDrop => 19,
+            Counter::AddAddrUnknownConn | Counter::JoinStateMissing | Counter::FastcloseUnknownConn => 18,
+            Counter::UntrustedConn => 17,
+            Counter::KeysConflict => 16,
+            Counter::AddAddrValid
+            | Counter::JoinSynKnownToken
+            | Counter::JoinSynAckValid
+            | Counter::JoinAckValid
+            | Counter::FastcloseValid => 15,
+            Counter::KeysLearned => 14,
+            Counter::Malformed => 13,
+            Counter::AddAddrEcho => 12,
+            Counter::KeysKnown => 11,
             _ => 0,
         }
     }
@@ -121,7 +191,10 @@ mod tests {
     #[test]
     fn drop_outranks_everything() {
         for c in Counter::ALL {
-            assert_eq!(c.max(Counter::AddAddrBadHmacDropped), Counter::AddAddrBadHmacDropped);
+            if !crate::validate::drops(*c) {
+                assert_eq!(c.max(Counter::AddAddrBadHmacDropped), Counter::AddAddrBadHmacDropped);
+                assert_eq!(Counter::JoinAckBadHmacDropped.max(*c), Counter::JoinAckBadHmacDropped);
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! The HMAC key is always `sender key || receiver key` (16 wire bytes, zero-padded to 64).
 //! Every MPTCP message (7, 8 or 19 bytes) fits one final block with its padding.
 
-use crate::sha256::{compress, Block, State, IV};
+use crate::sha256::{compress, compressed, Block, State, IV};
 
 /// Inner and outer SHA-256 states after absorbing `key ^ ipad` and `key ^ opad`.
 #[repr(C)]
@@ -55,10 +55,21 @@ pub fn key_block(key_sender: &[u8; 8], key_receiver: &[u8; 8], pad: u8) -> Block
 #[inline(always)]
 #[must_use]
 pub fn midstate(key_sender: &[u8; 8], key_receiver: &[u8; 8]) -> Midstate {
-    Midstate {
-        inner: compress(&IV, &key_block(key_sender, key_receiver, IPAD)),
-        outer: compress(&IV, &key_block(key_sender, key_receiver, OPAD)),
-    }
+    let mut mid = Midstate::default();
+    let mut scratch = [0u32; 16];
+    midstate_into(key_sender, key_receiver, &mut mid, &mut scratch);
+    mid
+}
+
+/// [`midstate`] writing into `out`, with `scratch` as the block buffer (no large stack frame).
+#[inline(always)]
+pub fn midstate_into(key_sender: &[u8; 8], key_receiver: &[u8; 8], out: &mut Midstate, scratch: &mut Block) {
+    *scratch = key_block(key_sender, key_receiver, IPAD);
+    out.inner = IV;
+    compress(&mut out.inner, scratch);
+    *scratch = key_block(key_sender, key_receiver, OPAD);
+    out.outer = IV;
+    compress(&mut out.outer, scratch);
 }
 
 /// Finishes an HMAC from the midstates and the message's final inner block (2 compressions).
@@ -66,12 +77,25 @@ pub fn midstate(key_sender: &[u8; 8], key_receiver: &[u8; 8]) -> Midstate {
 #[inline(always)]
 #[must_use]
 pub fn finish(mid: &Midstate, inner_block: &Block) -> State {
-    let d = compress(&mid.inner, inner_block);
-    let outer_block = [
+    let mut block = *inner_block;
+    let mut out = [0u32; 8];
+    finish_into(mid, &mut block, &mut out);
+    out
+}
+
+/// [`finish`] in place: `block` holds the inner block and is consumed (reused for the outer
+/// block); the HMAC is written to `out`.
+#[inline(always)]
+pub fn finish_into(mid: &Midstate, block: &mut Block, out: &mut State) {
+    *out = mid.inner;
+    compress(out, block);
+    let d = *out;
+    *block = [
         d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], 0x8000_0000, 0, 0, 0, 0, 0, 0,
         OUTER_BIT_LEN,
     ];
-    compress(&mid.outer, &outer_block)
+    *out = mid.outer;
+    compress(out, block);
 }
 
 /// Final inner block for an IPv4 ADD_ADDR: `id || addr(4) || port(2)` (port `00 00` when absent).
@@ -144,7 +168,7 @@ pub fn token_and_idsn(key: &[u8; 8]) -> ([u8; 4], u64) {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         64,
     ];
-    let d = compress(&IV, &block);
+    let d = compressed(&IV, &block);
     (d[0].to_be_bytes(), (u64::from(d[6]) << 32) | u64::from(d[7]))
 }
 
@@ -182,7 +206,7 @@ mod tests {
             let mut expected = state;
             sha2::compress256(&mut expected, &[block.into()]);
             let words: Block = core::array::from_fn(|i| u32::from_be_bytes(block[i * 4..i * 4 + 4].try_into().unwrap()));
-            prop_assert_eq!(compress(&state, &words), expected);
+            prop_assert_eq!(compressed(&state, &words), expected);
         }
 
         #[test]

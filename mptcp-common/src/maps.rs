@@ -6,12 +6,19 @@ use crate::hmac::Midstate;
 
 /// Name of the XDP ingress program in the eBPF object.
 pub const PROG_XDP_INGRESS: &str = "mptcp_xdp_ingress";
+/// Name of the tc (clsact) egress program: learns what the host itself sends (its MP_CAPABLE
+/// keys, the nonces of its MP_JOIN SYN and SYN/ACK). It never drops.
+pub const PROG_TC_EGRESS: &str = "mptcp_tc_egress";
 /// Name of a trivial XDP program that only returns XDP_PASS: the benchmark baseline.
 pub const PROG_XDP_PASS_BASELINE: &str = "xdp_pass_baseline";
 /// Connection state, keyed by connection id ([`ConnState`]).
 pub const MAP_CONNS: &str = "MPTCP_CONNS";
 /// Subflow 4-tuple -> connection id ([`FlowKey`] -> [`FlowRef`]).
 pub const MAP_FLOWS: &str = "MPTCP_FLOWS";
+/// Token -> connection ([`Token`] -> [`TokenRef`]), both tokens of every tracked connection.
+pub const MAP_TOKENS: &str = "MPTCP_TOKENS";
+/// Pending MP_JOIN handshakes ([`FlowKey`] initiator -> responder -> [`JoinState`]).
+pub const MAP_JOINS: &str = "MPTCP_JOINS";
 /// Per-CPU counters indexed by [`crate::counters::Counter`].
 pub const MAP_COUNTERS: &str = "MPTCP_COUNTERS";
 /// Ring buffer of [`KeyEvent`]s for the loader.
@@ -25,12 +32,22 @@ pub const MAP_WALK: &str = "MPTCP_WALK";
 /// Per-CPU HMAC work of the XDP program for the current frame ([`HmacJobs`]).
 pub const MAP_HMAC_JOBS: &str = "MPTCP_HMAC_JOBS";
 /// Every map the loader pins, in a fixed order.
-pub const PINNED_MAPS: [&str; 5] = [MAP_CONNS, MAP_FLOWS, MAP_COUNTERS, MAP_KEY_EVENTS, MAP_CONFIG];
+pub const PINNED_MAPS: [&str; 7] =
+    [MAP_CONNS, MAP_FLOWS, MAP_TOKENS, MAP_JOINS, MAP_COUNTERS, MAP_KEY_EVENTS, MAP_CONFIG];
 
 /// Capacity of the connection map (LRU: the least recently used connection goes first when full).
 pub const MAX_CONNS: u32 = 65_536;
 /// Capacity of the subflow map (LRU).
 pub const MAX_FLOWS: u32 = 2 * MAX_CONNS;
+/// Capacity of the token map (LRU): two tokens per connection.
+pub const MAX_TOKENS: u32 = 2 * MAX_CONNS;
+/// Capacity of the pending-join map (LRU).
+pub const MAX_JOINS: u32 = 16_384;
+/// How long a pending MP_JOIN handshake is remembered (covers SYN and third-ACK retransmissions).
+pub const JOIN_LIFETIME_NS: u64 = 30_000_000_000;
+/// A subflow's `last_seen_s` is rewritten at most this often (seconds), to keep the data path
+/// from writing shared memory on every segment.
+pub const ACTIVITY_GRANULARITY_S: u32 = 1;
 /// Size of the key-event ring buffer in bytes (a power of two, multiple of the page size).
 pub const KEY_EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -72,6 +89,26 @@ impl FlowKey {
             pad: [0; 3],
         }
     }
+
+    /// The orientation under which [`MAP_FLOWS`] stores this subflow (the smaller address and
+    /// port first), so one lookup finds it from either direction. The flag says whether `self`
+    /// had to be reversed.
+    #[inline(always)]
+    #[must_use]
+    pub fn canonical(&self) -> (Self, bool) {
+        let mut i = 0;
+        while i < 16 {
+            if self.saddr[i] != self.daddr[i] {
+                return if self.saddr[i] < self.daddr[i] { (*self, false) } else { (self.reversed(), true) };
+            }
+            i += 1;
+        }
+        if u16::from_be_bytes(self.sport) <= u16::from_be_bytes(self.dport) {
+            (*self, false)
+        } else {
+            (self.reversed(), true)
+        }
+    }
 }
 
 /// The MP_CAPABLE initiator ("A", sent Key-A in the third ACK).
@@ -79,27 +116,37 @@ pub const ROLE_A: u8 = 0;
 /// The MP_CAPABLE listener ("B").
 pub const ROLE_B: u8 = 1;
 
-/// Value of [`MAP_FLOWS`]: which connection a subflow belongs to. The key is stored once, oriented
-/// so that `saddr` is the host of role [`FlowRef::src_role`].
+/// Value of [`MAP_FLOWS`]: which connection a subflow belongs to. The key is the subflow in
+/// [`FlowKey::canonical`] orientation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowRef {
     /// Key of [`MAP_CONNS`].
     pub conn_id: u64,
-    /// Role ([`ROLE_A`] / [`ROLE_B`]) of the host at the key's source address.
+    /// Seconds of `bpf_ktime_get_ns()` when an MPTCP segment of this subflow was last seen
+    /// (refreshed at most every [`ACTIVITY_GRANULARITY_S`]); the loader's idle sweep reads it.
+    pub last_seen_s: u32,
+    /// Role ([`ROLE_A`] / [`ROLE_B`]) of the host at the (canonical) key's source address.
     pub src_role: u8,
+    /// `FIN_FROM_*` bits: which ends have sent a FIN.
+    pub fin: u8,
     /// Always zero.
-    pub pad: [u8; 7],
+    pub pad: [u8; 2],
 }
+
+/// `FlowRef::fin`: the canonical key's source host sent a FIN.
+pub const FIN_FROM_SRC: u8 = 1;
+/// `FlowRef::fin`: the canonical key's destination host sent a FIN.
+pub const FIN_FROM_DST: u8 = 2;
 const _: () = assert!(core::mem::size_of::<FlowRef>() == 16);
 
 /// `ConnState::ready` bit: `mid[ROLE_A]` holds the midstates of Key-A || Key-B.
-pub const READY_A: u32 = 1 << ROLE_A;
+pub const READY_A: u16 = 1 << ROLE_A;
 /// `ConnState::ready` bit: `mid[ROLE_B]` holds the midstates of Key-B || Key-A.
-pub const READY_B: u32 = 1 << ROLE_B;
+pub const READY_B: u16 = 1 << ROLE_B;
 /// `ConnState::flags`: a later MP_CAPABLE on the same subflow carried different keys, so the
-/// stored keys cannot be trusted and the connection's ADD_ADDRs pass (counted).
-pub const CONN_FLAG_KEY_CONFLICT: u32 = 1;
+/// stored keys cannot be trusted and the connection's signalling passes (counted).
+pub const CONN_FLAG_KEY_CONFLICT: u16 = 1;
 
 /// Value of [`MAP_CONNS`]: what the fast path needs to check one MPTCP connection.
 #[repr(C)]
@@ -111,12 +158,16 @@ pub struct ConnState {
     pub key_b: [u8; 8],
     /// HMAC midstates per sending role: `mid[ROLE_A]` keyed Key-A || Key-B, `mid[ROLE_B]` the reverse.
     pub mid: [Midstate; 2],
+    /// Subflows in [`MAP_FLOWS`] that have not ended (RST, or FIN from both ends). The
+    /// connection's state is removed when this drops to zero. Changed only atomically (u64:
+    /// the BPF target has 64-bit atomics only).
+    pub subflows: u64,
+    /// Seconds of `bpf_ktime_get_ns()` when the fast path learned the keys.
+    pub learned_s: u32,
     /// `READY_*` bits: which `mid` entries are filled (by the loader, or by the fast path itself).
-    pub ready: u32,
+    pub ready: u16,
     /// `CONN_FLAG_*` bits.
-    pub flags: u32,
-    /// `bpf_ktime_get_ns()` when the fast path learned the keys.
-    pub learned_ns: u64,
+    pub flags: u16,
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 160);
 
@@ -150,6 +201,51 @@ pub struct KeyEvent {
 }
 const _: () = assert!(core::mem::size_of::<KeyEvent>() == 72);
 
+/// Key of [`MAP_TOKENS`]: a token's 4 wire bytes (SHA-256(key)[0..4]).
+pub type Token = [u8; 4];
+
+/// Value of [`MAP_TOKENS`]. Byte arrays keep it at 9 bytes (no u64 alignment padding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TokenRef {
+    /// Key of [`MAP_CONNS`], as `ConnState::id_of` bytes (`u64::to_ne_bytes`).
+    pub conn_id: [u8; 8],
+    /// Role of the key this token was derived from: the host that owns the token.
+    pub role: u8,
+}
+const _: () = assert!(core::mem::size_of::<TokenRef>() == 9);
+
+/// `JoinState::flags`: `nonce_responder` is known (from the SYN/ACK).
+pub const JOIN_HAVE_RESPONDER_NONCE: u8 = 1;
+/// `JoinState::flags`: the SYN/ACK HMAC was checked and was right.
+pub const JOIN_SYNACK_VALID: u8 = 2;
+/// `JoinState::flags`: the third-ACK HMAC was checked and was right.
+pub const JOIN_ACK_VALID: u8 = 4;
+
+/// Value of [`MAP_JOINS`]: one MP_JOIN handshake in progress, keyed by its subflow oriented
+/// initiator -> responder.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct JoinState {
+    /// Connection named by the SYN's token.
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns()` of the SYN; the state is ignored after [`JOIN_LIFETIME_NS`].
+    pub created_ns: u64,
+    /// R-A, the initiator's nonce from the SYN (wire bytes).
+    pub nonce_initiator: [u8; 4],
+    /// R-B, the responder's nonce from the SYN/ACK (valid with [`JOIN_HAVE_RESPONDER_NONCE`]).
+    pub nonce_responder: [u8; 4],
+    /// Role of the initiator in the connection ([`ROLE_A`] / [`ROLE_B`]).
+    pub initiator_role: u8,
+    /// The initiator's address ID from the SYN.
+    pub addr_id: u8,
+    /// `JOIN_*` bits.
+    pub flags: u8,
+    /// Always zero.
+    pub pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<JoinState>() == 32);
+
 /// `Config::mode`: count bad segments as would-drop but pass them (the zero value: safe default).
 pub const MODE_MONITOR: u32 = 0;
 /// `Config::mode`: drop bad segments.
@@ -166,8 +262,17 @@ pub struct Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
+/// `HmacJob::kind`: no job.
+pub const JOB_NONE: u8 = 0;
+/// `HmacJob::kind`: ADD_ADDR, compare digest bytes 24..31.
+pub const JOB_ADD_ADDR: u8 = 1;
+/// `HmacJob::kind`: MP_JOIN SYN/ACK, compare digest bytes 0..7.
+pub const JOB_JOIN_SYNACK: u8 = 2;
+/// `HmacJob::kind`: MP_JOIN third ACK, compare digest bytes 0..19.
+pub const JOB_JOIN_ACK: u8 = 3;
+
 /// One HMAC check the XDP program has prepared for the current frame. The checks run last, from
-/// one place, on data in this per-CPU map value: every path of the parser then reaches the
+/// one place, on data in a per-CPU map value: every path of the parser then reaches the
 /// SHA-256 code in the same verifier state, so that code is verified a few times, not once per
 /// path (which exceeds the verifier's instruction budget).
 #[repr(C)]
@@ -175,34 +280,72 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 pub struct HmacJob {
     /// The sender's midstates (valid unless `need_midstate`).
     pub mid: Midstate,
-    /// The message's final inner block.
+    /// The message's final inner block (consumed by the check).
     pub block: crate::sha256::Block,
+    /// Block buffer for computing `mid`.
+    pub scratch: crate::sha256::Block,
+    /// The HMAC, once computed.
+    pub digest: crate::sha256::State,
+    /// For joins: the subflow, initiator -> responder (tracked when the check succeeds).
+    pub flow: FlowKey,
     /// Sender's key, to compute `mid` when `need_midstate` is set.
     pub key_sender: [u8; 8],
     /// Receiver's key, idem.
     pub key_receiver: [u8; 8],
-    /// Connection whose `mid[role]` is filled in when the job computes it.
+    /// Connection of the segment.
     pub conn_id: u64,
-    /// The truncated HMAC the segment carries.
-    pub expected: [u8; 8],
-    /// Non-zero when this job is to be run.
-    pub active: u8,
+    /// The HMAC bytes the segment carries (8 or 20 of them, by `kind`).
+    pub expected: [u8; 20],
+    /// For a SYN/ACK: the responder's nonce, recorded when the check succeeds.
+    pub nonce_responder: [u8; 4],
+    /// `JOB_*`.
+    pub kind: u8,
     /// Non-zero when the loader has not installed the sender's midstates yet.
     pub need_midstate: u8,
     /// Sender's role ([`ROLE_A`] / [`ROLE_B`]).
     pub role: u8,
-    /// Always zero.
-    pub pad: [u8; 5],
+    /// For joins: the initiator's role.
+    pub initiator_role: u8,
+    /// [`crate::counters::Counter`] code of the check's result, written when the job runs.
+    pub outcome: u32,
 }
-const _: () = assert!(core::mem::size_of::<HmacJob>() == 168);
+const _: () = assert!(core::mem::size_of::<HmacJob>() == 320);
 
-/// Value of [`MAP_HMAC_JOBS`]: the checks of one frame (at most two ADD_ADDRs fit one segment)
-/// and the frame's reason so far, kept here so that it is not a verifier-tracked register.
+/// `TokenJob::op`: nothing to do.
+pub const TOKENS_NONE: u8 = 0;
+/// `TokenJob::op`: derive both tokens and insert them into [`MAP_TOKENS`].
+pub const TOKENS_INSTALL: u8 = 1;
+/// `TokenJob::op`: derive both tokens and remove them (the connection ended).
+pub const TOKENS_REMOVE: u8 = 2;
+
+/// Token work of the current frame (one SHA-256 compression per key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TokenJob {
+    /// Key-A, wire bytes.
+    pub key_a: [u8; 8],
+    /// Key-B, wire bytes.
+    pub key_b: [u8; 8],
+    /// Connection id.
+    pub conn_id: u64,
+    /// `TOKENS_*`.
+    pub op: u8,
+    /// Always zero.
+    pub pad: [u8; 7],
+}
+
+/// Slots of [`HmacJobs::jobs`]: ADD_ADDRs use `0..MAX_ADD_ADDRS`, an MP_JOIN the last one.
+pub const JOIN_JOB_SLOT: usize = crate::packet::MAX_ADD_ADDRS;
+
+/// Value of [`MAP_HMAC_JOBS`]: the crypto work of one frame and the frame's reason so far,
+/// kept here so that it is not a verifier-tracked register.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct HmacJobs {
-    /// The prepared checks.
-    pub jobs: [HmacJob; crate::packet::MAX_ADD_ADDRS],
+    /// The prepared HMAC checks.
+    pub jobs: [HmacJob; JOIN_JOB_SLOT + 1],
+    /// Token derivation for a connection learned or ended by this frame.
+    pub tokens: TokenJob,
     /// [`crate::counters::Counter`] code of the frame before the checks run.
     pub reason: u32,
     /// Always zero.
@@ -217,4 +360,6 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::KeyEvent {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::TokenRef {}
+    unsafe impl aya::Pod for super::JoinState {}
 }

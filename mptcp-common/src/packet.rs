@@ -75,6 +75,16 @@ pub const MPTCP_SUB_CAPABLE: u8 = 0x0;
 pub const MPTCP_SUB_JOIN: u8 = 0x1;
 /// MPTCP subtype ADD_ADDR.
 pub const MPTCP_SUB_ADD_ADDR: u8 = 0x3;
+/// MPTCP subtype MP_FASTCLOSE.
+pub const MPTCP_SUB_FASTCLOSE: u8 = 0x7;
+/// MP_JOIN length on a SYN (token, nonce).
+pub const MPJ_LEN_SYN: u8 = 12;
+/// MP_JOIN length on a SYN/ACK (64-bit truncated HMAC, nonce).
+pub const MPJ_LEN_SYNACK: u8 = 16;
+/// MP_JOIN length on the third ACK (160-bit HMAC).
+pub const MPJ_LEN_ACK: u8 = 24;
+/// MP_FASTCLOSE length (receiver's key).
+pub const FASTCLOSE_LEN: u8 = 12;
 /// MP_CAPABLE third-ACK length (both keys).
 pub const MPC_LEN_ACK: u8 = 20;
 /// MP_CAPABLE with data: both keys and Data-Level Length.
@@ -212,6 +222,10 @@ pub struct MptcpOptions {
     pub add_addrs: [Option<OptRef>; MAX_ADD_ADDRS],
     /// ADD_ADDR echoes (E=1, lengths 8/10/20/22).
     pub echoes: u8,
+    /// The first MP_JOIN whose length fits the segment's SYN/ACK flags.
+    pub join: Option<OptRef>,
+    /// The first MP_FASTCLOSE.
+    pub fastclose: Option<OptRef>,
     /// A TCP option length was invalid, or an MPTCP option had a length/flag combination that
     /// Linux ignores.
     pub malformed: bool,
@@ -226,6 +240,14 @@ pub enum MptcpKind {
     AddAddr,
     /// ADD_ADDR echo (E=1).
     AddAddrEcho,
+    /// MP_JOIN on a SYN (length 12).
+    JoinSyn,
+    /// MP_JOIN on a SYN/ACK (length 16).
+    JoinSynAck,
+    /// MP_JOIN on a third ACK (length 24).
+    JoinAck,
+    /// MP_FASTCLOSE (length 12).
+    Fastclose,
     /// Any other well-formed MPTCP option.
     Other,
     /// A length/flag combination Linux rejects or ignores.
@@ -258,6 +280,20 @@ pub fn classify_mptcp(len: u8, b2: u8, b3: u8, tcp_flags: u8) -> MptcpKind {
             (8 | 10 | 20 | 22, ADD_ADDR_ECHO) => MptcpKind::AddAddrEcho,
             _ => MptcpKind::Malformed,
         },
+        // Linux ignores an MP_JOIN whose length does not fit the segment type (no join).
+        MPTCP_SUB_JOIN => match (len, tcp_flags & (TCP_SYN | TCP_ACK)) {
+            (MPJ_LEN_SYN, TCP_SYN) => MptcpKind::JoinSyn,
+            (MPJ_LEN_SYNACK, f) if f == TCP_SYN | TCP_ACK => MptcpKind::JoinSynAck,
+            (MPJ_LEN_ACK, TCP_ACK) => MptcpKind::JoinAck,
+            _ => MptcpKind::Malformed,
+        },
+        MPTCP_SUB_FASTCLOSE => {
+            if len == FASTCLOSE_LEN {
+                MptcpKind::Fastclose
+            } else {
+                MptcpKind::Malformed
+            }
+        }
         _ => MptcpKind::Other,
     }
 }
@@ -316,6 +352,16 @@ fn walk_step<P: PacketView + ?Sized>(
                 }
             }
             MptcpKind::AddAddrEcho => out.echoes = out.echoes.saturating_add(1),
+            MptcpKind::JoinSyn | MptcpKind::JoinSynAck | MptcpKind::JoinAck => {
+                if out.join.is_none() {
+                    out.join = Some(here);
+                }
+            }
+            MptcpKind::Fastclose => {
+                if out.fastclose.is_none() {
+                    out.fastclose = Some(here);
+                }
+            }
             MptcpKind::Other => {}
             MptcpKind::Malformed => out.malformed = true,
         }
@@ -417,6 +463,56 @@ pub fn read_add_addr<P: PacketView + ?Sized>(p: &P, opt: OptRef) -> Option<AddAd
         _ => return None,
     }
     Some(a)
+}
+
+/// The fields of an MP_JOIN, by segment type (protocol doc §1.3, §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Join {
+    /// SYN: the responder's token and the initiator's nonce R-A.
+    Syn { addr_id: u8, backup: bool, token: [u8; 4], nonce: [u8; 4] },
+    /// SYN/ACK: the 64-bit truncated HMAC and the responder's nonce R-B.
+    SynAck { addr_id: u8, backup: bool, hmac: [u8; 8], nonce: [u8; 4] },
+    /// Third ACK: the 160-bit HMAC.
+    Ack { hmac: [u8; 20] },
+}
+
+/// Reads an MP_JOIN located by [`walk_options`] (its length already matched the segment type).
+#[inline(always)]
+pub fn read_join<P: PacketView + ?Sized>(p: &P, opt: OptRef) -> Option<Join> {
+    match opt.len {
+        MPJ_LEN_SYN => {
+            let o: [u8; 12] = p.load(opt.off)?;
+            Some(Join::Syn {
+                addr_id: o[3],
+                backup: o[2] & 1 != 0,
+                token: [o[4], o[5], o[6], o[7]],
+                nonce: [o[8], o[9], o[10], o[11]],
+            })
+        }
+        MPJ_LEN_SYNACK => {
+            let o: [u8; 16] = p.load(opt.off)?;
+            Some(Join::SynAck {
+                addr_id: o[3],
+                backup: o[2] & 1 != 0,
+                hmac: [o[4], o[5], o[6], o[7], o[8], o[9], o[10], o[11]],
+                nonce: [o[12], o[13], o[14], o[15]],
+            })
+        }
+        MPJ_LEN_ACK => {
+            let o: [u8; 24] = p.load(opt.off)?;
+            let mut hmac = [0u8; 20];
+            hmac.copy_from_slice(&o[4..24]);
+            Some(Join::Ack { hmac })
+        }
+        _ => None,
+    }
+}
+
+/// Reads the key an MP_FASTCLOSE carries (the receiver's key, wire bytes).
+#[inline(always)]
+pub fn read_fastclose_key<P: PacketView + ?Sized>(p: &P, opt: OptRef) -> Option<[u8; 8]> {
+    let o: [u8; 12] = p.load(opt.off)?;
+    Some([o[4], o[5], o[6], o[7], o[8], o[9], o[10], o[11]])
 }
 
 /// Reads the two keys of a key-carrying MP_CAPABLE: (sender's key, receiver's key).

@@ -28,15 +28,15 @@ static K: [u32; 64] = [
     0xc671_78f2,
 ];
 
-/// One SHA-256 compression: returns `state` advanced by `block` (FIPS 180-4 §6.2.2).
+/// One SHA-256 compression in place (FIPS 180-4 §6.2.2): advances `state` by the block in `w`,
+/// which is used as the message-schedule ring and left scrambled.
 ///
-/// A rolled loop over the 64 rounds with the message schedule in a 16-word ring: a fully unrolled
-/// version needs more than the 512-byte BPF stack for spills. Never inlined, so in eBPF it is one
-/// BPF subprogram with its own stack frame. Indexes are masked so no bounds check can panic.
+/// A rolled loop over the 64 rounds: a fully unrolled version needs more than the 512-byte BPF
+/// stack for spills. Never inlined, so in eBPF it is one BPF subprogram; in place, so its frame
+/// holds no copy of the block or the state (the XDP program keeps both in map memory). Indexes
+/// are masked so no bounds check can panic.
 #[inline(never)]
-#[must_use]
-pub fn compress(state: &State, block: &Block) -> State {
-    let mut w = *block;
+pub fn compress(state: &mut State, w: &mut Block) {
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
     let mut i = 0usize;
     while i < 64 {
@@ -66,15 +66,22 @@ pub fn compress(state: &State, block: &Block) -> State {
         a = t1.wrapping_add(big_s0.wrapping_add(maj));
         i += 1;
     }
-    let s = state;
-    [
-        s[0].wrapping_add(a),
-        s[1].wrapping_add(b),
-        s[2].wrapping_add(c),
-        s[3].wrapping_add(d),
-        s[4].wrapping_add(e),
-        s[5].wrapping_add(f),
-        s[6].wrapping_add(g),
-        s[7].wrapping_add(h),
-    ]
+    state[0] = state[0].wrapping_add(a);
+    state[1] = state[1].wrapping_add(b);
+    state[2] = state[2].wrapping_add(c);
+    state[3] = state[3].wrapping_add(d);
+    state[4] = state[4].wrapping_add(e);
+    state[5] = state[5].wrapping_add(f);
+    state[6] = state[6].wrapping_add(g);
+    state[7] = state[7].wrapping_add(h);
+}
+
+/// [`compress`] on copies: returns the advanced state, leaves the inputs alone.
+#[inline(always)]
+#[must_use]
+pub fn compressed(state: &State, block: &Block) -> State {
+    let mut s = *state;
+    let mut w = *block;
+    compress(&mut s, &mut w);
+    s
 }

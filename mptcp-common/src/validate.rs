@@ -35,10 +35,118 @@ pub fn add_addr_reason(hmac_ok: bool, mode: u32) -> Counter {
     }
 }
 
+/// The reason for an MP_JOIN SYN/ACK whose truncated HMAC was checked.
+#[inline(always)]
+#[must_use]
+pub fn join_synack_reason(hmac_ok: bool, mode: u32) -> Counter {
+    match (hmac_ok, mode) {
+        (true, _) => Counter::JoinSynAckValid,
+        (false, MODE_ENFORCE) => Counter::JoinSynAckBadHmacDropped,
+        (false, _) => Counter::JoinSynAckBadHmacWouldDrop,
+    }
+}
+
+/// The reason for an MP_JOIN third ACK whose 160-bit HMAC was checked.
+#[inline(always)]
+#[must_use]
+pub fn join_ack_reason(hmac_ok: bool, mode: u32) -> Counter {
+    match (hmac_ok, mode) {
+        (true, _) => Counter::JoinAckValid,
+        (false, MODE_ENFORCE) => Counter::JoinAckBadHmacDropped,
+        (false, _) => Counter::JoinAckBadHmacWouldDrop,
+    }
+}
+
+/// The reason for an MP_JOIN SYN, from whether its token names a tracked connection.
+#[inline(always)]
+#[must_use]
+pub fn join_syn_reason(token_known: bool, mode: u32) -> Counter {
+    match (token_known, mode) {
+        (true, _) => Counter::JoinSynKnownToken,
+        (false, MODE_ENFORCE) => Counter::JoinSynUnknownTokenDropped,
+        (false, _) => Counter::JoinSynUnknownTokenWouldDrop,
+    }
+}
+
+/// The reason for an MP_FASTCLOSE of a tracked connection, from whether it carries the
+/// receiver's key.
+#[inline(always)]
+#[must_use]
+pub fn fastclose_reason(key_ok: bool, mode: u32) -> Counter {
+    match (key_ok, mode) {
+        (true, _) => Counter::FastcloseValid,
+        (false, MODE_ENFORCE) => Counter::FastcloseBadKeyDropped,
+        (false, _) => Counter::FastcloseBadKeyWouldDrop,
+    }
+}
+
 /// Whether a packet counted under `reason` is dropped. Only an enforced check failure drops:
 /// everything the program does not know passes.
 #[inline(always)]
 #[must_use]
 pub const fn drops(reason: Counter) -> bool {
-    matches!(reason, Counter::AddAddrBadHmacDropped)
+    matches!(
+        reason,
+        Counter::AddAddrBadHmacDropped
+            | Counter::JoinSynUnknownTokenDropped
+            | Counter::JoinSynAckBadHmacDropped
+            | Counter::JoinAckBadHmacDropped
+            | Counter::FastcloseBadKeyDropped
+    )
+}
+
+/// Whether a pending join created at `created_ns` is still usable at `now_ns`.
+#[inline(always)]
+#[must_use]
+pub const fn join_state_fresh(created_ns: u64, now_ns: u64) -> bool {
+    now_ns.wrapping_sub(created_ns) <= crate::maps::JOIN_LIFETIME_NS
+}
+
+/// After a FIN from one end (`fin_bit`, a `FIN_FROM_*` value) on a subflow whose FIN bits were
+/// `fin`: the new bits, and whether the subflow has now ended (FIN from both ends).
+#[inline(always)]
+#[must_use]
+pub const fn after_fin(fin: u8, fin_bit: u8) -> (u8, bool) {
+    let both = crate::maps::FIN_FROM_SRC | crate::maps::FIN_FROM_DST;
+    let next = fin | fin_bit;
+    (next, next & both == both && fin & both != both)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::{FIN_FROM_DST, FIN_FROM_SRC, JOIN_LIFETIME_NS, MODE_MONITOR};
+
+    #[test]
+    fn only_enforced_failures_drop() {
+        for mode in [MODE_MONITOR, MODE_ENFORCE] {
+            let reasons = [
+                add_addr_reason(false, mode),
+                join_synack_reason(false, mode),
+                join_ack_reason(false, mode),
+                join_syn_reason(false, mode),
+                fastclose_reason(false, mode),
+            ];
+            for r in reasons {
+                assert_eq!(drops(r), mode == MODE_ENFORCE, "{r:?}");
+            }
+            for r in [add_addr_reason(true, mode), join_synack_reason(true, mode), join_ack_reason(true, mode), join_syn_reason(true, mode), fastclose_reason(true, mode)] {
+                assert!(!drops(r), "{r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fin_from_both_ends_ends_a_subflow_once() {
+        assert_eq!(after_fin(0, FIN_FROM_SRC), (FIN_FROM_SRC, false));
+        assert_eq!(after_fin(FIN_FROM_SRC, FIN_FROM_SRC), (FIN_FROM_SRC, false));
+        assert_eq!(after_fin(FIN_FROM_SRC, FIN_FROM_DST), (3, true));
+        assert_eq!(after_fin(3, FIN_FROM_DST), (3, false));
+    }
+
+    #[test]
+    fn join_state_lifetime() {
+        assert!(join_state_fresh(100, 100 + JOIN_LIFETIME_NS));
+        assert!(!join_state_fresh(100, 101 + JOIN_LIFETIME_NS));
+    }
 }

@@ -1,34 +1,54 @@
-//! XDP fast path of the MPTCP signalling firewall.
+//! Fast path of the MPTCP signalling firewall: an XDP ingress program that checks, and a tc
+//! egress program that learns what the host itself sends.
 //!
-//! For every frame: parse up to the TCP options (mptcp-common), learn the keys of new MPTCP
-//! connections from MP_CAPABLE, and check the truncated HMAC of every ADD_ADDR. A wrong HMAC is
-//! dropped in enforce mode; everything the program cannot judge passes and is counted.
+//! Ingress, for every frame: parse up to the TCP options (mptcp-common), learn the keys of new
+//! MPTCP connections from MP_CAPABLE, check the truncated HMAC of every ADD_ADDR, gate MP_JOIN
+//! SYNs on known tokens, check MP_JOIN SYN/ACK and third-ACK HMACs, check MP_FASTCLOSE keys, and
+//! follow subflow and connection lifetimes. A failed check drops in enforce mode; everything the
+//! program cannot judge passes and is counted.
 //!
-//! Structure, for the verifier: `prepare` parses and looks up, and leaves at most two HMAC jobs
-//! and the frame's reason in a per-CPU map value; `run_hmac_jobs` then does the SHA-256 work
-//! from a single place (see `HmacJob`).
+//! Structure, for the verifier: `prepare` parses and looks up, and leaves the crypto work (HMAC
+//! jobs, token derivation) and the frame's reason in a per-CPU map value; `run_jobs` then does
+//! all SHA-256 work from a single place (see `HmacJob`).
 #![no_std]
 #![no_main]
+// Atomic add on map memory: the BPF target's core has no AtomicU64::fetch_add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        xdp_action::{XDP_DROP, XDP_PASS},
+        TC_ACT_OK,
+    },
     helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use mptcp_common::{
     counters::{Counter, COUNTER_COUNT},
-    hmac::{add_addr_truncated, finish, midstate},
+    hmac::{add_addr_truncated, finish_into, join_synack_truncated, midstate_into, token_and_idsn},
     maps::{
-        Config, ConnState, FlowKey, FlowRef, HmacJob, HmacJobs, KeyEvent, CONN_FLAG_KEY_CONFLICT,
-        KEY_EVENTS_BYTES, MAX_CONNS, MAX_FLOWS, MODE_MONITOR, ROLE_A,
+        Config, ConnState, FlowKey, FlowRef, HmacJob, HmacJobs, JoinState, KeyEvent, Token,
+        TokenRef, ACTIVITY_GRANULARITY_S, CONN_FLAG_KEY_CONFLICT, FIN_FROM_DST, FIN_FROM_SRC,
+        JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID,
+        JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID, KEY_EVENTS_BYTES, MAX_CONNS,
+        MAX_FLOWS, MAX_JOINS, MAX_TOKENS, MODE_MONITOR, ROLE_A, ROLE_B, TOKENS_INSTALL,
+        TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
-        parse_tcp, read_add_addr, read_capable_keys, walk_options_in, OptRef, PacketView,
-        TcpSegment, WalkState, MAX_ADD_ADDRS,
+        parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join,
+        walk_options_in, Join, OptRef, PacketView, TcpSegment, WalkState, MAX_ADD_ADDRS, TCP_FIN,
+        TCP_RST,
     },
-    validate::{add_addr_block, add_addr_reason, drops},
+    validate::{
+        add_addr_block, add_addr_reason, after_fin, drops, fastclose_reason, join_ack_reason,
+        join_state_fresh, join_syn_reason, join_synack_reason,
+    },
+    hmac::join_block,
 };
 
 /// BPF_NOEXIST: insert only if the key is absent.
@@ -37,11 +57,16 @@ const BPF_NOEXIST: u64 = 1;
 const BPF_ANY: u64 = 0;
 /// Largest frame offset the parser reads; also gives the verifier a bound on every offset.
 const MAX_FRAME_OFFSET: usize = 0x3fff;
+const NS_PER_S: u64 = 1_000_000_000;
 
 #[map]
 static MPTCP_CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 #[map]
 static MPTCP_FLOWS: LruHashMap<FlowKey, FlowRef> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+static MPTCP_TOKENS: LruHashMap<Token, TokenRef> = LruHashMap::with_max_entries(MAX_TOKENS, 0);
+#[map]
+static MPTCP_JOINS: LruHashMap<FlowKey, JoinState> = LruHashMap::with_max_entries(MAX_JOINS, 0);
 #[map]
 static MPTCP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 #[map]
@@ -54,14 +79,53 @@ static MPTCP_SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(1, 
 /// Per-CPU option-walk state (see `WalkState` for why it is not on the stack).
 #[map]
 static MPTCP_WALK: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);
-/// Per-CPU HMAC jobs of the current frame (see `HmacJob`).
+/// Per-CPU crypto work of the current frame (see `HmacJob`).
 #[map]
 static MPTCP_HMAC_JOBS: PerCpuArray<HmacJobs> = PerCpuArray::with_max_entries(1, 0);
 
-/// The XDP frame as a bounds-checked byte source for the shared parser.
-struct Frame<'a>(&'a XdpContext);
+/// What both program types offer the shared code.
+trait PacketCtx {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    fn ifindex(&self) -> u32;
+}
 
-impl PacketView for Frame<'_> {
+impl PacketCtx for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading a field of the XDP context.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+}
+
+impl PacketCtx for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading a field of the skb context.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+}
+
+/// A frame as a bounds-checked byte source for the shared parser.
+struct Frame<'a, C>(&'a C);
+
+impl<C: PacketCtx> PacketView for Frame<'_, C> {
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         if off > MAX_FRAME_OFFSET {
@@ -80,14 +144,7 @@ impl PacketView for Frame<'_> {
 
 #[xdp]
 pub fn mptcp_xdp_ingress(ctx: XdpContext) -> u32 {
-    let Some(jobs) = MPTCP_HMAC_JOBS.get_ptr_mut(0) else {
-        count(Counter::MptcpOther);
-        return XDP_PASS;
-    };
-    // SAFETY: per-CPU map value, used only by this invocation.
-    let jobs = unsafe { &mut *jobs };
-    prepare(&ctx, jobs);
-    let reason = run_hmac_jobs(jobs);
+    let reason = process::<XdpContext, false>(&ctx);
     count(reason);
     if drops(reason) {
         XDP_DROP
@@ -96,10 +153,40 @@ pub fn mptcp_xdp_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The host's own segments: learn keys and nonces, never drop.
+#[classifier]
+pub fn mptcp_tc_egress(ctx: TcContext) -> i32 {
+    match process::<TcContext, true>(&ctx) {
+        Counter::KeysLearned => count(Counter::EgressKeysLearned),
+        _ => {}
+    }
+    count(Counter::Egress);
+    TC_ACT_OK
+}
+
 /// Benchmark baseline: the cheapest possible XDP program.
 #[xdp]
 pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+#[inline(always)]
+fn process<C: PacketCtx, const EGRESS: bool>(ctx: &C) -> Counter {
+    let Some(jobs) = MPTCP_HMAC_JOBS.get_ptr_mut(0) else {
+        return Counter::MptcpOther;
+    };
+    // SAFETY: per-CPU map value, used only by this invocation.
+    let jobs = unsafe { &mut *jobs };
+    prepare::<C, EGRESS>(ctx, jobs);
+    if jobs.tokens.op == TOKENS_NONE
+        && jobs.jobs[0].kind == JOB_NONE
+        && jobs.jobs[1].kind == JOB_NONE
+        && jobs.jobs[JOIN_JOB_SLOT].kind == JOB_NONE
+    {
+        // The common case: no crypto for this frame.
+        return counter_from(jobs.reason);
+    }
+    run_jobs(jobs)
 }
 
 #[inline(always)]
@@ -115,14 +202,21 @@ fn mode() -> u32 {
     MPTCP_CONFIG.get(0).map_or(MODE_MONITOR, |c| c.mode)
 }
 
-/// Parses the frame, learns keys, prepares the HMAC jobs and stores the frame's reason so far.
-/// Each stage leaves its result in per-CPU map memory, so the next stage is verified once for
-/// all the paths of the previous one (see `WalkState`, `HmacJob`).
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Parses the frame, does the map work, prepares the crypto jobs and stores the frame's reason
+/// so far. Each stage leaves its result in per-CPU map memory, so the next stage is verified
+/// once for all the paths of the previous one (see `WalkState`, `HmacJob`).
 #[inline(never)]
-fn prepare(ctx: &XdpContext, jobs: &mut HmacJobs) {
+fn prepare<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
     for job in &mut jobs.jobs {
-        job.active = 0;
+        job.kind = JOB_NONE;
     }
+    jobs.tokens.op = TOKENS_NONE;
     let Some(walk) = MPTCP_WALK.get_ptr_mut(0) else {
         jobs.reason = Counter::MptcpOther as u32;
         return;
@@ -133,7 +227,7 @@ fn prepare(ctx: &XdpContext, jobs: &mut HmacJobs) {
         Some(reason) => reason,
         None => {
             walk_options(ctx, walk);
-            decide(ctx, core::hint::black_box(walk), jobs)
+            decide::<C, EGRESS>(ctx, core::hint::black_box(walk), jobs)
         }
     };
     jobs.reason = reason as u32;
@@ -141,7 +235,7 @@ fn prepare(ctx: &XdpContext, jobs: &mut HmacJobs) {
 
 /// Parses L2..L4 into `walk.seg`; returns the reason when the frame is not examined further.
 #[inline(never)]
-fn parse_into(ctx: &XdpContext, walk: &mut WalkState) -> Option<Counter> {
+fn parse_into<C: PacketCtx>(ctx: &C, walk: &mut WalkState) -> Option<Counter> {
     match parse_tcp(&Frame(ctx)) {
         Ok(seg) => {
             walk.seg = seg;
@@ -152,15 +246,22 @@ fn parse_into(ctx: &XdpContext, walk: &mut WalkState) -> Option<Counter> {
 }
 
 #[inline(never)]
-fn walk_options(ctx: &XdpContext, walk: &mut WalkState) {
+fn walk_options<C: PacketCtx>(ctx: &C, walk: &mut WalkState) {
     walk_options_in(&Frame(ctx), walk);
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext, walk: &WalkState, jobs: &mut HmacJobs) -> Counter {
+fn decide<C: PacketCtx, const EGRESS: bool>(
+    ctx: &C,
+    walk: &WalkState,
+    jobs: &mut HmacJobs,
+) -> Counter {
     let frame = Frame(ctx);
     let seg = &walk.seg;
     let opts = &walk.found;
+    if seg.flags & (TCP_FIN | TCP_RST) != 0 {
+        subflow_end(seg, jobs);
+    }
     if opts.count == 0 {
         return if opts.malformed { Counter::Malformed } else { Counter::TcpNoMptcp };
     }
@@ -172,24 +273,121 @@ fn decide(ctx: &XdpContext, walk: &WalkState, jobs: &mut HmacJobs) -> Counter {
         reason = reason.max(Counter::AddAddrEcho);
     }
     if let Some(opt) = opts.capable_keys {
-        reason = reason.max(learn_keys(ctx, &frame, seg, opt));
+        reason = reason.max(learn_keys(ctx, &frame, seg, opt, jobs));
+    } else {
+        note_activity(seg);
     }
-    for i in 0..MAX_ADD_ADDRS {
-        if let Some(opt) = opts.add_addrs[i] {
-            reason = reason.max(prepare_add_addr(&frame, seg, &opt, &mut jobs.jobs[i]));
+    if let Some(opt) = opts.join {
+        reason = reason.max(join::<C, EGRESS>(&frame, seg, &opt, jobs));
+    }
+    if let Some(opt) = opts.fastclose {
+        reason = reason.max(fastclose::<C, EGRESS>(&frame, seg, &opt, jobs));
+    }
+    if !EGRESS {
+        for i in 0..MAX_ADD_ADDRS {
+            if let Some(opt) = opts.add_addrs[i] {
+                reason = reason.max(prepare_add_addr(&frame, seg, &opt, &mut jobs.jobs[i]));
+            }
         }
     }
     reason
 }
 
+/// The tracked subflow of `seg`, and the role of the segment's sender in its connection.
+#[inline(always)]
+fn lookup_flow(seg: &TcpSegment) -> Option<(*mut FlowRef, u8)> {
+    let (key, swapped) = seg.flow.canonical();
+    let flow = MPTCP_FLOWS.get_ptr_mut(&key)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let src_role = unsafe { (*flow).src_role } & 1;
+    Some((flow, if swapped { src_role ^ 1 } else { src_role }))
+}
+
+/// Refreshes the subflow's activity time (read by the loader's idle sweep), at most once per
+/// `ACTIVITY_GRANULARITY_S` so the data path rarely writes shared memory.
+#[inline(never)]
+fn note_activity(seg: &TcpSegment) {
+    if let Some((flow, _)) = lookup_flow(seg) {
+        let now_s = (now_ns() / NS_PER_S) as u32;
+        // SAFETY: map value pointer from a successful lookup; a racing writer stores a time too.
+        unsafe {
+            if now_s.wrapping_sub((*flow).last_seen_s) >= ACTIVITY_GRANULARITY_S {
+                (*flow).last_seen_s = now_s;
+            }
+        }
+    }
+}
+
+/// A tracked subflow sent RST, or FIN: forget it once it has ended, and the connection with
+/// its last subflow.
+#[inline(never)]
+fn subflow_end(seg: &TcpSegment, jobs: &mut HmacJobs) {
+    let (key, swapped) = seg.flow.canonical();
+    let Some(flow) = MPTCP_FLOWS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let (conn_id, ended) = unsafe {
+        let ended = if seg.flags & TCP_RST != 0 {
+            true
+        } else {
+            let from = if swapped { FIN_FROM_DST } else { FIN_FROM_SRC };
+            let (fin, ended) = after_fin((*flow).fin, from);
+            (*flow).fin = fin;
+            ended
+        };
+        ((*flow).conn_id, ended)
+    };
+    if !ended || MPTCP_FLOWS.remove(&key).is_err() {
+        // Not ended, or another CPU already removed it (and counted it).
+        return;
+    }
+    count(Counter::SubflowClosed);
+    let Some(conn) = MPTCP_CONNS.get_ptr_mut(&conn_id) else {
+        return;
+    };
+    // SAFETY: map value pointer from a successful lookup; `subflows` is only changed atomically.
+    // The BPF target (cpu v1) has atomic add but not fetch-and-add, so the count is re-read: two
+    // CPUs ending the last two subflows at once may both see zero; forgetting twice is harmless.
+    let last = unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, u64::MAX);
+        core::ptr::read_volatile(&raw const (*conn).subflows) == 0
+    };
+    if last {
+        forget_conn(conn_id, conn, jobs);
+    }
+}
+
+/// Removes a connection's state; its tokens go in `run_jobs` (deriving them takes SHA-256).
+#[inline(always)]
+fn forget_conn(conn_id: u64, conn: *const ConnState, jobs: &mut HmacJobs) {
+    // SAFETY: map value pointer from a successful lookup, read before the removal.
+    unsafe {
+        jobs.tokens.key_a = (*conn).key_a;
+        jobs.tokens.key_b = (*conn).key_b;
+    }
+    jobs.tokens.conn_id = conn_id;
+    jobs.tokens.op = TOKENS_REMOVE;
+    if MPTCP_CONNS.remove(&conn_id).is_ok() {
+        count(Counter::ConnClosed);
+    }
+}
+
 /// MP_CAPABLE with both keys, sent by A (this segment's source) to B.
 #[inline(never)]
-fn learn_keys(ctx: &XdpContext, frame: &Frame, seg: &TcpSegment, opt: OptRef) -> Counter {
+fn learn_keys<C: PacketCtx>(
+    ctx: &C,
+    frame: &Frame<C>,
+    seg: &TcpSegment,
+    opt: OptRef,
+    jobs: &mut HmacJobs,
+) -> Counter {
     let Some((key_a, key_b)) = read_capable_keys(frame, opt) else {
         return Counter::Truncated;
     };
     let conn_id = ConnState::id_of(&key_a);
-    if let Some(flow) = MPTCP_FLOWS.get_ptr(&seg.flow) {
+    let (flow_key, swapped) = seg.flow.canonical();
+    if let Some(flow) = MPTCP_FLOWS.get_ptr(&flow_key) {
         // SAFETY: map value pointer from a successful lookup.
         let known_id = unsafe { (*flow).conn_id };
         if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&known_id) {
@@ -203,19 +401,20 @@ fn learn_keys(ctx: &XdpContext, frame: &Frame, seg: &TcpSegment, opt: OptRef) ->
             return Counter::KeysConflict;
         }
         // The connection was evicted but the subflow was not: learn it again below.
+        count(Counter::FlowWithoutConn);
     }
     let Some(scratch) = MPTCP_SCRATCH.get_ptr_mut(0) else {
         return Counter::MptcpOther;
     };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     // SAFETY: per-CPU scratch slot; map value pointers from successful lookups.
     unsafe {
         (*scratch).key_a = key_a;
         (*scratch).key_b = key_b;
         (*scratch).ready = 0;
         (*scratch).flags = 0;
-        (*scratch).learned_ns = now;
+        (*scratch).subflows = 1;
+        (*scratch).learned_s = (now / NS_PER_S) as u32;
         if MPTCP_CONNS.insert(&conn_id, &*scratch, BPF_NOEXIST).is_err() {
             // Already there (another subflow carried the same Key-A): it must agree.
             match MPTCP_CONNS.get_ptr_mut(&conn_id) {
@@ -231,10 +430,22 @@ fn learn_keys(ctx: &XdpContext, frame: &Frame, seg: &TcpSegment, opt: OptRef) ->
             }
         }
     }
-    let flow_ref = FlowRef { conn_id, src_role: ROLE_A, pad: [0; 7] };
-    if MPTCP_FLOWS.insert(&seg.flow, &flow_ref, BPF_ANY).is_err() {
+    let flow_ref = FlowRef {
+        conn_id,
+        last_seen_s: (now / NS_PER_S) as u32,
+        src_role: if swapped { ROLE_B } else { ROLE_A },
+        fin: 0,
+        pad: [0; 2],
+    };
+    if MPTCP_FLOWS.insert(&flow_key, &flow_ref, BPF_ANY).is_err() {
         count(Counter::MapInsertFailed);
     }
+    // Tokens are installed here, not only by the loader, so a join right after the handshake
+    // is never refused for lack of them.
+    jobs.tokens.key_a = key_a;
+    jobs.tokens.key_b = key_b;
+    jobs.tokens.conn_id = conn_id;
+    jobs.tokens.op = TOKENS_INSTALL;
     match MPTCP_KEYEVENTS.reserve::<KeyEvent>(0) {
         Some(mut entry) => {
             entry.write(KeyEvent {
@@ -242,8 +453,7 @@ fn learn_keys(ctx: &XdpContext, frame: &Frame, seg: &TcpSegment, opt: OptRef) ->
                 key_a,
                 key_b,
                 seen_ns: now,
-                // SAFETY: reading a field of the XDP context.
-                ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+                ifindex: ctx.ifindex(),
                 mpc_flags: frame.load::<4>(opt.off).map_or(0, |b| b[3]),
                 pad: [0; 3],
             });
@@ -254,41 +464,22 @@ fn learn_keys(ctx: &XdpContext, frame: &Frame, seg: &TcpSegment, opt: OptRef) ->
     Counter::KeysLearned
 }
 
-/// An E=0 ADD_ADDR: find its connection and the announcer's role, and prepare `job`.
-/// Returns the reason if it can be decided without an HMAC, else `MptcpOther` (job active).
-#[inline(never)]
-fn prepare_add_addr(frame: &Frame, seg: &TcpSegment, opt: &OptRef, job: &mut HmacJob) -> Counter {
-    let Some(add_addr) = read_add_addr(frame, *opt) else {
-        return Counter::Truncated;
-    };
-    let (flow, announcer_is_key_source) = match MPTCP_FLOWS.get_ptr(&seg.flow) {
-        Some(f) => (f, true),
-        None => match MPTCP_FLOWS.get_ptr(&seg.flow.reversed()) {
-            Some(f) => (f, false),
-            None => return Counter::AddAddrUnknownConn,
-        },
-    };
-    // SAFETY: map value pointer from a successful lookup.
-    let flow = unsafe { *flow };
-    let role = if announcer_is_key_source { flow.src_role } else { flow.src_role ^ 1 } & 1;
-    let Some(conn) = MPTCP_CONNS.get_ptr(&flow.conn_id) else {
-        return Counter::AddAddrUnknownConn;
-    };
+/// The sender/receiver keys of a connection for a sender role, and whether its midstates are
+/// installed (copied into `job.mid`).
+#[inline(always)]
+fn load_keys(conn: *const ConnState, sender_role: u8, job: &mut HmacJob) {
+    let idx = usize::from(sender_role & 1);
     // SAFETY: map value pointer from a successful lookup. A concurrent writer (the loader, the
     // fast path on another CPU) only ever stores the same deterministic midstates.
     unsafe {
-        if (*conn).flags & CONN_FLAG_KEY_CONFLICT != 0 {
-            return Counter::AddAddrUntrustedConn;
-        }
-        let idx = usize::from(role);
         if (*conn).ready & (1 << idx) != 0 {
-            job.mid = (*conn).mid[idx & 1];
+            job.mid = (*conn).mid[idx];
             job.need_midstate = 0;
         } else {
             // The key-learning window: the loader has not installed the midstates yet.
             job.need_midstate = 1;
         }
-        if role == ROLE_A {
+        if idx == usize::from(ROLE_A) {
             job.key_sender = (*conn).key_a;
             job.key_receiver = (*conn).key_b;
         } else {
@@ -296,47 +487,349 @@ fn prepare_add_addr(frame: &Frame, seg: &TcpSegment, opt: &OptRef, job: &mut Hma
             job.key_receiver = (*conn).key_a;
         }
     }
+    job.role = sender_role & 1;
+}
+
+/// The connection of a tracked subflow, unless it is gone or untrusted.
+#[inline(always)]
+fn trusted_conn(conn_id: u64) -> Result<*mut ConnState, Counter> {
+    let Some(conn) = MPTCP_CONNS.get_ptr_mut(&conn_id) else {
+        count(Counter::FlowWithoutConn);
+        return Err(Counter::MptcpOther);
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    if unsafe { (*conn).flags } & CONN_FLAG_KEY_CONFLICT != 0 {
+        return Err(Counter::UntrustedConn);
+    }
+    Ok(conn)
+}
+
+/// An E=0 ADD_ADDR: find its connection and the announcer's role, and prepare `job`.
+/// Returns the reason if it can be decided without an HMAC, else `MptcpOther` (job set).
+#[inline(never)]
+fn prepare_add_addr<C: PacketCtx>(
+    frame: &Frame<C>,
+    seg: &TcpSegment,
+    opt: &OptRef,
+    job: &mut HmacJob,
+) -> Counter {
+    let Some(add_addr) = read_add_addr(frame, *opt) else {
+        return Counter::Truncated;
+    };
+    let Some((flow, announcer_role)) = lookup_flow(seg) else {
+        return Counter::AddAddrUnknownConn;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let conn_id = unsafe { (*flow).conn_id };
+    let conn = match trusted_conn(conn_id) {
+        Ok(conn) => conn,
+        Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
+        Err(_) => return Counter::AddAddrUnknownConn,
+    };
+    load_keys(conn, announcer_role, job);
     job.block = add_addr_block(&add_addr);
-    job.expected = add_addr.hmac;
-    job.conn_id = flow.conn_id;
-    job.role = role;
-    job.active = 1;
+    job.expected[..8].copy_from_slice(&add_addr.hmac);
+    job.conn_id = conn_id;
+    job.kind = JOB_ADD_ADDR;
     Counter::MptcpOther
 }
 
-/// Runs the prepared HMAC checks and returns the frame's final reason.
+/// MP_JOIN on a SYN, SYN/ACK or third ACK (protocol doc §4). On ingress: the SYN's token must be
+/// known; the SYN/ACK and third-ACK HMACs are prepared as jobs. On egress: remember the host's
+/// own nonces.
 #[inline(never)]
-fn run_hmac_jobs(jobs: &mut HmacJobs) -> Counter {
-    let mut reason = counter_from(jobs.reason);
-    let mode = mode();
-    for i in 0..MAX_ADD_ADDRS {
-        let job = &mut jobs.jobs[i];
-        if job.active == 0 {
-            continue;
-        }
-        if job.need_midstate != 0 {
-            job.mid = midstate(&job.key_sender, &job.key_receiver);
-            if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
-                let idx = usize::from(job.role & 1);
-                // SAFETY: map value pointer from a successful lookup (see prepare_add_addr).
-                unsafe {
-                    (*conn).mid[idx] = job.mid;
-                    (*conn).ready |= 1 << idx;
+fn join<C: PacketCtx, const EGRESS: bool>(
+    frame: &Frame<C>,
+    seg: &TcpSegment,
+    opt: &OptRef,
+    jobs: &mut HmacJobs,
+) -> Counter {
+    let Some(option) = read_join(frame, *opt) else {
+        return Counter::Truncated;
+    };
+    match option {
+        Join::Syn { addr_id, token, nonce, .. } => {
+            let Some(token_ref) = MPTCP_TOKENS.get_ptr(&token) else {
+                if EGRESS {
+                    count(Counter::EgressJoinUnknownToken);
+                    return Counter::MptcpOther;
                 }
+                return join_syn_reason(false, mode());
+            };
+            // SAFETY: map value pointer from a successful lookup.
+            let token_ref = unsafe { *token_ref };
+            let conn_id = u64::from_ne_bytes(token_ref.conn_id);
+            if MPTCP_CONNS.get_ptr(&conn_id).is_none() {
+                // The token outlived its connection (evicted): not known well enough to judge.
+                count(Counter::FlowWithoutConn);
+                return if EGRESS { Counter::MptcpOther } else { Counter::JoinStateMissing };
             }
-            count(Counter::MidstateComputedInline);
+            let state = JoinState {
+                conn_id,
+                created_ns: now_ns(),
+                nonce_initiator: nonce,
+                nonce_responder: [0; 4],
+                // The token names the responder's key.
+                initiator_role: (token_ref.role & 1) ^ 1,
+                addr_id,
+                flags: 0,
+                pad: [0; 5],
+            };
+            if MPTCP_JOINS.insert(&seg.flow, &state, BPF_ANY).is_err() {
+                count(Counter::MapInsertFailed);
+            }
+            if EGRESS {
+                count(Counter::EgressJoinNonce);
+                Counter::MptcpOther
+            } else {
+                Counter::JoinSynKnownToken
+            }
         }
-        let ok = add_addr_truncated(&finish(&job.mid, &job.block)) == job.expected;
-        reason = reason.max(add_addr_reason(ok, mode));
+        Join::SynAck { hmac, nonce, .. } => {
+            let initiator_to_responder = seg.flow.reversed();
+            let Some(state) = fresh_join(&initiator_to_responder) else {
+                return if EGRESS { Counter::MptcpOther } else { Counter::JoinStateMissing };
+            };
+            if EGRESS {
+                // The host is the responder: remember R-B for the third ACK's check.
+                // SAFETY: map value pointer from a successful lookup.
+                unsafe {
+                    (*state).nonce_responder = nonce;
+                    (*state).flags |= JOIN_HAVE_RESPONDER_NONCE;
+                }
+                count(Counter::EgressJoinNonce);
+                return Counter::MptcpOther;
+            }
+            // SAFETY: map value pointer from a successful lookup.
+            let state = unsafe { *state };
+            let conn = match trusted_conn(state.conn_id) {
+                Ok(conn) => conn,
+                Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
+                Err(_) => return Counter::JoinStateMissing,
+            };
+            // HMAC(Key-B || Key-A, R-B || R-A): the responder is the sender.
+            let job = &mut jobs.jobs[JOIN_JOB_SLOT];
+            load_keys(conn, state.initiator_role ^ 1, job);
+            job.block = join_block(&nonce, &state.nonce_initiator);
+            job.expected[..8].copy_from_slice(&hmac);
+            job.conn_id = state.conn_id;
+            job.flow = initiator_to_responder;
+            job.nonce_responder = nonce;
+            job.initiator_role = state.initiator_role;
+            job.kind = JOB_JOIN_SYNACK;
+            Counter::MptcpOther
+        }
+        Join::Ack { hmac } => {
+            if EGRESS {
+                return Counter::MptcpOther;
+            }
+            let Some(state) = fresh_join(&seg.flow) else {
+                return Counter::JoinStateMissing;
+            };
+            // SAFETY: map value pointer from a successful lookup.
+            let state = unsafe { *state };
+            if state.flags & JOIN_HAVE_RESPONDER_NONCE == 0 {
+                return Counter::JoinStateMissing;
+            }
+            let conn = match trusted_conn(state.conn_id) {
+                Ok(conn) => conn,
+                Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
+                Err(_) => return Counter::JoinStateMissing,
+            };
+            // HMAC(Key-A || Key-B, R-A || R-B): the initiator is the sender.
+            let job = &mut jobs.jobs[JOIN_JOB_SLOT];
+            load_keys(conn, state.initiator_role, job);
+            job.block = join_block(&state.nonce_initiator, &state.nonce_responder);
+            job.expected = hmac;
+            job.conn_id = state.conn_id;
+            job.flow = seg.flow;
+            job.initiator_role = state.initiator_role;
+            job.kind = JOB_JOIN_ACK;
+            Counter::MptcpOther
+        }
+    }
+}
+
+/// The pending join of this initiator -> responder subflow, unless missing or expired.
+#[inline(always)]
+fn fresh_join(key: &FlowKey) -> Option<*mut JoinState> {
+    let state = MPTCP_JOINS.get_ptr_mut(key)?;
+    // SAFETY: map value pointer from a successful lookup.
+    if join_state_fresh(unsafe { (*state).created_ns }, now_ns()) {
+        Some(state)
+    } else {
+        count(Counter::JoinStateExpired);
+        None
+    }
+}
+
+/// MP_FASTCLOSE: it must carry the receiver's key; then the connection is over.
+#[inline(never)]
+fn fastclose<C: PacketCtx, const EGRESS: bool>(
+    frame: &Frame<C>,
+    seg: &TcpSegment,
+    opt: &OptRef,
+    jobs: &mut HmacJobs,
+) -> Counter {
+    let Some(key) = read_fastclose_key(frame, *opt) else {
+        return Counter::Truncated;
+    };
+    let Some((flow, sender_role)) = lookup_flow(seg) else {
+        return Counter::FastcloseUnknownConn;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let conn_id = unsafe { (*flow).conn_id };
+    let conn = match trusted_conn(conn_id) {
+        Ok(conn) => conn,
+        Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
+        Err(_) => return Counter::FastcloseUnknownConn,
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let receiver_key = unsafe { if sender_role == ROLE_A { (*conn).key_b } else { (*conn).key_a } };
+    let key_ok = key == receiver_key;
+    if key_ok {
+        forget_conn(conn_id, conn, jobs);
+    }
+    if EGRESS {
+        Counter::MptcpOther
+    } else {
+        fastclose_reason(key_ok, mode())
+    }
+}
+
+/// Runs the prepared crypto work and returns the frame's final reason.
+#[inline(never)]
+fn run_jobs(jobs: &mut HmacJobs) -> Counter {
+    run_token_job(jobs);
+    let mode = mode();
+    // Each job leaves its outcome in map memory and returns nothing, so the verifier sees the
+    // same state after every job whatever its result, and verifies the next job only once.
+    for i in 0..=JOIN_JOB_SLOT {
+        run_job(&mut jobs.jobs[i], mode);
+    }
+    let mut reason = counter_from(jobs.reason);
+    for i in 0..=JOIN_JOB_SLOT {
+        if jobs.jobs[i].kind != JOB_NONE {
+            reason = reason.max(counter_from(jobs.jobs[i].outcome));
+        }
     }
     reason
+}
+
+/// One HMAC check: 2 compressions, plus 2 when the midstates are not installed yet.
+#[inline(never)]
+fn run_job(job: &mut HmacJob, mode: u32) {
+    if job.kind == JOB_NONE {
+        return;
+    }
+    if job.need_midstate != 0 {
+        midstate_into(&job.key_sender, &job.key_receiver, &mut job.mid, &mut job.scratch);
+        if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
+            let idx = usize::from(job.role & 1);
+            // SAFETY: map value pointer from a successful lookup (see load_keys).
+            unsafe {
+                (*conn).mid[idx] = job.mid;
+                (*conn).ready |= 1 << idx;
+            }
+        }
+        count(Counter::MidstateComputedInline);
+    }
+    finish_into(&job.mid, &mut job.block, &mut job.digest);
+    let digest = &job.digest;
+    let outcome = match job.kind {
+        JOB_ADD_ADDR => add_addr_reason(add_addr_truncated(digest) == job.expected[..8], mode),
+        JOB_JOIN_SYNACK => {
+            let ok = join_synack_truncated(digest) == job.expected[..8];
+            if ok {
+                join_validated(job, JOIN_SYNACK_VALID);
+            }
+            join_synack_reason(ok, mode)
+        }
+        _ => {
+            let ok = leftmost_160_equal(digest, &job.expected);
+            if ok {
+                join_validated(job, JOIN_ACK_VALID);
+            }
+            join_ack_reason(ok, mode)
+        }
+    };
+    job.outcome = outcome as u32;
+}
+
+#[inline(always)]
+fn leftmost_160_equal(digest: &[u32; 8], expected: &[u8; 20]) -> bool {
+    let mut i = 0;
+    let mut equal = true;
+    while i < 5 {
+        let want = [expected[i * 4], expected[i * 4 + 1], expected[i * 4 + 2], expected[i * 4 + 3]];
+        equal &= digest[i] == u32::from_be_bytes(want);
+        i += 1;
+    }
+    equal
+}
+
+/// A join's HMAC was right: record it and track the subflow as part of its connection, so its
+/// ADD_ADDRs validate and its end is followed.
+#[inline(always)]
+fn join_validated(job: &HmacJob, flag: u8) {
+    if let Some(state) = MPTCP_JOINS.get_ptr_mut(&job.flow) {
+        // SAFETY: map value pointer from a successful lookup.
+        unsafe {
+            if job.kind == JOB_JOIN_SYNACK {
+                (*state).nonce_responder = job.nonce_responder;
+                (*state).flags |= JOIN_HAVE_RESPONDER_NONCE;
+            }
+            (*state).flags |= flag;
+        }
+    }
+    let (key, swapped) = job.flow.canonical();
+    let flow_ref = FlowRef {
+        conn_id: job.conn_id,
+        last_seen_s: (now_ns() / NS_PER_S) as u32,
+        src_role: if swapped { job.initiator_role ^ 1 } else { job.initiator_role } & 1,
+        fin: 0,
+        pad: [0; 2],
+    };
+    // NOEXIST: a retransmitted third ACK (or a gateway seeing both SYN/ACK and ACK) must not
+    // count the subflow twice.
+    if MPTCP_FLOWS.insert(&key, &flow_ref, BPF_NOEXIST).is_ok() {
+        if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
+            // SAFETY: map value pointer; `subflows` is only changed atomically.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, 1)
+            };
+        }
+    }
+}
+
+/// Derives both tokens of a connection learned or ended by this frame (one compression each).
+#[inline(never)]
+fn run_token_job(jobs: &mut HmacJobs) {
+    let job = &jobs.tokens;
+    if job.op == TOKENS_NONE {
+        return;
+    }
+    let (token_a, _) = token_and_idsn(&job.key_a);
+    let (token_b, _) = token_and_idsn(&job.key_b);
+    if job.op == TOKENS_INSTALL {
+        let conn_id = job.conn_id.to_ne_bytes();
+        let a = TokenRef { conn_id, role: ROLE_A };
+        let b = TokenRef { conn_id, role: ROLE_B };
+        if MPTCP_TOKENS.insert(&token_a, &a, BPF_ANY).is_err()
+            || MPTCP_TOKENS.insert(&token_b, &b, BPF_ANY).is_err()
+        {
+            count(Counter::MapInsertFailed);
+        }
+    } else if job.op == TOKENS_REMOVE {
+        let _ = MPTCP_TOKENS.remove(&token_a);
+        let _ = MPTCP_TOKENS.remove(&token_b);
+    }
 }
 
 /// The counter with this code (codes come from `prepare`, which only stores valid ones).
 #[inline(always)]
 fn counter_from(code: u32) -> Counter {
-    let all = Counter::ALL;
-    match all.get(code as usize) {
+    match Counter::ALL.get(code as usize) {
         Some(c) => *c,
         None => Counter::MptcpOther,
     }

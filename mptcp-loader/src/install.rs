@@ -157,7 +157,7 @@ mod tests {
             key_a,
             key_b,
             flags: 0,
-            learned_ns: 5,
+            learned_s: 5,
             ..ConnState::default()
         };
         store.0.insert(ConnState::id_of(&key_a), state);
@@ -182,7 +182,7 @@ mod tests {
             s.mid[usize::from(ROLE_B)],
             mptcp_common::hmac::midstate(&kb, &ka)
         );
-        assert_eq!(s.learned_ns, 5);
+        assert_eq!(s.learned_s, 5);
         assert_eq!(m.token_a, mptcp_common::hmac::token_and_idsn(&ka).0);
         // A retransmitted MP_CAPABLE produces the same event again: nothing to write.
         assert!(matches!(

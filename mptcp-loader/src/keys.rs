@@ -75,7 +75,7 @@ pub fn derive(key_a: &[u8; 8], key_b: &[u8; 8]) -> KeyMaterial {
 }
 
 /// `state` with both directions' midstates filled in and marked ready. Keys, flags and
-/// `learned_ns` are kept as they are.
+/// `learned_s` are kept as they are.
 #[must_use]
 pub fn with_midstates(state: &ConnState, material: &KeyMaterial) -> ConnState {
     let mut out = *state;
@@ -194,14 +194,14 @@ mod tests {
             key_a: k8("fdcf3c40bd104a60"),
             key_b: k8("060f78484ab985d8"),
             flags: 1,
-            learned_ns: 77,
+            learned_s: 77,
             ready: READY_B,
             ..ConnState::default()
         };
         let m = derive(&state.key_a, &state.key_b);
         let out = with_midstates(&state, &m);
         assert_eq!(
-            (out.key_a, out.key_b, out.flags, out.learned_ns),
+            (out.key_a, out.key_b, out.flags, out.learned_s),
             (state.key_a, state.key_b, 1, 77)
         );
         assert_eq!(out.ready, READY_A | READY_B);

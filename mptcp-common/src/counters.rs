@@ -149,7 +149,9 @@ impl Counter {
             | Counter::JoinSynAckBadHmacWouldDrop
             | Counter::JoinAckBadHmacWouldDrop
             | Counter::FastcloseBadKeyWouldDrop => 19,
-            Counter::AddAddrUnknownConn | Counter::JoinStateMissing | Counter::FastcloseUnknownConn => 18,
+            Counter::AddAddrUnknownConn
+            | Counter::JoinStateMissing
+            | Counter::FastcloseUnknownConn => 18,
             Counter::UntrustedConn => 17,
             Counter::KeysConflict => 16,
             Counter::AddAddrValid
@@ -184,7 +186,10 @@ mod tests {
     fn names_are_unique_and_indices_dense() {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
-            assert_eq!(Counter::ALL.iter().filter(|o| o.name() == c.name()).count(), 1);
+            assert_eq!(
+                Counter::ALL.iter().filter(|o| o.name() == c.name()).count(),
+                1
+            );
         }
     }
 
@@ -192,8 +197,14 @@ mod tests {
     fn drop_outranks_everything() {
         for c in Counter::ALL {
             if !crate::validate::drops(*c) {
-                assert_eq!(c.max(Counter::AddAddrBadHmacDropped), Counter::AddAddrBadHmacDropped);
-                assert_eq!(Counter::JoinAckBadHmacDropped.max(*c), Counter::JoinAckBadHmacDropped);
+                assert_eq!(
+                    c.max(Counter::AddAddrBadHmacDropped),
+                    Counter::AddAddrBadHmacDropped
+                );
+                assert_eq!(
+                    Counter::JoinAckBadHmacDropped.max(*c),
+                    Counter::JoinAckBadHmacDropped
+                );
             }
         }
     }

@@ -32,8 +32,15 @@ pub const MAP_WALK: &str = "MPTCP_WALK";
 /// Per-CPU HMAC work of the XDP program for the current frame ([`HmacJobs`]).
 pub const MAP_HMAC_JOBS: &str = "MPTCP_HMAC_JOBS";
 /// Every map the loader pins, in a fixed order.
-pub const PINNED_MAPS: [&str; 7] =
-    [MAP_CONNS, MAP_FLOWS, MAP_TOKENS, MAP_JOINS, MAP_COUNTERS, MAP_KEY_EVENTS, MAP_CONFIG];
+pub const PINNED_MAPS: [&str; 7] = [
+    MAP_CONNS,
+    MAP_FLOWS,
+    MAP_TOKENS,
+    MAP_JOINS,
+    MAP_COUNTERS,
+    MAP_KEY_EVENTS,
+    MAP_CONFIG,
+];
 
 /// Capacity of the connection map (LRU: the least recently used connection goes first when full).
 pub const MAX_CONNS: u32 = 65_536;
@@ -48,6 +55,11 @@ pub const JOIN_LIFETIME_NS: u64 = 30_000_000_000;
 /// A subflow's `last_seen_s` is rewritten at most this often (seconds), to keep the data path
 /// from writing shared memory on every segment.
 pub const ACTIVITY_GRANULARITY_S: u32 = 1;
+/// Plain MPTCP data segments (DSS) refresh their subflow's activity on one segment in this many,
+/// chosen at random: the lookup costs about as much as the rest of the segment's processing, and
+/// a live subflow sends thousands of segments per idle timeout. Signalling segments always do.
+/// A power of two.
+pub const ACTIVITY_SAMPLE_ONE_IN: u32 = 16;
 /// Size of the key-event ring buffer in bytes (a power of two, multiple of the page size).
 pub const KEY_EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -99,7 +111,11 @@ impl FlowKey {
         let mut i = 0;
         while i < 16 {
             if self.saddr[i] != self.daddr[i] {
-                return if self.saddr[i] < self.daddr[i] { (*self, false) } else { (self.reversed(), true) };
+                return if self.saddr[i] < self.daddr[i] {
+                    (*self, false)
+                } else {
+                    (self.reversed(), true)
+                };
             }
             i += 1;
         }
@@ -332,6 +348,10 @@ pub struct TokenJob {
     pub op: u8,
     /// Always zero.
     pub pad: [u8; 7],
+    /// Block buffer for the derivation (kept here, off the BPF stack).
+    pub block: crate::sha256::Block,
+    /// Digest buffer for the derivation.
+    pub digest: crate::sha256::State,
 }
 
 /// Slots of [`HmacJobs::jobs`]: ADD_ADDRs use `0..MAX_ADD_ADDRS`, an MP_JOIN the last one.

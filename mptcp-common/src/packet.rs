@@ -199,7 +199,12 @@ pub fn parse_tcp<P: PacketView + ?Sized>(p: &P) -> Result<TcpSegment, Counter> {
     }
     flow.sport = [t[0], t[1]];
     flow.dport = [t[2], t[3]];
-    Ok(TcpSegment { flow, flags: t[13], opts_start: l4 + 20, opts_end: l4 + doff })
+    Ok(TcpSegment {
+        flow,
+        flags: t[13],
+        opts_start: l4 + 20,
+        opts_end: l4 + doff,
+    })
 }
 
 /// Where one MPTCP option is: offset of its Kind byte and its Length.
@@ -264,8 +269,7 @@ pub fn classify_mptcp(len: u8, b2: u8, b3: u8, tcp_flags: u8) -> MptcpKind {
     }
     match b2 >> 4 {
         MPTCP_SUB_CAPABLE => {
-            let keys_len =
-                matches!(len, MPC_LEN_ACK | MPC_LEN_ACK_DATA | MPC_LEN_ACK_DATA_CSUM);
+            let keys_len = matches!(len, MPC_LEN_ACK | MPC_LEN_ACK_DATA | MPC_LEN_ACK_DATA_CSUM);
             if !keys_len || tcp_flags & TCP_SYN != 0 {
                 return MptcpKind::Other;
             }
@@ -335,8 +339,16 @@ fn walk_step<P: PacketView + ?Sized>(
     if kind == TCPOPT_MPTCP {
         out.count = out.count.saturating_add(1);
         // Bytes 2 and 3 (byte 3 only read when the option is at least 4 long).
-        let b2 = if len >= 3 { p.load::<3>(off).map_or(0, |b| b[2]) } else { 0 };
-        let b3 = if len >= 4 { p.load::<4>(off).map_or(0, |b| b[3]) } else { 0 };
+        let b2 = if len >= 3 {
+            p.load::<3>(off).map_or(0, |b| b[2])
+        } else {
+            0
+        };
+        let b3 = if len >= 4 {
+            p.load::<4>(off).map_or(0, |b| b[3])
+        } else {
+            0
+        };
         let here = OptRef { off, len };
         match classify_mptcp(len, b2, b3, seg.flags) {
             MptcpKind::CapableKeys => {
@@ -388,7 +400,10 @@ pub struct WalkState {
 /// MPTCP option the validator acts on. Stops at EOL, at the header end, or at a bad length.
 #[inline(always)]
 pub fn walk_options<P: PacketView + ?Sized>(p: &P, seg: &TcpSegment) -> MptcpOptions {
-    let mut state = WalkState { seg: *seg, ..WalkState::default() };
+    let mut state = WalkState {
+        seg: *seg,
+        ..WalkState::default()
+    };
     walk_options_in(p, &mut state);
     state.found
 }
@@ -427,7 +442,13 @@ pub struct AddAddr {
 /// HMAC-carrying lengths or the frame is too short.
 #[inline(always)]
 pub fn read_add_addr<P: PacketView + ?Sized>(p: &P, opt: OptRef) -> Option<AddAddr> {
-    let mut a = AddAddr { id: 0, family: FAMILY_V4, addr: [0; 16], port: [0; 2], hmac: [0; 8] };
+    let mut a = AddAddr {
+        id: 0,
+        family: FAMILY_V4,
+        addr: [0; 16],
+        port: [0; 2],
+        hmac: [0; 8],
+    };
     match opt.len {
         16 | 18 => {
             let o: [u8; 18] = if opt.len == 18 {
@@ -457,7 +478,11 @@ pub fn read_add_addr<P: PacketView + ?Sized>(p: &P, opt: OptRef) -> Option<AddAd
             a.family = FAMILY_V6;
             a.id = o[3];
             a.addr.copy_from_slice(&o[4..20]);
-            a.port = if opt.len == 30 { [o[20], o[21]] } else { [0, 0] };
+            a.port = if opt.len == 30 {
+                [o[20], o[21]]
+            } else {
+                [0, 0]
+            };
             a.hmac.copy_from_slice(&o[22..30]);
         }
         _ => return None,
@@ -469,9 +494,19 @@ pub fn read_add_addr<P: PacketView + ?Sized>(p: &P, opt: OptRef) -> Option<AddAd
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Join {
     /// SYN: the responder's token and the initiator's nonce R-A.
-    Syn { addr_id: u8, backup: bool, token: [u8; 4], nonce: [u8; 4] },
+    Syn {
+        addr_id: u8,
+        backup: bool,
+        token: [u8; 4],
+        nonce: [u8; 4],
+    },
     /// SYN/ACK: the 64-bit truncated HMAC and the responder's nonce R-B.
-    SynAck { addr_id: u8, backup: bool, hmac: [u8; 8], nonce: [u8; 4] },
+    SynAck {
+        addr_id: u8,
+        backup: bool,
+        hmac: [u8; 8],
+        nonce: [u8; 4],
+    },
     /// Third ACK: the 160-bit HMAC.
     Ack { hmac: [u8; 20] },
 }

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 
 const ADD_ADDR_V4: [u8; 16] = [30, 16, 0x30, 1, 198, 18, 9, 9, 1, 2, 3, 4, 5, 6, 7, 8];
 const ECHO_V4: [u8; 8] = [30, 8, 0x31, 1, 198, 18, 9, 9];
-const MPC_ACK: [u8; 20] = [30, 20, 0x01, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+const MPC_ACK: [u8; 20] = [
+    30, 20, 0x01, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+];
 
 fn parse(frame: &[u8]) -> Result<(TcpSegment, MptcpOptions), Counter> {
     let seg = parse_tcp(frame)?;
@@ -27,7 +29,16 @@ fn plain_ipv4_add_addr() {
     assert_eq!(seg.flow.sport, [0x9c, 0x40]);
     assert_eq!(o.count, 1);
     let a = read_add_addr(f.as_slice(), o.add_addrs[0].unwrap()).unwrap();
-    assert_eq!((a.id, a.family, &a.addr[..4], a.port, a.hmac), (1, FAMILY_V4, &[198, 18, 9, 9][..], [0, 0], [1, 2, 3, 4, 5, 6, 7, 8]));
+    assert_eq!(
+        (a.id, a.family, &a.addr[..4], a.port, a.hmac),
+        (
+            1,
+            FAMILY_V4,
+            &[198, 18, 9, 9][..],
+            [0, 0],
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        )
+    );
 }
 
 #[test]
@@ -44,13 +55,19 @@ fn ipv4_options_vlan_and_qinq() {
 #[test]
 fn ipv6_extension_headers() {
     let mut f = Frame::v6(&ADD_ADDR_V4);
-    f.v6_ext = std::vec![(IPV6_HOPOPTS, std::vec![1, 4, 0, 0, 0, 0]), (IPV6_DSTOPTS, std::vec![0; 14]), (IPV6_ROUTING, std::vec![0; 6])];
+    f.v6_ext = std::vec![
+        (IPV6_HOPOPTS, std::vec![1, 4, 0, 0, 0, 0]),
+        (IPV6_DSTOPTS, std::vec![0; 14]),
+        (IPV6_ROUTING, std::vec![0; 6])
+    ];
     let (seg, o) = parse(&f.bytes()).unwrap();
     assert_eq!(seg.flow.family, FAMILY_V6);
     assert!(o.add_addrs[0].is_some());
     f.v6_ext = std::vec![(IPV6_FRAGMENT, std::vec![0; 6])];
     assert_eq!(parse(&f.bytes()).unwrap_err(), Counter::Fragment);
-    f.v6_ext = (0..MAX_IPV6_EXT_HEADERS + 1).map(|_| (IPV6_DSTOPTS, std::vec![0; 6])).collect();
+    f.v6_ext = (0..MAX_IPV6_EXT_HEADERS + 1)
+        .map(|_| (IPV6_DSTOPTS, std::vec![0; 6]))
+        .collect();
     assert_eq!(parse(&f.bytes()).unwrap_err(), Counter::HeaderChainTooLong);
 }
 
@@ -81,7 +98,12 @@ fn every_truncation_is_safe() {
 #[test]
 fn hostile_option_lengths() {
     // Length 0 and 1 are malformed; a length past the header end is malformed.
-    for opts in [&[30u8, 0, 0x30, 0][..], &[30, 1, 0, 0], &[30, 40, 0x30, 1], &[8, 0, 0, 0]] {
+    for opts in [
+        &[30u8, 0, 0x30, 0][..],
+        &[30, 1, 0, 0],
+        &[30, 40, 0x30, 1],
+        &[8, 0, 0, 0],
+    ] {
         let (_, o) = parse(&Frame::v4(opts).bytes()).unwrap();
         assert!(o.malformed, "{opts:?}");
         assert!(o.add_addrs[0].is_none());
@@ -94,7 +116,8 @@ fn hostile_option_lengths() {
     // v0-style ADD_ADDR (E=0 at an echo length) and an echo at an HMAC length are malformed.
     let (_, o) = parse(&Frame::v4(&[30, 8, 0x34, 1, 1, 2, 3, 4]).bytes()).unwrap();
     assert!(o.malformed);
-    let (_, o) = parse(&Frame::v4(&[30, 16, 0x31, 1, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]).bytes()).unwrap();
+    let (_, o) =
+        parse(&Frame::v4(&[30, 16, 0x31, 1, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]).bytes()).unwrap();
     assert!(o.malformed);
 }
 
@@ -106,22 +129,46 @@ fn every_mptcp_option_is_seen() {
     let (_, o) = parse(&Frame::v4(&opts).bytes()).unwrap();
     assert_eq!((o.count, o.echoes), (3, 1));
     assert!(o.add_addrs[0].is_some() && o.add_addrs[1].is_some());
-    assert_eq!(o.add_addrs[1].unwrap().off, o.add_addrs[0].unwrap().off + 16);
+    assert_eq!(
+        o.add_addrs[1].unwrap().off,
+        o.add_addrs[0].unwrap().off + 16
+    );
 }
 
 #[test]
 fn capable_rules() {
-    assert_eq!(classify_mptcp(20, 0x01, 0x01, TCP_ACK), MptcpKind::CapableKeys);
-    assert_eq!(classify_mptcp(24, 0x01, 0x81, TCP_ACK), MptcpKind::CapableKeys);
-    assert_eq!(classify_mptcp(20, 0x01, 0x01, TCP_SYN | TCP_ACK), MptcpKind::Other);
+    assert_eq!(
+        classify_mptcp(20, 0x01, 0x01, TCP_ACK),
+        MptcpKind::CapableKeys
+    );
+    assert_eq!(
+        classify_mptcp(24, 0x01, 0x81, TCP_ACK),
+        MptcpKind::CapableKeys
+    );
+    assert_eq!(
+        classify_mptcp(20, 0x01, 0x01, TCP_SYN | TCP_ACK),
+        MptcpKind::Other
+    );
     assert_eq!(classify_mptcp(12, 0x01, 0x01, TCP_ACK), MptcpKind::Other);
-    assert_eq!(classify_mptcp(20, 0x00, 0x01, TCP_ACK), MptcpKind::Malformed);
-    assert_eq!(classify_mptcp(20, 0x01, 0x41, TCP_ACK), MptcpKind::Malformed);
-    assert_eq!(classify_mptcp(20, 0x01, 0x03, TCP_ACK), MptcpKind::Malformed);
+    assert_eq!(
+        classify_mptcp(20, 0x00, 0x01, TCP_ACK),
+        MptcpKind::Malformed
+    );
+    assert_eq!(
+        classify_mptcp(20, 0x01, 0x41, TCP_ACK),
+        MptcpKind::Malformed
+    );
+    assert_eq!(
+        classify_mptcp(20, 0x01, 0x03, TCP_ACK),
+        MptcpKind::Malformed
+    );
     let (_, o) = parse(&Frame::v4(&MPC_ACK).bytes()).unwrap();
     let f = Frame::v4(&MPC_ACK).bytes();
     let (ks, kr) = read_capable_keys(f.as_slice(), o.capable_keys.unwrap()).unwrap();
-    assert_eq!((ks, kr), ([1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]));
+    assert_eq!(
+        (ks, kr),
+        ([1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16])
+    );
 }
 
 /// Replays a capture: learns keys from MP_CAPABLE, checks every ADD_ADDR. Returns (valid, invalid, unknown).
@@ -148,12 +195,15 @@ fn replay(path: &str, flip: bool) -> (usize, usize, usize, HashMap<FlowKey, ([u8
                 unknown += 1;
                 continue;
             };
-            if add_addr_hmac_ok(&mid, &a) { valid += 1 } else { invalid += 1 }
+            if add_addr_hmac_ok(&mid, &a) {
+                valid += 1
+            } else {
+                invalid += 1
+            }
         }
     }
     (valid, invalid, unknown, conns)
 }
-
 
 #[test]
 fn linux_captures_validate() {
@@ -167,6 +217,8 @@ fn linux_captures_validate() {
     let other = crate::testing::fixture("linux-6.18-mptcp-v6-backup-csum.pcap");
     let (_, _, _, conns) = replay(&other, false);
     let key_a = [0x53, 0x9a, 0x02, 0x90, 0x2a, 0x56, 0x1f, 0x75];
-    assert!(conns.values().any(|k| k.0 == key_a && k.1 == [0xe1, 0xb7, 0x28, 0x21, 0x36, 0x96, 0x12, 0x35]));
+    assert!(conns
+        .values()
+        .any(|k| k.0 == key_a && k.1 == [0xe1, 0xb7, 0x28, 0x21, 0x36, 0x96, 0x12, 0x35]));
     assert!(conns.len() >= 2, "{conns:?}");
 }

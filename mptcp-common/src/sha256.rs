@@ -5,7 +5,13 @@
 
 /// SHA-256 initial hash value H(0) (FIPS 180-4 §5.3.3).
 pub const IV: [u32; 8] = [
-    0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab,
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
     0x5be0_cd19,
 ];
 
@@ -16,64 +22,175 @@ pub type Block = [u32; 16];
 
 /// Round constants K (FIPS 180-4 §4.2.2).
 static K: [u32; 64] = [
-    0x428a_2f98, 0x7137_4491, 0xb5c0_fbcf, 0xe9b5_dba5, 0x3956_c25b, 0x59f1_11f1, 0x923f_82a4,
-    0xab1c_5ed5, 0xd807_aa98, 0x1283_5b01, 0x2431_85be, 0x550c_7dc3, 0x72be_5d74, 0x80de_b1fe,
-    0x9bdc_06a7, 0xc19b_f174, 0xe49b_69c1, 0xefbe_4786, 0x0fc1_9dc6, 0x240c_a1cc, 0x2de9_2c6f,
-    0x4a74_84aa, 0x5cb0_a9dc, 0x76f9_88da, 0x983e_5152, 0xa831_c66d, 0xb003_27c8, 0xbf59_7fc7,
-    0xc6e0_0bf3, 0xd5a7_9147, 0x06ca_6351, 0x1429_2967, 0x27b7_0a85, 0x2e1b_2138, 0x4d2c_6dfc,
-    0x5338_0d13, 0x650a_7354, 0x766a_0abb, 0x81c2_c92e, 0x9272_2c85, 0xa2bf_e8a1, 0xa81a_664b,
-    0xc24b_8b70, 0xc76c_51a3, 0xd192_e819, 0xd699_0624, 0xf40e_3585, 0x106a_a070, 0x19a4_c116,
-    0x1e37_6c08, 0x2748_774c, 0x34b0_bcb5, 0x391c_0cb3, 0x4ed8_aa4a, 0x5b9c_ca4f, 0x682e_6ff3,
-    0x748f_82ee, 0x78a5_636f, 0x84c8_7814, 0x8cc7_0208, 0x90be_fffa, 0xa450_6ceb, 0xbef9_a3f7,
+    0x428a_2f98,
+    0x7137_4491,
+    0xb5c0_fbcf,
+    0xe9b5_dba5,
+    0x3956_c25b,
+    0x59f1_11f1,
+    0x923f_82a4,
+    0xab1c_5ed5,
+    0xd807_aa98,
+    0x1283_5b01,
+    0x2431_85be,
+    0x550c_7dc3,
+    0x72be_5d74,
+    0x80de_b1fe,
+    0x9bdc_06a7,
+    0xc19b_f174,
+    0xe49b_69c1,
+    0xefbe_4786,
+    0x0fc1_9dc6,
+    0x240c_a1cc,
+    0x2de9_2c6f,
+    0x4a74_84aa,
+    0x5cb0_a9dc,
+    0x76f9_88da,
+    0x983e_5152,
+    0xa831_c66d,
+    0xb003_27c8,
+    0xbf59_7fc7,
+    0xc6e0_0bf3,
+    0xd5a7_9147,
+    0x06ca_6351,
+    0x1429_2967,
+    0x27b7_0a85,
+    0x2e1b_2138,
+    0x4d2c_6dfc,
+    0x5338_0d13,
+    0x650a_7354,
+    0x766a_0abb,
+    0x81c2_c92e,
+    0x9272_2c85,
+    0xa2bf_e8a1,
+    0xa81a_664b,
+    0xc24b_8b70,
+    0xc76c_51a3,
+    0xd192_e819,
+    0xd699_0624,
+    0xf40e_3585,
+    0x106a_a070,
+    0x19a4_c116,
+    0x1e37_6c08,
+    0x2748_774c,
+    0x34b0_bcb5,
+    0x391c_0cb3,
+    0x4ed8_aa4a,
+    0x5b9c_ca4f,
+    0x682e_6ff3,
+    0x748f_82ee,
+    0x78a5_636f,
+    0x84c8_7814,
+    0x8cc7_0208,
+    0x90be_fffa,
+    0xa450_6ceb,
+    0xbef9_a3f7,
     0xc671_78f2,
 ];
+
+/// Low 32 bits of a working value.
+const LOW32: u64 = 0xffff_ffff;
+
+/// The low 32 bits of `x` copied into both halves, so a 64-bit right shift by `n` leaves
+/// `rotr32(x, n)` in the low half: one shift per rotation instead of two shifts, an or and a
+/// zero-extension (BPF has no rotate instruction and, at cpu v1, no 32-bit ALU).
+#[inline(always)]
+const fn doubled(x: u64) -> u64 {
+    (x << 32) | (x & LOW32)
+}
+
+/// Message schedule for round `i >= 16`, in the 16-word ring `w`.
+macro_rules! schedule {
+    ($w:ident, $i:expr) => {{
+        let w15 = u64::from($w[($i + 1) & 15]);
+        let w2 = u64::from($w[($i + 14) & 15]);
+        let (x, y) = (doubled(w15), doubled(w2));
+        let s0 = (x >> 7) ^ (x >> 18) ^ (w15 >> 3);
+        let s1 = (y >> 17) ^ (y >> 19) ^ (w2 >> 10);
+        let sum = u64::from($w[$i & 15])
+            .wrapping_add(s0)
+            .wrapping_add(u64::from($w[($i + 9) & 15]))
+            .wrapping_add(s1);
+        // Storing the low 32 bits is the reduction modulo 2^32.
+        $w[$i & 15] = sum as u32;
+    }};
+}
+
+/// One round on 64-bit working values whose high halves may hold garbage: only the low 32 bits
+/// are ever read (additions and bitwise operations carry no information downwards, `doubled`
+/// drops the high half). The caller rotates the roles of the eight working variables instead of
+/// moving them, so a round is only its arithmetic.
+macro_rules! round {
+    ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $k:expr, $w:expr) => {{
+        let e2 = doubled($e);
+        let t1 = $h
+            .wrapping_add((e2 >> 6) ^ (e2 >> 11) ^ (e2 >> 25))
+            .wrapping_add(($e & $f) ^ (!$e & $g))
+            .wrapping_add(u64::from($k))
+            .wrapping_add(u64::from($w));
+        let a2 = doubled($a);
+        let t2 = ((a2 >> 2) ^ (a2 >> 13) ^ (a2 >> 22)).wrapping_add(($a & $b) | ($c & ($a | $b)));
+        $d = $d.wrapping_add(t1);
+        $h = t1.wrapping_add(t2);
+    }};
+}
+
+/// Four rounds starting at round `base` (a multiple of 4), with or without the schedule.
+macro_rules! four_rounds {
+    ($s:ident, $w:ident, $base:expr, $sched:expr) => {{
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = $s;
+        let base = $base;
+        macro_rules! r {
+            ($x0:ident, $x1:ident, $x2:ident, $x3:ident, $x4:ident, $x5:ident, $x6:ident, $x7:ident, $j:expr) => {{
+                if $sched {
+                    schedule!($w, base + $j);
+                }
+                round!($x0, $x1, $x2, $x3, $x4, $x5, $x6, $x7, K[(base + $j) & 63], $w[(base + $j) & 15]);
+            }};
+        }
+        r!(a, b, c, d, e, f, g, h, 0);
+        r!(h, a, b, c, d, e, f, g, 1);
+        r!(g, h, a, b, c, d, e, f, 2);
+        r!(f, g, h, a, b, c, d, e, 3);
+        // After four rounds the roles have turned by four.
+        $s = [e, f, g, h, a, b, c, d];
+    }};
+}
 
 /// One SHA-256 compression in place (FIPS 180-4 §6.2.2): advances `state` by the block in `w`,
 /// which is used as the message-schedule ring and left scrambled.
 ///
-/// A rolled loop over the 64 rounds: a fully unrolled version needs more than the 512-byte BPF
-/// stack for spills. Never inlined, so in eBPF it is one BPF subprogram; in place, so its frame
-/// holds no copy of the block or the state (the XDP program keeps both in map memory). Indexes
-/// are masked so no bounds check can panic.
+/// Written for the BPF JIT: four rounds per loop step with the working variables' roles rotated
+/// rather than moved, 64-bit arithmetic with rotations done by [`doubled`] (a longer unrolled
+/// version needs more than the 512-byte BPF stack for spills). Never inlined, so in eBPF it is
+/// one BPF subprogram; in place, so its frame holds no copy of the block (the XDP program keeps
+/// it in map memory). Indexes are masked so no bounds check can panic.
 #[inline(never)]
 pub fn compress(state: &mut State, w: &mut Block) {
-    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
-    let mut i = 0usize;
-    while i < 64 {
-        if i >= 16 {
-            let w15 = w[(i + 1) & 15];
-            let w2 = w[(i + 14) & 15];
-            let s0 = w15.rotate_right(7) ^ w15.rotate_right(18) ^ (w15 >> 3);
-            let s1 = w2.rotate_right(17) ^ w2.rotate_right(19) ^ (w2 >> 10);
-            w[i & 15] = w[i & 15].wrapping_add(s0).wrapping_add(w[(i + 9) & 15]).wrapping_add(s1);
-        }
-        let big_s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-        let ch = (e & f) ^ (!e & g);
-        let t1 = h
-            .wrapping_add(big_s1)
-            .wrapping_add(ch)
-            .wrapping_add(K[i & 63])
-            .wrapping_add(w[i & 15]);
-        let big_s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-        let maj = (a & b) ^ (a & c) ^ (b & c);
-        h = g;
-        g = f;
-        f = e;
-        e = d.wrapping_add(t1);
-        d = c;
-        c = b;
-        b = a;
-        a = t1.wrapping_add(big_s0.wrapping_add(maj));
+    let mut s = [
+        u64::from(state[0]),
+        u64::from(state[1]),
+        u64::from(state[2]),
+        u64::from(state[3]),
+        u64::from(state[4]),
+        u64::from(state[5]),
+        u64::from(state[6]),
+        u64::from(state[7]),
+    ];
+    let mut j = 0usize;
+    while j < 4 {
+        four_rounds!(s, w, j * 4, false);
+        j += 1;
+    }
+    while j < 16 {
+        four_rounds!(s, w, j * 4, true);
+        j += 1;
+    }
+    let mut i = 0;
+    while i < 8 {
+        state[i] = (u64::from(state[i]).wrapping_add(s[i]) & LOW32) as u32;
         i += 1;
     }
-    state[0] = state[0].wrapping_add(a);
-    state[1] = state[1].wrapping_add(b);
-    state[2] = state[2].wrapping_add(c);
-    state[3] = state[3].wrapping_add(d);
-    state[4] = state[4].wrapping_add(e);
-    state[5] = state[5].wrapping_add(f);
-    state[6] = state[6].wrapping_add(g);
-    state[7] = state[7].wrapping_add(h);
 }
 
 /// [`compress`] on copies: returns the advanced state, leaves the inputs alone.

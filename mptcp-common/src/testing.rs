@@ -1,9 +1,7 @@
 //! Test support shared by the host tests and the BPF_PROG_TEST_RUN tests (feature `testing`):
 //! a frame builder that writes raw TCP options, and a reader for the fixture captures.
 
-use crate::packet::{
-    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCPOPT_NOP, TCP_ACK,
-};
+use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCPOPT_NOP, TCP_ACK};
 use std::string::String;
 use std::vec::Vec;
 
@@ -64,7 +62,12 @@ impl Frame {
         let mut dst = src;
         src[15] = 1;
         dst[15] = 2;
-        Frame { v6: true, src, dst, ..Frame::v4(opts) }
+        Frame {
+            v6: true,
+            src,
+            dst,
+            ..Frame::v4(opts)
+        }
     }
 
     /// The same frame in the other direction.
@@ -82,7 +85,10 @@ impl Frame {
     /// With other TCP options.
     #[must_use]
     pub fn with_opts(&self, opts: &[u8]) -> Self {
-        Frame { tcp_opts: opts.to_vec(), ..self.clone() }
+        Frame {
+            tcp_opts: opts.to_vec(),
+            ..self.clone()
+        }
     }
 
     /// The frame's bytes (checksums are left zero: the XDP program does not read them).
@@ -143,7 +149,10 @@ impl Frame {
 /// Path of a capture in `../shared/fixtures` (next to the repository).
 #[must_use]
 pub fn fixture(name: &str) -> String {
-    std::format!("{}/../../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    std::format!(
+        "{}/../../shared/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 /// Frames of a classic little-endian pcap with Ethernet link type.
@@ -153,8 +162,16 @@ pub fn fixture(name: &str) -> String {
 #[must_use]
 pub fn pcap_frames(path: &str) -> Vec<Vec<u8>> {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    assert_eq!(&data[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "{path}: not a little-endian microsecond pcap");
-    assert_eq!(u32::from_le_bytes(data[20..24].try_into().unwrap()), 1, "{path}: not Ethernet");
+    assert_eq!(
+        &data[..4],
+        &[0xd4, 0xc3, 0xb2, 0xa1],
+        "{path}: not a little-endian microsecond pcap"
+    );
+    assert_eq!(
+        u32::from_le_bytes(data[20..24].try_into().unwrap()),
+        1,
+        "{path}: not Ethernet"
+    );
     let mut frames = Vec::new();
     let mut off = 24;
     while off + 16 <= data.len() {

@@ -3,8 +3,8 @@
 use crate::counters::Counter;
 use crate::hmac::{add_addr_truncated, add_addr_v4_block, add_addr_v6_block, finish, Midstate};
 use crate::maps::{FAMILY_V4, MODE_ENFORCE};
-use crate::sha256::Block;
 use crate::packet::AddAddr;
+use crate::sha256::Block;
 
 /// The final inner HMAC block of an ADD_ADDR: `id || address || port` padded.
 #[inline(always)]
@@ -130,7 +130,13 @@ mod tests {
             for r in reasons {
                 assert_eq!(drops(r), mode == MODE_ENFORCE, "{r:?}");
             }
-            for r in [add_addr_reason(true, mode), join_synack_reason(true, mode), join_ack_reason(true, mode), join_syn_reason(true, mode), fastclose_reason(true, mode)] {
+            for r in [
+                add_addr_reason(true, mode),
+                join_synack_reason(true, mode),
+                join_ack_reason(true, mode),
+                join_syn_reason(true, mode),
+                fastclose_reason(true, mode),
+            ] {
                 assert!(!drops(r), "{r:?}");
             }
         }

@@ -23,21 +23,22 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_OK,
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use mptcp_common::{
     counters::{Counter, COUNTER_COUNT},
-    hmac::{add_addr_truncated, finish_into, join_synack_truncated, midstate_into, token_and_idsn},
+    hmac::join_block,
+    hmac::{add_addr_truncated, finish_into, join_synack_truncated, midstate_into, token_into},
     maps::{
         Config, ConnState, FlowKey, FlowRef, HmacJob, HmacJobs, JoinState, KeyEvent, Token,
-        TokenRef, ACTIVITY_GRANULARITY_S, CONN_FLAG_KEY_CONFLICT, FIN_FROM_DST, FIN_FROM_SRC,
-        JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID,
-        JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID, KEY_EVENTS_BYTES, MAX_CONNS,
-        MAX_FLOWS, MAX_JOINS, MAX_TOKENS, MODE_MONITOR, ROLE_A, ROLE_B, TOKENS_INSTALL,
-        TOKENS_NONE, TOKENS_REMOVE,
+        TokenRef, ACTIVITY_GRANULARITY_S, ACTIVITY_SAMPLE_ONE_IN, CONN_FLAG_KEY_CONFLICT,
+        FIN_FROM_DST, FIN_FROM_SRC, JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK, JOB_NONE,
+        JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID,
+        KEY_EVENTS_BYTES, MAX_CONNS, MAX_FLOWS, MAX_JOINS, MAX_TOKENS, MODE_MONITOR, ROLE_A,
+        ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
         parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join,
@@ -48,7 +49,6 @@ use mptcp_common::{
         add_addr_block, add_addr_reason, after_fin, drops, fastclose_reason, join_ack_reason,
         join_state_fresh, join_syn_reason, join_synack_reason,
     },
-    hmac::join_block,
 };
 
 /// BPF_NOEXIST: insert only if the key is absent.
@@ -225,6 +225,12 @@ fn prepare<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
     let walk = unsafe { &mut *walk };
     let reason = match parse_into(ctx, walk) {
         Some(reason) => reason,
+        // No options, no FIN or RST: nothing to look at (most data segments without timestamps).
+        None if walk.seg.opts_start >= walk.seg.opts_end
+            && walk.seg.flags & (TCP_FIN | TCP_RST) == 0 =>
+        {
+            Counter::TcpNoMptcp
+        }
         None => {
             walk_options(ctx, walk);
             decide::<C, EGRESS>(ctx, core::hint::black_box(walk), jobs)
@@ -263,7 +269,11 @@ fn decide<C: PacketCtx, const EGRESS: bool>(
         subflow_end(seg, jobs);
     }
     if opts.count == 0 {
-        return if opts.malformed { Counter::Malformed } else { Counter::TcpNoMptcp };
+        return if opts.malformed {
+            Counter::Malformed
+        } else {
+            Counter::TcpNoMptcp
+        };
     }
     let mut reason = Counter::MptcpOther;
     if opts.malformed {
@@ -274,7 +284,11 @@ fn decide<C: PacketCtx, const EGRESS: bool>(
     }
     if let Some(opt) = opts.capable_keys {
         reason = reason.max(learn_keys(ctx, &frame, seg, opt, jobs));
-    } else {
+    } else if opts.join.is_some()
+        || opts.add_addrs[0].is_some()
+        // SAFETY: helper without preconditions.
+        || unsafe { bpf_get_prandom_u32() } & (ACTIVITY_SAMPLE_ONE_IN - 1) == 0
+    {
         note_activity(seg);
     }
     if let Some(opt) = opts.join {
@@ -304,7 +318,8 @@ fn lookup_flow(seg: &TcpSegment) -> Option<(*mut FlowRef, u8)> {
 }
 
 /// Refreshes the subflow's activity time (read by the loader's idle sweep), at most once per
-/// `ACTIVITY_GRANULARITY_S` so the data path rarely writes shared memory.
+/// `ACTIVITY_GRANULARITY_S` so the data path rarely writes shared memory. Data segments call it
+/// for a random sample only (`ACTIVITY_SAMPLE_ONE_IN`).
 #[inline(never)]
 fn note_activity(seg: &TcpSegment) {
     if let Some((flow, _)) = lookup_flow(seg) {
@@ -415,7 +430,10 @@ fn learn_keys<C: PacketCtx>(
         (*scratch).flags = 0;
         (*scratch).subflows = 1;
         (*scratch).learned_s = (now / NS_PER_S) as u32;
-        if MPTCP_CONNS.insert(&conn_id, &*scratch, BPF_NOEXIST).is_err() {
+        if MPTCP_CONNS
+            .insert(&conn_id, &*scratch, BPF_NOEXIST)
+            .is_err()
+        {
             // Already there (another subflow carried the same Key-A): it must agree.
             match MPTCP_CONNS.get_ptr_mut(&conn_id) {
                 Some(conn) if (*conn).key_b == key_b => {}
@@ -548,7 +566,12 @@ fn join<C: PacketCtx, const EGRESS: bool>(
         return Counter::Truncated;
     };
     match option {
-        Join::Syn { addr_id, token, nonce, .. } => {
+        Join::Syn {
+            addr_id,
+            token,
+            nonce,
+            ..
+        } => {
             let Some(token_ref) = MPTCP_TOKENS.get_ptr(&token) else {
                 if EGRESS {
                     count(Counter::EgressJoinUnknownToken);
@@ -562,7 +585,11 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             if MPTCP_CONNS.get_ptr(&conn_id).is_none() {
                 // The token outlived its connection (evicted): not known well enough to judge.
                 count(Counter::FlowWithoutConn);
-                return if EGRESS { Counter::MptcpOther } else { Counter::JoinStateMissing };
+                return if EGRESS {
+                    Counter::MptcpOther
+                } else {
+                    Counter::JoinStateMissing
+                };
             }
             let state = JoinState {
                 conn_id,
@@ -588,7 +615,11 @@ fn join<C: PacketCtx, const EGRESS: bool>(
         Join::SynAck { hmac, nonce, .. } => {
             let initiator_to_responder = seg.flow.reversed();
             let Some(state) = fresh_join(&initiator_to_responder) else {
-                return if EGRESS { Counter::MptcpOther } else { Counter::JoinStateMissing };
+                return if EGRESS {
+                    Counter::MptcpOther
+                } else {
+                    Counter::JoinStateMissing
+                };
             };
             if EGRESS {
                 // The host is the responder: remember R-B for the third ACK's check.
@@ -685,7 +716,13 @@ fn fastclose<C: PacketCtx, const EGRESS: bool>(
         Err(_) => return Counter::FastcloseUnknownConn,
     };
     // SAFETY: map value pointer from a successful lookup.
-    let receiver_key = unsafe { if sender_role == ROLE_A { (*conn).key_b } else { (*conn).key_a } };
+    let receiver_key = unsafe {
+        if sender_role == ROLE_A {
+            (*conn).key_b
+        } else {
+            (*conn).key_a
+        }
+    };
     let key_ok = key == receiver_key;
     if key_ok {
         forget_conn(conn_id, conn, jobs);
@@ -723,7 +760,12 @@ fn run_job(job: &mut HmacJob, mode: u32) {
         return;
     }
     if job.need_midstate != 0 {
-        midstate_into(&job.key_sender, &job.key_receiver, &mut job.mid, &mut job.scratch);
+        midstate_into(
+            &job.key_sender,
+            &job.key_receiver,
+            &mut job.mid,
+            &mut job.scratch,
+        );
         if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
             let idx = usize::from(job.role & 1);
             // SAFETY: map value pointer from a successful lookup (see load_keys).
@@ -761,7 +803,12 @@ fn leftmost_160_equal(digest: &[u32; 8], expected: &[u8; 20]) -> bool {
     let mut i = 0;
     let mut equal = true;
     while i < 5 {
-        let want = [expected[i * 4], expected[i * 4 + 1], expected[i * 4 + 2], expected[i * 4 + 3]];
+        let want = [
+            expected[i * 4],
+            expected[i * 4 + 1],
+            expected[i * 4 + 2],
+            expected[i * 4 + 3],
+        ];
         equal &= digest[i] == u32::from_be_bytes(want);
         i += 1;
     }
@@ -786,7 +833,11 @@ fn join_validated(job: &HmacJob, flag: u8) {
     let flow_ref = FlowRef {
         conn_id: job.conn_id,
         last_seen_s: (now_ns() / NS_PER_S) as u32,
-        src_role: if swapped { job.initiator_role ^ 1 } else { job.initiator_role } & 1,
+        src_role: if swapped {
+            job.initiator_role ^ 1
+        } else {
+            job.initiator_role
+        } & 1,
         fin: 0,
         pad: [0; 2],
     };
@@ -805,16 +856,22 @@ fn join_validated(job: &HmacJob, flag: u8) {
 /// Derives both tokens of a connection learned or ended by this frame (one compression each).
 #[inline(never)]
 fn run_token_job(jobs: &mut HmacJobs) {
-    let job = &jobs.tokens;
+    let job = &mut jobs.tokens;
     if job.op == TOKENS_NONE {
         return;
     }
-    let (token_a, _) = token_and_idsn(&job.key_a);
-    let (token_b, _) = token_and_idsn(&job.key_b);
+    let token_a = token_into(&job.key_a, &mut job.block, &mut job.digest);
+    let token_b = token_into(&job.key_b, &mut job.block, &mut job.digest);
     if job.op == TOKENS_INSTALL {
         let conn_id = job.conn_id.to_ne_bytes();
-        let a = TokenRef { conn_id, role: ROLE_A };
-        let b = TokenRef { conn_id, role: ROLE_B };
+        let a = TokenRef {
+            conn_id,
+            role: ROLE_A,
+        };
+        let b = TokenRef {
+            conn_id,
+            role: ROLE_B,
+        };
         if MPTCP_TOKENS.insert(&token_a, &a, BPF_ANY).is_err()
             || MPTCP_TOKENS.insert(&token_b, &b, BPF_ANY).is_err()
         {

@@ -1,1 +1,32 @@
+//! The network-namespace lab for the MPTCP ADD_ADDR validator (root only).
+//!
+//! - [`lab::Lab`]: two namespaces (`client`, `server`) joined by two veth pairs, MPTCP on, the
+//!   client announcing its second address (a genuine ADD_ADDR) and joining a second subflow.
+//! - [`peers`]: the MPTCP server/client (`mptcp-peer` binary) run inside the namespaces.
+//! - [`forger::Forger`]: a Python (stdlib) script injecting forged ADD_ADDRs into the live connection.
+//! - [`capture::Capture`]: tcpdump in a namespace plus a pcap reader that finds ADD_ADDRs.
+//! - [`counters::Counters`]: a namespace's `nstat` counters.
+//! - [`validator::Validator`]: `mptcp-loader run` / `stats --json` / SIGINT in a namespace.
+//! - [`scenario::run`]: the genuine-traffic-then-forgery sequence used by the tests and the
+//!   `mptcp-demo` binary.
+//!
+//! Every namespace and child process is torn down on drop, on panic, and (for the demo) on
+//! SIGINT/SIGTERM ([`teardown`]).
 
+pub mod capture;
+pub mod counters;
+pub mod error;
+pub mod forger;
+pub mod lab;
+pub mod netns;
+pub mod peers;
+pub mod proc;
+pub mod scenario;
+pub mod teardown;
+pub mod tools;
+pub mod validator;
+
+pub use error::{LabError, Result};
+pub use lab::Lab;
+pub use netns::Netns;
+pub use proc::Proc;

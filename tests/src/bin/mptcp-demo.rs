@@ -1,0 +1,283 @@
+//! `mptcp-demo`: the ADD_ADDR validator at work, in a throw-away two-namespace lab.
+//!
+//! Builds the lab, starts `mptcp-loader run --mode enforce` on the server's two interfaces,
+//! runs a genuine MPTCP transfer (whose ADD_ADDR must pass), injects forged ADD_ADDRs (which
+//! must be dropped), and prints what the kernel and the validator counted. Ctrl-C tears the lab
+//! down. Needs root, iproute2, tcpdump, nsenter and python3 (`cargo xtask setup`).
+//!
+//! ```text
+//! mptcp-demo [--loader PATH] [--mode enforce|monitor] [--no-validator]
+//!            [--bytes N] [--forged K] [--no-control] [--keep]
+//! ```
+
+use std::{env, path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use mptcp_common::counters::Counter;
+use mptcp_tests::{
+    counters::mib,
+    lab::{Lab, KEEP_ENV, PATH2, SERVER_IFACES},
+    scenario::{self, Outcome, Scenario},
+    teardown,
+    tools::Tools,
+    validator::{self, Mode, StopReport, Validator, ValidatorStats},
+};
+
+struct Args {
+    loader: Option<PathBuf>,
+    mode: Mode,
+    validator: bool,
+    scenario: Scenario,
+}
+
+const USAGE: &str = "usage: mptcp-demo [--loader PATH] [--mode enforce|monitor] [--no-validator] \
+                     [--bytes N] [--forged K] [--no-control] [--keep]";
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        loader: None,
+        mode: Mode::Enforce,
+        validator: true,
+        scenario: Scenario::default(),
+    };
+    let mut it = env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--loader" => args.loader = Some(value("--loader")?.into()),
+            "--mode" => {
+                args.mode = match value("--mode")?.as_str() {
+                    "enforce" => Mode::Enforce,
+                    "monitor" => Mode::Monitor,
+                    other => bail!("--mode {other}: expected enforce or monitor"),
+                }
+            }
+            "--no-validator" => args.validator = false,
+            "--bytes" => args.scenario.bytes = value("--bytes")?.parse().context("--bytes")?,
+            "--forged" => args.scenario.forged = value("--forged")?.parse().context("--forged")?,
+            "--no-control" => args.scenario.control = false,
+            // Still single-threaded here.
+            "--keep" => env::set_var(KEEP_ENV, "1"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let result = run();
+    // After Ctrl-C, errors are just children dying: let the signal thread finish and exit.
+    teardown::wait_for_signal_teardown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mptcp-demo: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let tools = Tools::next_to_current_exe();
+    let missing = tools.missing();
+    if !missing.is_empty() {
+        bail!("cannot run the lab: {}", missing.join("; "));
+    }
+    let loader = if args.validator {
+        Some(args.loader.clone().or_else(validator::locate_loader).context(
+            "mptcp-loader not found: build it (`cargo xtask build`), pass --loader PATH or set \
+             MPTCP_LOADER_BIN, or run without the validator (--no-validator)",
+        )?)
+    } else {
+        None
+    };
+
+    teardown::install_signal_teardown().context("installing the SIGINT/SIGTERM handler")?;
+    let lab = Lab::new().context("building the lab")?;
+    println!(
+        "lab: {} <-> {} (two veth paths, 198.18.1.0/24 and 198.18.2.0/24)",
+        lab.client.name(),
+        lab.server.name()
+    );
+
+    let running = match &loader {
+        Some(bin) => {
+            println!(
+                "starting {} run --iface {} --mode {}",
+                bin.display(),
+                SERVER_IFACES.join(" --iface "),
+                args.mode.as_str()
+            );
+            let v = Validator::start(&lab.server, bin, &SERVER_IFACES, args.mode)
+                .context("starting the validator")?;
+            for line in v.attach_lines() {
+                println!("  loader: {line}");
+            }
+            Some(v)
+        }
+        None => {
+            println!("no validator: this is the baseline (forged ADD_ADDRs reach the server)");
+            None
+        }
+    };
+
+    println!(
+        "genuine transfer of {} bytes, then {} forged ADD_ADDR(s){} ...",
+        args.scenario.bytes,
+        args.scenario.forged,
+        if args.scenario.control {
+            " and one positive control"
+        } else {
+            ""
+        }
+    );
+    let outcome = scenario::run(&lab, &tools, &args.scenario).context("running the scenario")?;
+
+    let (stats, stop) = match running {
+        Some(v) => {
+            let stats = v.stats(&lab.server).context("mptcp-loader stats --json");
+            let stop = v.stop(&lab.server).context("stopping the validator")?;
+            (Some(stats?), Some(stop))
+        }
+        None => (None, None),
+    };
+    print_report(&outcome, stats.as_ref(), stop.as_ref());
+    drop(lab);
+    Ok(())
+}
+
+fn print_report(o: &Outcome, stats: Option<&ValidatorStats>, stop: Option<&StopReport>) {
+    let sc = &o.scenario;
+    let v =
+        |c: Counter| stats.map_or_else(|| "-".to_owned(), |s| format!("{} {}", c.name(), s.get(c)));
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    let mut row = |label: &str, kernel: String, validator: String| {
+        rows.push([label.to_owned(), kernel, validator]);
+    };
+    row(
+        &format!("genuine ADD_ADDR (id 1, {})", PATH2.client_addr),
+        String::new(),
+        String::new(),
+    );
+    row(
+        "  accepted",
+        format!(
+            "{} {}",
+            o.server.after_genuine.delta(&o.server.start, mib::ADD_ADDR),
+            mib::ADD_ADDR
+        ),
+        stats.map_or_else(String::new, |_| {
+            format!("{} (with the control)", v(Counter::AddAddrValid))
+        }),
+    );
+    row(
+        &format!(
+            "forged ADD_ADDR, random HMAC (id {}, {})",
+            sc.forged_id, sc.forged_addr
+        ),
+        String::new(),
+        String::new(),
+    );
+    row("  sent", o.forged.sent.to_string(), String::new());
+    row(
+        "  dropped by the validator",
+        String::new(),
+        v(Counter::AddAddrBadHmacDropped),
+    );
+    row(
+        "  would drop (monitor mode)",
+        String::new(),
+        v(Counter::AddAddrBadHmacWouldDrop),
+    );
+    row(
+        "  reached the server stack",
+        format!(
+            "{} seen by tcpdump, {} {:+}",
+            o.forged_seen_by_server(),
+            mib::TCP_IN_SEGS,
+            o.forged_delta(mib::TCP_IN_SEGS)
+        ),
+        String::new(),
+    );
+    row(
+        "  accepted by the kernel",
+        format!("{} {}", o.forged_delta(mib::ADD_ADDR), mib::ADD_ADDR),
+        String::new(),
+    );
+    if let Some(c) = &o.control {
+        row(
+            &format!("control ADD_ADDR, right HMAC (id {}, {})", c.id, c.addr),
+            String::new(),
+            String::new(),
+        );
+        row(
+            "  sent / accepted",
+            format!("{} / {}", c.sent, o.control_delta(mib::ADD_ADDR)),
+            String::new(),
+        );
+    }
+    row(
+        "bytes sent / received",
+        format!("{} / {}", o.client_report.sent, o.bytes_received),
+        String::new(),
+    );
+    row(
+        "client MPTCP_INFO at close",
+        o.client_report.mptcp_info.clone(),
+        String::new(),
+    );
+
+    let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+    let w1 = rows
+        .iter()
+        .map(|r| r[1].len())
+        .max()
+        .unwrap_or(0)
+        .max("server kernel".len());
+    println!();
+    println!("{:<w0$}  {:<w1$}  validator", "", "server kernel");
+    for [label, kernel, validator] in &rows {
+        println!(
+            "{}",
+            format!("{label:<w0$}  {kernel:<w1$}  {validator}").trim_end()
+        );
+    }
+    if let Some(s) = stats {
+        println!();
+        println!("validator counters (mptcp-loader stats --json):");
+        for c in Counter::ALL {
+            println!("  {:<30} {}", c.name(), s.get(*c));
+        }
+        let missing = s.missing();
+        if !missing.is_empty() {
+            println!("  (not in the JSON: {})", missing.join(", "));
+        }
+    }
+    if let Some(stop) = stop {
+        println!();
+        println!(
+            "validator stopped: {}{}{}",
+            stop.status,
+            if stop.graceful {
+                ""
+            } else {
+                " (killed after the SIGINT grace period)"
+            },
+            if stop.still_attached.is_empty() {
+                String::new()
+            } else {
+                format!(", XDP still on {}", stop.still_attached.join(", "))
+            }
+        );
+    }
+    println!();
+    println!(
+        "server kernel MPTCP counter changes: {}",
+        o.server.end.changes_since(&o.server.start).mptcp()
+    );
+}

@@ -1,0 +1,146 @@
+//! Handle on `scripts/forge_add_addr.py`, the forger running in the client namespace (Python
+//! standard library only: AF_PACKET sockets).
+//!
+//! Start it **before** the client connects: it learns the connection (4-tuple, seq/ack,
+//! timestamps, and the keys of the MP_CAPABLE third ACK) by sniffing both directions on the
+//! client's path-1 interface. It then sends, on request, pure ACKs shaped like Linux's own
+//! ADD_ADDR out of that interface with an AF_PACKET socket: right 4-tuple, seq = snd_nxt,
+//! ack = rcv_nxt, IP and TCP checksums computed,
+//! `NOP NOP TS` (Linux drops segments without TS on a TS connection) and a 16-byte ADD_ADDR
+//! (E=0, no port) whose HMAC is either random ([`HmacKind::Bad`]) or computed from the sniffed
+//! keys ([`HmacKind::Good`], the positive control: same framing, the kernel must accept it).
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
+
+use crate::{
+    error::{LabError, Result},
+    netns::Netns,
+    proc::Proc,
+};
+
+/// Which HMAC the forged ADD_ADDR carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HmacKind {
+    /// 8 random bytes: what an attacker who did not see the keys can send.
+    Bad,
+    /// The right truncated HMAC (from the keys sniffed in the handshake).
+    Good,
+}
+
+impl HmacKind {
+    fn word(self) -> &'static str {
+        match self {
+            HmacKind::Bad => "bad",
+            HmacKind::Good => "good",
+        }
+    }
+}
+
+/// What one `inject` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Injection {
+    /// Segments sent.
+    pub sent: u32,
+    /// HMAC kind.
+    pub kind: HmacKind,
+    /// Address ID announced.
+    pub id: u8,
+    /// Address announced.
+    pub addr: Ipv4Addr,
+    /// The forger's full report line (`SENT n=.. sport=.. seq=.. ack=.. ts=..`).
+    pub detail: String,
+}
+
+/// The running forger.
+pub struct Forger {
+    proc: Proc,
+}
+
+impl Forger {
+    /// Starts the forger in `ns` sniffing `iface` for client -> server segments of
+    /// `client -> server`, and waits until it sniffs.
+    ///
+    /// # Errors
+    /// When the Python script fails to start.
+    pub fn start(
+        ns: &Netns,
+        python: &Path,
+        script: &Path,
+        iface: &str,
+        client: Ipv4Addr,
+        server: SocketAddrV4,
+    ) -> Result<Forger> {
+        let args = [
+            script.display().to_string(),
+            "--iface".into(),
+            iface.into(),
+            "--client".into(),
+            client.to_string(),
+            "--server".into(),
+            server.ip().to_string(),
+            "--port".into(),
+            server.port().to_string(),
+        ];
+        let mut proc = ns.spawn("ADD_ADDR forger", python, &args)?;
+        proc.wait_for_line("READY", Duration::from_secs(10), |l| l == "READY")?;
+        Ok(Forger { proc })
+    }
+
+    /// Sends `count` forged ADD_ADDRs announcing `addr` with address ID `id`, 20 ms apart.
+    /// The forger first waits until the client has been quiet for 150 ms, so the seq/ack/TS it
+    /// uses are the latest.
+    ///
+    /// # Errors
+    /// When the forger reports an error (e.g. the connection was not seen) or fails.
+    pub fn inject(
+        &mut self,
+        kind: HmacKind,
+        id: u8,
+        addr: Ipv4Addr,
+        count: u32,
+    ) -> Result<Injection> {
+        let request = format!("inject {} {id} {addr} {count}", kind.word());
+        self.proc.send_line(&request)?;
+        let line = self.proc.wait_for_line(
+            "an answer to inject",
+            Duration::from_secs(30) + Duration::from_millis(50 * u64::from(count)),
+            |l| l.starts_with("SENT ") || l.starts_with("ERR "),
+        )?;
+        let sent = line
+            .strip_prefix("SENT n=")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| LabError::Unexpected {
+                process: self.proc.name().to_owned(),
+                request,
+                line: line.clone(),
+            })?;
+        Ok(Injection {
+            sent,
+            kind,
+            id,
+            addr,
+            detail: line,
+        })
+    }
+
+    /// What the forger has learned about the connection (`STATE sport=.. keys=yes ...`).
+    ///
+    /// # Errors
+    /// When the forger does not answer.
+    pub fn state(&mut self) -> Result<String> {
+        self.proc.send_line("state")?;
+        self.proc.wait_for_prefix("STATE", Duration::from_secs(5))
+    }
+
+    /// Tells the forger to quit and waits for it (it is killed if it does not).
+    pub fn quit(mut self) {
+        let _ = self.proc.send_line("quit");
+        self.proc.close_stdin();
+        let _ = self.proc.wait_timeout(Duration::from_secs(5));
+    }
+}

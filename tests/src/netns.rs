@@ -1,0 +1,173 @@
+//! A named network namespace (`ip netns`) that is deleted, with everything running in it, when
+//! the guard is dropped.
+
+use std::{
+    ffi::OsStr,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::{
+    counters::Counters,
+    error::Result,
+    proc::{run_checked, Proc},
+    teardown::{self, NETNS_PREFIX},
+};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// RAII guard of a network namespace. Names are unique per process and per call
+/// (`mptcp-lab-<role>-<pid>-<counter>`), so tests and demo runs never collide.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a fresh namespace with loopback up.
+    ///
+    /// # Errors
+    /// When `ip netns add` fails (not root, no iproute2).
+    pub fn create(role: &str) -> Result<Netns> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NETNS_PREFIX}{role}-{}-{id}", std::process::id());
+        // Register first: if creation half-succeeds, teardown still finds it.
+        teardown::register_namespace(&name);
+        let ns = Netns { name };
+        run_checked(Command::new("ip").args(["netns", "add", &ns.name]))?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (as in `ip netns list`).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`, for `nsenter --net=` or setns(2).
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip netns exec <name> <program>`: a command that runs inside the namespace (with the
+    /// namespace's own /sys and /etc/netns config, in a private mount namespace).
+    #[must_use]
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// `nsenter --net=/run/netns/<name> -- <program>`: enters only the network namespace and
+    /// keeps the caller's mount namespace, so the host's `/sys/fs/bpf` stays visible (what the
+    /// loader needs to share pinned maps between `run` and `stats`).
+    #[must_use]
+    pub fn net_only_command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `args[0] args[1..]` inside the namespace and returns its stdout.
+    ///
+    /// # Errors
+    /// When it cannot be started or exits non-zero.
+    ///
+    /// # Panics
+    /// When `args` is empty.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let (program, rest) = args.split_first().expect("run() needs a program");
+        run_checked(self.command(program).args(rest))
+    }
+
+    /// `ip -n <name> <args>`: configures the namespace without entering it.
+    ///
+    /// # Errors
+    /// When `ip` exits non-zero.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run_checked(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// `sysctl -qw key=value` inside the namespace.
+    ///
+    /// # Errors
+    /// When sysctl fails (unknown key, read-only).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.run(&["sysctl", "-qw", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Reads the namespace's SNMP/MIB counters (`/proc/net/netstat` and `/proc/net/snmp` as
+    /// seen from inside; the same numbers as `nstat -az`).
+    ///
+    /// # Errors
+    /// When the files cannot be read or parsed.
+    pub fn counters(&self) -> Result<Counters> {
+        Counters::parse(&self.run(&["cat", "/proc/net/netstat", "/proc/net/snmp"])?)
+    }
+
+    /// Spawns a long-running process inside the namespace (`ip netns exec`, which execs, so
+    /// the pid is the program's own and signals reach it directly).
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn spawn<S: AsRef<OsStr>>(
+        &self,
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[S],
+    ) -> Result<Proc> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        Proc::spawn(&format!("{name} [{}]", self.name), cmd)
+    }
+
+    /// The id of the XDP program attached to `iface`, if any (`ip -d link show`).
+    ///
+    /// # Errors
+    /// When `ip link show` fails (no such interface).
+    pub fn xdp_prog_id(&self, iface: &str) -> Result<Option<u32>> {
+        let out = self.ip(&["-d", "link", "show", "dev", iface])?;
+        Ok(parse_xdp_prog_id(&out))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Never panics: teardown reports problems on stderr.
+        teardown::delete_namespace(&self.name);
+    }
+}
+
+/// Finds `prog/xdp id N` (or `xdp ... prog/xdp id N`) in `ip -d link show` output.
+fn parse_xdp_prog_id(out: &str) -> Option<u32> {
+    let mut words = out.split_whitespace();
+    while let Some(word) = words.next() {
+        if word.starts_with("prog/xdp") && words.next() == Some("id") {
+            return words.next().and_then(|id| id.parse().ok());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_xdp_prog_id;
+
+    #[test]
+    fn xdp_prog_id_from_ip_link() {
+        let attached = "3: sveth1@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdp qdisc noqueue\n    \
+                        link/ether 02:00:00:00:01:02 brd ff:ff:ff:ff:ff:ff link-netns c promiscuity 0\n    \
+                        prog/xdp id 42 name mptcp_xdp tag 0123456789abcdef jited";
+        assert_eq!(parse_xdp_prog_id(attached), Some(42));
+        assert_eq!(
+            parse_xdp_prog_id("3: sveth1@if2: <UP> mtu 1500 qdisc noqueue"),
+            None
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The external pieces a lab run needs, where they are, and the skip-or-fail gate.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+/// `MPTCP_TESTS_REQUIRE_BPF=1` turns every skip into a failure (CI sets it).
+pub const REQUIRE_ENV: &str = "MPTCP_TESTS_REQUIRE_BPF";
+/// Overrides the Python that runs the forger (default `/usr/bin/python3`; the script needs only
+/// the standard library).
+pub const PYTHON_ENV: &str = "MPTCP_FORGER_PYTHON";
+/// Overrides the `mptcp-peer` binary.
+pub const PEER_BIN_ENV: &str = "MPTCP_PEER_BIN";
+
+/// Programs and scripts launched inside the namespaces.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    /// The `mptcp-peer` binary of this crate.
+    pub peer_bin: PathBuf,
+    /// Python 3 for the forger.
+    pub python: PathBuf,
+    /// `scripts/forge_add_addr.py`.
+    pub forger_script: PathBuf,
+}
+
+impl Tools {
+    /// Tools with the given peer binary (integration tests pass
+    /// `env!("CARGO_BIN_EXE_mptcp-peer")`); `$MPTCP_PEER_BIN` wins if set.
+    #[must_use]
+    pub fn new(peer_bin: impl Into<PathBuf>) -> Tools {
+        let peer_bin = env::var_os(PEER_BIN_ENV).map_or_else(|| peer_bin.into(), PathBuf::from);
+        let python = env::var_os(PYTHON_ENV)
+            .map_or_else(|| PathBuf::from("/usr/bin/python3"), PathBuf::from);
+        Tools {
+            peer_bin,
+            python,
+            forger_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/forge_add_addr.py"),
+        }
+    }
+
+    /// Tools for a binary of this crate (the demo): `mptcp-peer` is next to the executable.
+    #[must_use]
+    pub fn next_to_current_exe() -> Tools {
+        let peer = env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("mptcp-peer")))
+            .unwrap_or_else(|| PathBuf::from("mptcp-peer"));
+        Tools::new(peer)
+    }
+
+    /// What is missing to run the lab, as human-readable reasons (empty = ready).
+    #[must_use]
+    pub fn missing(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            missing.push("not root (namespaces, veths and XDP need root)".to_owned());
+        }
+        if !succeeds("ip", &["mptcp", "limits", "show"]) {
+            missing.push(
+                "`ip mptcp` does not work (iproute2 too old, or MPTCP not in the kernel)"
+                    .to_owned(),
+            );
+        }
+        if std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_err() {
+            missing.push("the kernel has no MPTCP (/proc/sys/net/mptcp/enabled)".to_owned());
+        }
+        for (program, args, package) in [
+            ("tcpdump", &["--version"][..], "tcpdump"),
+            ("nsenter", &["--version"][..], "util-linux"),
+        ] {
+            if !succeeds(program, args) {
+                missing.push(format!(
+                    "`{program}` is not installed (apt-get install {package})"
+                ));
+            }
+        }
+        let python = self.python.display().to_string();
+        if !succeeds(&python, &["-c", "import socket; socket.AF_PACKET"]) {
+            missing.push(format!(
+                "`{python}` does not run (set {PYTHON_ENV} to a Python 3)"
+            ));
+        }
+        for (what, path) in [
+            ("mptcp-peer", &self.peer_bin),
+            ("the forger script", &self.forger_script),
+        ] {
+            if !path.is_file() {
+                missing.push(format!("{what} is not at {}", path.display()));
+            }
+        }
+        missing
+    }
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether `MPTCP_TESTS_REQUIRE_BPF` asks for failures instead of skips.
+#[must_use]
+pub fn skips_are_failures() -> bool {
+    env::var(REQUIRE_ENV).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// The skip-or-fail gate: `true` when there are no `problems` (run the test). Otherwise prints
+/// `SKIP <test>: ...` and returns `false`, or panics when `MPTCP_TESTS_REQUIRE_BPF=1`.
+///
+/// # Panics
+/// When there are problems and skips are failures.
+#[must_use]
+pub fn gate(test: &str, problems: &[String]) -> bool {
+    if problems.is_empty() {
+        return true;
+    }
+    let reasons = problems.join("; ");
+    assert!(
+        !skips_are_failures(),
+        "{test}: cannot run ({REQUIRE_ENV}=1 forbids skipping): {reasons}"
+    );
+    eprintln!("SKIP {test}: {reasons} (set {REQUIRE_ENV}=1 to make this a failure)");
+    false
+}

@@ -1,0 +1,217 @@
+//! End to end: the XDP validator on the server's interfaces, real MPTCP traffic, forged
+//! ADD_ADDRs. Contrast with `lab_baseline.rs`, where the same forged segments reach the
+//! server's TCP stack.
+//!
+//! Needs the loader binary: `$MPTCP_LOADER_BIN`, or `mptcp-loader` in the target directory
+//! (`cargo xtask build`). Without it the tests are skipped, or fail when
+//! `MPTCP_TESTS_REQUIRE_BPF=1`. Root only; run with
+//! `cargo test -p mptcp-tests --release -- --test-threads=1`.
+
+use std::path::{Path, PathBuf};
+
+use mptcp_common::counters::Counter;
+use mptcp_tests::{
+    counters::mib,
+    lab::{Lab, SERVER_IFACES},
+    scenario::{self, Outcome, Scenario},
+    tools::{gate, Tools},
+    validator::{locate_loader, Mode, StopReport, Validator, ValidatorStats, LOADER_BIN_ENV},
+    LabError,
+};
+
+fn tools() -> Tools {
+    Tools::new(env!("CARGO_BIN_EXE_mptcp-peer"))
+}
+
+/// The loader binary, or `None` (after printing why) when the test must be skipped.
+fn loader_or_skip(test: &str) -> Option<PathBuf> {
+    let mut problems = tools().missing();
+    let loader = locate_loader();
+    if loader.is_none() {
+        problems.push(format!(
+            "the mptcp-loader binary was not found (set {LOADER_BIN_ENV}, or build it with \
+             `cargo xtask build` / `cargo build --release -p mptcp-loader`)"
+        ));
+    }
+    if gate(test, &problems) {
+        loader
+    } else {
+        None
+    }
+}
+
+/// Starts the validator; a loader built without its eBPF object (no bpf-linker) counts as
+/// "cannot run here" like a missing binary.
+fn start_or_skip(test: &str, lab: &Lab, bin: &Path, mode: Mode) -> Option<Validator> {
+    match Validator::start(&lab.server, bin, &SERVER_IFACES, mode) {
+        Ok(v) => Some(v),
+        Err(err @ LabError::Exited { .. })
+            if err.to_string().contains("eBPF object was not built") =>
+        {
+            let _ = gate(
+                test,
+                &[format!("{} has no eBPF object: {err}", bin.display())],
+            );
+            None
+        }
+        Err(err) => panic!("starting {} in {}: {err}", bin.display(), lab.server.name()),
+    }
+}
+
+struct Run {
+    outcome: Outcome,
+    stats: ValidatorStats,
+    stop: StopReport,
+    why: String,
+}
+
+/// Validator started before the connection (it must see the MP_CAPABLE handshake), the shared
+/// scenario, then `stats --json` while it still runs, then SIGINT.
+fn run_with_validator(test: &str, mode: Mode) -> Option<Run> {
+    let bin = loader_or_skip(test)?;
+    let lab = Lab::new().expect("building the lab");
+    let validator = start_or_skip(test, &lab, &bin, mode)?;
+    let sc = Scenario::default();
+    let outcome = match scenario::run(&lab, &tools(), &sc) {
+        Ok(o) => o,
+        Err(err) => panic!(
+            "scenario failed: {err}\nloader output:\n{}",
+            validator.log()
+        ),
+    };
+    let stats = match validator.stats(&lab.server) {
+        Ok(s) => s,
+        Err(err) => panic!(
+            "mptcp-loader stats --json: {err}\nloader output:\n{}",
+            validator.log()
+        ),
+    };
+    let stop = validator.stop(&lab.server).expect("stopping the loader");
+    let why = format!(
+        "validator counters: {:?}\nserver, genuine phase: {}\nserver, forged phase: {}\n\
+         server, control phase: {}\nforger: {}\nclient: {}\ncaptures:\n{}\nloader output:\n{}",
+        stats.counters,
+        outcome.genuine_changes(),
+        outcome.forged_changes(),
+        outcome.control_changes(),
+        outcome.forged.detail,
+        outcome.client_report.mptcp_info,
+        outcome.capture_summary(),
+        stop.log,
+    );
+    eprintln!("{why}");
+    Some(Run {
+        outcome,
+        stats,
+        stop,
+        why,
+    })
+}
+
+/// What holds in both modes: genuine traffic unharmed, the loader exits cleanly on SIGINT.
+fn assert_genuine_traffic_unharmed(r: &Run) {
+    let (o, why) = (&r.outcome, &r.why);
+    assert_eq!(
+        o.capture_drops(),
+        0,
+        "tcpdump lost packets: the capture proves nothing\n{why}"
+    );
+    assert!(
+        o.genuine_settled,
+        "genuine ADD_ADDR/join not counted in time\n{why}"
+    );
+    assert!(
+        o.server.after_genuine.delta(&o.server.start, mib::ADD_ADDR) >= 1,
+        "{why}"
+    );
+    assert!(
+        o.server
+            .after_genuine
+            .delta(&o.server.start, mib::MP_JOIN_ACK_RX)
+            >= 1,
+        "{why}"
+    );
+    assert_eq!(
+        o.bytes_received, o.scenario.bytes,
+        "not all data arrived\n{why}"
+    );
+    assert!(o.genuine_seen_by_server() >= 1, "{why}");
+    assert!(
+        r.stats.get(Counter::KeysLearned) >= 1,
+        "the validator did not learn the keys\n{why}"
+    );
+    // Genuine ADD_ADDR plus the positive control (right HMAC, so it must pass too).
+    assert!(r.stats.get(Counter::AddAddrValid) >= 2, "{why}");
+    assert_eq!(
+        o.control_delta(mib::ADD_ADDR),
+        1,
+        "the control (right HMAC) was not accepted\n{why}"
+    );
+    assert_eq!(o.control_seen_by_server(), 1, "{why}");
+    assert!(
+        r.stop.graceful && r.stop.status.success(),
+        "SIGINT did not stop the loader cleanly: {}\n{why}",
+        r.stop.status
+    );
+    assert!(
+        r.stop.still_attached.is_empty(),
+        "XDP left on {:?} after the loader exited\n{why}",
+        r.stop.still_attached
+    );
+}
+
+#[test]
+fn enforce_drops_forged_add_addr_and_passes_genuine() {
+    let test = "enforce_drops_forged_add_addr_and_passes_genuine";
+    let Some(r) = run_with_validator(test, Mode::Enforce) else {
+        return;
+    };
+    assert_genuine_traffic_unharmed(&r);
+    let (o, why) = (&r.outcome, &r.why);
+    let k = o.scenario.forged;
+    assert_eq!(o.forged.sent, k, "{why}");
+    assert_eq!(
+        r.stats.get(Counter::AddAddrBadHmacDropped),
+        u64::from(k),
+        "{why}"
+    );
+    assert_eq!(r.stats.get(Counter::AddAddrBadHmacWouldDrop), 0, "{why}");
+    // Dropped in XDP: tcpdump on the server (which sees packets after XDP) never saw them,
+    // the TCP stack never counted them, and no kernel ADD_ADDR counter moved.
+    assert_eq!(
+        o.forged_seen_by_server(),
+        0,
+        "forged ADD_ADDRs reached the server\n{why}"
+    );
+    assert!(
+        o.forged_delta(mib::TCP_IN_SEGS) < i128::from(k),
+        "forged segments reached TCP\n{why}"
+    );
+    assert_eq!(o.forged_delta(mib::ADD_ADDR), 0, "{why}");
+    assert_eq!(o.forged_delta(mib::ADD_ADDR_DROP), 0, "{why}");
+}
+
+#[test]
+fn monitor_counts_forged_add_addr_but_passes_them() {
+    let test = "monitor_counts_forged_add_addr_but_passes_them";
+    let Some(r) = run_with_validator(test, Mode::Monitor) else {
+        return;
+    };
+    assert_genuine_traffic_unharmed(&r);
+    let (o, why) = (&r.outcome, &r.why);
+    let k = o.scenario.forged;
+    assert_eq!(
+        r.stats.get(Counter::AddAddrBadHmacWouldDrop),
+        u64::from(k),
+        "{why}"
+    );
+    assert_eq!(r.stats.get(Counter::AddAddrBadHmacDropped), 0, "{why}");
+    // Passed: the kernel sees them (and ignores them for their HMAC), as in the baseline.
+    assert_eq!(
+        o.forged_seen_by_server(),
+        usize::try_from(k).unwrap(),
+        "{why}"
+    );
+    assert!(o.forged_delta(mib::TCP_IN_SEGS) >= i128::from(k), "{why}");
+    assert_eq!(o.forged_delta(mib::ADD_ADDR), 0, "{why}");
+}

@@ -18,6 +18,7 @@ pub mod counters;
 pub mod error;
 pub mod forger;
 pub mod lab;
+pub mod mptcp_frames;
 pub mod netns;
 pub mod peers;
 pub mod proc;

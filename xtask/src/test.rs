@@ -53,6 +53,7 @@ pub fn run(args: &Args) -> Result<()> {
             cargo_test(&["--package", "mptcp-loader"]),
         ),
         ("integration tests: mptcp-tests", integration),
+        ("benchmark, quick run", quick_bench),
     ];
     for (name, mut command) in commands {
         let start = Instant::now();

@@ -35,14 +35,40 @@ pub fn run(args: &Args) -> Result<()> {
         secs: start.elapsed().as_secs_f64(),
     }];
 
+    // The end-to-end tests run the loader binary itself: build it first and say where it is.
+    let build_start = Instant::now();
+    let loader = crate::build::build_loader();
+    if let Err(err) = &loader {
+        eprintln!("xtask test: step `build loader` FAILED: {err:#}");
+    }
+    steps.push(Step {
+        name: "build loader",
+        ok: loader.is_ok(),
+        secs: build_start.elapsed().as_secs_f64(),
+    });
+
     let mut integration = cargo_test(&["--package", "mptcp-tests", "--release"]);
     integration
         .args(["--", "--test-threads=1"])
         .args(&args.test_args);
+    if let Ok(loader) = &loader {
+        integration.env("MPTCP_LOADER_BIN", loader);
+    }
     if is_ci() && env::var_os("MPTCP_TESTS_REQUIRE_BPF").is_none() {
         // In CI a skipped kernel test is a failure: the machine is known to support them.
         integration.env("MPTCP_TESTS_REQUIRE_BPF", "1");
     }
+    // The benchmark once, with few repetitions, so it cannot rot; it asserts nothing about speed.
+    let mut quick_bench = cmd("cargo");
+    quick_bench.args([
+        "run",
+        "--release",
+        "--package",
+        "mptcp-tests",
+        "--bin",
+        "mptcp-bench",
+    ]);
+    quick_bench.args(["--", "--quick", "--out", "target/bench-quick"]);
     let commands = [
         (
             "unit tests: mptcp-common",

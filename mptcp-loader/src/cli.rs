@@ -4,16 +4,21 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use mptcp_common::maps::{MAX_CONNS, MAX_JOINS};
+
 use crate::{
     errors::LoaderError,
     firewall::{FilterMode, XdpAttach},
+    map_sizes::{parse_map_limit, MapSizes},
     pins::default_pin_dir,
     preflight::{check_root, effective_uid},
-    run::{run, RunPlan},
+    run::{run, RunPlan, DEFAULT_IDLE_TIMEOUT_S},
     stats::{format_json, format_table, read_report},
 };
 
-/// XDP firewall that drops MPTCP ADD_ADDR options with a wrong HMAC (RFC 8684 §3.4.1).
+/// MPTCP signalling firewall: checks ADD_ADDR HMACs, MP_JOIN tokens and HMACs and MP_FASTCLOSE
+/// keys (RFC 8684) with XDP on ingress, and learns the host's own keys and nonces with tc on
+/// egress.
 #[derive(Debug, Parser)]
 #[command(name = "mptcp-loader", version)]
 pub struct Cli {
@@ -25,16 +30,17 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the XDP program, attach it and install connection keys until Ctrl-C / SIGTERM.
+    /// Load the programs, attach XDP (ingress) and tc (egress), and keep the maps (install
+    /// connection keys, forget idle connections) until Ctrl-C / SIGTERM.
     Run(RunArgs),
-    /// Print the counters of the run active in this network namespace.
+    /// Print the counters and map fill levels of the run active in this network namespace.
     Stats(StatsArgs),
 }
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to attach to (repeat for several).
+    /// Interface to attach XDP ingress and tc egress to (repeat for several).
     #[arg(long = "iface", value_name = "IF", required = true)]
     pub interfaces: Vec<String>,
     /// enforce: drop ADD_ADDRs with a wrong HMAC; monitor: only count them.
@@ -46,12 +52,28 @@ pub struct RunArgs {
     /// Where to pin the maps [default: /sys/fs/bpf/mptcp-fw/netns-<inode of this network namespace>].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Connections tracked at once (1..=16777216); the subflow and token maps get twice as many
+    /// entries. The maps are preallocated: memory is spent at start.
+    #[arg(long, value_name = "N", default_value_t = MAX_CONNS, value_parser = parse_map_limit)]
+    pub max_conns: u32,
+    /// MP_JOIN handshakes in progress tracked at once (1..=16777216).
+    #[arg(long, value_name = "N", default_value_t = MAX_JOINS, value_parser = parse_map_limit)]
+    pub max_joins: u32,
+    /// Forget a connection after this many seconds without an MPTCP segment on any of its
+    /// subflows (checked every min(SECONDS/4, 60) s); 0 keeps connections until their last
+    /// subflow ends or the maps evict them. The fast path notes activity on every signalling
+    /// segment but on only one data segment in 16, chosen at random: keep the timeout well above
+    /// the time a live connection takes to send a few dozen segments.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
+    pub idle_timeout: u32,
 }
 
 /// Arguments of `stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// Print one JSON object (counter name -> number, plus "install_latency_us") and nothing else.
+    /// Print one JSON object and nothing else: BPF counter name -> number, the loader's own
+    /// counters ("loader_..." -> number), "maps": {MAP: {"entries", "max"}}, and
+    /// "install_latency_us".
     #[arg(long)]
     pub json: bool,
     /// The run's pin directory [default: the one of this network namespace].
@@ -66,13 +88,15 @@ pub struct StatsArgs {
 pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
     match cli.command {
         Command::Run(args) => {
-            let plan = RunPlan::new(
+            let mut plan = RunPlan::new(
                 &args.interfaces,
                 args.mode,
                 args.xdp_mode,
                 args.pin_dir,
                 default_pin_dir,
             )?;
+            plan.sizes = MapSizes::for_limits(args.max_conns, args.max_joins);
+            plan.idle_timeout_s = args.idle_timeout;
             run(plan).await
         }
         Command::Stats(args) => {
@@ -142,6 +166,64 @@ mod tests {
             Cli::try_parse_from(["mptcp-loader", "run", "--iface", "x", "--mode", "block"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn parses_limits_and_timeout() {
+        let cli = Cli::try_parse_from([
+            "mptcp-loader",
+            "run",
+            "--iface",
+            "veth0",
+            "--max-conns",
+            "1000",
+            "--max-joins",
+            "50",
+            "--idle-timeout",
+            "0",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.max_conns, args.max_joins, args.idle_timeout),
+            (1000, 50, 0)
+        );
+        let defaults = Cli::try_parse_from(["mptcp-loader", "run", "--iface", "veth0"]).unwrap();
+        let Command::Run(args) = defaults.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.max_conns, args.max_joins, args.idle_timeout),
+            (MAX_CONNS, MAX_JOINS, 7200)
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_the_accepted_range() {
+        for (flag, value) in [
+            ("--max-conns", "0"),
+            ("--max-conns", "16777217"),
+            ("--max-joins", "lots"),
+        ] {
+            let err = Cli::try_parse_from(["mptcp-loader", "run", "--iface", "x", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("expected a whole number from 1 to 16777216"),
+                "{flag} {value}: {err}"
+            );
+        }
+        assert!(Cli::try_parse_from([
+            "mptcp-loader",
+            "run",
+            "--iface",
+            "x",
+            "--idle-timeout",
+            "-1"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -3,7 +3,12 @@
 
 use std::{io, path::PathBuf};
 
-use aya::{maps::MapError, pin::PinError, programs::ProgramError, EbpfError};
+use aya::{
+    maps::MapError,
+    pin::PinError,
+    programs::{ProgramError, TcError},
+    EbpfError,
+};
 use thiserror::Error;
 
 /// Everything that can go wrong in `run` and `stats`.
@@ -120,6 +125,74 @@ pub enum LoaderError {
     NativeXdpUnsupported {
         /// Interface name.
         iface: String,
+    },
+
+    /// Adding (or inspecting) the clsact qdisc the tc egress program needs failed.
+    #[error(
+        "could not set up the clsact qdisc on {iface} for the tc egress program: {source}: \
+         check `tc qdisc show dev {iface}`"
+    )]
+    Clsact {
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: TcError,
+    },
+
+    /// Another qdisc holds the handle (`ffff:`) the clsact qdisc needs.
+    #[error(
+        "{iface} has an `{kind}` qdisc where the tc egress program needs a clsact qdisc: replace \
+         it with `tc qdisc del dev {iface} {kind}` (its filters go with it) and re-add them under \
+         clsact"
+    )]
+    QdiscInTheWay {
+        /// Interface name.
+        iface: String,
+        /// The kind of the qdisc found (normally `ingress`).
+        kind: String,
+    },
+
+    /// Attaching the tc egress program failed (XDP on the same interface was undone).
+    #[error(
+        "could not attach the tc egress program to {iface}: {source}: check \
+         `tc qdisc show dev {iface}` and `tc filter show dev {iface} egress`"
+    )]
+    TcAttach {
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+
+    /// Detaching the tc egress program failed.
+    #[error(
+        "could not detach the tc egress program from {iface}: {source}: remove it with \
+         `tc filter del dev {iface} egress`"
+    )]
+    TcDetach {
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+
+    /// The kernel refused to create a map, typically because of its size (maps are
+    /// preallocated).
+    #[error(
+        "could not create map `{map}`{}: {io_error}: lower --max-conns / --max-joins, or check \
+         the memory lock limit (`ulimit -l`)",
+        entries.map(|n| format!(" with {n} entries")).unwrap_or_default()
+    )]
+    MapCreate {
+        /// Map name.
+        map: String,
+        /// The size asked for, if it was one we chose.
+        entries: Option<u32>,
+        /// What `BPF_MAP_CREATE` returned.
+        io_error: io::Error,
     },
 
     /// Reading or writing a map failed.
@@ -246,12 +319,64 @@ mod tests {
                 pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
                 owner: "pid 42".into(),
             },
+            LoaderError::TcAttach {
+                iface: "veth0".into(),
+                source: ProgramError::NotLoaded,
+            },
+            LoaderError::TcDetach {
+                iface: "veth0".into(),
+                source: ProgramError::NotLoaded,
+            },
+            LoaderError::Clsact {
+                iface: "veth0".into(),
+                source: TcError::AlreadyAttached,
+            },
+            LoaderError::QdiscInTheWay {
+                iface: "veth0".into(),
+                kind: "ingress".into(),
+            },
+            LoaderError::MapCreate {
+                map: "MPTCP_FLOWS".into(),
+                entries: Some(33_554_432),
+                io_error: io::Error::from_raw_os_error(libc::ENOMEM),
+            },
         ];
         for e in errors {
             let msg = e.to_string();
             assert!(!msg.contains('\n'), "{msg}");
             assert!(msg.contains(": ") || msg.contains("; "), "no hint in {msg}");
         }
+    }
+
+    #[test]
+    fn tc_and_map_errors_name_the_interface_and_the_fix() {
+        let msg = LoaderError::TcAttach {
+            iface: "veth0".into(),
+            source: ProgramError::NotLoaded,
+        }
+        .to_string();
+        assert!(
+            msg.starts_with("could not attach the tc egress program to veth0: "),
+            "{msg}"
+        );
+        assert!(msg.contains("`tc qdisc show dev veth0`"), "{msg}");
+        let msg = LoaderError::QdiscInTheWay {
+            iface: "veth0".into(),
+            kind: "ingress".into(),
+        }
+        .to_string();
+        assert!(msg.contains("`tc qdisc del dev veth0 ingress`"), "{msg}");
+        let msg = LoaderError::MapCreate {
+            map: "MPTCP_FLOWS".into(),
+            entries: Some(33_554_432),
+            io_error: io::Error::from_raw_os_error(libc::ENOMEM),
+        }
+        .to_string();
+        assert!(
+            msg.starts_with("could not create map `MPTCP_FLOWS` with 33554432 entries: "),
+            "{msg}"
+        );
+        assert!(msg.contains("lower --max-conns / --max-joins"), "{msg}");
     }
 
     #[test]

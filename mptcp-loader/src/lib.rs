@@ -1,10 +1,13 @@
-//! Userspace side of the MPTCP ADD_ADDR firewall: loads the XDP program, pins its maps, and
-//! installs each new connection's HMAC midstates so the fast path checks an ADD_ADDR with two
-//! SHA-256 compressions.
+//! Userspace side of the MPTCP signalling firewall: loads the XDP ingress and tc egress programs
+//! (with configurable map sizes), pins their maps, installs each new connection's HMAC midstates
+//! (so the fast path checks an HMAC with two SHA-256 compressions) and re-asserts its tokens,
+//! and forgets connections that stay idle longer than a timeout.
 //!
 //! The binary (`src/main.rs`) only parses the command line and prints errors; everything else is
 //! here so integration tests can drive it: [`firewall::Firewall`] loads [`EBPF_OBJ`] and
-//! attaches/detaches XDP, [`stats::read_counters`] reads a run's pinned counters.
+//! attaches/detaches both programs, [`stats::read_report`] reads a run's pinned counters and map
+//! fill levels, [`sweep`] and [`install`] hold the map logic as functions over
+//! [`store::FirewallMaps`].
 
 pub mod cli;
 pub mod errors;
@@ -12,13 +15,18 @@ pub mod firewall;
 pub mod install;
 pub mod keys;
 pub mod latency;
+pub mod loader_counters;
+pub mod map_sizes;
 pub mod pins;
 pub mod preflight;
 pub mod run;
 pub mod stats;
+pub mod store;
+pub mod sweep;
+pub mod tc;
 
 pub use errors::LoaderError;
-pub use firewall::{AttachedMode, FilterMode, Firewall, XdpAttach};
+pub use firewall::{AttachedMode, FilterMode, Firewall, InterfaceAttachment, XdpAttach};
 
 /// The eBPF object built by `build.rs` from `mptcp-ebpf`. Empty when the build was skipped
 /// (`AYA_BUILD_SKIP=1` or no bpf-linker); [`Firewall::load`] then fails with

@@ -7,8 +7,9 @@
 //!   the directory as its own with an exclusive `flock` on the directory itself. The lock dies
 //!   with the process: pins left by a crashed run are recognised as stale and cleaned up, and
 //!   `/proc/locks` names the pid of a live owner.
-//! - The install-latency summary is a small pinned array ([`PIN_INSTALL_LATENCY`]) for the same
-//!   reason: it is the only kind of file bpffs can hold.
+//! - What the loader itself publishes for `stats` (the install-latency summary
+//!   [`PIN_INSTALL_LATENCY`], its own counters [`PIN_LOADER_COUNTERS`]) are small pinned arrays
+//!   for the same reason: they are the only kind of file bpffs can hold.
 
 use std::{
     fs::{self, File},
@@ -16,6 +17,8 @@ use std::{
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
+
+use aya::maps::{Array, Map, MapData};
 
 use crate::errors::LoaderError;
 
@@ -28,6 +31,9 @@ pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Name of the pinned one-entry array holding the run's
 /// [`crate::latency::LatencySummary`].
 pub const PIN_INSTALL_LATENCY: &str = "install_latency";
+/// Name of the pinned `u64` array holding the loader's own counters
+/// ([`crate::loader_counters::LoaderCounter`]).
+pub const PIN_LOADER_COUNTERS: &str = "loader_counters";
 
 /// The pin directory of the network namespace with this inode number.
 #[must_use]
@@ -248,6 +254,32 @@ impl Drop for PinDir {
             let _ = fs::remove_dir(&self.path);
         }
     }
+}
+
+/// Creates a userspace array map of `len` zeroed entries, pins it as `name` in `dir`, and returns
+/// a handle to it.
+///
+/// # Errors
+/// When the map cannot be created, pinned or reopened.
+pub fn create_pinned_array<V: aya::Pod>(
+    dir: &PinDir,
+    name: &'static str,
+    len: u32,
+) -> Result<Array<MapData, V>, LoaderError> {
+    let path = dir.pin_path(name);
+    let map = Array::<MapData, V>::create(len, 0).map_err(LoaderError::map(name))?;
+    map.pin(&path).map_err(|source| LoaderError::Pin {
+        map: name,
+        path: path.clone(),
+        source,
+    })?;
+    // `pin` consumed the handle; reopen it from the pin.
+    let open_error = |source| LoaderError::OpenPin {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(open_error)?;
+    Array::try_from(Map::from_map_data(data).map_err(open_error)?).map_err(open_error)
 }
 
 /// `pin_dir` as seen by the other processes of this network namespace that live in other mount

@@ -1,26 +1,35 @@
-//! `mptcp-loader run`: load, configure, pin, attach, then install midstates for every key event
-//! until SIGINT/SIGTERM; then detach, report, and remove the pins.
+//! `mptcp-loader run`: load (with the chosen map sizes), configure, pin, attach XDP ingress and tc
+//! egress, then install midstates and tokens for every key event and sweep idle connections
+//! until SIGINT/SIGTERM; then detach both, report, and remove the pins.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, fmt::Write as _, future, path::PathBuf, time::Instant};
 
-use aya::maps::{Array, Map, MapData, RingBuf};
-use mptcp_common::maps::{ConnState, KeyEvent};
+use aya::maps::{Array, MapData, RingBuf};
+use mptcp_common::maps::KeyEvent;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
+    time::{interval_at, Interval, MissedTickBehavior},
 };
 
 use crate::{
     errors::LoaderError,
-    firewall::{FilterMode, Firewall, XdpAttach},
+    firewall::{ClsactOutcome, DetachedInterface, FilterMode, Firewall, XdpAttach},
     install::{format_flow, install_event, parse_key_event, InstallOutcome},
-    keys::hex,
+    keys::{hex, token_and_idsn},
     latency::{LatencyStats, LatencySummary},
-    pins::{check_bpffs, PinDir, PIN_INSTALL_LATENCY},
+    loader_counters::{LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
+    map_sizes::MapSizes,
+    pins::{check_bpffs, create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
     preflight::{check_root, effective_uid, interface_index, interface_name},
     stats::format_summary_line,
+    store::KernelMaps,
+    sweep::{sweep_interval, sweep_maps, SweepOutcome},
     EBPF_OBJ,
 };
+
+/// Default `--idle-timeout`: two hours.
+pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 7200;
 
 /// What `run` will do, decided from the command line before anything touches the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,10 +42,15 @@ pub struct RunPlan {
     pub xdp: XdpAttach,
     /// Where to pin the maps.
     pub pin_dir: PathBuf,
+    /// Capacities of the hash maps.
+    pub sizes: MapSizes,
+    /// Seconds without a segment after which a connection is forgotten; 0 disables the sweep.
+    pub idle_timeout_s: u32,
 }
 
 impl RunPlan {
-    /// Builds a plan; `pin_dir` defaults to the current network namespace's directory.
+    /// Builds a plan with the default map sizes and idle timeout; `pin_dir` defaults to the
+    /// current network namespace's directory.
     ///
     /// # Errors
     /// [`LoaderError::NoInterface`] without interfaces; errors of `default_pin_dir`.
@@ -65,6 +79,8 @@ impl RunPlan {
             mode,
             xdp,
             pin_dir,
+            sizes: MapSizes::default(),
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
         })
     }
 }
@@ -94,19 +110,21 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(signal_error)?;
 
-    // Declared before the firewall so it is dropped after it: on an error below, XDP is
-    // detached first, then the pins are removed.
+    // Declared before the firewall so it is dropped after it: on an error below, the programs
+    // are detached first, then the pins are removed.
     let pin_dir = PinDir::claim(&plan.pin_dir)?;
-    let mut firewall = Firewall::load(EBPF_OBJ)?;
+    let mut firewall = Firewall::load_with(EBPF_OBJ, &plan.sizes)?;
     firewall.set_mode(plan.mode)?;
     firewall.pin_maps(&pin_dir)?;
-    let latency_pin = create_latency_pin(&pin_dir)?;
-    let mut installer = Installer {
-        conns: firewall.take_conns()?,
+    let mut keeper = MapKeeper {
+        maps: firewall.take_maps()?,
         latency: LatencyStats::default(),
-        latency_pin,
+        latency_pin: create_pinned_array(&pin_dir, PIN_INSTALL_LATENCY, 1)?,
+        counters: LoaderCounters::default(),
+        counters_pin: create_pinned_array(&pin_dir, PIN_LOADER_COUNTERS, LOADER_COUNTER_COUNT)?,
         interface_names: HashMap::new(),
     };
+    keeper.publish_counters();
     // SAFETY: the RingBuf owns its map fd until it is dropped, and as_raw_fd always returns it.
     let mut events =
         unsafe { AsyncFd::register_with_interest(firewall.take_key_events()?, Interest::READABLE) }
@@ -115,18 +133,14 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
                 source: e.into_parts().1,
             })?;
 
-    for iface in &plan.interfaces {
-        let mode = firewall.attach(iface, plan.xdp)?;
-        println!("attached to {iface} ({mode})");
-    }
-    println!(
-        "validating MPTCP ADD_ADDR HMACs in {} mode; maps pinned under {}; stop with Ctrl-C",
-        match plan.mode {
-            FilterMode::Enforce => "enforce",
-            FilterMode::Monitor => "monitor",
-        },
-        pin_dir.path().display()
-    );
+    attach_everywhere(&mut firewall, &plan)?;
+    print_banner(&plan, &pin_dir);
+    let mut sweep_timer = sweep_interval(plan.idle_timeout_s).map(|period| {
+        let mut timer = interval_at(tokio::time::Instant::now() + period, period);
+        // After a long sweep, carry on at the normal pace instead of catching up.
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        timer
+    });
 
     loop {
         tokio::select! {
@@ -134,9 +148,10 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
             _ = sigterm.recv() => break,
             ready = events.readable_mut() => {
                 let mut guard = ready.map_err(|source| LoaderError::Runtime { what: "polling the key-event ring buffer", source })?;
-                installer.drain(guard.get_inner_mut());
+                keeper.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            () = next_tick(&mut sweep_timer) => keeper.sweep(plan.idle_timeout_s),
         }
     }
 
@@ -144,51 +159,137 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     let counters = firewall.counters();
     drop(firewall);
     match &detached {
-        Ok(ifaces) => println!("detached XDP from {}", ifaces.join(", ")),
+        Ok(ifaces) => {
+            for detached in ifaces {
+                println!("{}", detached_line(detached));
+            }
+        }
         Err(e) => eprintln!("error: {e}"),
     }
     match counters {
         Ok(counters) => println!("{}", format_summary_line(&counters)),
         Err(e) => eprintln!("error: reading the final counters: {e}"),
     }
-    if let Some(summary) = installer.latency.summary() {
+    println!("{}", loader_summary_line(&keeper.counters));
+    if let Some(summary) = keeper.latency.summary() {
         println!("{}", summary.line());
     }
-    drop(installer);
+    drop(keeper);
     let pins = pin_dir.path().to_path_buf();
     pin_dir.remove()?;
     println!("removed the pins under {}", pins.display());
     detached.map(drop)
 }
 
-/// Creates the pinned one-entry array that publishes the latency summary to `stats`.
-fn create_latency_pin(pin_dir: &PinDir) -> Result<Array<MapData, LatencySummary>, LoaderError> {
-    let path = pin_dir.pin_path(PIN_INSTALL_LATENCY);
-    let map = Array::<MapData, LatencySummary>::create(1, 0)
-        .map_err(LoaderError::map(PIN_INSTALL_LATENCY))?;
-    map.pin(&path).map_err(|source| LoaderError::Pin {
-        map: PIN_INSTALL_LATENCY,
-        path: path.clone(),
-        source,
-    })?;
-    // `pin` consumed the handle; reopen it from the pin.
-    let open_error = |source| LoaderError::OpenPin {
-        path: path.clone(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(open_error)?;
-    Array::try_from(Map::from_map_data(data).map_err(open_error)?).map_err(open_error)
+/// Attaches XDP ingress and tc egress to every interface of the plan, printing each. If one
+/// fails, whatever was attached already is detached again before the error is returned.
+fn attach_everywhere(firewall: &mut Firewall, plan: &RunPlan) -> Result<(), LoaderError> {
+    for iface in &plan.interfaces {
+        match firewall.attach(iface, plan.xdp) {
+            Ok(attached) => {
+                println!("attached to {iface} ({attached})");
+                if attached.stale_filters_removed {
+                    log::warn!(
+                        "removed a stale tc egress filter from {iface}, left by a run that ended without cleaning up"
+                    );
+                }
+                if attached.clsact_added {
+                    log::info!(
+                        "added a clsact qdisc to {iface}; it is removed again on exit unless another filter uses it by then"
+                    );
+                }
+            }
+            Err(e) => {
+                match firewall.detach_all() {
+                    Ok(undone) if !undone.is_empty() => {
+                        let names: Vec<&str> = undone.iter().map(|d| d.iface.as_str()).collect();
+                        log::info!(
+                            "detached again from {} after the failure on {iface}",
+                            names.join(", ")
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(undo) => {
+                        log::warn!("undoing the attachments after the failure on {iface}: {undo}");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
-/// State of the key-event consumer.
-struct Installer {
-    conns: aya::maps::HashMap<MapData, u64, ConnState>,
+fn print_banner(plan: &RunPlan, pin_dir: &PinDir) {
+    let mode = match plan.mode {
+        FilterMode::Enforce => "enforce",
+        FilterMode::Monitor => "monitor",
+    };
+    println!(
+        "validating MPTCP signalling (ADD_ADDR, MP_JOIN, MP_FASTCLOSE) in {mode} mode; maps pinned under {}; stop with Ctrl-C",
+        pin_dir.path().display()
+    );
+    let idle = match sweep_interval(plan.idle_timeout_s) {
+        Some(every) => format!(
+            "connections idle for more than {} s are forgotten (checked every {:.1} s)",
+            plan.idle_timeout_s,
+            every.as_secs_f64()
+        ),
+        None => "idle connections are kept until the maps evict them (--idle-timeout 0)".to_owned(),
+    };
+    println!("map sizes: {}; {idle}", plan.sizes);
+}
+
+/// Completes at the sweep timer's next tick; never when the sweep is disabled.
+async fn next_tick(timer: &mut Option<Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => future::pending().await,
+    }
+}
+
+/// `detached from veth0 (XDP ingress, tc egress; removed the clsact qdisc it had added)`.
+fn detached_line(detached: &DetachedInterface) -> String {
+    let qdisc = match detached.clsact {
+        ClsactOutcome::NotOurs => "",
+        ClsactOutcome::Removed => "; removed the clsact qdisc it had added",
+        ClsactOutcome::Kept => "; left the clsact qdisc it had added in place, see above",
+    };
+    format!(
+        "detached from {} (XDP ingress, tc egress{qdisc})",
+        detached.iface
+    )
+}
+
+/// `loader counters: loader_sweeps=4 loader_conns_expired=1 (others 0)`.
+fn loader_summary_line(counters: &LoaderCounters) -> String {
+    let named = counters.named();
+    let mut line = "loader counters:".to_owned();
+    for (name, value) in named.iter().filter(|(_, v)| *v != 0) {
+        let _ = write!(line, " {name}={value}");
+    }
+    if named.iter().all(|(_, v)| *v == 0) {
+        line.push_str(" all 0");
+    } else if named.iter().any(|(_, v)| *v == 0) {
+        line.push_str(" (others 0)");
+    }
+    line
+}
+
+/// The loop's map work: installs what key events announce, sweeps idle connections, and
+/// publishes the install latency and its own counters for `stats`.
+struct MapKeeper {
+    maps: KernelMaps,
     latency: LatencyStats,
     latency_pin: Array<MapData, LatencySummary>,
+    counters: LoaderCounters,
+    counters_pin: Array<MapData, u64>,
     interface_names: HashMap<u32, String>,
 }
 
-impl Installer {
+impl MapKeeper {
     /// Handles every queued event.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(record) = ring.next() {
@@ -208,8 +309,11 @@ impl Installer {
             .entry(event.ifindex)
             .or_insert_with(|| interface_name(event.ifindex))
             .clone();
-        match install_event(&mut self.conns, event) {
-            Ok(InstallOutcome::Installed(m)) => {
+        match install_event(&mut self.maps, event) {
+            Ok(InstallOutcome::Installed {
+                material: m,
+                tokens_restored,
+            }) => {
                 let latency_ns = monotonic_now_ns().saturating_sub(event.seen_ns);
                 self.latency.record_ns(latency_ns);
                 log::info!(
@@ -223,13 +327,20 @@ impl Installer {
                     m.idsn_a,
                     m.idsn_b
                 );
+                self.note_tokens_restored(&flow, tokens_restored);
                 self.publish_latency();
             }
-            Ok(InstallOutcome::AlreadyInstalled(m)) => log::debug!(
-                "connection {flow} on {iface}: token-A {} token-B {} already had its midstates",
-                hex(&m.token_a),
-                hex(&m.token_b)
-            ),
+            Ok(InstallOutcome::AlreadyInstalled {
+                material: m,
+                tokens_restored,
+            }) => {
+                log::debug!(
+                    "connection {flow} on {iface}: token-A {} token-B {} already had its midstates",
+                    hex(&m.token_a),
+                    hex(&m.token_b)
+                );
+                self.note_tokens_restored(&flow, tokens_restored);
+            }
             Ok(InstallOutcome::NoConnection) => {
                 log::warn!("connection {flow} on {iface}: gone from the connection map before its midstates were installed");
             }
@@ -240,6 +351,45 @@ impl Installer {
         }
     }
 
+    fn note_tokens_restored(&mut self, flow: &str, restored: u32) {
+        if restored > 0 {
+            log::debug!("connection {flow}: wrote {restored} token entr{} that were missing or named another connection", if restored == 1 { "y" } else { "ies" });
+            self.counters
+                .add(LoaderCounter::TokensRestored, u64::from(restored));
+            self.publish_counters();
+        }
+    }
+
+    /// One idle sweep: snapshot, plan, apply, count.
+    fn sweep(&mut self, timeout_s: u32) {
+        let started = Instant::now();
+        match self.sweep_once(timeout_s) {
+            Ok(outcome) => {
+                self.counters.add_sweep(&outcome);
+                log_sweep(&outcome, timeout_s, started.elapsed());
+            }
+            Err(e) => {
+                self.counters.add(LoaderCounter::SweepErrors, 1);
+                log::warn!("idle sweep failed (retried at the next one): {e}");
+            }
+        }
+        self.publish_counters();
+    }
+
+    fn sweep_once(&mut self, timeout_s: u32) -> Result<SweepOutcome, LoaderError> {
+        let (plan, outcome) = sweep_maps(&mut self.maps, monotonic_now_s, timeout_s)?;
+        for conn in &plan.expired {
+            log::debug!(
+                "connection token-A {} token-B {}: idle for {} s with {} subflow(s), due for removal",
+                hex(&token_and_idsn(&conn.key_a).0),
+                hex(&token_and_idsn(&conn.key_b).0),
+                conn.idle_s,
+                conn.flows.len()
+            );
+        }
+        Ok(outcome)
+    }
+
     fn publish_latency(&mut self) {
         if let Some(summary) = self.latency.summary() {
             if let Err(e) = self.latency_pin.set(0, summary, 0) {
@@ -247,6 +397,37 @@ impl Installer {
             }
         }
     }
+
+    fn publish_counters(&mut self) {
+        if let Err(e) = self.counters.publish(&mut self.counters_pin) {
+            log::warn!("could not publish the loader counters: {e}");
+        }
+    }
+}
+
+fn log_sweep(outcome: &SweepOutcome, timeout_s: u32, took: std::time::Duration) {
+    let removed = outcome.conns_expired + outcome.flows_orphaned_removed;
+    let message = format!(
+        "idle sweep: forgot {} connection(s) idle for more than {timeout_s} s ({} subflow(s), {} token(s)) and {} orphaned subflow(s); kept {} that became active; took {} ms",
+        outcome.conns_expired,
+        outcome.flows_expired,
+        outcome.tokens_expired,
+        outcome.flows_orphaned_removed,
+        outcome.conns_revived,
+        took.as_millis()
+    );
+    if removed > 0 {
+        log::info!("{message}");
+    } else {
+        log::debug!("{message}");
+    }
+}
+
+/// `CLOCK_MONOTONIC` in whole seconds: the unit of `FlowRef::last_seen_s` and
+/// `ConnState::learned_s`.
+#[must_use]
+pub fn monotonic_now_s() -> u32 {
+    u32::try_from(monotonic_now_ns() / 1_000_000_000).unwrap_or(u32::MAX)
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -308,9 +489,37 @@ mod tests {
     }
 
     #[test]
+    fn plan_defaults() {
+        let p = plan(&["veth0"], None).unwrap();
+        assert_eq!(p.sizes, MapSizes::default());
+        assert_eq!(p.idle_timeout_s, 7200);
+    }
+
+    #[test]
+    fn exit_lines() {
+        let line = detached_line(&DetachedInterface {
+            iface: "veth0".into(),
+            clsact: ClsactOutcome::Removed,
+        });
+        assert_eq!(
+            line,
+            "detached from veth0 (XDP ingress, tc egress; removed the clsact qdisc it had added)"
+        );
+        let mut counters = LoaderCounters::default();
+        assert_eq!(loader_summary_line(&counters), "loader counters: all 0");
+        counters.add(LoaderCounter::ConnsExpired, 2);
+        assert_eq!(
+            loader_summary_line(&counters),
+            "loader counters: loader_conns_expired=2 (others 0)"
+        );
+    }
+
+    #[test]
     fn monotonic_clock_moves_forward() {
         let a = monotonic_now_ns();
         let b = monotonic_now_ns();
         assert!(a > 0 && b >= a);
+        let (s, ns) = (monotonic_now_s(), monotonic_now_ns());
+        assert!((0..=1).contains(&(ns / 1_000_000_000 - u64::from(s))));
     }
 }

@@ -1,8 +1,15 @@
-//! `mptcp-loader stats`: reads the counters pinned by the `run` of this network namespace.
+//! `mptcp-loader stats`: reads what the `run` of this network namespace pinned.
 //!
-//! `--json` prints one object: every counter name -> number, in `Counter::ALL` order, plus
-//! `"install_latency_us": {count, min, median, p99, max}` once the run has installed a
-//! connection's midstates. The table shows the same.
+//! `--json` prints one object:
+//! - every BPF counter name -> number, in `Counter::ALL` order (summed over CPUs);
+//! - every loader counter (`loader_...`, kept by `run` itself: the idle sweep and token
+//!   re-assertion; see [`LoaderCounter`](crate::loader_counters::LoaderCounter)) -> number;
+//! - `"maps": {MAP_NAME: {"entries": n, "max": max_entries}}` for the connection, subflow,
+//!   token and pending-join maps (entries counted by walking the keys);
+//! - `"install_latency_us": {count, min, median, p99, max}` once the run has installed a
+//!   connection's midstates.
+//!
+//! The table shows the same, in sections.
 
 use std::{
     borrow::Borrow,
@@ -10,17 +17,27 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
-use mptcp_common::{counters::Counter, maps::MAP_COUNTERS};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use mptcp_common::{
+    counters::Counter,
+    maps::{
+        ConnState, FlowKey, FlowRef, JoinState, Token, TokenRef, MAP_CONNS, MAP_COUNTERS,
+        MAP_FLOWS, MAP_JOINS, MAP_TOKENS,
+    },
+};
 
 use crate::{
     errors::LoaderError,
     latency::LatencySummary,
-    pins::{self, PIN_INSTALL_LATENCY},
+    loader_counters::read_loader_counters,
+    pins::{self, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
+    store::distinct_keys,
 };
 
 /// Key of the latency summary in `stats --json`.
 pub const JSON_LATENCY_KEY: &str = "install_latency_us";
+/// Key of the map fill levels in `stats --json`.
+pub const JSON_MAPS_KEY: &str = "maps";
 
 /// Every counter summed over CPUs (wrapping, like the per-CPU u64s), in `Counter::ALL` order.
 /// Counters beyond the map's length (an older object) are left out.
@@ -44,11 +61,27 @@ pub fn sum_counters<T: Borrow<MapData>>(
         .collect()
 }
 
+/// How full one map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    /// Map name (a `mptcp_common::maps::MAP_*` constant).
+    pub name: &'static str,
+    /// Entries in it now.
+    pub entries: u64,
+    /// Its `max_entries`.
+    pub max: u32,
+}
+
 /// What `stats` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatsReport {
-    /// Counter name and value, in `Counter::ALL` order.
+    /// BPF counter name and value, in `Counter::ALL` order.
     pub counters: Vec<(&'static str, u64)>,
+    /// The loader's own counters, in `LoaderCounter::ALL` order (empty for a run that does not
+    /// publish them).
+    pub loader: Vec<(&'static str, u64)>,
+    /// Fill levels of the connection, subflow, token and pending-join maps.
+    pub maps: Vec<MapFill>,
     /// The run's install-latency summary, if it has installed anything.
     pub install_latency: Option<LatencySummary>,
     /// Whether a live run holds the pin directory (`false`: pins left behind by a dead run).
@@ -127,6 +160,59 @@ pub fn read_install_latency(dir: &Path) -> Result<Option<LatencySummary>, Loader
     Ok((summary.count > 0).then_some(summary))
 }
 
+/// Reads the loader's counters from their pin; empty when there is none (an older run).
+///
+/// # Errors
+/// When the pin exists but cannot be read.
+pub fn read_loader_counters_at(dir: &Path) -> Result<Vec<(&'static str, u64)>, LoaderError> {
+    let path = dir.join(PIN_LOADER_COUNTERS);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let open_error = |source| LoaderError::OpenPin {
+        path: path.clone(),
+        source,
+    };
+    let map: Array<_, u64> = Array::try_from(open_pin(&path)?).map_err(open_error)?;
+    read_loader_counters(&map).map_err(open_error)
+}
+
+/// Entries and capacity of one pinned hash map.
+fn map_fill<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<MapFill, LoaderError> {
+    let path = dir.join(name);
+    let open_error = |source| LoaderError::OpenPin {
+        path: path.clone(),
+        source,
+    };
+    let map: HashMap<_, K, V> = HashMap::try_from(open_pin(&path)?).map_err(open_error)?;
+    let max = aya::maps::IterableMap::map(&map)
+        .info()
+        .map_err(open_error)?
+        .max_entries();
+    let entries = distinct_keys(&map, name)?.len();
+    Ok(MapFill {
+        name,
+        entries: u64::try_from(entries).unwrap_or(u64::MAX),
+        max,
+    })
+}
+
+/// Fill levels of the connection, subflow, token and pending-join maps pinned in `dir`.
+///
+/// # Errors
+/// When a pin is missing or cannot be read.
+pub fn read_map_fill(dir: &Path) -> Result<Vec<MapFill>, LoaderError> {
+    Ok(vec![
+        map_fill::<u64, ConnState>(dir, MAP_CONNS)?,
+        map_fill::<FlowKey, FlowRef>(dir, MAP_FLOWS)?,
+        map_fill::<Token, TokenRef>(dir, MAP_TOKENS)?,
+        map_fill::<FlowKey, JoinState>(dir, MAP_JOINS)?,
+    ])
+}
+
 /// Everything `stats` shows for `pin_dir`.
 ///
 /// # Errors
@@ -135,6 +221,8 @@ pub fn read_report(pin_dir: &Path) -> Result<StatsReport, LoaderError> {
     let dir = locate_pins(pin_dir)?;
     Ok(StatsReport {
         counters: read_counters_at(&dir)?,
+        loader: read_loader_counters_at(&dir)?,
+        maps: read_map_fill(&dir)?,
         install_latency: read_install_latency(&dir)?,
         live: pins::lock_owner(&dir).is_some(),
     })
@@ -144,21 +232,32 @@ pub fn read_report(pin_dir: &Path) -> Result<StatsReport, LoaderError> {
 #[must_use]
 pub fn format_json(report: &StatsReport) -> String {
     let mut object = serde_json::Map::new();
-    for (name, value) in &report.counters {
+    for (name, value) in report.counters.iter().chain(&report.loader) {
         object.insert((*name).to_owned(), (*value).into());
     }
+    let maps: serde_json::Map<String, serde_json::Value> = report
+        .maps
+        .iter()
+        .map(|m| {
+            let fill = serde_json::json!({"entries": m.entries, "max": m.max});
+            (m.name.to_owned(), fill)
+        })
+        .collect();
+    object.insert(JSON_MAPS_KEY.to_owned(), maps.into());
     if let Some(latency) = &report.install_latency {
         object.insert(JSON_LATENCY_KEY.to_owned(), latency.to_json());
     }
     serde_json::Value::Object(object).to_string()
 }
 
-/// The table output: one `name value` line per counter, then the latency line if any.
+/// The table output: one `name value` line per BPF counter, the loader's counters, the map fill
+/// levels, then the latency line if any.
 #[must_use]
 pub fn format_table(report: &StatsReport) -> String {
     let width = report
         .counters
         .iter()
+        .chain(&report.loader)
         .map(|(n, _)| n.len())
         .max()
         .unwrap_or(0)
@@ -166,6 +265,34 @@ pub fn format_table(report: &StatsReport) -> String {
     let mut out = format!("{:<width$}  {:>12}\n", "counter", "value");
     for (name, value) in &report.counters {
         let _ = writeln!(out, "{name:<width$}  {value:>12}");
+    }
+    if !report.loader.is_empty() {
+        out.push_str("\nkept by `mptcp-loader run` itself, not by the BPF programs:\n");
+        for (name, value) in &report.loader {
+            let _ = writeln!(out, "{name:<width$}  {value:>12}");
+        }
+    }
+    if !report.maps.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<width$}  {:>12}  {:>12}  {:>6}",
+            "map", "entries", "max_entries", "fill"
+        );
+        for m in &report.maps {
+            let percent = if m.max == 0 {
+                0.0
+            } else {
+                // Display only: precision loss beyond 2^52 entries does not matter.
+                #[allow(clippy::cast_precision_loss)]
+                let ratio = m.entries as f64 / f64::from(m.max);
+                ratio * 100.0
+            };
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>12}  {:>12}  {percent:>5.1}%",
+                m.name, m.entries, m.max
+            );
+        }
     }
     if let Some(latency) = &report.install_latency {
         let _ = writeln!(out, "\n{}", latency.line());
@@ -195,6 +322,7 @@ pub fn format_summary_line(counters: &[(&'static str, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loader_counters::LoaderCounter;
 
     fn report(latency: Option<LatencySummary>) -> StatsReport {
         StatsReport {
@@ -203,6 +331,23 @@ mod tests {
                 .enumerate()
                 .map(|(i, c)| (c.name(), i as u64))
                 .collect(),
+            loader: LoaderCounter::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name(), 100 + i as u64))
+                .collect(),
+            maps: vec![
+                MapFill {
+                    name: MAP_CONNS,
+                    entries: 3,
+                    max: 65_536,
+                },
+                MapFill {
+                    name: MAP_JOINS,
+                    entries: 0,
+                    max: 16_384,
+                },
+            ],
             install_latency: latency,
             live: true,
         }
@@ -214,12 +359,56 @@ mod tests {
         assert!(!text.contains('\n'));
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let object = value.as_object().unwrap();
-        assert_eq!(object.len(), Counter::ALL.len());
         let keys: Vec<&str> = object.keys().map(String::as_str).collect();
-        let names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        let names: Vec<&str> = Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(LoaderCounter::ALL.iter().map(|c| c.name()))
+            .chain([JSON_MAPS_KEY])
+            .collect();
         assert_eq!(keys, names);
         assert_eq!(object["not_tcp"], 0);
         assert_eq!(object["tcp_no_mptcp"], 4);
+        assert_eq!(object["loader_sweeps"], 100);
+        assert_eq!(object["loader_conns_expired"], 101);
+    }
+
+    #[test]
+    fn every_new_counter_is_shown() {
+        // Nothing is hard-coded: the egress and MP_JOIN counters come from Counter::ALL.
+        let text = format_json(&report(None));
+        let table = format_table(&report(None));
+        for name in [
+            "egress",
+            "join_synack_valid",
+            "aux_egress_keys_learned",
+            "loader_flows_orphaned_removed",
+        ] {
+            assert!(
+                text.contains(&format!("\"{name}\":")),
+                "{name} missing from JSON"
+            );
+            assert!(
+                table.lines().any(|l| l.starts_with(name)),
+                "{name} missing from the table"
+            );
+        }
+    }
+
+    #[test]
+    fn maps_show_entries_and_capacity() {
+        let value: serde_json::Value = serde_json::from_str(&format_json(&report(None))).unwrap();
+        assert_eq!(value[JSON_MAPS_KEY][MAP_CONNS]["entries"], 3);
+        assert_eq!(value[JSON_MAPS_KEY][MAP_CONNS]["max"], 65_536);
+        assert_eq!(value[JSON_MAPS_KEY][MAP_JOINS]["entries"], 0);
+        let table = format_table(&report(None));
+        assert!(
+            table.contains("kept by `mptcp-loader run` itself, not by the BPF programs"),
+            "{table}"
+        );
+        let conns = table.lines().find(|l| l.starts_with(MAP_CONNS)).unwrap();
+        let fields: Vec<&str> = conns.split_whitespace().collect();
+        assert_eq!(fields, [MAP_CONNS, "3", "65536", "0.0%"]);
     }
 
     #[test]

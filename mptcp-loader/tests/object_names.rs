@@ -1,7 +1,7 @@
-//! The embedded eBPF object defines the program and maps the loader looks up by name
+//! The embedded eBPF object defines the programs and maps the loader looks up by name
 //! (`mptcp_common::maps` constants). Parses the ELF only: needs no root.
 
-use mptcp_common::maps::{MAP_SCRATCH, PINNED_MAPS, PROG_XDP_INGRESS};
+use mptcp_common::maps::{MAP_SCRATCH, PINNED_MAPS, PROG_TC_EGRESS, PROG_XDP_INGRESS};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 #[test]
@@ -24,6 +24,7 @@ fn program_and_map_names_exist() {
             .to_owned()
     };
     assert_eq!(section_of(PROG_XDP_INGRESS), "xdp");
+    assert_eq!(section_of(PROG_TC_EGRESS), "classifier");
     for map in PINNED_MAPS.iter().chain([&MAP_SCRATCH]) {
         assert_eq!(section_of(map), "maps", "map `{map}`");
     }

@@ -1,0 +1,167 @@
+//! Counters kept by `mptcp-loader run` itself (the idle sweep, token re-assertion), as opposed
+//! to the per-CPU counters the BPF programs write. They are published to `stats` the same way as
+//! the install latency: a small array map the loader creates and pins
+//! ([`crate::pins::PIN_LOADER_COUNTERS`]), since bpffs holds nothing else.
+
+use aya::maps::{Array, MapData};
+
+use crate::{errors::LoaderError, pins::PIN_LOADER_COUNTERS, sweep::SweepOutcome};
+
+macro_rules! loader_counters {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, )*) => {
+        /// Index into the pinned loader-counter array.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum LoaderCounter { $( $(#[doc = $doc])* $variant, )* }
+
+        impl LoaderCounter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [LoaderCounter] = &[$(LoaderCounter::$variant,)*];
+            /// The name printed by `stats` and used as the JSON key (always `loader_...`, so it
+            /// cannot collide with a BPF counter).
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self { $(LoaderCounter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+loader_counters! {
+    /// Idle sweeps completed.
+    Sweeps = "loader_sweeps",
+    /// Connections removed by the idle sweep (idle longer than `--idle-timeout`).
+    ConnsExpired = "loader_conns_expired",
+    /// Subflow entries removed together with their expired connection.
+    FlowsExpired = "loader_flows_expired",
+    /// Subflow entries removed because their connection was gone (evicted) and they were idle.
+    FlowsOrphanedRemoved = "loader_flows_orphaned_removed",
+    /// Token entries removed together with their expired connection.
+    TokensExpired = "loader_tokens_expired",
+    /// Token entries the loader wrote at installation because they were missing (evicted) or
+    /// named another connection.
+    TokensRestored = "loader_tokens_restored",
+    /// Idle sweeps that failed part-way (a map operation failed; see the run's log).
+    SweepErrors = "loader_sweep_errors",
+}
+
+/// Number of loader counters (length of the pinned array).
+#[allow(clippy::cast_possible_truncation, reason = "a handful of counters")]
+pub const LOADER_COUNTER_COUNT: u32 = LoaderCounter::ALL.len() as u32;
+
+/// The loader's counters in memory, published to the pinned array after every change.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoaderCounters {
+    values: [u64; LoaderCounter::ALL.len()],
+}
+
+impl LoaderCounters {
+    /// Adds `n` to `counter`.
+    pub fn add(&mut self, counter: LoaderCounter, n: u64) {
+        let slot = &mut self.values[counter as usize];
+        *slot = slot.wrapping_add(n);
+    }
+
+    /// The value of `counter`.
+    #[must_use]
+    pub fn get(&self, counter: LoaderCounter) -> u64 {
+        self.values[counter as usize]
+    }
+
+    /// Adds up what one sweep removed (and counts the sweep).
+    pub fn add_sweep(&mut self, outcome: &SweepOutcome) {
+        self.add(LoaderCounter::Sweeps, 1);
+        self.add(LoaderCounter::ConnsExpired, outcome.conns_expired);
+        self.add(LoaderCounter::FlowsExpired, outcome.flows_expired);
+        self.add(
+            LoaderCounter::FlowsOrphanedRemoved,
+            outcome.flows_orphaned_removed,
+        );
+        self.add(LoaderCounter::TokensExpired, outcome.tokens_expired);
+    }
+
+    /// Name and value of every counter, in [`LoaderCounter::ALL`] order.
+    #[must_use]
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        LoaderCounter::ALL
+            .iter()
+            .map(|c| (c.name(), self.get(*c)))
+            .collect()
+    }
+
+    /// Writes every counter into the pinned array.
+    ///
+    /// # Errors
+    /// When the array cannot be written.
+    pub fn publish(&self, pin: &mut Array<MapData, u64>) -> Result<(), LoaderError> {
+        for (index, value) in (0u32..).zip(self.values) {
+            pin.set(index, value, 0)
+                .map_err(LoaderError::map(PIN_LOADER_COUNTERS))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the loader counters from their pinned array, in [`LoaderCounter::ALL`] order. An array
+/// shorter than ours (an older run) yields only the counters it has.
+///
+/// # Errors
+/// When the array cannot be read.
+pub fn read_loader_counters(
+    pin: &Array<MapData, u64>,
+) -> Result<Vec<(&'static str, u64)>, aya::maps::MapError> {
+    LoaderCounter::ALL
+        .iter()
+        .zip(0..pin.len())
+        .map(|(c, index)| Ok((c.name(), pin.get(&index, 0)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mptcp_common::counters::Counter;
+
+    #[test]
+    fn names_are_unique_prefixed_and_apart_from_the_bpf_counters() {
+        for (i, c) in LoaderCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            assert!(c.name().starts_with("loader_"), "{}", c.name());
+            assert_eq!(
+                LoaderCounter::ALL
+                    .iter()
+                    .filter(|o| o.name() == c.name())
+                    .count(),
+                1
+            );
+            assert!(Counter::ALL.iter().all(|b| b.name() != c.name()));
+        }
+    }
+
+    #[test]
+    fn sweeps_add_up() {
+        let mut counters = LoaderCounters::default();
+        let outcome = SweepOutcome {
+            conns_expired: 2,
+            flows_expired: 3,
+            tokens_expired: 4,
+            flows_orphaned_removed: 5,
+            conns_revived: 9,
+        };
+        counters.add_sweep(&outcome);
+        counters.add_sweep(&outcome);
+        counters.add(LoaderCounter::TokensRestored, 1);
+        let named = counters.named();
+        assert_eq!(
+            named,
+            [
+                ("loader_sweeps", 2),
+                ("loader_conns_expired", 4),
+                ("loader_flows_expired", 6),
+                ("loader_flows_orphaned_removed", 10),
+                ("loader_tokens_expired", 8),
+                ("loader_tokens_restored", 1),
+                ("loader_sweep_errors", 0),
+            ]
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! The idle sweep: forgets connections nobody has used for `--idle-timeout` seconds.
+//!
+//! The fast path removes a connection when its last subflow ends (RST, FIN from both ends) or it
+//! is fast-closed. A connection whose hosts vanished without either stays until the LRU evicts
+//! it, which on a quiet system is never. The sweep bounds that: a connection's last activity is
+//! the latest of its subflows' `FlowRef::last_seen_s` and its `ConnState::learned_s` (seconds of
+//! CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`); once that is older than the timeout, its
+//! state, its subflows and both its tokens are removed. Subflows whose connection is gone
+//! (evicted) are removed after the same timeout.
+//!
+//! `last_seen_s` is refreshed by every signalling segment but only by a random sample of plain
+//! data segments (`mptcp_common::maps::ACTIVITY_SAMPLE_ONE_IN`), so the timeout has to be long
+//! compared with the time a live connection takes to send a few dozen segments.
+//!
+//! [`plan_sweep`] decides on a snapshot of the maps and does no I/O; [`apply_sweep`] carries a
+//! plan out, re-reading each entry just before removing it, because the snapshot of a large map
+//! is seconds old by then and a connection may have woken up meanwhile.
+
+use std::collections::HashMap;
+
+use mptcp_common::maps::{ConnState, FlowKey, FlowRef};
+
+use crate::{errors::LoaderError, install::token_entries, store::FirewallMaps};
+
+/// Longest pause between two sweeps, whatever the timeout.
+pub const MAX_SWEEP_INTERVAL_S: u64 = 60;
+
+/// How often to sweep for `timeout_s`: a quarter of it (so an idle connection goes at most
+/// 1.25 × timeout after its last segment), at most [`MAX_SWEEP_INTERVAL_S`]. `None` when the
+/// sweep is disabled (timeout 0).
+#[must_use]
+pub fn sweep_interval(timeout_s: u32) -> Option<std::time::Duration> {
+    if timeout_s == 0 {
+        return None;
+    }
+    let quarter_ms = u64::from(timeout_s) * 1000 / 4;
+    Some(std::time::Duration::from_millis(
+        quarter_ms.min(MAX_SWEEP_INTERVAL_S * 1000),
+    ))
+}
+
+/// Seconds between `then` and `now`; 0 for a time after `now` (the fast path may write a
+/// timestamp between our clock read and our map read).
+#[must_use]
+pub const fn age_s(now_s: u32, then_s: u32) -> u32 {
+    now_s.saturating_sub(then_s)
+}
+
+/// Whether something last active at `last_active_s` has been idle for longer than `timeout_s`.
+#[must_use]
+pub const fn is_idle(now_s: u32, last_active_s: u32, timeout_s: u32) -> bool {
+    timeout_s > 0 && age_s(now_s, last_active_s) > timeout_s
+}
+
+/// A connection to forget, with what belongs to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredConn {
+    /// Key of the connection map.
+    pub id: u64,
+    /// Key-A (the tokens are derived from the keys).
+    pub key_a: [u8; 8],
+    /// Key-B.
+    pub key_b: [u8; 8],
+    /// Its subflows, as keyed in the subflow map.
+    pub flows: Vec<FlowKey>,
+    /// Seconds since its last activity.
+    pub idle_s: u32,
+}
+
+/// What one sweep removes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepPlan {
+    /// Idle connections.
+    pub expired: Vec<ExpiredConn>,
+    /// Idle subflows whose connection is no longer in the map.
+    pub orphan_flows: Vec<FlowKey>,
+}
+
+/// Decides what to remove, given every connection and subflow and the current time
+/// (`now_s`: seconds of CLOCK_MONOTONIC, read after the snapshot). Pure.
+#[must_use]
+pub fn plan_sweep(
+    conns: &[(u64, ConnState)],
+    flows: &[(FlowKey, FlowRef)],
+    now_s: u32,
+    timeout_s: u32,
+) -> SweepPlan {
+    let mut plan = SweepPlan::default();
+    if timeout_s == 0 {
+        return plan;
+    }
+    // Connection id -> (latest activity, its subflows).
+    let mut activity: HashMap<u64, (u32, Vec<FlowKey>)> = conns
+        .iter()
+        .map(|(id, state)| (*id, (state.learned_s, Vec::new())))
+        .collect();
+    for (key, flow) in flows {
+        match activity.get_mut(&flow.conn_id) {
+            Some((latest, keys)) => {
+                *latest = latest_of(*latest, flow.last_seen_s, now_s);
+                keys.push(*key);
+            }
+            None if is_idle(now_s, flow.last_seen_s, timeout_s) => plan.orphan_flows.push(*key),
+            None => {}
+        }
+    }
+    for (id, state) in conns {
+        let (latest, keys) = &activity[id];
+        if is_idle(now_s, *latest, timeout_s) {
+            plan.expired.push(ExpiredConn {
+                id: *id,
+                key_a: state.key_a,
+                key_b: state.key_b,
+                flows: keys.clone(),
+                idle_s: age_s(now_s, *latest),
+            });
+        }
+    }
+    plan
+}
+
+/// The more recent of two activity times (the one with the smaller age).
+const fn latest_of(a: u32, b: u32, now_s: u32) -> u32 {
+    if age_s(now_s, b) < age_s(now_s, a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// One whole sweep: snapshot the connections and subflows, read the clock (after the snapshot,
+/// so no timestamp in it is later than now), plan, apply. Returns the plan (for logging) and
+/// what was removed.
+///
+/// # Errors
+/// The first map operation that failed.
+pub fn sweep_maps(
+    maps: &mut impl FirewallMaps,
+    now_s: impl FnOnce() -> u32,
+    timeout_s: u32,
+) -> Result<(SweepPlan, SweepOutcome), LoaderError> {
+    let conns = maps.all_conns()?;
+    let flows = maps.all_flows()?;
+    let now_s = now_s();
+    let plan = plan_sweep(&conns, &flows, now_s, timeout_s);
+    let outcome = apply_sweep(maps, &plan, now_s, timeout_s)?;
+    Ok((plan, outcome))
+}
+
+/// What a sweep removed (the loader's counters add these up).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// Connection entries removed.
+    pub conns_expired: u64,
+    /// Subflow entries of those connections removed.
+    pub flows_expired: u64,
+    /// Token entries of those connections removed.
+    pub tokens_expired: u64,
+    /// Subflow entries without a connection removed.
+    pub flows_orphaned_removed: u64,
+    /// Planned connections left alone because they turned out active (or gone) on re-reading.
+    pub conns_revived: u64,
+}
+
+/// Carries out `plan`. Each connection is re-read (with its subflows) just before it is removed
+/// and kept if it became active since the snapshot; a token is removed only while it still names
+/// the connection (`TokenRef::conn_id`).
+///
+/// # Errors
+/// The first map operation that failed (what was removed until then stays removed).
+pub fn apply_sweep(
+    maps: &mut impl FirewallMaps,
+    plan: &SweepPlan,
+    now_s: u32,
+    timeout_s: u32,
+) -> Result<SweepOutcome, LoaderError> {
+    let mut outcome = SweepOutcome::default();
+    for conn in &plan.expired {
+        if !still_idle(maps, conn, now_s, timeout_s)? {
+            outcome.conns_revived += 1;
+            continue;
+        }
+        // The connection first: from then on the fast path treats its subflows as unknown.
+        if maps.remove_conn(conn.id)? {
+            outcome.conns_expired += 1;
+        }
+        for key in &conn.flows {
+            if maps.flow(key)?.is_some_and(|f| f.conn_id == conn.id) && maps.remove_flow(key)? {
+                outcome.flows_expired += 1;
+            }
+        }
+        let conn_id = conn.id.to_ne_bytes();
+        for (token, _) in token_entries(&conn.key_a, &conn.key_b) {
+            if maps.token(&token)?.is_some_and(|t| t.conn_id == conn_id)
+                && maps.remove_token(&token)?
+            {
+                outcome.tokens_expired += 1;
+            }
+        }
+    }
+    for key in &plan.orphan_flows {
+        let Some(flow) = maps.flow(key)? else {
+            continue;
+        };
+        let orphan = maps.conn(flow.conn_id)?.is_none();
+        if orphan && is_idle(now_s, flow.last_seen_s, timeout_s) && maps.remove_flow(key)? {
+            outcome.flows_orphaned_removed += 1;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Whether a planned connection is still there with the same keys and still idle.
+fn still_idle(
+    maps: &impl FirewallMaps,
+    conn: &ExpiredConn,
+    now_s: u32,
+    timeout_s: u32,
+) -> Result<bool, LoaderError> {
+    let Some(state) = maps.conn(conn.id)? else {
+        return Ok(false);
+    };
+    if state.key_a != conn.key_a || state.key_b != conn.key_b {
+        return Ok(false);
+    }
+    let mut latest = state.learned_s;
+    for key in &conn.flows {
+        if let Some(flow) = maps.flow(key)? {
+            if flow.conn_id == conn.id {
+                latest = latest_of(latest, flow.last_seen_s, now_s);
+            }
+        }
+    }
+    Ok(is_idle(now_s, latest, timeout_s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryMaps;
+    use mptcp_common::maps::{TokenRef, FAMILY_V4, ROLE_A};
+
+    const TIMEOUT: u32 = 100;
+    const NOW: u32 = 10_000;
+
+    fn conn(n: u8, learned_s: u32) -> (u64, ConnState) {
+        let key_a = [n; 8];
+        let state = ConnState {
+            key_a,
+            key_b: [n.wrapping_add(100); 8],
+            learned_s,
+            subflows: 1,
+            ..ConnState::default()
+        };
+        (ConnState::id_of(&key_a), state)
+    }
+
+    fn flow(port: u16, conn_id: u64, last_seen_s: u32) -> (FlowKey, FlowRef) {
+        let mut key = FlowKey {
+            family: FAMILY_V4,
+            sport: port.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+            ..FlowKey::default()
+        };
+        key.saddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        key.daddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        let value = FlowRef {
+            conn_id,
+            last_seen_s,
+            ..FlowRef::default()
+        };
+        (key, value)
+    }
+
+    #[test]
+    fn interval_is_a_quarter_of_the_timeout_at_most_a_minute() {
+        use std::time::Duration;
+        assert_eq!(sweep_interval(0), None);
+        assert_eq!(sweep_interval(2), Some(Duration::from_millis(500)));
+        assert_eq!(sweep_interval(100), Some(Duration::from_secs(25)));
+        assert_eq!(sweep_interval(7200), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn idle_means_strictly_older_than_the_timeout() {
+        assert!(!is_idle(NOW, NOW - TIMEOUT, TIMEOUT));
+        assert!(is_idle(NOW, NOW - TIMEOUT - 1, TIMEOUT));
+        assert!(!is_idle(NOW, NOW + 5, TIMEOUT), "a time after now is fresh");
+        assert!(!is_idle(NOW, 0, 0), "timeout 0 disables");
+    }
+
+    #[test]
+    fn activity_is_the_latest_of_learned_and_every_subflow() {
+        let (busy_id, busy) = conn(1, NOW - 5000); // learned long ago, one subflow active
+        let (idle_id, idle) = conn(2, NOW - 5000); // learned long ago, all subflows idle
+        let (young_id, young) = conn(3, NOW - 10); // just learned, no subflow yet
+        let (bare_id, bare) = conn(4, NOW - 101); // no subflow left, learned long ago
+        let flows = [
+            flow(1000, busy_id, NOW - 4000),
+            flow(1001, busy_id, NOW - 3),
+            flow(2000, idle_id, NOW - 200),
+            flow(2001, idle_id, NOW - 101),
+        ];
+        let conns = [
+            (busy_id, busy),
+            (idle_id, idle),
+            (young_id, young),
+            (bare_id, bare),
+        ];
+        let plan = plan_sweep(&conns, &flows, NOW, TIMEOUT);
+        assert_eq!(
+            plan.expired,
+            [
+                ExpiredConn {
+                    id: idle_id,
+                    key_a: idle.key_a,
+                    key_b: idle.key_b,
+                    flows: vec![flows[2].0, flows[3].0],
+                    idle_s: 101,
+                },
+                ExpiredConn {
+                    id: bare_id,
+                    key_a: bare.key_a,
+                    key_b: bare.key_b,
+                    flows: vec![],
+                    idle_s: 101,
+                },
+            ]
+        );
+        assert!(plan.orphan_flows.is_empty());
+    }
+
+    #[test]
+    fn orphan_subflows_go_after_the_same_timeout() {
+        let (id, state) = conn(1, NOW);
+        let flows = [
+            flow(1000, id, NOW - 1000), // belongs to a live connection: kept
+            flow(3000, 77, NOW - 101),  // connection evicted, idle: removed
+            flow(3001, 77, NOW - 100),  // connection evicted, not idle yet: kept
+            flow(3002, 78, NOW + 1),    // written after our clock read: kept
+        ];
+        let plan = plan_sweep(&[(id, state)], &flows, NOW, TIMEOUT);
+        assert!(plan.expired.is_empty());
+        assert_eq!(plan.orphan_flows, [flows[1].0]);
+    }
+
+    #[test]
+    fn timeout_zero_plans_nothing() {
+        let (id, state) = conn(1, 0);
+        let plan = plan_sweep(&[(id, state)], &[flow(1, 9, 0)], NOW, 0);
+        assert_eq!(plan, SweepPlan::default());
+    }
+
+    fn maps_for(conns: &[(u64, ConnState)], flows: &[(FlowKey, FlowRef)]) -> MemoryMaps {
+        let mut maps = MemoryMaps::default();
+        for (id, state) in conns {
+            maps.conns.insert(*id, *state);
+            for (token, entry) in token_entries(&state.key_a, &state.key_b) {
+                maps.tokens.insert(token, entry);
+            }
+        }
+        maps.flows.extend(flows.iter().copied());
+        maps
+    }
+
+    #[test]
+    fn apply_removes_the_connection_its_subflows_and_its_tokens() {
+        let (idle_id, idle) = conn(2, NOW - 5000);
+        let (live_id, live) = conn(3, NOW - 1);
+        let flows = [
+            flow(2000, idle_id, NOW - 200),
+            flow(2001, idle_id, NOW - 300),
+            flow(3000, live_id, NOW - 1),
+            flow(4000, 99, NOW - 500),
+        ];
+        let conns = [(idle_id, idle), (live_id, live)];
+        let mut maps = maps_for(&conns, &flows);
+        // One of the idle connection's tokens was overwritten by another connection (a token
+        // collision): that entry is not ours to remove.
+        let [_, (token_b, _)] = token_entries(&idle.key_a, &idle.key_b);
+        let foreign = TokenRef {
+            conn_id: live_id.to_ne_bytes(),
+            role: ROLE_A,
+        };
+        maps.tokens.insert(token_b, foreign);
+
+        let plan = plan_sweep(
+            &maps.all_conns().unwrap(),
+            &maps.all_flows().unwrap(),
+            NOW,
+            TIMEOUT,
+        );
+        let outcome = apply_sweep(&mut maps, &plan, NOW, TIMEOUT).unwrap();
+        assert_eq!(
+            outcome,
+            SweepOutcome {
+                conns_expired: 1,
+                flows_expired: 2,
+                tokens_expired: 1,
+                flows_orphaned_removed: 1,
+                conns_revived: 0,
+            }
+        );
+        assert_eq!(maps.conns.keys().copied().collect::<Vec<_>>(), [live_id]);
+        assert_eq!(maps.flows.keys().copied().collect::<Vec<_>>(), [flows[2].0]);
+        assert_eq!(
+            maps.tokens.len(),
+            3,
+            "the live connection's two and the foreign one"
+        );
+        assert_eq!(maps.tokens[&token_b], foreign);
+        // A second sweep finds nothing more.
+        let plan = plan_sweep(
+            &maps.all_conns().unwrap(),
+            &maps.all_flows().unwrap(),
+            NOW,
+            TIMEOUT,
+        );
+        assert_eq!(plan, SweepPlan::default());
+    }
+
+    #[test]
+    fn apply_keeps_what_woke_up_or_changed_since_the_snapshot() {
+        let (woke_id, woke) = conn(2, NOW - 5000);
+        let (gone_id, gone) = conn(3, NOW - 5000);
+        let (reused_id, reused) = conn(4, NOW - 5000);
+        let flows = [flow(2000, woke_id, NOW - 200), flow(5000, 99, NOW - 500)];
+        let conns = [(woke_id, woke), (gone_id, gone), (reused_id, reused)];
+        let mut maps = maps_for(&conns, &flows);
+        let plan = plan_sweep(&conns, &flows, NOW, TIMEOUT);
+        assert_eq!(plan.expired.len(), 3);
+
+        // Meanwhile: a segment on the first connection, the second ended by itself, the third's
+        // id now holds a connection with another Key-B, and the orphan's connection came back.
+        maps.flows.get_mut(&flows[0].0).unwrap().last_seen_s = NOW;
+        maps.conns.remove(&gone_id);
+        maps.conns.get_mut(&reused_id).unwrap().key_b = [0xee; 8];
+        maps.conns.insert(99, ConnState::default());
+
+        let outcome = apply_sweep(&mut maps, &plan, NOW, TIMEOUT).unwrap();
+        assert_eq!(
+            outcome,
+            SweepOutcome {
+                conns_revived: 3,
+                ..SweepOutcome::default()
+            }
+        );
+        assert_eq!(maps.flows.len(), 2);
+        assert!(maps.conns.contains_key(&woke_id) && maps.conns.contains_key(&reused_id));
+    }
+}

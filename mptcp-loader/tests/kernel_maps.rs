@@ -1,0 +1,180 @@
+//! The map logic (installation, token re-assertion, idle sweep) against the real kernel maps of
+//! the loaded object, with sizes set from the command-line limits. Needs root and the built
+//! object; attaches nothing. Skipped otherwise.
+
+use std::time::Instant;
+
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use mptcp_common::maps::{
+    ConnState, FlowKey, FlowRef, JoinState, KeyEvent, Token, TokenRef, FAMILY_V4, MAP_CONNS,
+    MAP_FLOWS, MAP_JOINS, MAP_TOKENS,
+};
+use mptcp_loader::{
+    install::{install_event, token_entries, InstallOutcome},
+    map_sizes::MapSizes,
+    store::{FirewallMaps as _, KernelMaps},
+    sweep::{sweep_maps, SweepOutcome},
+    Firewall, EBPF_OBJ,
+};
+
+const NOW: u32 = 1_000_000;
+const TIMEOUT: u32 = 100;
+
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if EBPF_OBJ.is_empty() || !root {
+        eprintln!("{test}: skipped (needs root and the built eBPF object)");
+        return false;
+    }
+    true
+}
+
+fn flow_key(n: u32, sub: u8) -> FlowKey {
+    let mut key = FlowKey {
+        family: FAMILY_V4,
+        sport: u16::try_from(n % 60_000 + 1024).unwrap().to_be_bytes(),
+        dport: 80u16.to_be_bytes(),
+        ..FlowKey::default()
+    };
+    key.saddr[..4].copy_from_slice(&[198, 18, sub, 1]);
+    key.daddr[..4].copy_from_slice(&[198, 19, (n >> 8) as u8, n as u8]);
+    key
+}
+
+fn keys_of(n: u32) -> ([u8; 8], [u8; 8]) {
+    let a = (u64::from(n) << 8 | 0xa1).to_be_bytes();
+    let b = (u64::from(n) << 8 | 0xb2).to_be_bytes();
+    (a, b)
+}
+
+/// Connection `n` as the fast path would leave it: state, one or two subflows, both tokens.
+fn add_conn(maps: &mut KernelMaps, n: u32, learned_s: u32, subflows: &[u32]) -> u64 {
+    let (key_a, key_b) = keys_of(n);
+    let id = ConnState::id_of(&key_a);
+    let state = ConnState {
+        key_a,
+        key_b,
+        learned_s,
+        subflows: subflows.len() as u64,
+        ..ConnState::default()
+    };
+    maps.conns.insert(id, state, 0).unwrap();
+    for (sub, last_seen_s) in subflows.iter().enumerate() {
+        let value = FlowRef {
+            conn_id: id,
+            last_seen_s: *last_seen_s,
+            ..FlowRef::default()
+        };
+        maps.flows.insert(flow_key(n, sub as u8), value, 0).unwrap();
+    }
+    for (token, entry) in token_entries(&key_a, &key_b) {
+        maps.tokens.insert(token, entry, 0).unwrap();
+    }
+    id
+}
+
+fn max_entries<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> u32 {
+    map.map().info().unwrap().max_entries()
+}
+
+#[test]
+fn sizes_are_applied_and_the_sweep_works_on_kernel_maps() {
+    if !can_run("sizes_are_applied_and_the_sweep_works_on_kernel_maps") {
+        return;
+    }
+    let sizes = MapSizes::for_limits(4096, 64);
+    let mut firewall = Firewall::load_with(EBPF_OBJ, &sizes).expect("load");
+    let joins: HashMap<MapData, FlowKey, JoinState> =
+        HashMap::try_from(firewall.ebpf_mut().take_map(MAP_JOINS).unwrap()).unwrap();
+    assert_eq!(max_entries(&joins), 64, "{MAP_JOINS}");
+    let mut maps = firewall.take_maps().expect("maps");
+    assert_eq!(max_entries(&maps.conns), 4096, "{MAP_CONNS}");
+    assert_eq!(max_entries(&maps.flows), 8192, "{MAP_FLOWS}");
+    assert_eq!(max_entries(&maps.tokens), 8192, "{MAP_TOKENS}");
+
+    // 1000 connections: even ones idle (both subflows old), odd ones with one fresh subflow.
+    let mut idle_ids = Vec::new();
+    for n in 0..1000 {
+        let id = if n % 2 == 0 {
+            add_conn(&mut maps, n, NOW - 5000, &[NOW - 200, NOW - 101])
+        } else {
+            add_conn(&mut maps, n, NOW - 5000, &[NOW - 200, NOW - 3])
+        };
+        if n % 2 == 0 {
+            idle_ids.push(id);
+        }
+    }
+    // Subflows whose connection was evicted: one idle, one recent.
+    let orphan = FlowRef {
+        conn_id: 0xdead,
+        last_seen_s: NOW - 500,
+        ..FlowRef::default()
+    };
+    maps.flows.insert(flow_key(5000, 9), orphan, 0).unwrap();
+    let recent_orphan = FlowRef {
+        last_seen_s: NOW - 5,
+        ..orphan
+    };
+    maps.flows
+        .insert(flow_key(5001, 9), recent_orphan, 0)
+        .unwrap();
+
+    let started = Instant::now();
+    let (plan, outcome) = sweep_maps(&mut maps, || NOW, TIMEOUT).expect("sweep");
+    eprintln!(
+        "swept 1000 connections / 2002 subflows in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(plan.expired.len(), 500);
+    assert_eq!(
+        outcome,
+        SweepOutcome {
+            conns_expired: 500,
+            flows_expired: 1000,
+            tokens_expired: 1000,
+            flows_orphaned_removed: 1,
+            conns_revived: 0,
+        }
+    );
+    assert_eq!(maps.all_conns().unwrap().len(), 500);
+    assert_eq!(maps.all_flows().unwrap().len(), 1001);
+    assert_eq!(maps.tokens.keys().count(), 1000);
+    for id in idle_ids {
+        assert!(maps.conn(id).unwrap().is_none());
+    }
+    // Nothing left to do.
+    let (_, again) = sweep_maps(&mut maps, || NOW, TIMEOUT).unwrap();
+    assert_eq!(again, SweepOutcome::default());
+}
+
+#[test]
+fn installation_restores_an_evicted_token_in_the_kernel_map() {
+    if !can_run("installation_restores_an_evicted_token_in_the_kernel_map") {
+        return;
+    }
+    let mut firewall = Firewall::load_with(EBPF_OBJ, &MapSizes::for_limits(64, 16)).unwrap();
+    let mut maps = firewall.take_maps().unwrap();
+    add_conn(&mut maps, 7, NOW, &[NOW]);
+    let (key_a, key_b) = keys_of(7);
+    let [(token_a, ref_a), (token_b, ref_b)] = token_entries(&key_a, &key_b);
+    maps.tokens.remove(&token_a).unwrap();
+    let event = KeyEvent {
+        key_a,
+        key_b,
+        ..KeyEvent::default()
+    };
+    let outcome = install_event(&mut maps, &event).unwrap();
+    assert!(
+        matches!(
+            outcome,
+            InstallOutcome::Installed {
+                tokens_restored: 1,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let read = |t: &Token| -> TokenRef { maps.tokens.get(t, 0).unwrap() };
+    assert_eq!((read(&token_a), read(&token_b)), (ref_a, ref_b));
+}

@@ -84,6 +84,20 @@ counters! {
     FastcloseBadKeyWouldDrop = "fastclose_bad_key_would_drop",
     /// MP_FASTCLOSE of a connection that is not tracked: passed.
     FastcloseUnknownConn = "fastclose_unknown_conn",
+    /// ADD_ADDR announcing an address or port outside the policy's allow lists, enforce mode:
+    /// dropped whatever its HMAC.
+    AddAddrPolicyDropped = "add_addr_policy_dropped",
+    /// ADD_ADDR outside the policy, monitor mode: passed and counted.
+    AddAddrPolicyWouldDrop = "add_addr_policy_would_drop",
+    /// MP_JOIN SYN over its source's rate limit, enforce mode: dropped.
+    JoinSynRateLimitedDropped = "join_syn_rate_limited_dropped",
+    /// MP_JOIN SYN over its source's rate limit, monitor mode: passed and counted.
+    JoinSynRateLimitedWouldDrop = "join_syn_rate_limited_would_drop",
+    /// Signalling of a connection the program does not know, fail-closed policy, enforce mode:
+    /// dropped.
+    UnknownConnDropped = "unknown_conn_dropped",
+    /// The same in monitor mode: passed and counted.
+    UnknownConnWouldDrop = "unknown_conn_would_drop",
     /// Segment seen by the tc egress program (the host's own traffic; never dropped). Egress
     /// segments count here and not under any other packet reason.
     Egress = "egress",
@@ -110,12 +124,25 @@ counters! {
     EgressJoinNonce = "aux_egress_join_nonce",
     /// Auxiliary: the egress program saw an MP_JOIN SYN whose token is not tracked.
     EgressJoinUnknownToken = "aux_egress_join_unknown_token",
+    /// Auxiliary: a drop event was queued for the loader.
+    DropEventSent = "aux_drop_event_sent",
+    /// Auxiliary: a drop event was not queued because of the event rate limit.
+    DropEventRateLimited = "aux_drop_event_rate_limited",
+    /// Auxiliary: a drop event was not queued because the ring buffer was full.
+    DropEventLost = "aux_drop_event_lost",
 }
 
 /// Number of counters (size of the per-CPU array).
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
 
 impl Counter {
+    /// Whether a packet counted under this reason is reported as a drop event: dropped, or
+    /// would have been dropped in enforce mode.
+    #[must_use]
+    pub const fn is_event(self) -> bool {
+        self.significance() >= 19
+    }
+
     /// Whether this code is a per-packet reason (exactly one per packet) rather than auxiliary.
     #[must_use]
     pub const fn is_packet_reason(self) -> bool {
@@ -131,6 +158,9 @@ impl Counter {
                 | Counter::EgressKeysLearned
                 | Counter::EgressJoinNonce
                 | Counter::EgressJoinUnknownToken
+                | Counter::DropEventSent
+                | Counter::DropEventRateLimited
+                | Counter::DropEventLost
         )
     }
 
@@ -143,12 +173,18 @@ impl Counter {
             | Counter::JoinSynUnknownTokenDropped
             | Counter::JoinSynAckBadHmacDropped
             | Counter::JoinAckBadHmacDropped
-            | Counter::FastcloseBadKeyDropped => 20,
+            | Counter::FastcloseBadKeyDropped
+            | Counter::AddAddrPolicyDropped
+            | Counter::JoinSynRateLimitedDropped
+            | Counter::UnknownConnDropped => 20,
             Counter::AddAddrBadHmacWouldDrop
             | Counter::JoinSynUnknownTokenWouldDrop
             | Counter::JoinSynAckBadHmacWouldDrop
             | Counter::JoinAckBadHmacWouldDrop
-            | Counter::FastcloseBadKeyWouldDrop => 19,
+            | Counter::FastcloseBadKeyWouldDrop
+            | Counter::AddAddrPolicyWouldDrop
+            | Counter::JoinSynRateLimitedWouldDrop
+            | Counter::UnknownConnWouldDrop => 19,
             Counter::AddAddrUnknownConn
             | Counter::JoinStateMissing
             | Counter::FastcloseUnknownConn => 18,

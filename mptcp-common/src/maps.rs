@@ -19,6 +19,22 @@ pub const MAP_FLOWS: &str = "MPTCP_FLOWS";
 pub const MAP_TOKENS: &str = "MPTCP_TOKENS";
 /// Pending MP_JOIN handshakes ([`FlowKey`] initiator -> responder -> [`JoinState`]).
 pub const MAP_JOINS: &str = "MPTCP_JOINS";
+/// Interface index -> `MODE_*`, overriding [`Config::mode`] per interface.
+pub const MAP_IFACE_MODES: &str = "MPTCP_IFMODES";
+/// IPv4 prefixes an ADD_ADDR may announce (LPM trie, `[u8; 4]` data), when
+/// [`ADDR_POLICY_PREFIXES`] is on.
+pub const MAP_ALLOW_V4: &str = "MPTCP_ALLOW_V4";
+/// IPv6 prefixes an ADD_ADDR may announce (LPM trie, `[u8; 16]` data).
+pub const MAP_ALLOW_V6: &str = "MPTCP_ALLOW_V6";
+/// Ports an ADD_ADDR may announce (wire bytes -> 1; `[0, 0]` means "no port"), when
+/// [`ADDR_POLICY_PORTS`] is on.
+pub const MAP_ALLOW_PORTS: &str = "MPTCP_ALLOWPORT";
+/// Source address -> rate state of its MP_JOIN SYNs (LRU; [`JoinRateKey`] -> u64).
+pub const MAP_JOIN_RATE: &str = "MPTCP_JOINRATE";
+/// Ring buffer of [`DropEvent`]s: every dropped or would-drop segment, rate-limited.
+pub const MAP_DROP_EVENTS: &str = "MPTCP_DROPS";
+/// Per-CPU rate state (u64) of drop events.
+pub const MAP_EVENT_BUDGET: &str = "MPTCP_EVBUDGET";
 /// Per-CPU counters indexed by [`crate::counters::Counter`].
 pub const MAP_COUNTERS: &str = "MPTCP_COUNTERS";
 /// Ring buffer of [`KeyEvent`]s for the loader.
@@ -62,6 +78,23 @@ pub const ACTIVITY_GRANULARITY_S: u32 = 1;
 pub const ACTIVITY_SAMPLE_ONE_IN: u32 = 16;
 /// Size of the key-event ring buffer in bytes (a power of two, multiple of the page size).
 pub const KEY_EVENTS_BYTES: u32 = 256 * 1024;
+/// Size of the drop-event ring buffer in bytes.
+pub const DROP_EVENTS_BYTES: u32 = 1024 * 1024;
+/// Interfaces that can have their own mode.
+pub const MAX_IFACE_MODES: u32 = 256;
+/// Prefixes per family in the ADD_ADDR allow lists.
+pub const MAX_ALLOW_PREFIXES: u32 = 4096;
+/// Ports in the ADD_ADDR port allow list.
+pub const MAX_ALLOW_PORTS: u32 = 1024;
+/// Sources whose MP_JOIN SYN rate is tracked (LRU).
+pub const MAX_JOIN_RATE_SOURCES: u32 = 65_536;
+/// Drop events per second per CPU unless configured otherwise.
+pub const DEFAULT_EVENT_RATE: u32 = 100;
+/// Drop events allowed in a burst above the rate unless configured otherwise.
+pub const DEFAULT_EVENT_BURST: u32 = 200;
+/// Bytes of the frame copied into a [`DropEvent`].
+pub const DROP_SNAP_LEN: usize = 128;
+const _: () = assert!(DROP_SNAP_LEN.is_power_of_two());
 
 /// `FlowKey::family` for IPv4 (addresses use the first 4 bytes, the rest is zero).
 pub const FAMILY_V4: u8 = 4;
@@ -266,17 +299,104 @@ const _: () = assert!(core::mem::size_of::<JoinState>() == 32);
 pub const MODE_MONITOR: u32 = 0;
 /// `Config::mode`: drop bad segments.
 pub const MODE_ENFORCE: u32 = 1;
+/// `Config::unknown_conn`: segments of connections the program does not know pass (fail-open).
+pub const UNKNOWN_PASS: u32 = 0;
+/// `Config::unknown_conn`: they are dropped (fail-closed; would-drop in monitor mode).
+pub const UNKNOWN_DROP: u32 = 1;
+/// `Config::addr_policy` bit: an announced address must match [`MAP_ALLOW_V4`] / [`MAP_ALLOW_V6`].
+pub const ADDR_POLICY_PREFIXES: u32 = 1;
+/// `Config::addr_policy` bit: an announced port must be in [`MAP_ALLOW_PORTS`].
+pub const ADDR_POLICY_PORTS: u32 = 2;
 
-/// Value of [`MAP_CONFIG`] (index 0).
+/// Value of [`MAP_CONFIG`] (index 0), written by the loader. The zero value is a safe default:
+/// monitor mode, fail-open, no policy, no rate limit, no drop events.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// [`MODE_MONITOR`] or [`MODE_ENFORCE`].
+    /// [`MODE_MONITOR`] or [`MODE_ENFORCE`] (unless [`MAP_IFACE_MODES`] says otherwise).
     pub mode: u32,
+    /// [`UNKNOWN_PASS`] or [`UNKNOWN_DROP`].
+    pub unknown_conn: u32,
+    /// `ADDR_POLICY_*` bits.
+    pub addr_policy: u32,
+    /// MP_JOIN SYNs per second allowed from one source address; 0: no limit.
+    pub join_syn_rate: u32,
+    /// Burst of MP_JOIN SYNs allowed above the rate.
+    pub join_syn_burst: u32,
+    /// Drop events per second per CPU; 0: none.
+    pub event_rate: u32,
+    /// Burst of drop events allowed above the rate.
+    pub event_burst: u32,
     /// Always zero.
     pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
+
+/// Key of [`MAP_JOIN_RATE`]: a source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct JoinRateKey {
+    /// Address (IPv4 in bytes 0..4).
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<JoinRateKey>() == 20);
+
+/// Ring-buffer record: one dropped or would-drop segment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub seen_ns: u64,
+    /// The segment's addresses and ports, as on the wire.
+    pub flow: FlowKey,
+    /// Interface index it arrived on.
+    pub ifindex: u32,
+    /// [`crate::counters::Counter`] code.
+    pub reason: u32,
+    /// 1 if dropped, 0 if only counted (monitor mode).
+    pub dropped: u8,
+    /// Family of `announced_addr` (0 if the segment announced nothing).
+    pub announced_family: u8,
+    /// Address ID of the announcement.
+    pub announced_id: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// MP_JOIN SYN token (zero otherwise), wire bytes.
+    pub token: [u8; 4],
+    /// ADD_ADDR address (IPv4 in bytes 0..4).
+    pub announced_addr: [u8; 16],
+    /// ADD_ADDR port, wire bytes (`[0, 0]` without port).
+    pub announced_port: [u8; 2],
+    /// Length of the frame.
+    pub frame_len: u16,
+    /// Bytes of the frame in `snap`.
+    pub snap_len: u16,
+    /// The first `snap_len` bytes of the frame (Ethernet header first).
+    pub snap: [u8; DROP_SNAP_LEN],
+    /// Always zero.
+    pub pad2: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 216);
+
+/// What a frame's drop event says besides the reason, gathered while the frame is examined.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventNote {
+    /// MP_JOIN SYN token.
+    pub token: [u8; 4],
+    /// ADD_ADDR address.
+    pub addr: [u8; 16],
+    /// ADD_ADDR port.
+    pub port: [u8; 2],
+    /// ADD_ADDR family (0: none).
+    pub family: u8,
+    /// ADD_ADDR address ID.
+    pub id: u8,
+}
 
 /// `HmacJob::kind`: no job.
 pub const JOB_NONE: u8 = 0;
@@ -366,10 +486,12 @@ pub struct HmacJobs {
     pub jobs: [HmacJob; JOIN_JOB_SLOT + 1],
     /// Token derivation for a connection learned or ended by this frame.
     pub tokens: TokenJob,
+    /// What a drop event of this frame reports.
+    pub note: EventNote,
     /// [`crate::counters::Counter`] code of the frame before the checks run.
     pub reason: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// Interface the frame arrived on (its mode may differ from the global one).
+    pub ifindex: u32,
 }
 
 #[cfg(feature = "user")]
@@ -382,4 +504,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TokenRef {}
     unsafe impl aya::Pod for super::JoinState {}
+    unsafe impl aya::Pod for super::JoinRateKey {}
+    unsafe impl aya::Pod for super::DropEvent {}
 }

@@ -80,6 +80,54 @@ pub fn fastclose_reason(key_ok: bool, mode: u32) -> Counter {
     }
 }
 
+/// The reason for an ADD_ADDR outside the address/port policy.
+#[inline(always)]
+#[must_use]
+pub fn add_addr_policy_reason(mode: u32) -> Counter {
+    if mode == MODE_ENFORCE {
+        Counter::AddAddrPolicyDropped
+    } else {
+        Counter::AddAddrPolicyWouldDrop
+    }
+}
+
+/// The reason for an MP_JOIN SYN over its source's rate limit.
+#[inline(always)]
+#[must_use]
+pub fn join_syn_rate_reason(mode: u32) -> Counter {
+    if mode == MODE_ENFORCE {
+        Counter::JoinSynRateLimitedDropped
+    } else {
+        Counter::JoinSynRateLimitedWouldDrop
+    }
+}
+
+/// The reason for signalling of a connection the program does not know: `pass_reason` when
+/// fail-open, a drop (or would-drop) when fail-closed.
+#[inline(always)]
+#[must_use]
+pub fn unknown_conn_reason(pass_reason: Counter, unknown_conn: u32, mode: u32) -> Counter {
+    match (unknown_conn, mode) {
+        (crate::maps::UNKNOWN_DROP, MODE_ENFORCE) => Counter::UnknownConnDropped,
+        (crate::maps::UNKNOWN_DROP, _) => Counter::UnknownConnWouldDrop,
+        _ => pass_reason,
+    }
+}
+
+/// Generic cell rate algorithm: with the theoretical arrival time `tat` of a flow limited to one
+/// event per `interval_ns` with `burst` extra events, whether an event at `now_ns` conforms, and
+/// the new `tat`. Unlike a token bucket it keeps one number per flow.
+#[inline(always)]
+#[must_use]
+pub const fn gcra(tat: u64, now_ns: u64, interval_ns: u64, burst: u64) -> (bool, u64) {
+    let tolerance = interval_ns.saturating_mul(burst);
+    if tat > now_ns.saturating_add(tolerance) {
+        return (false, tat);
+    }
+    let start = if tat > now_ns { tat } else { now_ns };
+    (true, start.saturating_add(interval_ns))
+}
+
 /// Whether a packet counted under `reason` is dropped. Only an enforced check failure drops:
 /// everything the program does not know passes.
 #[inline(always)]
@@ -92,6 +140,9 @@ pub const fn drops(reason: Counter) -> bool {
             | Counter::JoinSynAckBadHmacDropped
             | Counter::JoinAckBadHmacDropped
             | Counter::FastcloseBadKeyDropped
+            | Counter::AddAddrPolicyDropped
+            | Counter::JoinSynRateLimitedDropped
+            | Counter::UnknownConnDropped
     )
 }
 
@@ -148,6 +199,48 @@ mod tests {
         assert_eq!(after_fin(FIN_FROM_SRC, FIN_FROM_SRC), (FIN_FROM_SRC, false));
         assert_eq!(after_fin(FIN_FROM_SRC, FIN_FROM_DST), (3, true));
         assert_eq!(after_fin(3, FIN_FROM_DST), (3, false));
+    }
+
+    #[test]
+    fn gcra_allows_rate_plus_burst() {
+        // 10 per second, burst 5: at t=0, 6 pass (1 + burst), the 7th is limited.
+        let (interval, mut tat) = (100_000_000, 0);
+        let mut passed = 0;
+        for _ in 0..10 {
+            let (ok, next) = gcra(tat, 1_000_000_000, interval, 5);
+            if ok {
+                passed += 1;
+                tat = next;
+            }
+        }
+        assert_eq!(passed, 6);
+        // One interval later, one more conforms.
+        assert!(gcra(tat, 1_000_000_000 + interval, interval, 5).0);
+        assert!(!gcra(tat, 1_000_000_000 + interval / 2, interval, 5).0);
+    }
+
+    #[test]
+    fn every_drop_and_would_drop_is_an_event() {
+        for c in Counter::ALL {
+            let name = c.name();
+            let want = name.ends_with("_dropped") || name.ends_with("_would_drop");
+            assert_eq!(c.is_event(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn fail_closed_drops_unknown_connections() {
+        use crate::maps::{UNKNOWN_DROP, UNKNOWN_PASS};
+        let pass = Counter::AddAddrUnknownConn;
+        assert_eq!(unknown_conn_reason(pass, UNKNOWN_PASS, MODE_ENFORCE), pass);
+        assert_eq!(
+            unknown_conn_reason(pass, UNKNOWN_DROP, MODE_ENFORCE),
+            Counter::UnknownConnDropped
+        );
+        assert_eq!(
+            unknown_conn_reason(pass, UNKNOWN_DROP, MODE_MONITOR),
+            Counter::UnknownConnWouldDrop
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_OK,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use mptcp_common::{
@@ -33,12 +33,14 @@ use mptcp_common::{
     hmac::join_block,
     hmac::{add_addr_truncated, finish_into, join_synack_truncated, midstate_into, token_into},
     maps::{
-        Config, ConnState, FlowKey, FlowRef, HmacJob, HmacJobs, JoinState, KeyEvent, Token,
-        TokenRef, ACTIVITY_GRANULARITY_S, ACTIVITY_SAMPLE_ONE_IN, CONN_FLAG_KEY_CONFLICT,
-        FIN_FROM_DST, FIN_FROM_SRC, JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK, JOB_NONE,
-        JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID,
-        KEY_EVENTS_BYTES, MAX_CONNS, MAX_FLOWS, MAX_JOINS, MAX_TOKENS, MODE_MONITOR, ROLE_A,
-        ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
+        Config, ConnState, DropEvent, FlowKey, FlowRef, HmacJob, HmacJobs, JoinRateKey, JoinState,
+        KeyEvent, Token, TokenRef, ACTIVITY_GRANULARITY_S, ACTIVITY_SAMPLE_ONE_IN,
+        ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, CONN_FLAG_KEY_CONFLICT, DROP_EVENTS_BYTES,
+        DROP_SNAP_LEN, FAMILY_V4, FIN_FROM_DST, FIN_FROM_SRC, JOB_ADD_ADDR, JOB_JOIN_ACK,
+        JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT,
+        JOIN_SYNACK_VALID, KEY_EVENTS_BYTES, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_CONNS,
+        MAX_FLOWS, MAX_IFACE_MODES, MAX_JOINS, MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR,
+        ROLE_A, ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
         parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join,
@@ -46,8 +48,9 @@ use mptcp_common::{
         TCP_RST,
     },
     validate::{
-        add_addr_block, add_addr_reason, after_fin, drops, fastclose_reason, join_ack_reason,
-        join_state_fresh, join_syn_reason, join_synack_reason,
+        add_addr_block, add_addr_policy_reason, add_addr_reason, after_fin, drops,
+        fastclose_reason, gcra, join_ack_reason, join_state_fresh, join_syn_rate_reason,
+        join_syn_reason, join_synack_reason, unknown_conn_reason,
     },
 };
 
@@ -82,6 +85,22 @@ static MPTCP_WALK: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU crypto work of the current frame (see `HmacJob`).
 #[map]
 static MPTCP_HMAC_JOBS: PerCpuArray<HmacJobs> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static MPTCP_IFMODES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACE_MODES, 0);
+#[map]
+static MPTCP_ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_ALLOW_PREFIXES, 0);
+#[map]
+static MPTCP_ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_ALLOW_PREFIXES, 0);
+#[map]
+static MPTCP_ALLOWPORT: HashMap<[u8; 2], u8> = HashMap::with_max_entries(MAX_ALLOW_PORTS, 0);
+#[map]
+static MPTCP_JOINRATE: LruHashMap<JoinRateKey, u64> =
+    LruHashMap::with_max_entries(MAX_JOIN_RATE_SOURCES, 0);
+#[map]
+static MPTCP_DROPS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
+/// Per-CPU rate state of drop events (GCRA theoretical arrival time).
+#[map]
+static MPTCP_EVBUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// What both program types offer the shared code.
 trait PacketCtx {
@@ -146,11 +165,76 @@ impl<C: PacketCtx> PacketView for Frame<'_, C> {
 pub fn mptcp_xdp_ingress(ctx: XdpContext) -> u32 {
     let reason = process::<XdpContext, false>(&ctx);
     count(reason);
+    if reason.is_event() {
+        drop_event(&ctx, reason);
+    }
     if drops(reason) {
         XDP_DROP
     } else {
         XDP_PASS
     }
+}
+
+/// Queues a record of a dropped or would-drop frame for the loader (the frame's first bytes
+/// included), within the per-CPU event rate, and counts what happened to it.
+#[inline(never)]
+fn drop_event(ctx: &XdpContext, reason: Counter) {
+    let Some(config) = MPTCP_CONFIG.get(0) else {
+        return;
+    };
+    let (rate, burst) = (u64::from(config.event_rate), u64::from(config.event_burst));
+    let Some(tat) = MPTCP_EVBUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    let now = now_ns();
+    // SAFETY: per-CPU slot.
+    let (conforms, next) = gcra(unsafe { *tat }, now, NS_PER_S / rate.max(1), burst);
+    if rate == 0 || !conforms {
+        count(Counter::DropEventRateLimited);
+        return;
+    }
+    // SAFETY: per-CPU slot.
+    unsafe { *tat = next };
+    let Some(jobs) = MPTCP_HMAC_JOBS.get_ptr(0) else {
+        return;
+    };
+    let Some(walk) = MPTCP_WALK.get_ptr(0) else {
+        return;
+    };
+    let Some(mut entry) = MPTCP_DROPS.reserve::<DropEvent>(0) else {
+        count(Counter::DropEventLost);
+        return;
+    };
+    let frame_len = ctx.data_end() - ctx.data();
+    let snap_len = frame_len.min(DROP_SNAP_LEN);
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved record; every field is written before submit. `jobs` and
+    // `walk` are this invocation's per-CPU values (the frame's note and segment).
+    unsafe {
+        let note = &(*jobs).note;
+        (*e).seen_ns = now;
+        (*e).flow = (*walk).seg.flow;
+        (*e).ifindex = ctx.ifindex();
+        (*e).reason = reason as u32;
+        (*e).dropped = u8::from(drops(reason));
+        (*e).announced_family = note.family;
+        (*e).announced_id = note.id;
+        (*e).pad = 0;
+        (*e).token = note.token;
+        (*e).announced_addr = note.addr;
+        (*e).announced_port = note.port;
+        (*e).frame_len = frame_len as u16;
+        (*e).pad2 = [0; 2];
+        // The snapshot: 1..=DROP_SNAP_LEN bytes. Written as mask-and-add (equal to snap_len for
+        // 1..=DROP_SNAP_LEN) because the verifier tracks the bounds of that arithmetic, not of
+        // comparisons LLVM may move to another register.
+        let len = ((snap_len as u32).wrapping_sub(1) & (DROP_SNAP_LEN as u32 - 1)) + 1;
+        let copied =
+            snap_len > 0 && bpf_xdp_load_bytes(ctx.ctx, 0, (&raw mut (*e).snap).cast(), len) == 0;
+        (*e).snap_len = if copied { len as u16 } else { 0 };
+    }
+    entry.submit(0);
+    count(Counter::DropEventSent);
 }
 
 /// The host's own segments: learn keys and nonces, never drop.
@@ -197,9 +281,26 @@ fn count(counter: Counter) {
     }
 }
 
+/// The mode on this interface: its own, if the loader set one, else the global one.
 #[inline(always)]
-fn mode() -> u32 {
+fn mode(ifindex: u32) -> u32 {
+    if let Some(mode) = MPTCP_IFMODES.get_ptr(&ifindex) {
+        // SAFETY: map value pointer from a successful lookup.
+        return unsafe { *mode };
+    }
     MPTCP_CONFIG.get(0).map_or(MODE_MONITOR, |c| c.mode)
+}
+
+/// The global configuration (all zero, the safe default, if unset).
+#[inline(always)]
+fn config() -> Config {
+    MPTCP_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The reason for signalling of a connection the program does not know (fail-open or -closed).
+#[inline(always)]
+fn unknown(pass_reason: Counter, ifindex: u32) -> Counter {
+    unknown_conn_reason(pass_reason, config().unknown_conn, mode(ifindex))
 }
 
 #[inline(always)]
@@ -217,6 +318,9 @@ fn prepare<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
         job.kind = JOB_NONE;
     }
     jobs.tokens.op = TOKENS_NONE;
+    jobs.ifindex = ctx.ifindex();
+    jobs.note.family = 0;
+    jobs.note.token = [0; 4];
     let Some(walk) = MPTCP_WALK.get_ptr_mut(0) else {
         jobs.reason = Counter::MptcpOther as u32;
         return;
@@ -300,7 +404,7 @@ fn decide<C: PacketCtx, const EGRESS: bool>(
     if !EGRESS {
         for i in 0..MAX_ADD_ADDRS {
             if let Some(opt) = opts.add_addrs[i] {
-                reason = reason.max(prepare_add_addr(&frame, seg, &opt, &mut jobs.jobs[i]));
+                reason = reason.max(prepare_add_addr(&frame, seg, &opt, jobs, i));
             }
         }
     }
@@ -522,27 +626,42 @@ fn trusted_conn(conn_id: u64) -> Result<*mut ConnState, Counter> {
     Ok(conn)
 }
 
-/// An E=0 ADD_ADDR: find its connection and the announcer's role, and prepare `job`.
-/// Returns the reason if it can be decided without an HMAC, else `MptcpOther` (job set).
+/// An E=0 ADD_ADDR: check the address policy, find its connection and the announcer's role,
+/// and prepare HMAC job `slot`. Returns the reason if it can be decided without an HMAC, else
+/// `MptcpOther` (job set).
 #[inline(never)]
 fn prepare_add_addr<C: PacketCtx>(
     frame: &Frame<C>,
     seg: &TcpSegment,
     opt: &OptRef,
-    job: &mut HmacJob,
+    jobs: &mut HmacJobs,
+    slot: usize,
 ) -> Counter {
     let Some(add_addr) = read_add_addr(frame, *opt) else {
         return Counter::Truncated;
     };
+    if jobs.note.family == 0 {
+        jobs.note.family = add_addr.family;
+        jobs.note.addr = add_addr.addr;
+        jobs.note.port = add_addr.port;
+        jobs.note.id = add_addr.id;
+    }
+    let ifindex = jobs.ifindex;
+    if !add_addr_allowed(add_addr.family, &add_addr.addr, &add_addr.port) {
+        return add_addr_policy_reason(mode(ifindex));
+    }
     let Some((flow, announcer_role)) = lookup_flow(seg) else {
-        return Counter::AddAddrUnknownConn;
+        return unknown(Counter::AddAddrUnknownConn, ifindex);
     };
     // SAFETY: map value pointer from a successful lookup.
     let conn_id = unsafe { (*flow).conn_id };
     let conn = match trusted_conn(conn_id) {
         Ok(conn) => conn,
         Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
-        Err(_) => return Counter::AddAddrUnknownConn,
+        Err(_) => return unknown(Counter::AddAddrUnknownConn, ifindex),
+    };
+    let Some(job) = jobs.jobs.get_mut(slot) else {
+        return Counter::MptcpOther;
     };
     load_keys(conn, announcer_role, job);
     job.block = add_addr_block(&add_addr);
@@ -550,6 +669,60 @@ fn prepare_add_addr<C: PacketCtx>(
     job.conn_id = conn_id;
     job.kind = JOB_ADD_ADDR;
     Counter::MptcpOther
+}
+
+/// Whether the policy lets an ADD_ADDR announce this address and port (wire bytes; port
+/// `[0, 0]` when the option has none).
+#[inline(always)]
+fn add_addr_allowed(family: u8, addr: &[u8; 16], port: &[u8; 2]) -> bool {
+    let policy = config().addr_policy;
+    if policy & ADDR_POLICY_PREFIXES != 0 {
+        let matched = if family == FAMILY_V4 {
+            let key = LpmKey::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+            MPTCP_ALLOW_V4.get(&key).is_some()
+        } else {
+            MPTCP_ALLOW_V6.get(&LpmKey::new(128, *addr)).is_some()
+        };
+        if !matched {
+            return false;
+        }
+    }
+    policy & ADDR_POLICY_PORTS == 0 || MPTCP_ALLOWPORT.get_ptr(port).is_some()
+}
+
+/// Whether this source may send another MP_JOIN SYN now (GCRA per source address).
+#[inline(always)]
+fn join_syn_conforms(seg: &TcpSegment) -> bool {
+    let config = config();
+    if config.join_syn_rate == 0 {
+        return true;
+    }
+    let key = JoinRateKey {
+        addr: seg.flow.saddr,
+        family: seg.flow.family,
+        pad: [0; 3],
+    };
+    let interval = NS_PER_S / u64::from(config.join_syn_rate);
+    let now = now_ns();
+    match MPTCP_JOINRATE.get_ptr_mut(&key) {
+        Some(tat) => {
+            // SAFETY: map value pointer; a racing CPU only makes the limit slightly looser.
+            let (ok, next) = gcra(
+                unsafe { *tat },
+                now,
+                interval,
+                u64::from(config.join_syn_burst),
+            );
+            if ok {
+                unsafe { *tat = next };
+            }
+            ok
+        }
+        None => {
+            let _ = MPTCP_JOINRATE.insert(&key, &(now + interval), BPF_ANY);
+            true
+        }
+    }
 }
 
 /// MP_JOIN on a SYN, SYN/ACK or third ACK (protocol doc §4). On ingress: the SYN's token must be
@@ -572,12 +745,16 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             nonce,
             ..
         } => {
+            jobs.note.token = token;
+            if !EGRESS && !join_syn_conforms(seg) {
+                return join_syn_rate_reason(mode(jobs.ifindex));
+            }
             let Some(token_ref) = MPTCP_TOKENS.get_ptr(&token) else {
                 if EGRESS {
                     count(Counter::EgressJoinUnknownToken);
                     return Counter::MptcpOther;
                 }
-                return join_syn_reason(false, mode());
+                return join_syn_reason(false, mode(jobs.ifindex));
             };
             // SAFETY: map value pointer from a successful lookup.
             let token_ref = unsafe { *token_ref };
@@ -588,7 +765,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 return if EGRESS {
                     Counter::MptcpOther
                 } else {
-                    Counter::JoinStateMissing
+                    unknown(Counter::JoinStateMissing, jobs.ifindex)
                 };
             }
             let state = JoinState {
@@ -618,7 +795,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 return if EGRESS {
                     Counter::MptcpOther
                 } else {
-                    Counter::JoinStateMissing
+                    unknown(Counter::JoinStateMissing, jobs.ifindex)
                 };
             };
             if EGRESS {
@@ -636,7 +813,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             let conn = match trusted_conn(state.conn_id) {
                 Ok(conn) => conn,
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
-                Err(_) => return Counter::JoinStateMissing,
+                Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
             };
             // HMAC(Key-B || Key-A, R-B || R-A): the responder is the sender.
             let job = &mut jobs.jobs[JOIN_JOB_SLOT];
@@ -655,17 +832,17 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 return Counter::MptcpOther;
             }
             let Some(state) = fresh_join(&seg.flow) else {
-                return Counter::JoinStateMissing;
+                return unknown(Counter::JoinStateMissing, jobs.ifindex);
             };
             // SAFETY: map value pointer from a successful lookup.
             let state = unsafe { *state };
             if state.flags & JOIN_HAVE_RESPONDER_NONCE == 0 {
-                return Counter::JoinStateMissing;
+                return unknown(Counter::JoinStateMissing, jobs.ifindex);
             }
             let conn = match trusted_conn(state.conn_id) {
                 Ok(conn) => conn,
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
-                Err(_) => return Counter::JoinStateMissing,
+                Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
             };
             // HMAC(Key-A || Key-B, R-A || R-B): the initiator is the sender.
             let job = &mut jobs.jobs[JOIN_JOB_SLOT];
@@ -705,15 +882,22 @@ fn fastclose<C: PacketCtx, const EGRESS: bool>(
     let Some(key) = read_fastclose_key(frame, *opt) else {
         return Counter::Truncated;
     };
+    let unknown_conn = || {
+        if EGRESS {
+            Counter::MptcpOther
+        } else {
+            unknown(Counter::FastcloseUnknownConn, jobs.ifindex)
+        }
+    };
     let Some((flow, sender_role)) = lookup_flow(seg) else {
-        return Counter::FastcloseUnknownConn;
+        return unknown_conn();
     };
     // SAFETY: map value pointer from a successful lookup.
     let conn_id = unsafe { (*flow).conn_id };
     let conn = match trusted_conn(conn_id) {
         Ok(conn) => conn,
         Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
-        Err(_) => return Counter::FastcloseUnknownConn,
+        Err(_) => return unknown_conn(),
     };
     // SAFETY: map value pointer from a successful lookup.
     let receiver_key = unsafe {
@@ -730,7 +914,7 @@ fn fastclose<C: PacketCtx, const EGRESS: bool>(
     if EGRESS {
         Counter::MptcpOther
     } else {
-        fastclose_reason(key_ok, mode())
+        fastclose_reason(key_ok, mode(jobs.ifindex))
     }
 }
 
@@ -738,7 +922,7 @@ fn fastclose<C: PacketCtx, const EGRESS: bool>(
 #[inline(never)]
 fn run_jobs(jobs: &mut HmacJobs) -> Counter {
     run_token_job(jobs);
-    let mode = mode();
+    let mode = mode(jobs.ifindex);
     // Each job leaves its outcome in map memory and returns nothing, so the verifier sees the
     // same state after every job whatever its result, and verifies the next job only once.
     for i in 0..=JOIN_JOB_SLOT {

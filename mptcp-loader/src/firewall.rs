@@ -13,8 +13,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use mptcp_common::maps::{
-    Config, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS,
-    MODE_ENFORCE, MODE_MONITOR, PINNED_MAPS, PROG_TC_EGRESS, PROG_XDP_INGRESS,
+    Config, DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
+    MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS, MODE_ENFORCE, MODE_MONITOR, PINNED_MAPS, PROG_TC_EGRESS,
+    PROG_XDP_INGRESS,
 };
 
 use crate::{
@@ -272,7 +273,9 @@ impl Firewall {
             Array::try_from(map).map_err(LoaderError::map(MAP_CONFIG))?;
         let value = Config {
             mode: mode.config_value(),
-            pad: 0,
+            event_rate: DEFAULT_EVENT_RATE,
+            event_burst: DEFAULT_EVENT_BURST,
+            ..Config::default()
         };
         config
             .set(0, value, 0)

@@ -51,7 +51,16 @@ impl Validator {
         }
         let mut config: Array<_, Config> =
             Array::try_from(ebpf.map_mut(MAP_CONFIG).expect("config map")).expect("array");
-        config.set(0, Config { mode, pad: 0 }, 0).expect("set mode");
+        config
+            .set(
+                0,
+                Config {
+                    mode,
+                    ..Config::default()
+                },
+                0,
+            )
+            .expect("set mode");
         Validator { ebpf }
     }
 
@@ -873,4 +882,266 @@ fn fastclose_needs_the_receivers_key() {
         (1, 1, 1),
         "{c:?}"
     );
+}
+
+// ---- Policy, rate limits, drop events -----------------------------------------------------
+
+fn set_config(v: &mut Validator, config: Config) {
+    let mut map: Array<_, Config> = Array::try_from(v.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
+    map.set(0, config, 0).unwrap();
+}
+
+/// BPF_PROG_TEST_RUN runs XDP as if the frame arrived on the loopback device (ifindex 1).
+const TEST_RUN_IFINDEX: u32 = 1;
+
+#[test]
+fn interface_mode_overrides_the_global_mode() {
+    let mut v = Validator::load(MODE_ENFORCE);
+    let base = Frame::v4(&mpc_ab());
+    v.run(&base.bytes());
+    let mut forged = add_addr_from(true, 1, &[10, 0, 0, 2], None);
+    forged[15] ^= 1;
+    assert_eq!(v.run(&base.with_opts(&forged).bytes()), XDP_DROP);
+    let mut modes: aya::maps::HashMap<_, u32, u32> =
+        aya::maps::HashMap::try_from(v.ebpf.map_mut(mptcp_common::maps::MAP_IFACE_MODES).unwrap())
+            .unwrap();
+    modes.insert(TEST_RUN_IFINDEX, MODE_MONITOR, 0).unwrap();
+    assert_eq!(v.run(&base.with_opts(&forged).bytes()), XDP_PASS);
+    let c = v.counters();
+    assert_eq!(
+        (
+            c["add_addr_bad_hmac_dropped"],
+            c["add_addr_bad_hmac_would_drop"]
+        ),
+        (1, 1),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn fail_closed_drops_signalling_of_unknown_connections() {
+    let mut v = Validator::load(MODE_ENFORCE);
+    set_config(
+        &mut v,
+        Config {
+            mode: MODE_ENFORCE,
+            unknown_conn: mptcp_common::maps::UNKNOWN_DROP,
+            ..Config::default()
+        },
+    );
+    let genuine_looking = add_addr_from(true, 1, &[10, 0, 0, 2], None);
+    assert_eq!(
+        v.run(&Frame::v4(&genuine_looking).bytes()),
+        XDP_DROP,
+        "no keys known"
+    );
+    let ack: Vec<u8> = [30u8, 24, 0x10, 0]
+        .iter()
+        .copied()
+        .chain([7u8; 20])
+        .collect();
+    assert_eq!(v.run(&Frame::v4(&ack).bytes()), XDP_DROP, "no join state");
+    // A known connection is judged as usual.
+    let base = Frame {
+        ports: (1000, 2000),
+        ..Frame::v4(&mpc_ab())
+    };
+    v.run(&base.bytes());
+    assert_eq!(v.run(&base.with_opts(&genuine_looking).bytes()), XDP_PASS);
+    let c = v.counters();
+    assert_eq!(
+        (c["unknown_conn_dropped"], c["add_addr_valid"]),
+        (2, 1),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn address_policy_drops_announcements_outside_the_allow_lists() {
+    use aya::maps::lpm_trie::{Key, LpmTrie};
+    use mptcp_common::maps::{
+        ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6,
+    };
+    let mut v = Validator::load(MODE_ENFORCE);
+    set_config(
+        &mut v,
+        Config {
+            mode: MODE_ENFORCE,
+            addr_policy: ADDR_POLICY_PREFIXES | ADDR_POLICY_PORTS,
+            ..Config::default()
+        },
+    );
+    let mut v4: LpmTrie<_, [u8; 4], u8> =
+        LpmTrie::try_from(v.ebpf.map_mut(MAP_ALLOW_V4).unwrap()).unwrap();
+    v4.insert(&Key::new(15, [198, 18, 0, 0]), 1, 0).unwrap();
+    let mut v6: LpmTrie<_, [u8; 16], u8> =
+        LpmTrie::try_from(v.ebpf.map_mut(MAP_ALLOW_V6).unwrap()).unwrap();
+    v6.insert(
+        &Key::new(
+            32,
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
+    let mut ports: aya::maps::HashMap<_, [u8; 2], u8> =
+        aya::maps::HashMap::try_from(v.ebpf.map_mut(MAP_ALLOW_PORTS).unwrap()).unwrap();
+    ports.insert([0, 0], 1, 0).unwrap();
+    ports.insert(8080u16.to_be_bytes(), 1, 0).unwrap();
+    let base = Frame::v4(&mpc_ab());
+    v.run(&base.bytes());
+    let cases: [(&str, Vec<u8>, u32); 5] = [
+        (
+            "allowed prefix, no port",
+            add_addr_from(true, 1, &[198, 19, 1, 1], None),
+            XDP_PASS,
+        ),
+        (
+            "allowed prefix and port",
+            add_addr_from(true, 1, &[198, 18, 1, 1], Some(8080)),
+            XDP_PASS,
+        ),
+        (
+            "allowed IPv6 prefix",
+            add_addr_from(true, 3, &v6_addr(), None),
+            XDP_PASS,
+        ),
+        (
+            "outside the prefixes, valid HMAC",
+            add_addr_from(true, 1, &[10, 0, 0, 2], None),
+            XDP_DROP,
+        ),
+        (
+            "port not allowed, valid HMAC",
+            add_addr_from(true, 1, &[198, 18, 1, 1], Some(22)),
+            XDP_DROP,
+        ),
+    ];
+    for (name, opt, want) in &cases {
+        assert_eq!(v.run(&base.with_opts(opt).bytes()), *want, "{name}");
+    }
+    let c = v.counters();
+    assert_eq!(
+        (c["add_addr_valid"], c["add_addr_policy_dropped"]),
+        (3, 2),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn join_syn_rate_limit_per_source() {
+    let mut v = Validator::load(MODE_ENFORCE);
+    set_config(
+        &mut v,
+        Config {
+            mode: MODE_ENFORCE,
+            join_syn_rate: 10,
+            join_syn_burst: 2,
+            ..Config::default()
+        },
+    );
+    let base = Frame::v4(&mpc_ab());
+    v.run(&base.bytes());
+    let mut syn = Frame {
+        ports: (50000, 10000),
+        ..Frame::v4(&mptcp_tests::mptcp_frames::join_syn(
+            1,
+            &token(&KEY_B),
+            &[1, 2, 3, 4],
+        ))
+    };
+    syn.flags = TCP_SYN;
+    let verdicts: Vec<u32> = (0..8).map(|_| v.run(&syn.bytes())).collect();
+    // One, plus a burst of two, within the same instant; the rest wait for the rate.
+    assert_eq!(
+        verdicts,
+        [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP, XDP_DROP, XDP_DROP, XDP_DROP]
+    );
+    // Another source is not affected.
+    let mut other = syn.clone();
+    other.src[3] = 77;
+    assert_eq!(v.run(&other.bytes()), XDP_PASS);
+    let c = v.counters();
+    assert_eq!(
+        (
+            c["join_syn_known_token"],
+            c["join_syn_rate_limited_dropped"]
+        ),
+        (4, 5),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn drop_events_describe_each_drop_within_the_event_rate() {
+    use aya::maps::RingBuf;
+    use mptcp_common::maps::{DropEvent, MAP_DROP_EVENTS};
+    let mut v = Validator::load(MODE_ENFORCE);
+    set_config(
+        &mut v,
+        Config {
+            mode: MODE_ENFORCE,
+            event_rate: 1,
+            event_burst: 2,
+            ..Config::default()
+        },
+    );
+    let base = Frame::v4(&mpc_ab());
+    v.run(&base.bytes());
+    let mut forged = add_addr_from(true, 9, &[198, 18, 3, 66], Some(4242));
+    *forged.last_mut().unwrap() ^= 1;
+    let frame = base.with_opts(&forged).bytes();
+    let mut syn = Frame::v4(&mptcp_tests::mptcp_frames::join_syn(
+        1,
+        &[0xde, 0xad, 0xbe, 0xef],
+        &[1, 2, 3, 4],
+    ));
+    syn.flags = TCP_SYN;
+    assert_eq!(v.run(&frame), XDP_DROP);
+    assert_eq!(v.run(&syn.bytes()), XDP_DROP);
+    for _ in 0..10 {
+        assert_eq!(v.run(&frame), XDP_DROP);
+    }
+    let c = v.counters();
+    // Rate 1/s with a burst of 2: three events in the same instant, the other nine counted.
+    assert_eq!(
+        (c["aux_drop_event_sent"], c["aux_drop_event_rate_limited"]),
+        (3, 9),
+        "{c:?}"
+    );
+    let mut ring: RingBuf<_> = RingBuf::try_from(v.ebpf.map_mut(MAP_DROP_EVENTS).unwrap()).unwrap();
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<DropEvent>());
+        // SAFETY: the record has the size of a DropEvent, which is Pod.
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
+    }
+    assert_eq!(events.len(), 3);
+    let add = &events[0];
+    assert_eq!(add.reason, Counter::AddAddrBadHmacDropped as u32);
+    assert_eq!(
+        (add.dropped, add.announced_family, add.announced_id),
+        (1, 4, 9)
+    );
+    assert_eq!(
+        (&add.announced_addr[..4], add.announced_port),
+        (&[198, 18, 3, 66][..], 4242u16.to_be_bytes())
+    );
+    assert_eq!(usize::from(add.frame_len), frame.len());
+    assert_eq!(
+        &add.snap[..usize::from(add.snap_len)],
+        &frame[..usize::from(add.snap_len)]
+    );
+    assert_eq!(usize::from(add.snap_len), frame.len().min(128));
+    let join = &events[1];
+    assert_eq!(
+        (join.reason, join.token, join.announced_family),
+        (
+            Counter::JoinSynUnknownTokenDropped as u32,
+            [0xde, 0xad, 0xbe, 0xef],
+            0
+        )
+    );
+    assert_eq!(&join.flow.saddr[..4], &[198, 18, 0, 1]);
 }

@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         0,
         Config {
             mode: MODE_ENFORCE,
-            pad: 0,
+            ..Config::default()
         },
         0,
     )?;

@@ -63,7 +63,8 @@ pub struct RunArgs {
     /// subflows (checked every min(SECONDS/4, 60) s); 0 keeps connections until their last
     /// subflow ends or the maps evict them. The fast path notes activity on every signalling
     /// segment but on only one data segment in 16, chosen at random: keep the timeout well above
-    /// the time a live connection takes to send a few dozen segments.
+    /// the time a live connection takes to send a few dozen segments. A forgotten connection's
+    /// tokens stay, so if it was alive after all its later joins fail open (join_state_missing).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
     pub idle_timeout: u32,
 }

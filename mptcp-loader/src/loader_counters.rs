@@ -35,13 +35,15 @@ loader_counters! {
     FlowsExpired = "loader_flows_expired",
     /// Subflow entries removed because their connection was gone (evicted) and they were idle.
     FlowsOrphanedRemoved = "loader_flows_orphaned_removed",
-    /// Token entries removed together with their expired connection.
-    TokensExpired = "loader_tokens_expired",
     /// Token entries the loader wrote at installation because they were missing (evicted) or
     /// named another connection.
     TokensRestored = "loader_tokens_restored",
     /// Idle sweeps that failed part-way (a map operation failed; see the run's log).
     SweepErrors = "loader_sweep_errors",
+    /// Policy reloads (SIGHUP) that were applied.
+    PolicyReloads = "loader_policy_reloads",
+    /// Policy reloads rejected (invalid file, or a map write failed): the previous policy stayed.
+    PolicyReloadErrors = "loader_policy_reload_errors",
 }
 
 /// Number of loader counters (length of the pinned array).
@@ -76,7 +78,6 @@ impl LoaderCounters {
             LoaderCounter::FlowsOrphanedRemoved,
             outcome.flows_orphaned_removed,
         );
-        self.add(LoaderCounter::TokensExpired, outcome.tokens_expired);
     }
 
     /// Name and value of every counter, in [`LoaderCounter::ALL`] order.
@@ -143,7 +144,6 @@ mod tests {
         let outcome = SweepOutcome {
             conns_expired: 2,
             flows_expired: 3,
-            tokens_expired: 4,
             flows_orphaned_removed: 5,
             conns_revived: 9,
         };
@@ -158,9 +158,10 @@ mod tests {
                 ("loader_conns_expired", 4),
                 ("loader_flows_expired", 6),
                 ("loader_flows_orphaned_removed", 10),
-                ("loader_tokens_expired", 8),
                 ("loader_tokens_restored", 1),
                 ("loader_sweep_errors", 0),
+                ("loader_policy_reloads", 0),
+                ("loader_policy_reload_errors", 0),
             ]
         );
     }

@@ -76,12 +76,6 @@ pub trait FirewallMaps {
     /// # Errors
     /// When the map cannot be written.
     fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError>;
-
-    /// Removes a token entry; `false` if it was not there.
-    ///
-    /// # Errors
-    /// When the map cannot be written.
-    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError>;
 }
 
 /// The kernel maps, taken out of the loaded object.
@@ -208,10 +202,6 @@ impl FirewallMaps for KernelMaps {
             .insert(token, entry, BPF_ANY)
             .map_err(LoaderError::map(MAP_TOKENS))
     }
-
-    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
-        delete(&mut self.tokens, token, MAP_TOKENS)
-    }
 }
 
 /// In-memory maps for tests.
@@ -261,9 +251,5 @@ impl FirewallMaps for MemoryMaps {
     fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError> {
         self.tokens.insert(*token, *entry);
         Ok(())
-    }
-
-    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
-        Ok(self.tokens.remove(token).is_some())
     }
 }

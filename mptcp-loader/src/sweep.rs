@@ -5,12 +5,16 @@
 //! it, which on a quiet system is never. The sweep bounds that: a connection's last activity is
 //! the latest of its subflows' `FlowRef::last_seen_s` and its `ConnState::learned_s` (seconds of
 //! CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`); once that is older than the timeout, its
-//! state, its subflows and both its tokens are removed. Subflows whose connection is gone
-//! (evicted) are removed after the same timeout.
+//! state and its subflows are removed. Subflows whose connection is gone (evicted) are removed
+//! after the same timeout.
 //!
-//! `last_seen_s` is refreshed by every signalling segment but only by a random sample of plain
-//! data segments (`mptcp_common::maps::ACTIVITY_SAMPLE_ONE_IN`), so the timeout has to be long
-//! compared with the time a live connection takes to send a few dozen segments.
+//! Its two tokens are **not** removed. `last_seen_s` is refreshed by every signalling segment but
+//! only by a random sample of plain data segments (`mptcp_common::maps::ACTIVITY_SAMPLE_ONE_IN`),
+//! so a connection the sweep forgets may in fact still be alive. Forgetting it must only make the
+//! fast path fail open for it: with its tokens still in the token map, a later MP_JOIN SYN naming
+//! one passes as `join_state_missing` (the token outlived its connection) instead of being
+//! dropped as carrying an unknown token. Tokens go when the fast path sees the connection end
+//! (last subflow closed, MP_FASTCLOSE), or when the LRU token map evicts them.
 //!
 //! [`plan_sweep`] decides on a snapshot of the maps and does no I/O; [`apply_sweep`] carries a
 //! plan out, re-reading each entry just before removing it, because the snapshot of a large map
@@ -20,7 +24,7 @@ use std::collections::HashMap;
 
 use mptcp_common::maps::{ConnState, FlowKey, FlowRef};
 
-use crate::{errors::LoaderError, install::token_entries, store::FirewallMaps};
+use crate::{errors::LoaderError, store::FirewallMaps};
 
 /// Longest pause between two sweeps, whatever the timeout.
 pub const MAX_SWEEP_INTERVAL_S: u64 = 60;
@@ -154,8 +158,6 @@ pub struct SweepOutcome {
     pub conns_expired: u64,
     /// Subflow entries of those connections removed.
     pub flows_expired: u64,
-    /// Token entries of those connections removed.
-    pub tokens_expired: u64,
     /// Subflow entries without a connection removed.
     pub flows_orphaned_removed: u64,
     /// Planned connections left alone because they turned out active (or gone) on re-reading.
@@ -163,8 +165,7 @@ pub struct SweepOutcome {
 }
 
 /// Carries out `plan`. Each connection is re-read (with its subflows) just before it is removed
-/// and kept if it became active since the snapshot; a token is removed only while it still names
-/// the connection (`TokenRef::conn_id`).
+/// and kept if it became active since the snapshot. Its tokens stay (see the module docs).
 ///
 /// # Errors
 /// The first map operation that failed (what was removed until then stays removed).
@@ -187,14 +188,6 @@ pub fn apply_sweep(
         for key in &conn.flows {
             if maps.flow(key)?.is_some_and(|f| f.conn_id == conn.id) && maps.remove_flow(key)? {
                 outcome.flows_expired += 1;
-            }
-        }
-        let conn_id = conn.id.to_ne_bytes();
-        for (token, _) in token_entries(&conn.key_a, &conn.key_b) {
-            if maps.token(&token)?.is_some_and(|t| t.conn_id == conn_id)
-                && maps.remove_token(&token)?
-            {
-                outcome.tokens_expired += 1;
             }
         }
     }
@@ -237,8 +230,8 @@ fn still_idle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryMaps;
-    use mptcp_common::maps::{TokenRef, FAMILY_V4, ROLE_A};
+    use crate::{install::token_entries, store::MemoryMaps};
+    use mptcp_common::maps::FAMILY_V4;
 
     const TIMEOUT: u32 = 100;
     const NOW: u32 = 10_000;
@@ -364,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn apply_removes_the_connection_its_subflows_and_its_tokens() {
+    fn apply_removes_the_connection_and_its_subflows_but_keeps_its_tokens() {
         let (idle_id, idle) = conn(2, NOW - 5000);
         let (live_id, live) = conn(3, NOW - 1);
         let flows = [
@@ -375,14 +368,7 @@ mod tests {
         ];
         let conns = [(idle_id, idle), (live_id, live)];
         let mut maps = maps_for(&conns, &flows);
-        // One of the idle connection's tokens was overwritten by another connection (a token
-        // collision): that entry is not ours to remove.
-        let [_, (token_b, _)] = token_entries(&idle.key_a, &idle.key_b);
-        let foreign = TokenRef {
-            conn_id: live_id.to_ne_bytes(),
-            role: ROLE_A,
-        };
-        maps.tokens.insert(token_b, foreign);
+        let tokens_before = maps.tokens.clone();
 
         let plan = plan_sweep(
             &maps.all_conns().unwrap(),
@@ -396,19 +382,21 @@ mod tests {
             SweepOutcome {
                 conns_expired: 1,
                 flows_expired: 2,
-                tokens_expired: 1,
                 flows_orphaned_removed: 1,
                 conns_revived: 0,
             }
         );
         assert_eq!(maps.conns.keys().copied().collect::<Vec<_>>(), [live_id]);
         assert_eq!(maps.flows.keys().copied().collect::<Vec<_>>(), [flows[2].0]);
-        assert_eq!(
-            maps.tokens.len(),
-            3,
-            "the live connection's two and the foreign one"
-        );
-        assert_eq!(maps.tokens[&token_b], foreign);
+        // The forgotten connection may still be alive (activity is sampled): its tokens stay,
+        // so a join naming one fails open (join_state_missing) instead of being dropped.
+        assert_eq!(maps.tokens, tokens_before);
+        let [(token_a, ref_a), _] = token_entries(&idle.key_a, &idle.key_b);
+        assert_eq!(maps.tokens[&token_a], ref_a);
+        assert!(maps
+            .conn(u64::from_ne_bytes(ref_a.conn_id))
+            .unwrap()
+            .is_none());
         // A second sweep finds nothing more.
         let plan = plan_sweep(
             &maps.all_conns().unwrap(),

@@ -4,17 +4,21 @@
 
 use std::time::Instant;
 
-use aya::maps::{HashMap, IterableMap as _, MapData};
+use aya::{
+    maps::{HashMap, IterableMap as _, MapData},
+    programs::{TestRunOptions, Xdp},
+    TestRun as _,
+};
 use mptcp_common::maps::{
     ConnState, FlowKey, FlowRef, JoinState, KeyEvent, Token, TokenRef, FAMILY_V4, MAP_CONNS,
-    MAP_FLOWS, MAP_JOINS, MAP_TOKENS,
+    MAP_FLOWS, MAP_JOINS, MAP_TOKENS, PROG_XDP_INGRESS,
 };
 use mptcp_loader::{
     install::{install_event, token_entries, InstallOutcome},
     map_sizes::MapSizes,
     store::{FirewallMaps as _, KernelMaps},
     sweep::{sweep_maps, SweepOutcome},
-    Firewall, EBPF_OBJ,
+    FilterMode, Firewall, EBPF_OBJ,
 };
 
 const NOW: u32 = 1_000_000;
@@ -132,14 +136,14 @@ fn sizes_are_applied_and_the_sweep_works_on_kernel_maps() {
         SweepOutcome {
             conns_expired: 500,
             flows_expired: 1000,
-            tokens_expired: 1000,
             flows_orphaned_removed: 1,
             conns_revived: 0,
         }
     );
     assert_eq!(maps.all_conns().unwrap().len(), 500);
     assert_eq!(maps.all_flows().unwrap().len(), 1001);
-    assert_eq!(maps.tokens.keys().count(), 1000);
+    // The sweep keeps tokens (a forgotten connection may still be alive): all 2000 remain.
+    assert_eq!(maps.tokens.keys().count(), 2000);
     for id in idle_ids {
         assert!(maps.conn(id).unwrap().is_none());
     }
@@ -177,4 +181,88 @@ fn installation_restores_an_evicted_token_in_the_kernel_map() {
     );
     let read = |t: &Token| -> TokenRef { maps.tokens.get(t, 0).unwrap() };
     assert_eq!((read(&token_a), read(&token_b)), (ref_a, ref_b));
+}
+
+/// An Ethernet + IPv4 + TCP SYN frame carrying an MP_JOIN SYN option with `token`, from
+/// 198.18.9.1:40000 to 198.18.9.2:10000 (checksums are not checked by the fast path).
+fn join_syn_frame(token: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let tcp_len: u16 = 20 + 12;
+    let ip_len = 20 + tcp_len;
+    frame.extend_from_slice(&[
+        0x45,
+        0,
+        (ip_len >> 8) as u8,
+        ip_len as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        6,
+        0,
+        0,
+    ]);
+    frame.extend_from_slice(&[198, 18, 9, 1, 198, 18, 9, 2]);
+    frame.extend_from_slice(&40000u16.to_be_bytes());
+    frame.extend_from_slice(&10000u16.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // seq, ack
+    frame.extend_from_slice(&[(tcp_len / 4 << 4) as u8, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // SYN
+                                                                                        // MP_JOIN SYN: kind 30, length 12, subtype 1, address id 2, token, nonce.
+    frame.extend_from_slice(&[30, 12, 0x10, 2]);
+    frame.extend_from_slice(&token);
+    frame.extend_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd]);
+    frame
+}
+
+fn counter(firewall: &Firewall, name: &str) -> u64 {
+    let counters = firewall.counters().unwrap();
+    counters.iter().find(|(n, _)| *n == name).unwrap().1
+}
+
+#[test]
+fn a_join_naming_a_swept_connection_fails_open() {
+    if !can_run("a_join_naming_a_swept_connection_fails_open") {
+        return;
+    }
+    let mut firewall = Firewall::load_with(EBPF_OBJ, &MapSizes::for_limits(64, 16)).unwrap();
+    firewall.set_mode(FilterMode::Enforce).unwrap();
+    let mut maps = firewall.take_maps().unwrap();
+    // An old connection whose only subflow looks idle (its data segments refreshed activity on
+    // a random sample only): the sweep forgets it...
+    let id = add_conn(&mut maps, 3, NOW - 5000, &[NOW - 500]);
+    let (_, outcome) = sweep_maps(&mut maps, || NOW, TIMEOUT).unwrap();
+    assert_eq!(outcome.conns_expired, 1);
+    assert!(maps.conn(id).unwrap().is_none());
+    // ...but keeps its tokens, so a join naming one is not taken for a blind join.
+    let (key_a, key_b) = keys_of(3);
+    let [_, (token_b, _)] = token_entries(&key_a, &key_b);
+    assert!(maps.token(&token_b).unwrap().is_some());
+
+    let run = |firewall: &Firewall, frame: &[u8]| -> u32 {
+        let prog: &Xdp = firewall
+            .ebpf()
+            .program(PROG_XDP_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        prog.test_run(opts).unwrap().return_value
+    };
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let missing_before = counter(&firewall, "join_state_missing");
+    assert_eq!(run(&firewall, &join_syn_frame(token_b)), XDP_PASS);
+    assert_eq!(counter(&firewall, "join_state_missing"), missing_before + 1);
+    // The control: a token nobody has is still dropped as a blind join.
+    let dropped_before = counter(&firewall, "join_syn_unknown_token_dropped");
+    assert_eq!(
+        run(&firewall, &join_syn_frame([0xde, 0xad, 0xbe, 0xef])),
+        XDP_DROP
+    );
+    assert_eq!(
+        counter(&firewall, "join_syn_unknown_token_dropped"),
+        dropped_before + 1
+    );
 }

@@ -104,7 +104,7 @@ impl Frame {
         tcp.extend_from_slice(&self.ports.1.to_be_bytes());
         tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
         let mut opts = self.tcp_opts.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(TCPOPT_NOP);
         }
         let doff = u8::try_from((20 + opts.len()) / 4).expect("TCP options too long");

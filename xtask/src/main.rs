@@ -9,6 +9,7 @@ mod bench;
 mod build;
 mod demo;
 mod exec;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -28,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install whatever is missing: nightly rust-src, bpf-linker, Debian packages, bpffs.
+    /// Install whatever is missing: nightly rust-src, bpf-linker, cargo-fuzz, Debian packages, bpffs.
     Setup(setup::Args),
     /// Build the loader (and, through its build.rs, the eBPF object) in release mode.
     Build(build::Args),
@@ -38,6 +39,8 @@ enum Command {
     Demo(demo::Args),
     /// Run the `mptcp-bench` binary of the tests crate (needs root).
     Bench(bench::Args),
+    /// Fuzz mptcp-common's parser and HMAC code with cargo-fuzz (libFuzzer, nightly).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     // The error chain on one line; no backtrace (RUST_BACKTRACE is often set, and the
     // backtrace of a failed child command says nothing the command's own output did not).

@@ -2,8 +2,8 @@
 //!
 //! Needed: the nightly toolchain's `rust-src` (the eBPF crate builds `core` for bpfel),
 //! a `bpf-linker` linked against that nightly's own libLLVM, the Debian tools the integration
-//! tests drive, and bpffs at /sys/fs/bpf. Each check is cheap, so when nothing is missing
-//! this takes well under two seconds.
+//! tests drive, bpffs at /sys/fs/bpf, and cargo-fuzz for the fuzz step. Each check is cheap,
+//! so when nothing is missing this takes well under two seconds.
 
 use std::{
     fs,
@@ -91,6 +91,11 @@ pub fn ensure(scope: Scope, reinstall_bpf_linker: bool) -> Result<Vec<&'static s
     }
 
     if scope == Scope::All {
+        // `cargo xtask test` runs the fuzz targets for a bounded time.
+        if crate::fuzz::ensure_cargo_fuzz()? {
+            done.push("cargo-fuzz");
+        }
+
         let missing = missing_debian_packages()?;
         if missing.is_empty() {
             ok("debian packages", &DEBIAN_PACKAGES.join(" "));

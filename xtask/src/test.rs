@@ -94,6 +94,18 @@ pub fn run(args: &Args) -> Result<()> {
         });
     }
 
+    // The fuzz targets of mptcp-common, 20 s each (`cargo xtask fuzz` runs them longer).
+    let fuzz_start = Instant::now();
+    let fuzzed = crate::fuzz::ci();
+    if let Err(err) = &fuzzed {
+        eprintln!("xtask test: step `fuzz` FAILED: {err:#}");
+    }
+    steps.push(Step {
+        name: "fuzz: mptcp-common",
+        ok: fuzzed.is_ok(),
+        secs: fuzz_start.elapsed().as_secs_f64(),
+    });
+
     print_summary(&steps);
     let failed: Vec<&str> = steps.iter().filter(|s| !s.ok).map(|s| s.name).collect();
     if !failed.is_empty() {

@@ -1,12 +1,13 @@
 //! Command line: `mptcp-loader run ...` and `mptcp-loader stats ...`.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
 use mptcp_common::maps::{MAX_CONNS, MAX_JOINS};
 
 use crate::{
+    config::{check_report, PolicyArgs, PolicySource},
     errors::LoaderError,
     firewall::{FilterMode, XdpAttach},
     map_sizes::{parse_map_limit, MapSizes},
@@ -43,9 +44,10 @@ pub struct RunArgs {
     /// Interface to attach XDP ingress and tc egress to (repeat for several).
     #[arg(long = "iface", value_name = "IF", required = true)]
     pub interfaces: Vec<String>,
-    /// enforce: drop ADD_ADDRs with a wrong HMAC; monitor: only count them.
-    #[arg(long, value_enum, default_value_t = FilterMode::Monitor)]
-    pub mode: FilterMode,
+    /// enforce: drop ADD_ADDRs with a wrong HMAC; monitor: only count them [default: monitor,
+    /// or the --config file's `mode`].
+    #[arg(long, value_enum)]
+    pub mode: Option<FilterMode>,
     /// native: in the driver; skb: generic XDP; auto: native, else generic.
     #[arg(long = "xdp-mode", value_enum, default_value_t = XdpAttach::Auto)]
     pub xdp_mode: XdpAttach,
@@ -67,6 +69,13 @@ pub struct RunArgs {
     /// tokens stay, so if it was alive after all its later joins fail open (join_state_missing).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
     pub idle_timeout: u32,
+    /// Serve the counters, map fill levels and policy in Prometheus text format on
+    /// http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// The policy: file and flags.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// Arguments of `stats`.
@@ -89,15 +98,27 @@ pub struct StatsArgs {
 pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
     match cli.command {
         Command::Run(args) => {
+            let source = PolicySource {
+                file: args.policy.config.clone(),
+                mode: args.mode,
+                flags: args.policy.clone(),
+                interfaces: args.interfaces.clone(),
+            };
+            let policy = source.load()?;
+            if args.policy.check_config {
+                print!("{}", check_report(&source, &policy));
+                return Ok(());
+            }
             let mut plan = RunPlan::new(
                 &args.interfaces,
-                args.mode,
+                policy.mode,
                 args.xdp_mode,
                 args.pin_dir,
                 default_pin_dir,
             )?;
             plan.sizes = MapSizes::for_limits(args.max_conns, args.max_joins);
             plan.idle_timeout_s = args.idle_timeout;
+            (plan.policy, plan.policy_source, plan.metrics) = (policy, source, args.metrics);
             run(plan).await
         }
         Command::Stats(args) => {
@@ -148,7 +169,7 @@ mod tests {
         assert_eq!(args.interfaces, ["veth0", "veth1"]);
         assert_eq!(
             (args.mode, args.xdp_mode, args.pin_dir),
-            (FilterMode::Enforce, XdpAttach::Skb, None)
+            (Some(FilterMode::Enforce), XdpAttach::Skb, None)
         );
     }
 
@@ -158,10 +179,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        assert_eq!(
-            (args.mode, args.xdp_mode),
-            (FilterMode::Monitor, XdpAttach::Auto)
-        );
+        assert_eq!((args.mode, args.xdp_mode), (None, XdpAttach::Auto));
         assert!(Cli::try_parse_from(["mptcp-loader", "run"]).is_err());
         assert!(
             Cli::try_parse_from(["mptcp-loader", "run", "--iface", "x", "--mode", "block"])
@@ -242,6 +260,83 @@ mod tests {
         };
         assert!(args.json);
         assert_eq!(args.pin_dir, Some(PathBuf::from("/sys/fs/bpf/x")));
+    }
+
+    #[test]
+    fn parses_policy_and_metrics_flags() {
+        use crate::policy::{PortRule, UnknownConn};
+        let cli = Cli::try_parse_from([
+            "mptcp-loader",
+            "run",
+            "--iface",
+            "veth0",
+            "--config",
+            "/etc/mptcp-fw/mptcp-fw.toml",
+            "--iface-mode",
+            "veth0=monitor",
+            "--unknown-conn",
+            "drop",
+            "--allow-prefix",
+            "198.18.0.0/15",
+            "--allow-port",
+            "none",
+            "--allow-port",
+            "443",
+            "--join-syn-rate",
+            "10",
+            "--event-rate",
+            "0",
+            "--metrics",
+            "127.0.0.1:9464",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let p = &args.policy;
+        assert_eq!(p.config, Some(PathBuf::from("/etc/mptcp-fw/mptcp-fw.toml")));
+        assert_eq!(p.iface_modes, [("veth0".to_owned(), FilterMode::Monitor)]);
+        assert_eq!(p.unknown_conn, Some(UnknownConn::Drop));
+        assert_eq!(p.allow_prefixes.len(), 1);
+        assert_eq!(
+            p.allow_ports,
+            [
+                crate::config::Allowed::Only(PortRule::NoPort),
+                crate::config::Allowed::Only(PortRule::Port(443))
+            ]
+        );
+        assert_eq!((p.join_syn_rate, p.event_rate), (Some(10), Some(0)));
+    }
+
+    #[test]
+    fn bad_policy_and_metrics_flags_are_refused() {
+        for (flag, value, why) in [
+            ("--metrics", "9464", "invalid socket address syntax"),
+            (
+                "--metrics",
+                "localhost:9464",
+                "invalid socket address syntax",
+            ),
+            (
+                "--allow-prefix",
+                "198.18.0.0/33",
+                "the prefix length 33 is more than 32",
+            ),
+            ("--allow-port", "0", "write \"none\""),
+            ("--iface-mode", "veth0", "expected IF=enforce or IF=monitor"),
+            ("--unknown-conn", "maybe", "possible values: pass, drop"),
+            (
+                "--join-syn-rate",
+                "2000000",
+                "expected a whole number from 0 to 1000000",
+            ),
+        ] {
+            let err = Cli::try_parse_from(["mptcp-loader", "run", "--iface", "x", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{flag} {value}: {err}");
+        }
     }
 
     #[test]

@@ -272,6 +272,23 @@ pub enum LoaderError {
         #[source]
         source: io::Error,
     },
+
+    /// The policy (`--config` file or policy flags) is invalid; the message says where.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
+    /// `--metrics ADDR:PORT` cannot be listened on.
+    #[error(
+        "could not serve metrics on {addr} (--metrics): {source}: pick a free address and port \
+         (`ss -ltnp` shows who listens)"
+    )]
+    MetricsListen {
+        /// The address given.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl LoaderError {

@@ -10,6 +10,7 @@
 //! [`store::FirewallMaps`].
 
 pub mod cli;
+pub mod config;
 pub mod errors;
 pub mod firewall;
 pub mod install;
@@ -17,7 +18,9 @@ pub mod keys;
 pub mod latency;
 pub mod loader_counters;
 pub mod map_sizes;
+pub mod metrics;
 pub mod pins;
+pub mod policy;
 pub mod preflight;
 pub mod run;
 pub mod stats;

@@ -2,7 +2,9 @@
 //! egress, then install midstates and tokens for every key event and sweep idle connections
 //! until SIGINT/SIGTERM; then detach both, report, and remove the pins.
 
-use std::{collections::HashMap, fmt::Write as _, future, path::PathBuf, time::Instant};
+use std::{
+    collections::HashMap, fmt::Write as _, future, net::SocketAddr, path::PathBuf, time::Instant,
+};
 
 use aya::maps::{Array, MapData, RingBuf};
 use mptcp_common::maps::KeyEvent;
@@ -13,6 +15,7 @@ use tokio::{
 };
 
 use crate::{
+    config::PolicySource,
     errors::LoaderError,
     firewall::{ClsactOutcome, DetachedInterface, FilterMode, Firewall, XdpAttach},
     install::{format_flow, install_event, parse_key_event, InstallOutcome},
@@ -20,7 +23,9 @@ use crate::{
     latency::{LatencyStats, LatencySummary},
     loader_counters::{LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
     map_sizes::MapSizes,
+    metrics::{self, MetricsSource},
     pins::{check_bpffs, create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
+    policy::{Policy, PolicyKeeper},
     preflight::{check_root, effective_uid, interface_index, interface_name},
     stats::format_summary_line,
     store::KernelMaps,
@@ -46,6 +51,12 @@ pub struct RunPlan {
     pub sizes: MapSizes,
     /// Seconds without a segment after which a connection is forgotten; 0 disables the sweep.
     pub idle_timeout_s: u32,
+    /// The policy to apply before attaching (its `mode` is `mode`).
+    pub policy: Policy,
+    /// Where the policy comes from, re-read on SIGHUP.
+    pub policy_source: PolicySource,
+    /// Where to serve the Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl RunPlan {
@@ -81,6 +92,12 @@ impl RunPlan {
             pin_dir,
             sizes: MapSizes::default(),
             idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            policy: Policy {
+                mode,
+                ..Policy::default()
+            },
+            policy_source: PolicySource::defaults(),
+            metrics: None,
         })
     }
 }
@@ -109,6 +126,12 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     };
     let mut sigint = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    // Bound before anything is loaded: a busy address ends the run with nothing attached.
+    let metrics_listener = match plan.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     // Declared before the firewall so it is dropped after it: on an error below, the programs
     // are detached first, then the pins are removed.
@@ -116,6 +139,12 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     let mut firewall = Firewall::load_with(EBPF_OBJ, &plan.sizes)?;
     firewall.set_mode(plan.mode)?;
     firewall.pin_maps(&pin_dir)?;
+    // The whole policy is in the maps before the programs see a packet.
+    let mut policy = PolicyKeeper::start(
+        firewall.ebpf(),
+        plan.policy_source.clone(),
+        plan.policy.clone(),
+    )?;
     let mut keeper = MapKeeper {
         maps: firewall.take_maps()?,
         latency: LatencyStats::default(),
@@ -125,6 +154,16 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         interface_names: HashMap::new(),
     };
     keeper.publish_counters();
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            let source = MetricsSource::new(
+                pin_dir.path().to_path_buf(),
+                Some(policy.maps().try_clone()?),
+            );
+            Some(metrics::spawn(listener, source))
+        }
+        None => None,
+    };
     // SAFETY: the RingBuf owns its map fd until it is dropped, and as_raw_fd always returns it.
     let mut events =
         unsafe { AsyncFd::register_with_interest(firewall.take_key_events()?, Interest::READABLE) }
@@ -135,6 +174,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
 
     attach_everywhere(&mut firewall, &plan)?;
     print_banner(&plan, &pin_dir);
+    print_policy_banner(&policy, plan.metrics);
     let mut sweep_timer = sweep_interval(plan.idle_timeout_s).map(|period| {
         let mut timer = interval_at(tokio::time::Instant::now() + period, period);
         // After a long sweep, carry on at the normal pace instead of catching up.
@@ -146,6 +186,10 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                policy.reload(&mut keeper.counters);
+                keeper.publish_counters();
+            }
             ready = events.readable_mut() => {
                 let mut guard = ready.map_err(|source| LoaderError::Runtime { what: "polling the key-event ring buffer", source })?;
                 keeper.drain(guard.get_inner_mut());
@@ -155,6 +199,9 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         }
     }
 
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let detached = firewall.detach_all();
     let counters = firewall.counters();
     drop(firewall);
@@ -238,6 +285,18 @@ fn print_banner(plan: &RunPlan, pin_dir: &PinDir) {
         None => "idle connections are kept until the maps evict them (--idle-timeout 0)".to_owned(),
     };
     println!("map sizes: {}; {idle}", plan.sizes);
+}
+
+/// `policy: mode enforce; ...` and where it can be reloaded from, then the metrics address.
+fn print_policy_banner(policy: &PolicyKeeper, metrics: Option<SocketAddr>) {
+    let origin = match policy.file() {
+        Some(file) => format!(" (from {}; reload with SIGHUP)", file.display()),
+        None => String::new(),
+    };
+    println!("policy{origin}: {}", policy.current().describe());
+    if let Some(addr) = metrics {
+        println!("serving Prometheus metrics on http://{addr}/metrics");
+    }
 }
 
 /// Completes at the sweep timer's next tick; never when the sweep is disabled.

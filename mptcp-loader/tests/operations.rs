@@ -1,0 +1,423 @@
+//! Operating a real `mptcp-loader run`: it starts with a policy file and `--metrics`, is scraped
+//! over TCP, reloads its policy on SIGHUP (and keeps it when the new file is invalid), and
+//! refuses a metrics address that is in use before attaching anything.
+//!
+//! Runs in two network namespaces created here (198.18.91.0/24 on a veth pair between them),
+//! deleted at the end whatever happens. Needs root, `ip`, `nsenter`, `ping`, bpffs on
+//! /sys/fs/bpf and the built eBPF object; skipped otherwise.
+
+use std::{
+    fs::{self, File},
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mptcp-loader");
+const METRICS_PORT: u16 = 9464;
+
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["ip", "nsenter", "ping"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    if mptcp_loader::EBPF_OBJ.is_empty() || !root || !tools {
+        eprintln!("{test}: skipped (needs root, ip/nsenter/ping and the built eBPF object)");
+        return false;
+    }
+    true
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces joined by a veth pair; removed (with the pair) on drop.
+struct Lab {
+    a: String,
+    b: String,
+    dir: PathBuf,
+}
+
+const VETH_A: &str = "mfwops-a";
+const ADDR_A: &str = "198.18.91.1";
+
+impl Lab {
+    fn new(tag: &str) -> Self {
+        let pid = std::process::id();
+        let lab = Self {
+            a: format!("mfwops-{tag}-a-{pid}"),
+            b: format!("mfwops-{tag}-b-{pid}"),
+            dir: std::env::temp_dir().join(format!("mptcp-fw-ops-{tag}-{pid}")),
+        };
+        fs::create_dir_all(&lab.dir).unwrap();
+        sh(&["ip", "netns", "add", &lab.a]);
+        sh(&["ip", "netns", "add", &lab.b]);
+        sh(&[
+            "ip", "-n", &lab.a, "link", "add", VETH_A, "type", "veth", "peer", "name", "mfwops-b",
+            "netns", &lab.b,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &lab.a,
+            "addr",
+            "add",
+            "198.18.91.1/24",
+            "dev",
+            VETH_A,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &lab.b,
+            "addr",
+            "add",
+            "198.18.91.2/24",
+            "dev",
+            "mfwops-b",
+        ]);
+        for (ns, dev) in [
+            (&lab.a, VETH_A),
+            (&lab.b, "mfwops-b"),
+            (&lab.a, "lo"),
+            (&lab.b, "lo"),
+        ] {
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        lab
+    }
+
+    /// `mptcp-loader ARGS` in namespace A (network namespace only: bpffs stays visible).
+    fn loader(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.a))
+            .arg("--")
+            .arg(BIN)
+            .args(args)
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    /// Runs `f` on a thread inside namespace A (sockets it opens live there).
+    fn in_a<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.a);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = File::open(&path).unwrap();
+                    // SAFETY: a valid namespace fd; setns changes only this thread.
+                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    fn scrape(&self, port: u16) -> std::io::Result<String> {
+        self.in_a(|| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+    }
+
+    fn xdp_attached(&self) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.a, "link", "show", VETH_A])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `run` in the background; killed on drop if it is still there.
+struct Run {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Run {
+    fn logs(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            fs::read_to_string(&self.stdout).unwrap_or_default(),
+            fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Polls `probe` until it returns `Some` (30 s at most); fails early if the run exits.
+    fn wait_for<T>(&mut self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(value) = probe() {
+                return value;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the run exited ({status}) while waiting for {what}\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed).
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+}
+
+const POLICY: &str = r#"mode = "enforce"
+unknown_connections = "pass"
+
+[interfaces.mfwops-a]
+mode = "monitor"
+
+[add_addr]
+prefixes = ["198.18.0.0/15", "2001:db8::/32"]
+ports = ["none", 443]
+
+[join_syn_limit]
+per_second = 10
+burst = 20
+"#;
+
+#[test]
+fn a_real_run_is_scraped_and_reloads_its_policy_on_sighup() {
+    if !can_run("a_real_run_is_scraped_and_reloads_its_policy_on_sighup") {
+        return;
+    }
+    let lab = Lab::new("run");
+    let config = lab.dir.join("mptcp-fw.toml");
+    write(&config, POLICY);
+    let (stdout, stderr) = (lab.dir.join("stdout"), lab.dir.join("stderr"));
+    let port = METRICS_PORT.to_string();
+    let child = lab
+        .loader(&[
+            "run",
+            "--iface",
+            VETH_A,
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+            "--max-conns",
+            "1024",
+        ])
+        .stdout(File::create(&stdout).unwrap())
+        .stderr(File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut run = Run {
+        child,
+        stdout,
+        stderr,
+    };
+
+    let first = run.wait_for("the first scrape", || lab.scrape(METRICS_PORT).ok());
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(first.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+    assert!(lab.xdp_attached());
+    let banner = fs::read_to_string(&run.stdout).unwrap();
+    assert!(
+        banner.contains(&format!(
+            "policy (from {}; reload with SIGHUP): mode enforce; interface modes mfwops-a=monitor",
+            config.display()
+        )),
+        "{banner}"
+    );
+    assert!(banner.contains(&format!(
+        "serving Prometheus metrics on http://127.0.0.1:{port}/metrics"
+    )));
+
+    // Traffic through the veth: ICMP is counted as not_tcp by the XDP program.
+    sh(&[
+        "ip", "netns", "exec", &lab.b, "ping", "-c", "3", "-i", "0.2", "-W", "1", ADDR_A,
+    ]);
+    let text = run.wait_for("not_tcp >= 3", || {
+        let text = lab.scrape(METRICS_PORT).ok()?;
+        (sample(&text, "mptcp_fw_packets_total{reason=\"not_tcp\"}")? >= 3).then_some(text)
+    });
+    for line in [
+        "# HELP mptcp_fw_packets_total ",
+        "# TYPE mptcp_fw_packets_total counter",
+        "# TYPE mptcp_fw_map_entries gauge",
+        "mptcp_fw_map_max_entries{map=\"MPTCP_CONNS\"} 1024",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOW_V4\"} 1",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOW_V6\"} 1",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOWPORT\"} 2",
+        "mptcp_fw_map_entries{map=\"MPTCP_IFMODES\"} 1",
+        "mptcp_fw_policy_enforce 1",
+        "mptcp_fw_policy_enforce{iface=\"mfwops-a\"} 0",
+        "mptcp_fw_policy_join_syn_rate 10",
+        "mptcp_fw_loader_events_total{counter=\"loader_policy_reloads\"} 0",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+
+    // A valid new policy: monitor everywhere, IPv4 only, no port, no join limit.
+    write(
+        &config,
+        "mode = \"monitor\"\n[add_addr]\nprefixes = [\"198.18.0.0/15\"]\nports = [\"none\"]\n",
+    );
+    run.signal(libc::SIGHUP);
+    let text = run.wait_for("the reload", || {
+        let text = lab.scrape(METRICS_PORT).ok()?;
+        (sample(
+            &text,
+            "mptcp_fw_loader_events_total{counter=\"loader_policy_reloads\"}",
+        )? == 1)
+            .then_some(text)
+    });
+    for line in [
+        "mptcp_fw_policy_enforce 0",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOW_V6\"} 0",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOWPORT\"} 1",
+        "mptcp_fw_map_entries{map=\"MPTCP_IFMODES\"} 0",
+        "mptcp_fw_policy_join_syn_rate 0",
+    ] {
+        assert!(
+            text.contains(line),
+            "{line:?} missing after the reload:\n{text}"
+        );
+    }
+    assert!(lab.xdp_attached(), "a reload does not detach");
+
+    // An invalid one (bad CIDR on line 3): rejected with its line, counted, policy kept.
+    write(
+        &config,
+        "mode = \"enforce\"\n[add_addr]\nprefixes = [\"198.18.0.0/33\"]\n",
+    );
+    run.signal(libc::SIGHUP);
+    let text = run.wait_for("the rejected reload", || {
+        let text = lab.scrape(METRICS_PORT).ok()?;
+        (sample(
+            &text,
+            "mptcp_fw_loader_events_total{counter=\"loader_policy_reload_errors\"}",
+        )? == 1)
+            .then_some(text)
+    });
+    assert!(text.contains("mptcp_fw_policy_enforce 0"), "{text}");
+    assert!(
+        text.contains("mptcp_fw_map_entries{map=\"MPTCP_ALLOW_V4\"} 1"),
+        "{text}"
+    );
+    let log = fs::read_to_string(&run.stderr).unwrap();
+    assert!(
+        log.contains(&format!(
+            "policy reload rejected, the previous policy stays in force: policy file {}: line 3, column 13: add_addr.prefixes: `198.18.0.0/33`: the prefix length 33 is more than 32",
+            config.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("reloaded the policy from"), "{log}");
+    assert!(log.contains("mode enforce -> monitor"), "{log}");
+
+    // `stats` sees the same loader counters.
+    let stats = lab.loader(&["stats", "--json"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(json["loader_policy_reloads"], 1);
+    assert_eq!(json["loader_policy_reload_errors"], 1);
+
+    // SIGTERM: detached, clean exit.
+    run.signal(libc::SIGTERM);
+    let status = wait_exit(&mut run.child);
+    assert!(status.success(), "{}", run.logs());
+    assert!(fs::read_to_string(&run.stdout)
+        .unwrap()
+        .contains("removed the pins under"));
+    assert!(!lab.xdp_attached());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not exit within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_run_before_it_attaches() {
+    if !can_run("a_metrics_address_in_use_stops_the_run_before_it_attaches") {
+        return;
+    }
+    let lab = Lab::new("busy");
+    let taken = lab.in_a(|| std::net::TcpListener::bind("127.0.0.1:9465").unwrap());
+    let out = lab
+        .loader(&["run", "--iface", VETH_A, "--metrics", "127.0.0.1:9465"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "error: could not serve metrics on 127.0.0.1:9465 (--metrics): Address already in use \
+         (os error 98): pick a free address and port (`ss -ltnp` shows who listens)"
+    );
+    assert!(!lab.xdp_attached());
+    drop(taken);
+}

@@ -15,5 +15,8 @@ extern crate std;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod model;
+
 #[cfg(test)]
 mod packet_tests;

@@ -208,17 +208,22 @@ pub struct ConnState {
     /// HMAC midstates per sending role: `mid[ROLE_A]` keyed Key-A || Key-B, `mid[ROLE_B]` the reverse.
     pub mid: [Midstate; 2],
     /// Subflows in [`MAP_FLOWS`] that have not ended (RST, or FIN from both ends). The
-    /// connection's state is removed when this drops to zero. Changed only atomically (u64:
-    /// the BPF target has 64-bit atomics only).
-    pub subflows: u64,
+    /// connection's state is removed when this drops to zero. Changed only atomically.
+    pub subflows: u32,
     /// Seconds of `bpf_ktime_get_ns()` when the fast path learned the keys.
     pub learned_s: u32,
+    /// Token of Key-A (zero until derived, in the same frame that learned the keys). Kept here
+    /// so that the connection's activity also refreshes its tokens' place in the LRU token map
+    /// and so that they can be removed with the connection without deriving them again.
+    pub token_a: [u8; 4],
+    /// Token of Key-B.
+    pub token_b: [u8; 4],
     /// `READY_*` bits: which `mid` entries are filled (by the loader, or by the fast path itself).
     pub ready: u16,
     /// `CONN_FLAG_*` bits.
     pub flags: u16,
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 160);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 164);
 
 impl ConnState {
     /// Connection id used as the [`MAP_CONNS`] key: Key-A's wire bytes (64 random bits).
@@ -488,11 +493,14 @@ pub struct HmacJobs {
     pub tokens: TokenJob,
     /// What a drop event of this frame reports.
     pub note: EventNote,
-    /// [`crate::counters::Counter`] code of the frame before the checks run.
+    /// [`crate::counters::Counter`] code of the frame: before the checks run, then its final
+    /// reason (which tests read after each BPF_PROG_TEST_RUN).
     pub reason: u32,
     /// Interface the frame arrived on (its mode may differ from the global one).
     pub ifindex: u32,
 }
+// 3 jobs + token job (8+8+8+8+64+32) + note (24) + reason + ifindex: no implicit padding.
+const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 320 + 128 + 24 + 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -505,5 +513,7 @@ mod pod {
     unsafe impl aya::Pod for super::TokenRef {}
     unsafe impl aya::Pod for super::JoinState {}
     unsafe impl aya::Pod for super::JoinRateKey {}
+    // Read by tests (each frame's final reason); no implicit padding (size asserted).
+    unsafe impl aya::Pod for super::HmacJobs {}
     unsafe impl aya::Pod for super::DropEvent {}
 }

@@ -270,7 +270,10 @@ fn process<C: PacketCtx, const EGRESS: bool>(ctx: &C) -> Counter {
         // The common case: no crypto for this frame.
         return counter_from(jobs.reason);
     }
-    run_jobs(jobs)
+    let reason = run_jobs(jobs);
+    // Left where the differential tests read each frame's reason.
+    jobs.reason = reason as u32;
+    reason
 }
 
 #[inline(always)]
@@ -422,18 +425,28 @@ fn lookup_flow(seg: &TcpSegment) -> Option<(*mut FlowRef, u8)> {
 }
 
 /// Refreshes the subflow's activity time (read by the loader's idle sweep), at most once per
-/// `ACTIVITY_GRANULARITY_S` so the data path rarely writes shared memory. Data segments call it
-/// for a random sample only (`ACTIVITY_SAMPLE_ONE_IN`).
+/// `ACTIVITY_GRANULARITY_S` so the data path rarely writes shared memory, and looks up its
+/// connection and tokens: a lookup marks an LRU entry as used, so an active connection's state
+/// is not what a flood of new connections evicts. Data segments call it for a random sample
+/// only (`ACTIVITY_SAMPLE_ONE_IN`).
 #[inline(never)]
 fn note_activity(seg: &TcpSegment) {
-    if let Some((flow, _)) = lookup_flow(seg) {
-        let now_s = (now_ns() / NS_PER_S) as u32;
-        // SAFETY: map value pointer from a successful lookup; a racing writer stores a time too.
-        unsafe {
-            if now_s.wrapping_sub((*flow).last_seen_s) >= ACTIVITY_GRANULARITY_S {
-                (*flow).last_seen_s = now_s;
-            }
+    let Some((flow, _)) = lookup_flow(seg) else {
+        return;
+    };
+    let now_s = (now_ns() / NS_PER_S) as u32;
+    // SAFETY: map value pointer from a successful lookup; a racing writer stores a time too.
+    let conn_id = unsafe {
+        if now_s.wrapping_sub((*flow).last_seen_s) >= ACTIVITY_GRANULARITY_S {
+            (*flow).last_seen_s = now_s;
         }
+        (*flow).conn_id
+    };
+    if let Some(conn) = MPTCP_CONNS.get_ptr(&conn_id) {
+        // SAFETY: map value pointer from a successful lookup.
+        let (token_a, token_b) = unsafe { ((*conn).token_a, (*conn).token_b) };
+        let _ = MPTCP_TOKENS.get_ptr(&token_a);
+        let _ = MPTCP_TOKENS.get_ptr(&token_b);
     }
 }
 
@@ -469,7 +482,7 @@ fn subflow_end(seg: &TcpSegment, jobs: &mut HmacJobs) {
     // The BPF target (cpu v1) has atomic add but not fetch-and-add, so the count is re-read: two
     // CPUs ending the last two subflows at once may both see zero; forgetting twice is harmless.
     let last = unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, u64::MAX);
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, u32::MAX);
         core::ptr::read_volatile(&raw const (*conn).subflows) == 0
     };
     if last {
@@ -477,16 +490,24 @@ fn subflow_end(seg: &TcpSegment, jobs: &mut HmacJobs) {
     }
 }
 
-/// Removes a connection's state; its tokens go in `run_jobs` (deriving them takes SHA-256).
+/// Removes a connection's state and its tokens (kept in its state; should they not be there
+/// yet, they are derived again in `run_jobs`).
 #[inline(always)]
 fn forget_conn(conn_id: u64, conn: *const ConnState, jobs: &mut HmacJobs) {
     // SAFETY: map value pointer from a successful lookup, read before the removal.
-    unsafe {
-        jobs.tokens.key_a = (*conn).key_a;
-        jobs.tokens.key_b = (*conn).key_b;
+    let (token_a, token_b) = unsafe { ((*conn).token_a, (*conn).token_b) };
+    if token_a != [0; 4] && token_b != [0; 4] {
+        let _ = MPTCP_TOKENS.remove(&token_a);
+        let _ = MPTCP_TOKENS.remove(&token_b);
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            jobs.tokens.key_a = (*conn).key_a;
+            jobs.tokens.key_b = (*conn).key_b;
+        }
+        jobs.tokens.conn_id = conn_id;
+        jobs.tokens.op = TOKENS_REMOVE;
     }
-    jobs.tokens.conn_id = conn_id;
-    jobs.tokens.op = TOKENS_REMOVE;
     if MPTCP_CONNS.remove(&conn_id).is_ok() {
         count(Counter::ConnClosed);
     }
@@ -533,6 +554,9 @@ fn learn_keys<C: PacketCtx>(
         (*scratch).ready = 0;
         (*scratch).flags = 0;
         (*scratch).subflows = 1;
+        // Derived at the end of this frame (run_token_job).
+        (*scratch).token_a = [0; 4];
+        (*scratch).token_b = [0; 4];
         (*scratch).learned_s = (now / NS_PER_S) as u32;
         if MPTCP_CONNS
             .insert(&conn_id, &*scratch, BPF_NOEXIST)
@@ -1031,7 +1055,7 @@ fn join_validated(job: &HmacJob, flag: u8) {
         if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
             // SAFETY: map value pointer; `subflows` is only changed atomically.
             unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, 1)
+                atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, 1)
             };
         }
     }
@@ -1060,6 +1084,13 @@ fn run_token_job(jobs: &mut HmacJobs) {
             || MPTCP_TOKENS.insert(&token_b, &b, BPF_ANY).is_err()
         {
             count(Counter::MapInsertFailed);
+        }
+        if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
+            // SAFETY: map value pointer from a successful lookup.
+            unsafe {
+                (*conn).token_a = token_a;
+                (*conn).token_b = token_b;
+            }
         }
     } else if job.op == TOKENS_REMOVE {
         let _ = MPTCP_TOKENS.remove(&token_a);

@@ -60,7 +60,7 @@ fn add_conn(maps: &mut KernelMaps, n: u32, learned_s: u32, subflows: &[u32]) -> 
         key_a,
         key_b,
         learned_s,
-        subflows: subflows.len() as u64,
+        subflows: subflows.len() as u32,
         ..ConnState::default()
     };
     maps.conns.insert(id, state, 0).unwrap();
@@ -207,8 +207,8 @@ fn join_syn_frame(token: [u8; 4]) -> Vec<u8> {
     frame.extend_from_slice(&40000u16.to_be_bytes());
     frame.extend_from_slice(&10000u16.to_be_bytes());
     frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // seq, ack
-    frame.extend_from_slice(&[(tcp_len / 4 << 4) as u8, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // SYN
-                                                                                        // MP_JOIN SYN: kind 30, length 12, subtype 1, address id 2, token, nonce.
+    frame.extend_from_slice(&[((tcp_len / 4) << 4) as u8, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // SYN
+                                                                                          // MP_JOIN SYN: kind 30, length 12, subtype 1, address id 2, token, nonce.
     frame.extend_from_slice(&[30, 12, 0x10, 2]);
     frame.extend_from_slice(&token);
     frame.extend_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd]);
@@ -246,8 +246,10 @@ fn a_join_naming_a_swept_connection_fails_open() {
             .unwrap()
             .try_into()
             .unwrap();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
         prog.test_run(opts).unwrap().return_value
     };
     const XDP_DROP: u32 = 1;

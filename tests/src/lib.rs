@@ -13,6 +13,7 @@
 //! Every namespace and child process is torn down on drop, on panic, and (for the demo) on
 //! SIGINT/SIGTERM ([`teardown`]).
 
+pub mod bpf;
 pub mod capture;
 pub mod counters;
 pub mod error;

@@ -7,120 +7,25 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
-};
+use aya::EbpfLoader;
 use mptcp_common::{
     counters::Counter,
     maps::{
-        Config, ConnState, FlowKey, FlowRef, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS, MAP_FLOWS,
+        Config, FlowKey,
         MODE_ENFORCE, MODE_MONITOR, PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE, READY_A, READY_B,
     },
     packet::{parse_tcp, read_add_addr, read_capable_keys, read_join, walk_options, Join, TCP_SYN},
     testing::{fixture, pcap_frames, Frame},
 };
-use mptcp_tests::mptcp_frames::{add_addr, hmac_sha256, mpc_third_ack, token, KEY_A, KEY_B};
+use mptcp_tests::{
+    bpf::{hex, BpfValidator as Validator, XDP_DROP, XDP_PASS},
+    mptcp_frames::{add_addr, hmac_sha256, mpc_third_ack, token, KEY_A, KEY_B},
+};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const CAPTURES: [&str; 2] = [
     "linux-6.18-mptcp-mixed.pcap",
     "linux-6.18-mptcp-v6-backup-csum.pcap",
 ];
-
-/// A freshly loaded copy of the object: its own maps, its own counters.
-struct Validator {
-    ebpf: Ebpf,
-}
-
-impl Validator {
-    fn load(mode: u32) -> Self {
-        assert!(
-            !mptcp_loader::EBPF_OBJ.is_empty(),
-            "the eBPF object was not built (run `cargo xtask setup`)"
-        );
-        let mut ebpf = EbpfLoader::new()
-            .load(mptcp_loader::EBPF_OBJ)
-            .expect("load object");
-        for name in [PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE] {
-            let prog: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
-            prog.load()
-                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-        }
-        let mut config: Array<_, Config> =
-            Array::try_from(ebpf.map_mut(MAP_CONFIG).expect("config map")).expect("array");
-        config
-            .set(
-                0,
-                Config {
-                    mode,
-                    ..Config::default()
-                },
-                0,
-            )
-            .expect("set mode");
-        Validator { ebpf }
-    }
-
-    fn run(&self, frame: &[u8]) -> u32 {
-        let prog: &Xdp = self
-            .ebpf
-            .program(PROG_XDP_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        prog.test_run(opts)
-            .unwrap_or_else(|e| panic!("test_run on {}: {e:?}", hex(frame)))
-            .return_value
-    }
-
-    fn counters(&self) -> HashMap<&'static str, u64> {
-        let counters: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_COUNTERS).unwrap()).unwrap();
-        Counter::ALL
-            .iter()
-            .map(|c| {
-                (
-                    c.name(),
-                    counters.get(&(*c as u32), 0).unwrap().iter().sum(),
-                )
-            })
-            .collect()
-    }
-
-    fn conns(&self) -> Vec<ConnState> {
-        let conns: BpfHashMap<&MapData, u64, ConnState> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_CONNS).unwrap()).unwrap();
-        conns.iter().map(|r| r.unwrap().1).collect()
-    }
-
-    fn flows(&self) -> Vec<(FlowKey, FlowRef)> {
-        let flows: BpfHashMap<&MapData, FlowKey, FlowRef> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_FLOWS).unwrap()).unwrap();
-        flows.iter().map(|r| r.unwrap()).collect()
-    }
-
-    /// Writes the midstates the way the loader does, for every learned connection.
-    fn install_midstates(&mut self) {
-        let mut conns: BpfHashMap<&mut MapData, u64, ConnState> =
-            BpfHashMap::try_from(self.ebpf.map_mut(MAP_CONNS).unwrap()).unwrap();
-        let all: Vec<(u64, ConnState)> = conns.iter().map(|r| r.unwrap()).collect();
-        for (id, state) in all {
-            let material = mptcp_loader::keys::derive(&state.key_a, &state.key_b);
-            conns
-                .insert(id, mptcp_loader::keys::with_midstates(&state, &material), 0)
-                .unwrap();
-        }
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// What the protocol doc predicts for a capture: for each frame, whether it carries an ADD_ADDR
 /// with HMAC (and where the HMAC is), and the keys of each connection.
@@ -773,7 +678,7 @@ fn retransmitted_third_acks_pass_and_count_the_subflow_once() {
     for f in &frames[..=first_ack] {
         v.run(f);
     }
-    let subflows = |v: &Validator| v.conns().iter().map(|s| s.subflows).sum::<u64>();
+    let subflows = |v: &Validator| v.conns().iter().map(|s| s.subflows).sum::<u32>();
     let before = subflows(&v);
     for _ in 0..3 {
         assert_eq!(v.run(&frames[first_ack]), XDP_PASS);
@@ -887,8 +792,7 @@ fn fastclose_needs_the_receivers_key() {
 // ---- Policy, rate limits, drop events -----------------------------------------------------
 
 fn set_config(v: &mut Validator, config: Config) {
-    let mut map: Array<_, Config> = Array::try_from(v.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
-    map.set(0, config, 0).unwrap();
+    v.set_config(config);
 }
 
 /// BPF_PROG_TEST_RUN runs XDP as if the frame arrived on the loopback device (ifindex 1).

@@ -1,0 +1,237 @@
+//! The real eBPF object loaded for BPF_PROG_TEST_RUN (root only): its own maps and counters per
+//! instance. Used by the prog_test_run and differential tests.
+
+use std::collections::HashMap;
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use mptcp_common::{
+    counters::Counter,
+    maps::{
+        Config, ConnState, FlowKey, FlowRef, HmacJobs, JoinState, Token, TokenRef, MAP_CONFIG,
+        MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_HMAC_JOBS, MAP_JOINS, MAP_TOKENS, PROG_TC_EGRESS,
+        PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE,
+    },
+};
+
+/// XDP_DROP.
+pub const XDP_DROP: u32 = 1;
+/// XDP_PASS.
+pub const XDP_PASS: u32 = 2;
+
+/// A freshly loaded copy of the object.
+pub struct BpfValidator {
+    /// The loaded object (tests reach its maps directly).
+    pub ebpf: Ebpf,
+}
+
+/// Lower-case hex of a frame, for failure messages.
+#[must_use]
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl BpfValidator {
+    /// Loads the object embedded in `mptcp-loader` and sets the global mode.
+    ///
+    /// # Panics
+    /// If the object is missing or the verifier rejects a program.
+    #[must_use]
+    pub fn load(mode: u32) -> Self {
+        Self::load_with_sizes(mode, &[])
+    }
+
+    /// [`Self::load`] with other map sizes (map name, max entries).
+    ///
+    /// # Panics
+    /// As [`Self::load`].
+    #[must_use]
+    pub fn load_with_sizes(mode: u32, sizes: &[(&str, u32)]) -> Self {
+        assert!(
+            !mptcp_loader::EBPF_OBJ.is_empty(),
+            "the eBPF object was not built (run `cargo xtask setup`)"
+        );
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in sizes {
+            loader.map_max_entries(name, *entries);
+        }
+        let mut ebpf = loader.load(mptcp_loader::EBPF_OBJ).expect("load object");
+        for name in [PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE] {
+            let prog: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(PROG_TC_EGRESS)
+            .expect("tc")
+            .try_into()
+            .expect("classifier");
+        tc.load()
+            .unwrap_or_else(|e| panic!("verifier rejected {PROG_TC_EGRESS}: {e:?}"));
+        let mut v = BpfValidator { ebpf };
+        v.set_config(Config {
+            mode,
+            ..Config::default()
+        });
+        v
+    }
+
+    /// Replaces the global configuration.
+    ///
+    /// # Panics
+    /// If the map cannot be written.
+    pub fn set_config(&mut self, config: Config) {
+        let mut map: Array<_, Config> =
+            Array::try_from(self.ebpf.map_mut(MAP_CONFIG).expect("config map")).expect("array");
+        map.set(0, config, 0).expect("set config");
+    }
+
+    /// Runs the XDP program on `frame`; returns its action.
+    ///
+    /// # Panics
+    /// If BPF_PROG_TEST_RUN fails.
+    pub fn run(&self, frame: &[u8]) -> u32 {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROG_XDP_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        prog.test_run(opts)
+            .unwrap_or_else(|e| panic!("test_run on {}: {e:?}", hex(frame)))
+            .return_value
+    }
+
+    /// Runs the tc egress program on `frame`; returns its action.
+    ///
+    /// # Panics
+    /// If BPF_PROG_TEST_RUN fails.
+    pub fn run_egress(&self, frame: &[u8]) -> u32 {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(PROG_TC_EGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        prog.test_run(opts)
+            .unwrap_or_else(|e| panic!("egress test_run on {}: {e:?}", hex(frame)))
+            .return_value
+    }
+
+    /// The reason the last frame run on CPU `cpu` was counted under (the fast path leaves it in
+    /// its per-CPU job memory).
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn last_reason(&self, cpu: usize) -> Counter {
+        let jobs: PerCpuArray<&MapData, HmacJobs> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_HMAC_JOBS).unwrap()).unwrap();
+        let values = jobs.get(&0, 0).unwrap();
+        Counter::ALL[values[cpu].reason as usize]
+    }
+
+    /// Every counter summed over CPUs.
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn counters(&self) -> HashMap<&'static str, u64> {
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_COUNTERS).unwrap()).unwrap();
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                (
+                    c.name(),
+                    counters.get(&(*c as u32), 0).unwrap().iter().sum(),
+                )
+            })
+            .collect()
+    }
+
+    /// Number of entries of one of the state maps.
+    ///
+    /// # Panics
+    /// If the map cannot be read or is not one of them.
+    #[must_use]
+    pub fn entries(&self, name: &str) -> usize {
+        fn count<K: aya::Pod, V: aya::Pod>(map: &aya::maps::Map) -> usize {
+            BpfHashMap::<&MapData, K, V>::try_from(map)
+                .unwrap()
+                .keys()
+                .count()
+        }
+        let map = self.ebpf.map(name).unwrap();
+        match name {
+            MAP_CONNS => count::<u64, ConnState>(map),
+            MAP_FLOWS => count::<FlowKey, FlowRef>(map),
+            MAP_TOKENS => count::<Token, TokenRef>(map),
+            MAP_JOINS => count::<FlowKey, JoinState>(map),
+            _ => panic!("{name} is not a state map"),
+        }
+    }
+
+    /// The tracked connections.
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn conns(&self) -> Vec<ConnState> {
+        let conns: BpfHashMap<&MapData, u64, ConnState> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_CONNS).unwrap()).unwrap();
+        conns.iter().map(|r| r.unwrap().1).collect()
+    }
+
+    /// The tracked subflows.
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn flows(&self) -> Vec<(FlowKey, FlowRef)> {
+        let flows: BpfHashMap<&MapData, FlowKey, FlowRef> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_FLOWS).unwrap()).unwrap();
+        flows.iter().map(|r| r.unwrap()).collect()
+    }
+
+    /// Writes the midstates the way the loader does, for every learned connection.
+    ///
+    /// # Panics
+    /// If the map cannot be read or written.
+    pub fn install_midstates(&mut self) {
+        let mut conns: BpfHashMap<&mut MapData, u64, ConnState> =
+            BpfHashMap::try_from(self.ebpf.map_mut(MAP_CONNS).unwrap()).unwrap();
+        let all: Vec<(u64, ConnState)> = conns.iter().map(|r| r.unwrap()).collect();
+        for (id, state) in all {
+            let material = mptcp_loader::keys::derive(&state.key_a, &state.key_b);
+            conns
+                .insert(id, mptcp_loader::keys::with_midstates(&state, &material), 0)
+                .unwrap();
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`, so BPF_PROG_TEST_RUN runs there and per-CPU values can be
+/// read for it.
+///
+/// # Panics
+/// If the kernel refuses.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}

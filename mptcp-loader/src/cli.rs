@@ -1,4 +1,4 @@
-//! Command line: `mptcp-loader run ...` and `mptcp-loader stats ...`.
+//! Command line: `mptcp-loader run ...`, `stats`, `status`, `conns`, `events`, `detach`.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -8,13 +8,18 @@ use mptcp_common::maps::{MAX_CONNS, MAX_JOINS};
 
 use crate::{
     config::{check_report, PolicyArgs, PolicySource},
+    conns::{conns_json, format_conns, read_conns},
+    detach::print_detach,
     errors::LoaderError,
+    events::{default_state_dir, follow_events, print_events, DEFAULT_EVENTS_MAX_BYTES},
     firewall::{FilterMode, XdpAttach},
     map_sizes::{parse_map_limit, MapSizes},
     pins::default_pin_dir,
-    preflight::{check_root, effective_uid},
+    preflight::{check_root, effective_uid, interface_index},
     run::{run, RunPlan, DEFAULT_IDLE_TIMEOUT_S},
-    stats::{format_json, format_table, read_report},
+    state::pinned_links,
+    stats::{format_json, format_table, locate_pins, read_report},
+    status::print_status,
 };
 
 /// MPTCP signalling firewall: checks ADD_ADDR HMACs, MP_JOIN tokens and HMACs and MP_FASTCLOSE
@@ -36,6 +41,16 @@ pub enum Command {
     Run(RunArgs),
     /// Print the counters and map fill levels of the run active in this network namespace.
     Stats(StatsArgs),
+    /// Show what is attached where (interfaces, XDP mode, tc hooks, modes), map fill levels,
+    /// version, uptime and the run's pid, also when no loader process runs.
+    Status(StatusArgs),
+    /// List the tracked connections: tokens, subflows, age (keys only with --show-keys).
+    Conns(ConnsArgs),
+    /// Print the recorded drop events (JSON lines); --follow keeps printing new ones.
+    Events(EventsArgs),
+    /// Detach the firewall a run left attached (killed, or --keep-attached) from every
+    /// interface, or one, and remove its pins.
+    Detach(DetachArgs),
 }
 
 /// Arguments of `run`.
@@ -69,6 +84,20 @@ pub struct RunArgs {
     /// tokens stay, so if it was alive after all its later joins fail open (join_state_missing).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
     pub idle_timeout: u32,
+    /// On SIGINT/SIGTERM, leave the programs attached and the maps and links pinned (for an
+    /// upgrade: the next `run` adopts them without a gap; `mptcp-loader detach` removes them).
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// Also write every dropped (or would-drop) segment to this pcap file (the first 128 bytes of
+    /// each frame, with its original length).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Where to write events.jsonl [default: /run/mptcp-fw/<name of the pin directory>].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Size bound of events.jsonl in MiB (rotated once, to events.jsonl.1).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_EVENTS_MAX_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub events_max_mib: u64,
     /// Serve the counters, map fill levels and policy in Prometheus text format on
     /// http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -89,6 +118,64 @@ pub struct StatsArgs {
     /// The run's pin directory [default: the one of this network namespace].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The pin directory [default: the one of this network namespace].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// Arguments of `conns`.
+#[derive(Debug, Args)]
+pub struct ConnsArgs {
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print both keys of every connection (they let anyone forge its signalling).
+    #[arg(long)]
+    pub show_keys: bool,
+    /// The pin directory [default: the one of this network namespace].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// Arguments of `events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing events as they are recorded (like `tail -f`), until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The run's state directory [default: /run/mptcp-fw/<name of the pin directory>].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The pin directory the state directory is named after [default: the one of this network
+    /// namespace].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// Arguments of `detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Detach from this interface only (the pins stay for the others).
+    #[arg(long = "iface", value_name = "IF")]
+    pub iface: Option<String>,
+    /// The pin directory [default: the one of this network namespace].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+fn pin_dir_or_default(pin_dir: Option<PathBuf>) -> Result<PathBuf, LoaderError> {
+    match pin_dir {
+        Some(dir) => Ok(dir),
+        None => default_pin_dir(),
+    }
 }
 
 /// Runs one command.
@@ -118,6 +205,12 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
             )?;
             plan.sizes = MapSizes::for_limits(args.max_conns, args.max_joins);
             plan.idle_timeout_s = args.idle_timeout;
+            plan.keep_attached = args.keep_attached;
+            plan.pcap = args.pcap;
+            if let Some(dir) = args.state_dir {
+                plan.state_dir = dir;
+            }
+            plan.events_max_bytes = args.events_max_mib << 20;
             (plan.policy, plan.policy_source, plan.metrics) = (policy, source, args.metrics);
             run(plan).await
         }
@@ -134,12 +227,62 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
                 print!("{}", format_table(&report));
             }
             if !report.live {
-                eprintln!(
-                    "warning: no live run holds {}: these counters were left behind by a run that ended without cleaning up",
-                    pin_dir.display()
-                );
+                let attached = locate_pins(&pin_dir)
+                    .and_then(|dir| pinned_links(&dir))
+                    .is_ok_and(|links| !links.is_empty());
+                if attached {
+                    eprintln!(
+                        "warning: no loader process holds {}: the programs still run through pinned links (the loader counters stand still until the next run)",
+                        pin_dir.display()
+                    );
+                } else {
+                    eprintln!(
+                        "warning: no live run holds {}: these counters were left behind by a run that ended without cleaning up",
+                        pin_dir.display()
+                    );
+                }
             }
             Ok(())
+        }
+        Command::Status(args) => {
+            check_root(effective_uid())?;
+            print_status(&pin_dir_or_default(args.pin_dir)?, args.json)
+        }
+        Command::Conns(args) => {
+            check_root(effective_uid())?;
+            let views = read_conns(&pin_dir_or_default(args.pin_dir)?)?;
+            if args.json {
+                println!("{}", conns_json(&views, args.show_keys));
+            } else {
+                print!("{}", format_conns(&views, args.show_keys));
+            }
+            Ok(())
+        }
+        Command::Events(args) => {
+            // Reads a file only: root is needed only if the directory is root's alone.
+            let state_dir = match args.state_dir {
+                Some(dir) => dir,
+                None => default_state_dir(&pin_dir_or_default(args.pin_dir)?),
+            };
+            let mut out = std::io::stdout().lock();
+            if args.follow {
+                follow_events(
+                    &state_dir,
+                    &mut out,
+                    std::time::Duration::from_millis(200),
+                    || true,
+                )
+            } else {
+                print_events(&state_dir, &mut out)
+            }
+        }
+        Command::Detach(args) => {
+            // The interface needs no privileges to check, so it is first (as for `run`).
+            if let Some(iface) = &args.iface {
+                interface_index(iface)?;
+            }
+            check_root(effective_uid())?;
+            print_detach(&pin_dir_or_default(args.pin_dir)?, args.iface.as_deref())
         }
     }
 }
@@ -260,6 +403,83 @@ mod tests {
         };
         assert!(args.json);
         assert_eq!(args.pin_dir, Some(PathBuf::from("/sys/fs/bpf/x")));
+    }
+
+    #[test]
+    fn parses_the_operator_commands() {
+        let cli = Cli::try_parse_from([
+            "mptcp-loader",
+            "run",
+            "--iface",
+            "veth0",
+            "--keep-attached",
+            "--pcap",
+            "/tmp/d.pcap",
+            "--state-dir",
+            "/tmp/state",
+            "--events-max-mib",
+            "2",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        assert!(args.keep_attached);
+        assert_eq!(args.pcap, Some(PathBuf::from("/tmp/d.pcap")));
+        assert_eq!(args.state_dir, Some(PathBuf::from("/tmp/state")));
+        assert_eq!(args.events_max_mib, 2);
+        let defaults = Cli::try_parse_from(["mptcp-loader", "run", "--iface", "veth0"]).unwrap();
+        let Command::Run(args) = defaults.command else {
+            panic!()
+        };
+        assert!(!args.keep_attached && args.pcap.is_none());
+        assert_eq!(args.events_max_mib, 16);
+        assert!(Cli::try_parse_from([
+            "mptcp-loader",
+            "run",
+            "--iface",
+            "x",
+            "--events-max-mib",
+            "0"
+        ])
+        .is_err());
+
+        let Command::Status(args) = Cli::try_parse_from(["mptcp-loader", "status", "--json"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(args.json && args.pin_dir.is_none());
+        let Command::Conns(args) = Cli::try_parse_from(["mptcp-loader", "conns", "--show-keys"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(args.show_keys && !args.json);
+        let Command::Events(args) = Cli::try_parse_from(["mptcp-loader", "events", "-f"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(args.follow);
+        let Command::Detach(args) =
+            Cli::try_parse_from(["mptcp-loader", "detach", "--iface", "veth0"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!(args.iface.as_deref(), Some("veth0"));
+        let Command::Detach(args) = Cli::try_parse_from(["mptcp-loader", "detach"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(args.iface.is_none());
     }
 
     #[test]

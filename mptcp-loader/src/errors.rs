@@ -6,7 +6,7 @@ use std::{io, path::PathBuf};
 use aya::{
     maps::MapError,
     pin::PinError,
-    programs::{ProgramError, TcError},
+    programs::{links::LinkError, ProgramError, TcError},
     EbpfError,
 };
 use thiserror::Error;
@@ -107,12 +107,39 @@ pub enum LoaderError {
         source: ProgramError,
     },
 
-    /// The interface already runs an XDP program (ours from another run, or someone else's).
+    /// The interface already runs an XDP program that is not a firewall's of ours.
     #[error(
-        "{iface} already has an XDP program attached: see `ip link show {iface}`; stop the \
-         mptcp-loader run that owns it, or remove it with `ip link set {iface} xdp off`"
+        "{iface} already has another XDP program attached: see `ip link show {iface}`; remove it \
+         first (`ip link set {iface} xdp off` for a netlink attachment; a bpf_link goes with its \
+         owner or its pin)"
     )]
     XdpAlreadyAttached {
+        /// Interface name.
+        iface: String,
+    },
+
+    /// Another firewall (another run, or links pinned by one) already holds the interface.
+    #[error(
+        "{iface} is already protected by the mptcp-loader firewall pinned under {} ({owner}): \
+         stop that run, or run this one with `--pin-dir {}` to take it over, or remove it with \
+         `mptcp-loader detach --iface {iface} --pin-dir {}`",
+        pin_dir.display(), pin_dir.display(), pin_dir.display()
+    )]
+    InterfaceProtected {
+        /// Interface name.
+        iface: String,
+        /// The pin directory holding its links.
+        pin_dir: PathBuf,
+        /// "mptcp-loader run pid N" or "no loader process: ...".
+        owner: String,
+    },
+
+    /// The kernel attached XDP without a bpf_link (Linux < 5.9): it could not be pinned.
+    #[error(
+        "the kernel attached XDP to {iface} without a bpf_link, which cannot be pinned: \
+         mptcp-loader needs Linux >= 6.6 (XDP and TCX links)"
+    )]
+    NoXdpLinks {
         /// Interface name.
         iface: String,
     },
@@ -127,10 +154,10 @@ pub enum LoaderError {
         iface: String,
     },
 
-    /// Adding (or inspecting) the clsact qdisc the tc egress program needs failed.
+    /// Removing a netlink tc filter left by an older loader version failed.
     #[error(
-        "could not set up the clsact qdisc on {iface} for the tc egress program: {source}: \
-         check `tc qdisc show dev {iface}`"
+        "could not remove the old mptcp_tc_egress filter from {iface}: {source}: remove it with \
+         `tc filter del dev {iface} egress`"
     )]
     Clsact {
         /// Interface name.
@@ -140,23 +167,10 @@ pub enum LoaderError {
         source: TcError,
     },
 
-    /// Another qdisc holds the handle (`ffff:`) the clsact qdisc needs.
-    #[error(
-        "{iface} has an `{kind}` qdisc where the tc egress program needs a clsact qdisc: replace \
-         it with `tc qdisc del dev {iface} {kind}` (its filters go with it) and re-add them under \
-         clsact"
-    )]
-    QdiscInTheWay {
-        /// Interface name.
-        iface: String,
-        /// The kind of the qdisc found (normally `ingress`).
-        kind: String,
-    },
-
     /// Attaching the tc egress program failed (XDP on the same interface was undone).
     #[error(
-        "could not attach the tc egress program to {iface}: {source}: check \
-         `tc qdisc show dev {iface}` and `tc filter show dev {iface} egress`"
+        "could not attach the tc egress program to {iface} as a TCX link: {source}: it needs \
+         Linux >= 6.6; `bpftool net show dev {iface}` lists what is attached"
     )]
     TcAttach {
         /// Interface name.
@@ -249,6 +263,161 @@ pub enum LoaderError {
     NoActiveRun {
         /// The pin directory that was looked at.
         pin_dir: PathBuf,
+    },
+
+    /// Pinning a link failed.
+    #[error("could not pin a link at {}: {source}", path.display())]
+    PinLink {
+        /// Pin path.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: PinError,
+    },
+
+    /// Opening a pinned link failed.
+    #[error("could not open the pinned link {}: {source}: `mptcp-loader detach` removes it", path.display())]
+    OpenLink {
+        /// Pin path.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: LinkError,
+    },
+
+    /// Reading a link's ids failed.
+    #[error("could not read the link attached to {iface}: {source}")]
+    LinkInfo {
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: LinkError,
+    },
+
+    /// Replacing the program of a pinned link failed (it still runs the old one).
+    #[error(
+        "could not put this run's program into the pinned link {} (it keeps running the \
+         previous one): {source}",
+        path.display()
+    )]
+    LinkUpdate {
+        /// Pin path.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+
+    /// The pins a run would adopt were made by a loader with another map layout.
+    #[error(
+        "pinned maps under {} have another layout (built by another version: {detail}): run \
+         `mptcp-loader detach` first",
+        pin_dir.display()
+    )]
+    IncompatiblePins {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+
+    /// The pinned maps were created with other `--max-conns` / `--max-joins`.
+    #[error(
+        "the maps pinned under {} have other sizes ({map} holds {pinned} entries, this run asks \
+         for {asked}): pass the --max-conns / --max-joins the attached firewall was started with, \
+         or run `mptcp-loader detach` first",
+        pin_dir.display()
+    )]
+    PinnedSizesDiffer {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The map whose size differs.
+        map: &'static str,
+        /// Its pinned `max_entries`.
+        pinned: u32,
+        /// What this run asks for.
+        asked: u32,
+    },
+
+    /// Links pinned by an earlier run attach the firewall to an interface this run does not name.
+    #[error(
+        "the firewall pinned under {} is attached to {iface}, which this run does not name: add \
+         `--iface {iface}`, or remove it first with `mptcp-loader detach --iface {iface}`",
+        pin_dir.display()
+    )]
+    PinnedInterfaceNotRequested {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The interface.
+        iface: String,
+    },
+
+    /// The pinned XDP attachment runs in another mode than `--xdp-mode` asks for.
+    #[error(
+        "{iface} runs the firewall in {pinned} XDP mode through the links pinned under {}; \
+         --xdp-mode {asked} cannot be applied without detaching: use `--xdp-mode auto`, or run \
+         `mptcp-loader detach --iface {iface}` first",
+        pin_dir.display()
+    )]
+    XdpModeDiffers {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The interface.
+        iface: String,
+        /// The mode in use.
+        pinned: &'static str,
+        /// The mode asked for.
+        asked: &'static str,
+    },
+
+    /// `detach` while a run owns the pin directory.
+    #[error(
+        "mptcp-loader run pid {pid} owns {}: stop it with SIGINT or SIGTERM (it detaches on exit \
+         unless started with --keep-attached), then run `mptcp-loader detach` if needed",
+        pin_dir.display()
+    )]
+    DetachWhileRunning {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The run's pid.
+        pid: u32,
+    },
+
+    /// `detach --iface IF` for an interface the firewall is not attached to.
+    #[error(
+        "the firewall pinned under {} is not attached to {iface} (it is attached to: {attached}): \
+         see `mptcp-loader status`",
+        pin_dir.display()
+    )]
+    NotAttachedHere {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// The interface asked for.
+        iface: String,
+        /// The interfaces it is attached to, or "none".
+        attached: String,
+    },
+
+    /// `detach` found no pins.
+    #[error(
+        "nothing to detach: no mptcp-loader pins under {} (see `mptcp-loader status`)",
+        pin_dir.display()
+    )]
+    NothingToDetach {
+        /// The pin directory looked at.
+        pin_dir: PathBuf,
+    },
+
+    /// `events` found no events file.
+    #[error(
+        "no drop events recorded under {} (no events.jsonl): `mptcp-loader run` records them \
+         there; pass --state-dir if it ran with another one",
+        state_dir.display()
+    )]
+    NoEvents {
+        /// The state directory looked at.
+        state_dir: PathBuf,
     },
 
     /// A file-system or system call failed.
@@ -348,10 +517,6 @@ mod tests {
                 iface: "veth0".into(),
                 source: TcError::AlreadyAttached,
             },
-            LoaderError::QdiscInTheWay {
-                iface: "veth0".into(),
-                kind: "ingress".into(),
-            },
             LoaderError::MapCreate {
                 map: "MPTCP_FLOWS".into(),
                 entries: Some(33_554_432),
@@ -373,16 +538,10 @@ mod tests {
         }
         .to_string();
         assert!(
-            msg.starts_with("could not attach the tc egress program to veth0: "),
+            msg.starts_with("could not attach the tc egress program to veth0 as a TCX link: "),
             "{msg}"
         );
-        assert!(msg.contains("`tc qdisc show dev veth0`"), "{msg}");
-        let msg = LoaderError::QdiscInTheWay {
-            iface: "veth0".into(),
-            kind: "ingress".into(),
-        }
-        .to_string();
-        assert!(msg.contains("`tc qdisc del dev veth0 ingress`"), "{msg}");
+        assert!(msg.contains("Linux >= 6.6"), "{msg}");
         let msg = LoaderError::MapCreate {
             map: "MPTCP_FLOWS".into(),
             entries: Some(33_554_432),

@@ -1,31 +1,45 @@
-//! The aya side: load the object (with the chosen map sizes), configure it, attach/detach the
-//! XDP ingress and tc egress programs, pin maps, read counters. `run` drives this; integration
-//! tests use it directly (and [`Firewall::ebpf_mut`] for `TestRun` and map access).
+//! The aya side: load the object (with the chosen map sizes, optionally reusing the maps pinned
+//! by an earlier run), configure it, attach/adopt/detach the XDP ingress and tc egress programs,
+//! read counters. `run` drives this; integration tests use it directly (and
+//! [`Firewall::ebpf_mut`] for `TestRun` and map access).
+//!
+//! Both programs are attached through bpf_links: an XDP link and a TCX egress link (kernel >=
+//! 6.6) per interface. When the firewall was loaded with a pin directory, both links are pinned
+//! there, so the programs stay attached when the loader exits or dies, and a later run reopens
+//! the links and swaps its own programs in atomically (`BPF_LINK_UPDATE`) instead of detaching
+//! and attaching again: no packet ever meets an interface without the firewall.
 
-use std::fmt;
+use std::{
+    fmt, fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
 use mptcp_common::maps::{
     Config, DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
-    MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS, MODE_ENFORCE, MODE_MONITOR, PINNED_MAPS, PROG_TC_EGRESS,
-    PROG_XDP_INGRESS,
+    MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS, MODE_ENFORCE, MODE_MONITOR,
+    PROG_TC_EGRESS, PROG_XDP_INGRESS,
 };
 
 use crate::{
+    bpf_sys::{self, LinkDetails, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
     errors::{verifier_log_tail, LoaderError},
+    layout::shared_map_names,
     map_sizes::MapSizes,
-    pins::PinDir,
+    netlink,
     preflight::interface_index,
+    state::{tcx_link_pin, xdp_link_pin, PinnedLinks},
     stats::sum_counters,
     store::KernelMaps,
-    tc,
 };
 
 /// Verifier log lines shown at debug level when the kernel rejects the program.
@@ -81,11 +95,33 @@ impl AttachedMode {
         }
     }
 
-    fn short(self) -> &'static str {
+    /// `native` or `generic (skb)`.
+    #[must_use]
+    pub const fn short(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Skb => "generic (skb)",
         }
+    }
+
+    /// The mode of an XDP program as netlink reports it (hardware offload and multi-mode
+    /// attachments are not ours).
+    #[must_use]
+    pub const fn from_netlink(mode: netlink::XdpAttachMode) -> Option<Self> {
+        match mode {
+            netlink::XdpAttachMode::Native => Some(Self::Native),
+            netlink::XdpAttachMode::Skb => Some(Self::Skb),
+            netlink::XdpAttachMode::Hardware | netlink::XdpAttachMode::Multi => None,
+        }
+    }
+
+    /// Whether an attachment in this mode satisfies `--xdp-mode how`.
+    #[must_use]
+    pub const fn satisfies(self, how: XdpAttach) -> bool {
+        matches!(
+            (how, self),
+            (XdpAttach::Auto, _) | (XdpAttach::Native, Self::Native) | (XdpAttach::Skb, Self::Skb)
+        )
     }
 }
 
@@ -95,16 +131,44 @@ impl fmt::Display for AttachedMode {
     }
 }
 
-/// What is attached to one interface.
+/// Kernel ids of a link and of the program it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkIds {
+    /// The link's id (stays the same when its program is replaced).
+    pub link: u32,
+    /// The program's id.
+    pub prog: u32,
+}
+
+impl From<LinkDetails> for LinkIds {
+    fn from(d: LinkDetails) -> Self {
+        Self {
+            link: d.id,
+            prog: d.prog_id,
+        }
+    }
+}
+
+impl fmt::Display for LinkIds {
+    /// `link 12, prog 45`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "link {}, prog {}", self.link, self.prog)
+    }
+}
+
+/// What is attached to one interface: two links, pinned or not.
 #[derive(Debug)]
 struct Attachment {
     iface: String,
     ifindex: u32,
     xdp_mode: AttachedMode,
-    xdp: aya::programs::xdp::XdpLinkId,
-    tc: SchedClassifierLinkId,
-    /// We added the interface's clsact qdisc, so we remove it again.
-    clsact_added: bool,
+    xdp: FdLink,
+    tc: FdLink,
+    /// Where the two links are pinned (none when the firewall has no pin directory).
+    xdp_pin: Option<PathBuf>,
+    tc_pin: Option<PathBuf>,
+    /// Taken over from an earlier run's pins: on an error path it is left attached as found.
+    adopted: bool,
 }
 
 /// How one interface was attached.
@@ -112,46 +176,108 @@ struct Attachment {
 pub struct InterfaceAttachment {
     /// The XDP mode in use.
     pub xdp: AttachedMode,
-    /// Whether we added the clsact qdisc for the tc egress program (removed again on detach).
-    pub clsact_added: bool,
-    /// Whether `mptcp_tc_egress` filters of a run that died without cleaning up were removed.
+    /// The XDP link.
+    pub xdp_link: LinkIds,
+    /// The TCX egress link.
+    pub tc_link: LinkIds,
+    /// Whether `mptcp_tc_egress` netlink filters left by an older loader version were removed.
     pub stale_filters_removed: bool,
 }
 
 impl fmt::Display for InterfaceAttachment {
-    /// `native XDP ingress, tc egress`.
+    /// `native XDP ingress (link 12, prog 45), TCX egress (link 13, prog 46)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ingress, tc egress", self.xdp)
+        write!(
+            f,
+            "{} ingress ({}), TCX egress ({})",
+            self.xdp, self.xdp_link, self.tc_link
+        )
     }
 }
 
-/// What became of the clsact qdisc of an interface we detached from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClsactOutcome {
-    /// It was there before us: left as it was.
-    NotOurs,
-    /// We had added it and removed it.
-    Removed,
-    /// We had added it but left it in place: someone else has attached a filter to it since,
-    /// or ours could not be detached or the deletion failed (the log says which).
-    Kept,
+/// Whether an adopting run puts its own programs into the links it reopens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgramSwap {
+    /// Only when they differ from the running ones (another object: an upgrade); the same
+    /// object keeps running untouched.
+    #[default]
+    IfDifferent,
+    /// Always (tests use it to exercise the atomic replacement with one object).
+    Always,
 }
 
-/// One interface [`Firewall::detach_all`] detached from.
+/// What became of an interface's programs when its links were adopted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramsOutcome {
+    /// The running programs are those of this object: left as they were.
+    Kept,
+    /// Replaced atomically by this run's programs through `BPF_LINK_UPDATE`.
+    Replaced,
+    /// The link was missing from the pins (a run died while attaching): attached anew.
+    Attached,
+}
+
+impl ProgramsOutcome {
+    /// `program kept`, `program replaced`, `attached anew`.
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::Kept => "program kept",
+            Self::Replaced => "program replaced",
+            Self::Attached => "attached anew",
+        }
+    }
+}
+
+/// How one interface was taken over from the links an earlier run pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdoptedInterface {
+    /// The XDP mode in use.
+    pub xdp: AttachedMode,
+    /// The XDP link (same link id as before; the program id changes if replaced).
+    pub xdp_link: LinkIds,
+    /// The TCX egress link.
+    pub tc_link: LinkIds,
+    /// The XDP program's fate.
+    pub xdp_programs: ProgramsOutcome,
+    /// The tc program's fate.
+    pub tc_programs: ProgramsOutcome,
+}
+
+impl fmt::Display for AdoptedInterface {
+    /// `native XDP ingress (link 12, prog 45, program kept), TCX egress (link 13, prog 46,
+    /// program kept)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ingress ({}, {}), TCX egress ({}, {})",
+            self.xdp,
+            self.xdp_link,
+            self.xdp_programs.describe(),
+            self.tc_link,
+            self.tc_programs.describe()
+        )
+    }
+}
+
+/// One interface [`Firewall::detach_all`] detached from, or [`Firewall::release_all`] left
+/// attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DetachedInterface {
     /// Interface name.
     pub iface: String,
-    /// The clsact qdisc's fate.
-    pub clsact: ClsactOutcome,
+    /// Interface index.
+    pub ifindex: u32,
 }
 
 /// The loaded eBPF object with its XDP and tc programs verified and loaded into the kernel.
-/// Dropping it detaches everything it attached (and removes a clsact qdisc it added).
+/// Dropping it detaches what it attached itself and leaves adopted links as it found them.
 #[derive(Debug)]
 pub struct Firewall {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    /// Where links are pinned (the pin directory it was loaded with).
+    link_dir: Option<PathBuf>,
 }
 
 impl Firewall {
@@ -171,12 +297,37 @@ impl Firewall {
     /// when the kernel refuses a map of that size, [`LoaderError::VerifierRejected`] when it
     /// refuses a program, other variants for aya failures.
     pub fn load_with(object: &[u8], sizes: &MapSizes) -> Result<Self, LoaderError> {
+        Self::load_inner(object, sizes, None)
+    }
+
+    /// Like [`Firewall::load_with`], but every map the programs of successive runs share
+    /// ([`crate::layout::shared_maps`]) is reopened from its pin in `dir` if it is there, and
+    /// created and pinned there otherwise; links attached later are pinned in `dir` too.
+    /// Check the pinned layout first ([`crate::layout::check_pinned_layout`]): aya reuses a
+    /// pinned map as it finds it.
+    ///
+    /// # Errors
+    /// As for [`Firewall::load_with`].
+    pub fn load_pinned(object: &[u8], sizes: &MapSizes, dir: &Path) -> Result<Self, LoaderError> {
+        Self::load_inner(object, sizes, Some(dir))
+    }
+
+    fn load_inner(
+        object: &[u8],
+        sizes: &MapSizes,
+        dir: Option<&Path>,
+    ) -> Result<Self, LoaderError> {
         if object.is_empty() {
             return Err(LoaderError::ObjectNotBuilt);
         }
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes.entries() {
             loader.map_max_entries(name, entries);
+        }
+        if let Some(dir) = dir {
+            for name in shared_map_names() {
+                loader.map_pin_path(name, dir.join(name));
+            }
         }
         let mut ebpf = loader.load(object).map_err(|source| match source {
             EbpfError::ProgramError(source) => program_load_error(PROG_XDP_INGRESS, source),
@@ -201,6 +352,7 @@ impl Firewall {
         let mut firewall = Self {
             ebpf,
             attachments: Vec::new(),
+            link_dir: dir.map(Path::to_path_buf),
         };
         firewall
             .xdp_mut()?
@@ -282,58 +434,164 @@ impl Firewall {
             .map_err(LoaderError::map(MAP_CONFIG))
     }
 
-    /// Attaches the XDP program (ingress) and the tc program (egress, adding a clsact qdisc if
-    /// the interface has none) to `iface`. With [`XdpAttach::Auto`] XDP tries native mode first.
-    /// If the tc part fails, the XDP part is undone: an interface has both or neither.
+    /// Attaches the XDP program (ingress) and the tc program (egress, as a TCX link) to `iface`,
+    /// pinning both links in the pin directory if the firewall was loaded with one. With
+    /// [`XdpAttach::Auto`] XDP tries native mode first. If the tc part fails, the XDP part is
+    /// undone: an interface has both or neither.
     ///
     /// # Errors
-    /// [`LoaderError::Attach`] and friends for XDP, [`LoaderError::Clsact`] or
-    /// [`LoaderError::TcAttach`] for tc.
+    /// [`LoaderError::InterfaceProtected`] when another firewall holds the interface,
+    /// [`LoaderError::XdpAlreadyAttached`] when another XDP program does,
+    /// [`LoaderError::Attach`] and friends for XDP, [`LoaderError::TcAttach`] for tc,
+    /// [`LoaderError::PinLink`] when a link cannot be pinned.
     pub fn attach(
         &mut self,
         iface: &str,
         how: XdpAttach,
     ) -> Result<InterfaceAttachment, LoaderError> {
         let ifindex = interface_index(iface)?;
-        // XDP first: it refuses a second live run on the same interface, so whatever tc filter
-        // of ours is left after it succeeded belongs to a dead run.
-        let (xdp_mode, xdp) = self.attach_xdp(iface, how)?;
-        match self.attach_tc_egress(iface, ifindex) {
-            Ok((tc, clsact_added, stale_filters_removed)) => {
-                self.attachments.push(Attachment {
-                    iface: iface.to_owned(),
-                    ifindex,
-                    xdp_mode,
-                    xdp,
-                    tc,
-                    clsact_added,
-                });
-                Ok(InterfaceAttachment {
-                    xdp: xdp_mode,
-                    clsact_added,
-                    stale_filters_removed,
-                })
-            }
+        // XDP first: it refuses a second firewall on the same interface, so an
+        // `mptcp_tc_egress` netlink filter found afterwards is an older loader's leftover.
+        let (xdp_mode, xdp) = self.attach_xdp(iface, ifindex, how)?;
+        let stale_filters_removed = netlink::remove_stale_filters(iface).unwrap_or_else(|e| {
+            log::warn!("could not look for stale tc filters on {iface}: {e}");
+            false
+        });
+        // On an error below, dropping the unpinned links detaches them again.
+        let tc = self.attach_tcx(iface)?;
+        let xdp_link = link_ids(&xdp, iface)?;
+        let tc_link = link_ids(&tc, iface)?;
+        let (xdp, xdp_pin) = self.pin_link(xdp, &xdp_link_pin(ifindex))?;
+        let (tc, tc_pin) = match self.pin_link(tc, &tcx_link_pin(ifindex)) {
+            Ok(pinned) => pinned,
             Err(e) => {
-                if let Err(undo) = self.xdp_mut().and_then(|p| {
-                    p.detach(xdp).map_err(|source| LoaderError::Attach {
-                        iface: iface.to_owned(),
-                        mode: xdp_mode.short(),
-                        source,
-                    })
-                }) {
-                    log::warn!("could not detach XDP from {iface} again: {undo}");
-                }
-                Err(e)
+                unpin(xdp_pin.as_deref());
+                return Err(e);
             }
-        }
+        };
+        self.attachments.push(Attachment {
+            iface: iface.to_owned(),
+            ifindex,
+            xdp_mode,
+            xdp,
+            tc,
+            xdp_pin,
+            tc_pin,
+            adopted: false,
+        });
+        Ok(InterfaceAttachment {
+            xdp: xdp_mode,
+            xdp_link,
+            tc_link,
+            stale_filters_removed,
+        })
+    }
+
+    /// Takes over the links an earlier run pinned for `iface` (interface `links.ifindex`, whose
+    /// XDP program runs in `mode`): reopens them and, unless the running programs are this
+    /// object's and `swap` is [`ProgramSwap::IfDifferent`], replaces the programs atomically
+    /// (the interface is never without them). A link missing from the pins is attached anew.
+    ///
+    /// # Errors
+    /// When a pin cannot be opened, is not a link of the right kind for this interface, or the
+    /// update fails; the links are then left as they were.
+    pub fn adopt(
+        &mut self,
+        iface: &str,
+        links: &PinnedLinks,
+        mode: AttachedMode,
+        swap: ProgramSwap,
+    ) -> Result<AdoptedInterface, LoaderError> {
+        let ifindex = links.ifindex;
+        let (xdp, xdp_pin, xdp_programs) = match &links.xdp {
+            Some(path) => {
+                let old = open_link(path, BPF_LINK_TYPE_XDP, ifindex)?;
+                let old_prog = link_ids(&old, iface)?.prog;
+                if swap == ProgramSwap::IfDifferent && same_program(old_prog, self.xdp_mut()?)? {
+                    (old, Some(path.clone()), ProgramsOutcome::Kept)
+                } else {
+                    let old = XdpLink::try_from(old).map_err(|_| not_a_link(path))?;
+                    let program = self.xdp_mut()?;
+                    let id = program
+                        .attach_to_link(old)
+                        .map_err(|source| link_update_error(path, source))?;
+                    let link = program
+                        .take_link(id)
+                        .map_err(|source| link_update_error(path, source))?;
+                    let link = FdLink::try_from(link).map_err(|_| not_a_link(path))?;
+                    (link, Some(path.clone()), ProgramsOutcome::Replaced)
+                }
+            }
+            None => {
+                let how = match mode {
+                    AttachedMode::Native => XdpAttach::Native,
+                    AttachedMode::Skb => XdpAttach::Skb,
+                };
+                let (_, link) = self.attach_xdp(iface, ifindex, how)?;
+                let (link, pin) = self.pin_link(link, &xdp_link_pin(ifindex))?;
+                (link, pin, ProgramsOutcome::Attached)
+            }
+        };
+        let tc_result = match &links.tcx {
+            Some(path) => open_link(path, BPF_LINK_TYPE_TCX, ifindex).and_then(|old| {
+                let old_prog = link_ids(&old, iface)?.prog;
+                if swap == ProgramSwap::IfDifferent
+                    && same_program(old_prog, self.tc_egress_mut()?)?
+                {
+                    return Ok((old, Some(path.clone()), ProgramsOutcome::Kept));
+                }
+                let old = SchedClassifierLink::try_from(old).map_err(|_| not_a_link(path))?;
+                let program = self.tc_egress_mut()?;
+                let id = program
+                    .attach_to_link(old)
+                    .map_err(|source| link_update_error(path, source))?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| link_update_error(path, source))?;
+                let link = FdLink::try_from(link).map_err(|_| not_a_link(path))?;
+                Ok((link, Some(path.clone()), ProgramsOutcome::Replaced))
+            }),
+            None => self.attach_tcx(iface).and_then(|link| {
+                let (link, pin) = self.pin_link(link, &tcx_link_pin(ifindex))?;
+                Ok((link, pin, ProgramsOutcome::Attached))
+            }),
+        };
+        let (tc, tc_pin, tc_programs) = match tc_result {
+            Ok(tc) => tc,
+            Err(e) => {
+                // An XDP link this call attached anew goes again; an adopted one stays pinned.
+                if xdp_programs == ProgramsOutcome::Attached {
+                    unpin(xdp_pin.as_deref());
+                }
+                return Err(e);
+            }
+        };
+        let adopted = AdoptedInterface {
+            xdp: mode,
+            xdp_link: link_ids(&xdp, iface)?,
+            tc_link: link_ids(&tc, iface)?,
+            xdp_programs,
+            tc_programs,
+        };
+        self.attachments.push(Attachment {
+            iface: iface.to_owned(),
+            ifindex,
+            xdp_mode: mode,
+            xdp,
+            tc,
+            xdp_pin,
+            tc_pin,
+            adopted: true,
+        });
+        Ok(adopted)
     }
 
     fn attach_xdp(
         &mut self,
         iface: &str,
+        ifindex: u32,
         how: XdpAttach,
-    ) -> Result<(AttachedMode, aya::programs::xdp::XdpLinkId), LoaderError> {
+    ) -> Result<(AttachedMode, FdLink), LoaderError> {
         let attempts: &[AttachedMode] = match how {
             XdpAttach::Native => &[AttachedMode::Native],
             XdpAttach::Skb => &[AttachedMode::Skb],
@@ -341,15 +599,28 @@ impl Firewall {
         };
         let mut last_error = None;
         for &mode in attempts {
-            match self.xdp_mut()?.attach(iface, mode.xdp_mode()) {
-                Ok(link) => return Ok((mode, link)),
+            match self.xdp_mut()?.attach_to_if_index(ifindex, mode.xdp_mode()) {
+                Ok(id) => {
+                    let link =
+                        self.xdp_mut()?
+                            .take_link(id)
+                            .map_err(|source| LoaderError::Attach {
+                                iface: iface.to_owned(),
+                                mode: mode.short(),
+                                source,
+                            })?;
+                    // Kernels without XDP links (< 5.9) get a netlink attachment, which can
+                    // neither be pinned nor updated.
+                    let link = FdLink::try_from(link).map_err(|_| LoaderError::NoXdpLinks {
+                        iface: iface.to_owned(),
+                    })?;
+                    return Ok((mode, link));
+                }
                 Err(source) => {
                     if let Some(errno @ (libc::EEXIST | libc::EBUSY)) = attach_errno(&source) {
                         // Not a driver limitation: falling back to another mode would fail too.
                         log::debug!("attaching XDP to {iface} failed (errno {errno}): {source}");
-                        return Err(LoaderError::XdpAlreadyAttached {
-                            iface: iface.to_owned(),
-                        });
+                        return Err(busy_interface(iface, ifindex, self.link_dir.as_deref()));
                     }
                     log::debug!(
                         "attaching XDP to {iface} in {} mode failed: {source}",
@@ -372,34 +643,36 @@ impl Firewall {
         })
     }
 
-    /// Attaches the egress classifier as a netlink (`cls_bpf`, direct-action) filter, so that
-    /// `tc filter show dev IF egress` lists it (see [`crate::tc`]). Returns the link, whether we
-    /// added the clsact qdisc, and whether stale filters were removed first.
-    fn attach_tc_egress(
-        &mut self,
-        iface: &str,
-        ifindex: u32,
-    ) -> Result<(SchedClassifierLinkId, bool, bool), LoaderError> {
-        let clsact_added = tc::ensure_clsact(iface, ifindex)?;
-        // Only a clsact that was already there can hold a dead run's filter.
-        let stale_filters_removed = !clsact_added && tc::remove_stale_filters(iface)?;
-        let attached = self.tc_egress_mut()?.attach_with_options(
-            iface,
-            TcAttachType::Egress,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        );
-        match attached {
-            Ok(link) => Ok((link, clsact_added, stale_filters_removed)),
-            Err(source) => {
-                if clsact_added {
-                    remove_clsact(iface, ifindex);
-                }
-                Err(LoaderError::TcAttach {
-                    iface: iface.to_owned(),
-                    source,
-                })
-            }
-        }
+    /// Attaches the egress classifier as a TCX link (kernel >= 6.6; `bpftool net` lists it,
+    /// `tc filter show` does not), after whatever other TCX programs the interface has.
+    fn attach_tcx(&mut self, iface: &str) -> Result<FdLink, LoaderError> {
+        let tc_error = |source| LoaderError::TcAttach {
+            iface: iface.to_owned(),
+            source,
+        };
+        let program = self.tc_egress_mut()?;
+        let id = program
+            .attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(tc_error)?;
+        let link = program.take_link(id).map_err(tc_error)?;
+        FdLink::try_from(link).map_err(|_| tc_error(ProgramError::NotAttached))
+    }
+
+    /// Pins `link` as `name` in the pin directory, if there is one.
+    fn pin_link(&self, link: FdLink, name: &str) -> Result<(FdLink, Option<PathBuf>), LoaderError> {
+        let Some(dir) = &self.link_dir else {
+            return Ok((link, None));
+        };
+        let path = dir.join(name);
+        let pinned = link.pin(&path).map_err(|source| LoaderError::PinLink {
+            path: path.clone(),
+            source,
+        })?;
+        Ok((pinned.into(), Some(path)))
     }
 
     /// Interfaces we are attached to, with their XDP mode.
@@ -409,18 +682,18 @@ impl Firewall {
             .map(|a| (a.iface.as_str(), a.xdp_mode))
     }
 
-    /// Detaches both programs from every interface (the tc filter, then the clsact qdisc if we
-    /// added it and nobody else uses it, then XDP). Every interface is tried; returns the ones
-    /// fully detached, or the first error after the loop.
+    /// Detaches both programs from every interface: unpins both links and closes them (the
+    /// kernel detaches a link when its last reference goes). Every interface is tried; returns
+    /// the ones detached, or the first error after the loop.
     ///
     /// # Errors
-    /// The first detach that failed.
+    /// The first unpinning that failed (that link stays attached through its pin).
     pub fn detach_all(&mut self) -> Result<Vec<DetachedInterface>, LoaderError> {
         let mut detached = Vec::new();
         let mut first_error = None;
         // Newest first, the reverse of attaching.
         for attachment in std::mem::take(&mut self.attachments).into_iter().rev() {
-            match self.detach(attachment) {
+            match detach(attachment) {
                 Ok(done) => detached.push(done),
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -431,54 +704,24 @@ impl Firewall {
         first_error.map_or(Ok(detached), Err)
     }
 
-    fn detach(&mut self, attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
-        let Attachment {
-            iface,
-            ifindex,
-            xdp_mode,
-            xdp,
-            tc,
-            clsact_added,
-        } = attachment;
-        let tc_result = self.tc_egress_mut().and_then(|p| {
-            p.detach(tc).map_err(|source| LoaderError::TcDetach {
-                iface: iface.clone(),
-                source,
+    /// Closes every link but leaves its pin: the programs stay attached after the loader exits,
+    /// for the next run to adopt (`run --keep-attached`). Returns the interfaces.
+    pub fn release_all(&mut self) -> Vec<DetachedInterface> {
+        std::mem::take(&mut self.attachments)
+            .into_iter()
+            .map(|a| {
+                if a.xdp_pin.is_none() {
+                    log::warn!(
+                        "{}: its links were not pinned, so they go with this process",
+                        a.iface
+                    );
+                }
+                DetachedInterface {
+                    iface: a.iface,
+                    ifindex: a.ifindex,
+                }
             })
-        });
-        let clsact = match (clsact_added, &tc_result) {
-            (false, _) => ClsactOutcome::NotOurs,
-            // Our filter may still hang from it: leave the qdisc rather than rip the filter out.
-            (true, Err(_)) => ClsactOutcome::Kept,
-            (true, Ok(())) => remove_clsact(&iface, ifindex),
-        };
-        let xdp_result = self.xdp_mut().and_then(|p| {
-            p.detach(xdp).map_err(|source| LoaderError::Attach {
-                iface: iface.clone(),
-                mode: xdp_mode.short(),
-                source,
-            })
-        });
-        tc_result?;
-        xdp_result?;
-        Ok(DetachedInterface { iface, clsact })
-    }
-
-    /// Pins every map of [`PINNED_MAPS`] into `dir`.
-    ///
-    /// # Errors
-    /// When a map is missing or cannot be pinned.
-    pub fn pin_maps(&self, dir: &PinDir) -> Result<(), LoaderError> {
-        for name in PINNED_MAPS {
-            let map = self.ebpf.map(name).ok_or(missing_map(name))?;
-            let path = dir.pin_path(name);
-            map.pin(&path).map_err(|source| LoaderError::Pin {
-                map: name,
-                path,
-                source,
-            })?;
-        }
-        Ok(())
+            .collect()
     }
 
     /// Every counter summed over CPUs, in `Counter::ALL` order.
@@ -500,11 +743,20 @@ impl Firewall {
     /// # Errors
     /// When it is missing or not a ring buffer.
     pub fn take_key_events(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
-        let map = self
-            .ebpf
-            .take_map(MAP_KEY_EVENTS)
-            .ok_or(missing_map(MAP_KEY_EVENTS))?;
-        RingBuf::try_from(map).map_err(LoaderError::map(MAP_KEY_EVENTS))
+        self.take_ring(MAP_KEY_EVENTS)
+    }
+
+    /// Takes the drop-event ring buffer out of the object (for the event loop).
+    ///
+    /// # Errors
+    /// When it is missing or not a ring buffer.
+    pub fn take_drop_events(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
+        self.take_ring(MAP_DROP_EVENTS)
+    }
+
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, LoaderError> {
+        let map = self.ebpf.take_map(name).ok_or(missing_map(name))?;
+        RingBuf::try_from(map).map_err(LoaderError::map(name))
     }
 
     /// Takes the connection, subflow and token maps out of the object (for the event loop's
@@ -530,32 +782,160 @@ impl Firewall {
 }
 
 impl Drop for Firewall {
-    /// Error paths: detach what is still attached (aya would detach the programs too, but
-    /// not remove a clsact qdisc we added).
+    /// Error paths: detach what this firewall attached itself (closing an unpinned link would
+    /// detach it too, but a pinned one needs its pin removed); adopted links stay as found.
     fn drop(&mut self) {
-        if !self.attachments.is_empty() {
-            if let Err(e) = self.detach_all() {
+        let (adopted, own): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| a.adopted);
+        drop(adopted);
+        for attachment in own {
+            if let Err(e) = detach(attachment) {
                 log::warn!("cleaning up the attachments: {e}");
             }
         }
     }
 }
 
-/// Deletes a clsact qdisc we added, unless someone else's filter now hangs from it.
-fn remove_clsact(iface: &str, ifindex: u32) -> ClsactOutcome {
-    match tc::delete_clsact_if_unused(ifindex) {
-        Ok(true) => ClsactOutcome::Removed,
-        Ok(false) => {
-            log::info!("leaving the clsact qdisc on {iface} in place: another filter uses it now");
-            ClsactOutcome::Kept
+/// Unpins and closes an interface's two links (tc first, the reverse of attaching).
+fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
+    let Attachment {
+        iface,
+        ifindex,
+        xdp,
+        tc,
+        xdp_pin,
+        tc_pin,
+        ..
+    } = attachment;
+    let mut result = Ok(());
+    for (link, pin) in [(tc, tc_pin), (xdp, xdp_pin)] {
+        if let Some(pin) = pin {
+            if let Err(e) = fs::remove_file(&pin) {
+                if e.kind() != io::ErrorKind::NotFound && result.is_ok() {
+                    result = Err(LoaderError::io("unpinning the link", pin)(e));
+                }
+            }
         }
-        Err(e) => {
-            log::warn!(
-                "could not remove the clsact qdisc we added to {iface} ({e}): remove it with \
-                 `tc qdisc del dev {iface} clsact`"
-            );
-            ClsactOutcome::Kept
-        }
+        // The last reference: the kernel detaches the program now.
+        drop(link);
+    }
+    result.map(|()| DetachedInterface { iface, ifindex })
+}
+
+/// Removes a pin, if any, ignoring errors (undoing a half-done attach).
+fn unpin(pin: Option<&Path>) {
+    if let Some(pin) = pin {
+        let _ = fs::remove_file(pin);
+    }
+}
+
+/// Link and program ids of `link`.
+fn link_ids(link: &FdLink, iface: &str) -> Result<LinkIds, LoaderError> {
+    let info = link.info().map_err(|source| LoaderError::LinkInfo {
+        iface: iface.to_owned(),
+        source,
+    })?;
+    Ok(LinkIds {
+        link: info.id(),
+        prog: info.program_id(),
+    })
+}
+
+/// Opens a pinned link and checks that it is a live link of `link_type` on `ifindex`.
+fn open_link(path: &Path, link_type: u32, ifindex: u32) -> Result<FdLink, LoaderError> {
+    let link: FdLink = PinnedLink::from_pin(path)
+        .map_err(|source| LoaderError::OpenLink {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .into();
+    let id = link
+        .info()
+        .map_err(|source| LoaderError::OpenLink {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .id();
+    let details =
+        bpf_sys::link_details_by_id(id).map_err(LoaderError::io("inspecting the link", path))?;
+    if details.link_type != link_type || details.ifindex != ifindex {
+        return Err(not_a_link(path));
+    }
+    Ok(link)
+}
+
+fn not_a_link(path: &Path) -> LoaderError {
+    LoaderError::IncompatiblePins {
+        pin_dir: path.parent().unwrap_or(path).to_path_buf(),
+        detail: format!(
+            "{} is not the link this loader expects there",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ),
+    }
+}
+
+fn link_update_error(path: &Path, source: ProgramError) -> LoaderError {
+    LoaderError::LinkUpdate {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether program `running` (by id) is the same code as `ours`: same tag. The tag hashes the
+/// instructions with map references zeroed, so two loads of one object compare equal.
+fn same_program(running: u32, ours: &impl ProgramTag) -> Result<bool, LoaderError> {
+    let running = bpf_sys::prog_tag(running).map_err(LoaderError::io(
+        "reading the tag of",
+        format!("program {running}"),
+    ))?;
+    Ok(u64::from_be_bytes(running) == ours.tag()?)
+}
+
+/// The tag of a loaded program of ours.
+trait ProgramTag {
+    fn tag(&self) -> Result<u64, LoaderError>;
+}
+
+impl ProgramTag for Xdp {
+    fn tag(&self) -> Result<u64, LoaderError> {
+        self.info()
+            .map(|i| i.tag())
+            .map_err(|source| LoaderError::ProgramLoad {
+                program: PROG_XDP_INGRESS,
+                source,
+            })
+    }
+}
+
+impl ProgramTag for SchedClassifier {
+    fn tag(&self) -> Result<u64, LoaderError> {
+        self.info()
+            .map(|i| i.tag())
+            .map_err(|source| LoaderError::ProgramLoad {
+                program: PROG_TC_EGRESS,
+                source,
+            })
+    }
+}
+
+/// The error for an interface whose XDP hook is taken: by another firewall (its pins found
+/// by the program id the interface runs) or by someone else's program.
+fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderError {
+    let attached = netlink::xdp_attached(ifindex).ok().flatten();
+    let owner = attached.and_then(|a| crate::pins::find_xdp_link_owner(a.prog_id, own_dir));
+    match owner {
+        Some((pin_dir, pid)) => LoaderError::InterfaceProtected {
+            iface: iface.to_owned(),
+            pin_dir,
+            owner: pid.map_or_else(
+                || "no loader process: programs attached by pinned links".to_owned(),
+                |pid| format!("mptcp-loader run pid {pid}"),
+            ),
+        },
+        None => LoaderError::XdpAlreadyAttached {
+            iface: iface.to_owned(),
+        },
     }
 }
 

@@ -9,24 +9,33 @@
 //! fill levels, [`sweep`] and [`install`] hold the map logic as functions over
 //! [`store::FirewallMaps`].
 
+pub mod adopt;
+pub mod bpf_sys;
 pub mod cli;
 pub mod config;
+pub mod conns;
+pub mod detach;
 pub mod errors;
+pub mod events;
 pub mod firewall;
 pub mod install;
 pub mod keys;
 pub mod latency;
+pub mod layout;
 pub mod loader_counters;
 pub mod map_sizes;
 pub mod metrics;
+pub mod netlink;
+pub mod pcap;
 pub mod pins;
 pub mod policy;
 pub mod preflight;
 pub mod run;
+pub mod state;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod sweep;
-pub mod tc;
 
 pub use errors::LoaderError;
 pub use firewall::{AttachedMode, FilterMode, Firewall, InterfaceAttachment, XdpAttach};

@@ -40,6 +40,13 @@ loader_counters! {
     TokensRestored = "loader_tokens_restored",
     /// Idle sweeps that failed part-way (a map operation failed; see the run's log).
     SweepErrors = "loader_sweep_errors",
+    /// Drop events read from the fast path's ring buffer (each one is written to the events
+    /// file, and to the pcap file with `--pcap`).
+    DropEvents = "loader_drop_events",
+    /// Drop events not logged because of the log rate limit (they are still in the events file).
+    DropEventLinesSuppressed = "loader_drop_event_lines_suppressed",
+    /// Drop events that could not be written to the events or pcap file.
+    DropEventWriteErrors = "loader_drop_event_write_errors",
     /// Policy reloads (SIGHUP) that were applied.
     PolicyReloads = "loader_policy_reloads",
     /// Policy reloads rejected (invalid file, or a map write failed): the previous policy stayed.
@@ -78,6 +85,17 @@ impl LoaderCounters {
             LoaderCounter::FlowsOrphanedRemoved,
             outcome.flows_orphaned_removed,
         );
+    }
+
+    /// Counters that continue from values published earlier (by a previous run), in
+    /// [`LoaderCounter::ALL`] order; missing ones start at zero.
+    #[must_use]
+    pub fn continuing(values: &[u64]) -> Self {
+        let mut counters = Self::default();
+        for (slot, value) in counters.values.iter_mut().zip(values) {
+            *slot = *value;
+        }
+        counters
     }
 
     /// Name and value of every counter, in [`LoaderCounter::ALL`] order.
@@ -160,6 +178,9 @@ mod tests {
                 ("loader_flows_orphaned_removed", 10),
                 ("loader_tokens_restored", 1),
                 ("loader_sweep_errors", 0),
+                ("loader_drop_events", 0),
+                ("loader_drop_event_lines_suppressed", 0),
+                ("loader_drop_event_write_errors", 0),
                 ("loader_policy_reloads", 0),
                 ("loader_policy_reload_errors", 0),
             ]

@@ -5,8 +5,9 @@
 //!   namespaces never collide and `stats` in a namespace finds the run of that namespace.
 //! - bpffs accepts only pins and directories (no regular files, no symlinks), so a run marks
 //!   the directory as its own with an exclusive `flock` on the directory itself. The lock dies
-//!   with the process: pins left by a crashed run are recognised as stale and cleaned up, and
-//!   `/proc/locks` names the pid of a live owner.
+//!   with the process: pins left by a run that was killed (or exited with `--keep-attached`)
+//!   are found by the next run, which adopts them (see [`crate::state`]) or, when nothing they
+//!   hold is attached any more, removes them; `/proc/locks` names the pid of a live owner.
 //! - What the loader itself publishes for `stats` (the install-latency summary
 //!   [`PIN_INSTALL_LATENCY`], its own counters [`PIN_LOADER_COUNTERS`]) are small pinned arrays
 //!   for the same reason: they are the only kind of file bpffs can hold.
@@ -129,17 +130,24 @@ pub fn lock_owner(dir: &Path) -> Option<u32> {
 }
 
 /// A pin directory owned by this process (exclusive `flock` held until drop).
-/// Dropping it removes the directory and everything pinned in it.
+///
+/// Dropping it removes the directory and everything pinned in it if it was empty when claimed
+/// (error paths of a first run leave nothing behind); pins found there stay, as found, unless
+/// [`PinDir::clear`] or [`PinDir::remove`] is called.
 #[derive(Debug)]
 pub struct PinDir {
     path: PathBuf,
     /// Holds the lock; closing it releases the lock.
     _lock: File,
-    removed: bool,
+    /// Pins were there when it was claimed (an earlier run's).
+    found_pins: bool,
+    /// Leave everything in place on drop.
+    keep: bool,
 }
 
 impl PinDir {
-    /// Creates (or takes over a stale) pin directory and locks it.
+    /// Creates (or takes over an unowned) pin directory and locks it. Pins already there are
+    /// left for the caller to adopt or clear ([`PinDir::found_pins`]).
     ///
     /// # Errors
     /// [`LoaderError::AnotherRunActive`] when a live process holds it; I/O errors otherwise.
@@ -183,20 +191,13 @@ impl PinDir {
                 Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => {}
                 _ => continue,
             }
-            let dir = Self {
+            let mut dir = Self {
                 path: path.to_path_buf(),
                 _lock: lock,
-                removed: false,
+                found_pins: false,
+                keep: false,
             };
-            let stale = dir.entries()?;
-            if !stale.is_empty() {
-                log::warn!(
-                    "removing {} stale pin(s) under {} left by a run that is no longer alive",
-                    stale.len(),
-                    path.display()
-                );
-                dir.remove_entries()?;
-            }
+            dir.found_pins = !dir.entries()?.is_empty();
             return Ok(dir);
         }
         Err(LoaderError::io("claiming the pin directory", path)(
@@ -214,6 +215,29 @@ impl PinDir {
     #[must_use]
     pub fn pin_path(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+
+    /// Whether pins were there when it was claimed.
+    #[must_use]
+    pub fn found_pins(&self) -> bool {
+        self.found_pins
+    }
+
+    /// Removes every pin found in it (nothing they held is needed any more); from then on it
+    /// is cleaned up on drop like a fresh one.
+    ///
+    /// # Errors
+    /// When a pin cannot be removed.
+    pub fn clear(&mut self) -> Result<(), LoaderError> {
+        self.remove_entries()?;
+        self.found_pins = false;
+        Ok(())
+    }
+
+    /// Leaves everything pinned in place when dropped (`run --keep-attached`, or an error after
+    /// an adopted attachment was touched).
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     fn entries(&self) -> Result<Vec<PathBuf>, LoaderError> {
@@ -240,7 +264,7 @@ impl PinDir {
     /// # Errors
     /// When a pin or the directory cannot be removed.
     pub fn remove(mut self) -> Result<(), LoaderError> {
-        self.removed = true;
+        self.keep = true;
         self.remove_entries()?;
         fs::remove_dir(&self.path).map_err(LoaderError::io("removing", &self.path))
     }
@@ -248,12 +272,70 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if !self.removed {
-            // Error paths: leave nothing behind (best effort; a later run cleans up otherwise).
+        if !self.keep && !self.found_pins {
+            // Error paths of a first run: leave nothing behind (best effort; a later run
+            // cleans up otherwise).
             let _ = self.remove_entries();
             let _ = fs::remove_dir(&self.path);
         }
     }
+}
+
+/// Opens the `u64` array pinned as `name` in `dir` if it has `len` entries, else (missing,
+/// another size) replaces it with a zeroed one. Returns the array and whether it was reused.
+///
+/// # Errors
+/// When the map can be neither opened nor created.
+pub fn open_or_create_pinned_array<V: aya::Pod>(
+    dir: &PinDir,
+    name: &'static str,
+    len: u32,
+) -> Result<(Array<MapData, V>, bool), LoaderError> {
+    let path = dir.pin_path(name);
+    let reopened = MapData::from_pin(&path)
+        .and_then(Map::from_map_data)
+        .and_then(Array::<MapData, V>::try_from)
+        .ok()
+        .filter(|a| a.len() == len);
+    if let Some(array) = reopened {
+        return Ok((array, true));
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(LoaderError::io("removing", &path)(e))
+        }
+        _ => {}
+    }
+    Ok((create_pinned_array(dir, name, len)?, false))
+}
+
+/// The pin directory (and the pid of its live run, if any) whose pinned XDP link runs program
+/// `prog_id`: the directories under [`PIN_ROOT`] and the siblings of `own_dir` are searched.
+#[must_use]
+pub fn find_xdp_link_owner(prog_id: u32, own_dir: Option<&Path>) -> Option<(PathBuf, Option<u32>)> {
+    let mut parents = vec![PathBuf::from(PIN_ROOT)];
+    if let Some(parent) = own_dir.and_then(Path::parent) {
+        if parent != Path::new(PIN_ROOT) {
+            parents.push(parent.to_path_buf());
+        }
+    }
+    let candidates = parents
+        .iter()
+        .filter_map(|p| fs::read_dir(p).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()));
+    for dir in candidates {
+        let Ok(links) = crate::state::pinned_links(&dir) else {
+            continue;
+        };
+        let runs_it = links.iter().filter_map(|l| l.xdp.as_deref()).any(|pin| {
+            crate::bpf_sys::pinned_link_details(pin).is_ok_and(|d| d.prog_id == prog_id)
+        });
+        if runs_it {
+            let pid = lock_owner(&dir);
+            return Some((dir, pid));
+        }
+    }
+    None
 }
 
 /// Creates a userspace array map of `len` zeroed entries, pins it as `name` in `dir`, and returns
@@ -386,9 +468,17 @@ mod tests {
         let base = std::env::temp_dir().join(format!("mptcp-loader-pins-{}", std::process::id()));
         let dir = base.join("netns-1");
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("stale_pin"), b"").unwrap();
-        let claimed = PinDir::claim(&dir).unwrap();
-        assert!(!dir.join("stale_pin").exists(), "stale entries are removed");
+        fs::write(dir.join("earlier_pin"), b"").unwrap();
+        {
+            // Found pins are the caller's to adopt: kept, also when it drops the directory.
+            let claimed = PinDir::claim(&dir).unwrap();
+            assert!(claimed.found_pins());
+        }
+        assert!(dir.join("earlier_pin").exists());
+        let mut claimed = PinDir::claim(&dir).unwrap();
+        claimed.clear().unwrap();
+        assert!(!dir.join("earlier_pin").exists(), "cleared");
+        assert!(!claimed.found_pins());
         assert_eq!(lock_owner(&dir), Some(std::process::id()));
         let again = PinDir::claim(&dir).unwrap_err();
         assert!(

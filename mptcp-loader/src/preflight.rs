@@ -43,16 +43,24 @@ pub fn interface_index(iface: &str) -> Result<u32, LoaderError> {
 /// The name of interface `index`, for log lines (falls back to `if<index>`).
 #[must_use]
 pub fn interface_name(index: u32) -> String {
+    interface_name_of(index).unwrap_or_else(|| format!("if{index}"))
+}
+
+/// The name of interface `index` in this network namespace, if it exists.
+#[must_use]
+pub fn interface_name_of(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
     let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
     if name.is_null() {
-        return format!("if{index}");
+        return None;
     }
     // SAFETY: on success the kernel wrote a NUL-terminated name into buf.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 #[cfg(test)]

@@ -1,9 +1,20 @@
-//! `mptcp-loader run`: load (with the chosen map sizes), configure, pin, attach XDP ingress and tc
-//! egress, then install midstates and tokens for every key event and sweep idle connections
-//! until SIGINT/SIGTERM; then detach both, report, and remove the pins.
+//! `mptcp-loader run`: load (with the chosen map sizes), configure, attach XDP ingress and tc
+//! egress through pinned links, then install midstates and tokens for every key event, record
+//! every drop event and sweep idle connections until SIGINT/SIGTERM; then detach both, report,
+//! and remove the pins (or, with `--keep-attached`, leave everything attached and pinned).
+//!
+//! A run that finds an earlier run's pins (killed, or exited with `--keep-attached`) adopts them
+//! after checking their layout (see [`crate::adopt`]): it reuses the pinned maps, so no tracked
+//! connection is lost, and swaps its programs into the pinned links atomically, so no packet
+//! passes unchecked in between.
 
 use std::{
-    collections::HashMap, fmt::Write as _, future, net::SocketAddr, path::PathBuf, time::Instant,
+    collections::HashMap,
+    fmt::Write as _,
+    future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::maps::{Array, MapData, RingBuf};
@@ -11,22 +22,33 @@ use mptcp_common::maps::KeyEvent;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
-    time::{interval_at, Interval, MissedTickBehavior},
+    time::{interval, interval_at, Interval, MissedTickBehavior},
 };
 
 use crate::{
+    adopt::{plan_steps, take_inventory, Step},
     config::PolicySource,
     errors::LoaderError,
-    firewall::{ClsactOutcome, DetachedInterface, FilterMode, Firewall, XdpAttach},
+    events::{
+        default_state_dir, parse_drop_event, ClockOffset, DropEventSink, DEFAULT_EVENTS_MAX_BYTES,
+    },
+    firewall::{DetachedInterface, FilterMode, Firewall, ProgramSwap, XdpAttach},
     install::{format_flow, install_event, parse_key_event, InstallOutcome},
     keys::{hex, token_and_idsn},
     latency::{LatencyStats, LatencySummary},
-    loader_counters::{LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
+    layout::{check_pinned_layout, layout_hash},
+    loader_counters::{read_loader_counters, LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
     map_sizes::MapSizes,
     metrics::{self, MetricsSource},
-    pins::{check_bpffs, create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
+    pins::{
+        check_bpffs, open_or_create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS,
+    },
     policy::{Policy, PolicyKeeper},
     preflight::{check_root, effective_uid, interface_index, interface_name},
+    state::{
+        unix_now_ns, version_bytes, write_layout_hash, IfaceRecord, PinnedState, RunState,
+        RUN_FLAG_KEEP_ATTACHED,
+    },
     stats::format_summary_line,
     store::KernelMaps,
     sweep::{sweep_interval, sweep_maps, SweepOutcome},
@@ -35,6 +57,9 @@ use crate::{
 
 /// Default `--idle-timeout`: two hours.
 pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 7200;
+
+/// This loader's version, recorded in the pinned run state.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What `run` will do, decided from the command line before anything touches the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,12 +70,21 @@ pub struct RunPlan {
     pub mode: FilterMode,
     /// How to attach XDP.
     pub xdp: XdpAttach,
-    /// Where to pin the maps.
+    /// Where to pin the maps and links.
     pub pin_dir: PathBuf,
     /// Capacities of the hash maps.
     pub sizes: MapSizes,
     /// Seconds without a segment after which a connection is forgotten; 0 disables the sweep.
     pub idle_timeout_s: u32,
+    /// On exit, leave the programs attached and everything pinned (for an upgrade) instead of
+    /// detaching.
+    pub keep_attached: bool,
+    /// Where the events file goes (default: [`default_state_dir`] of the pin directory).
+    pub state_dir: PathBuf,
+    /// Where to write every dropped segment as pcap, if anywhere.
+    pub pcap: Option<PathBuf>,
+    /// Size bound of the events file.
+    pub events_max_bytes: u64,
     /// The policy to apply before attaching (its `mode` is `mode`).
     pub policy: Policy,
     /// Where the policy comes from, re-read on SIGHUP.
@@ -60,8 +94,8 @@ pub struct RunPlan {
 }
 
 impl RunPlan {
-    /// Builds a plan with the default map sizes and idle timeout; `pin_dir` defaults to the
-    /// current network namespace's directory.
+    /// Builds a plan with the default map sizes, idle timeout and state directory; `pin_dir`
+    /// defaults to the current network namespace's directory.
     ///
     /// # Errors
     /// [`LoaderError::NoInterface`] without interfaces; errors of `default_pin_dir`.
@@ -89,9 +123,13 @@ impl RunPlan {
             interfaces: unique,
             mode,
             xdp,
+            state_dir: default_state_dir(&pin_dir),
             pin_dir,
             sizes: MapSizes::default(),
             idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            keep_attached: false,
+            pcap: None,
+            events_max_bytes: DEFAULT_EVENTS_MAX_BYTES,
             policy: Policy {
                 mode,
                 ..Policy::default()
@@ -117,7 +155,8 @@ pub fn preflight(plan: &RunPlan, euid: u32) -> Result<(), LoaderError> {
 /// Runs the firewall until SIGINT or SIGTERM. Must be called inside a tokio runtime.
 ///
 /// # Errors
-/// Any setup failure (nothing is left attached or pinned then), or a failure to clean up.
+/// Any setup failure (what this run attached is detached again, and a first run leaves no pins;
+/// what an earlier run pinned stays as it was), or a failure to clean up.
 pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     preflight(&plan, effective_uid())?;
     let signal_error = |source| LoaderError::Runtime {
@@ -135,24 +174,27 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
 
     // Declared before the firewall so it is dropped after it: on an error below, the programs
     // are detached first, then the pins are removed.
-    let pin_dir = PinDir::claim(&plan.pin_dir)?;
-    let mut firewall = Firewall::load_with(EBPF_OBJ, &plan.sizes)?;
-    firewall.set_mode(plan.mode)?;
-    firewall.pin_maps(&pin_dir)?;
-    // The whole policy is in the maps before the programs see a packet.
+    let mut pin_dir = PinDir::claim(&plan.pin_dir)?;
+    let steps = decide_steps(&plan, &mut pin_dir)?;
+    let adopting = steps.iter().any(|s| matches!(s, Step::Adopt { .. }));
+    if adopting {
+        // From here on an error leaves the earlier run's state as it was: still attached.
+        pin_dir.keep();
+    }
+    let mut firewall = Firewall::load_pinned(EBPF_OBJ, &plan.sizes, pin_dir.path())?;
+    // The whole policy (mode included) is in the maps before the programs see a packet. When
+    // adopting, the maps hold the earlier run's policy: only the differences are written.
     let mut policy = PolicyKeeper::start(
         firewall.ebpf(),
         plan.policy_source.clone(),
         plan.policy.clone(),
     )?;
-    let mut keeper = MapKeeper {
-        maps: firewall.take_maps()?,
-        latency: LatencyStats::default(),
-        latency_pin: create_pinned_array(&pin_dir, PIN_INSTALL_LATENCY, 1)?,
-        counters: LoaderCounters::default(),
-        counters_pin: create_pinned_array(&pin_dir, PIN_LOADER_COUNTERS, LOADER_COUNTER_COUNT)?,
-        interface_names: HashMap::new(),
-    };
+    if !adopting {
+        write_layout_hash(&pin_dir, layout_hash())?;
+    }
+    let mut state = PinnedState::open_or_create(&pin_dir)?;
+    let previous_run = state.run()?;
+    let mut keeper = MapKeeper::new(&mut firewall, &pin_dir, &plan)?;
     keeper.publish_counters();
     let metrics_task = match metrics_listener {
         Some(listener) => {
@@ -164,16 +206,36 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         }
         None => None,
     };
-    // SAFETY: the RingBuf owns its map fd until it is dropped, and as_raw_fd always returns it.
-    let mut events =
-        unsafe { AsyncFd::register_with_interest(firewall.take_key_events()?, Interest::READABLE) }
-            .map_err(|e| LoaderError::Runtime {
-                what: "polling the key-event ring buffer",
-                source: e.into_parts().1,
-            })?;
+    // SAFETY: the RingBufs own their map fds until they are dropped, and as_raw_fd always
+    // returns them.
+    let mut key_ring = unsafe { register(firewall.take_key_events()?) }?;
+    let mut drop_ring = unsafe { register(firewall.take_drop_events()?) }?;
 
-    attach_everywhere(&mut firewall, &plan)?;
-    print_banner(&plan, &pin_dir);
+    attach_all(&mut firewall, &plan, &steps, &mut state)?;
+    let now = unix_now_ns();
+    let keep_since = adopting && previous_run.protected_since_unix_ns != 0;
+    state.set_run(&RunState {
+        protected_since_unix_ns: if keep_since {
+            previous_run.protected_since_unix_ns
+        } else {
+            now
+        },
+        run_started_unix_ns: now,
+        run_pid: std::process::id(),
+        flags: if plan.keep_attached {
+            RUN_FLAG_KEEP_ATTACHED
+        } else {
+            0
+        },
+        version: version_bytes(VERSION),
+        generation: if adopting {
+            previous_run.generation.saturating_add(1)
+        } else {
+            1
+        },
+        pad: 0,
+    })?;
+    print_banner(&plan, &pin_dir, keeper.drops.events_path());
     print_policy_banner(&policy, plan.metrics);
     let mut sweep_timer = sweep_interval(plan.idle_timeout_s).map(|period| {
         let mut timer = interval_at(tokio::time::Instant::now() + period, period);
@@ -181,6 +243,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         timer
     });
+    let mut log_timer = interval(Duration::from_secs(1));
 
     loop {
         tokio::select! {
@@ -190,28 +253,149 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
                 policy.reload(&mut keeper.counters);
                 keeper.publish_counters();
             }
-            ready = events.readable_mut() => {
+            ready = key_ring.readable_mut() => {
                 let mut guard = ready.map_err(|source| LoaderError::Runtime { what: "polling the key-event ring buffer", source })?;
                 keeper.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            ready = drop_ring.readable_mut() => {
+                let mut guard = ready.map_err(|source| LoaderError::Runtime { what: "polling the drop-event ring buffer", source })?;
+                keeper.drain_drops(guard.get_inner_mut());
+                guard.clear_ready();
+            }
             () = next_tick(&mut sweep_timer) => keeper.sweep(plan.idle_timeout_s),
+            _ = log_timer.tick() => keeper.drops.report_suppressed(),
         }
     }
-
     if let Some(task) = metrics_task {
         task.abort();
     }
-    let detached = firewall.detach_all();
-    let counters = firewall.counters();
-    drop(firewall);
-    match &detached {
-        Ok(ifaces) => {
-            for detached in ifaces {
-                println!("{}", detached_line(detached));
+    // What is queued now would otherwise wait for the next run.
+    keeper.drain(key_ring.get_mut());
+    keeper.drain_drops(drop_ring.get_mut());
+    finish(plan, firewall, keeper, state, pin_dir)
+}
+
+/// Registers a ring buffer with the runtime.
+///
+/// # Safety
+/// `ring` must keep its fd open until dropped (aya's `RingBuf` does).
+unsafe fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, LoaderError> {
+    // SAFETY: see the function's contract.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+        LoaderError::Runtime {
+            what: "polling a ring buffer",
+            source: e.into_parts().1,
+        }
+    })
+}
+
+/// Looks at what the pin directory holds and decides, per interface, to adopt or to attach.
+/// Clears pins that hold nothing attached any more.
+fn decide_steps(plan: &RunPlan, pin_dir: &mut PinDir) -> Result<Vec<Step>, LoaderError> {
+    let requested = plan
+        .interfaces
+        .iter()
+        .map(|iface| interface_index(iface).map(|index| (iface.clone(), index)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !pin_dir.found_pins() {
+        return plan_steps(pin_dir.path(), &requested, plan.xdp, &[]);
+    }
+    let inventory = take_inventory(pin_dir.path())?;
+    for defunct in &inventory.defunct_links {
+        log::warn!(
+            "removing {}: its interface is gone, so it holds nothing any more",
+            defunct.display()
+        );
+        std::fs::remove_file(defunct).map_err(LoaderError::io("removing", defunct))?;
+    }
+    if inventory.ifaces.is_empty() {
+        log::info!(
+            "removing the pins under {}: nothing they held is attached any more",
+            pin_dir.path().display()
+        );
+        pin_dir.clear()?;
+        return plan_steps(pin_dir.path(), &requested, plan.xdp, &[]);
+    }
+    check_pinned_layout(
+        pin_dir.path(),
+        inventory.layout_hash,
+        &inventory.maps,
+        &plan.sizes,
+    )?;
+    plan_steps(pin_dir.path(), &requested, plan.xdp, &inventory.ifaces)
+}
+
+/// Attaches or adopts every interface of the plan, printing each and recording it in the
+/// pinned state. On an error, what this run attached goes again (when `firewall` is dropped);
+/// adopted interfaces stay attached.
+fn attach_all(
+    firewall: &mut Firewall,
+    plan: &RunPlan,
+    steps: &[Step],
+    state: &mut PinnedState,
+) -> Result<(), LoaderError> {
+    for step in steps {
+        match step {
+            Step::Attach { iface } => {
+                let attached = firewall.attach(iface, plan.xdp)?;
+                println!("attached to {iface} ({attached})");
+                if attached.stale_filters_removed {
+                    log::warn!(
+                        "removed an mptcp_tc_egress tc filter from {iface}, left by an older mptcp-loader"
+                    );
+                }
+                let index = interface_index(iface)?;
+                state.put_iface(&IfaceRecord::new(iface, index, attached.xdp, unix_now_ns()))?;
+            }
+            Step::Adopt { iface, links, mode } => {
+                let adopted = firewall.adopt(iface, links, *mode, ProgramSwap::IfDifferent)?;
+                println!(
+                    "attached to {iface} without a gap, through the links pinned by an earlier run ({adopted})"
+                );
+                let since = state
+                    .iface(links.ifindex)?
+                    .map_or_else(unix_now_ns, |r| r.attached_unix_ns);
+                state.put_iface(&IfaceRecord::new(iface, links.ifindex, adopted.xdp, since))?;
             }
         }
-        Err(e) => eprintln!("error: {e}"),
+    }
+    Ok(())
+}
+
+/// After SIGINT/SIGTERM: detach and remove the pins, or with `--keep-attached` leave both; then
+/// print the summaries.
+fn finish(
+    plan: RunPlan,
+    mut firewall: Firewall,
+    keeper: MapKeeper,
+    mut state: PinnedState,
+    mut pin_dir: PinDir,
+) -> Result<(), LoaderError> {
+    let counters = firewall.counters();
+    let detached = if plan.keep_attached {
+        let kept = firewall.release_all();
+        for iface in &kept {
+            println!(
+                "left {} attached (XDP ingress, TCX egress) through the links pinned under {}",
+                iface.iface,
+                pin_dir.path().display()
+            );
+        }
+        Ok(Vec::new())
+    } else {
+        let detached = firewall.detach_all();
+        if let Ok(ifaces) = &detached {
+            for iface in ifaces {
+                println!("{}", detached_line(iface));
+                let _ = state.remove_iface(iface.ifindex);
+            }
+        }
+        detached
+    };
+    drop(firewall);
+    if let Err(e) = &detached {
+        eprintln!("error: {e}");
     }
     match counters {
         Ok(counters) => println!("{}", format_summary_line(&counters)),
@@ -222,58 +406,34 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         println!("{}", summary.line());
     }
     drop(keeper);
+    drop(state);
     let pins = pin_dir.path().to_path_buf();
+    if plan.keep_attached {
+        pin_dir.keep();
+        drop(pin_dir);
+        println!(
+            "kept the pins under {}: the next `mptcp-loader run` adopts them without a gap, `mptcp-loader detach` removes them",
+            pins.display()
+        );
+        return Ok(());
+    }
+    if detached.is_err() {
+        // Something is still attached through its pin: keep the state that explains it.
+        pin_dir.keep();
+        return detached.map(drop);
+    }
     pin_dir.remove()?;
     println!("removed the pins under {}", pins.display());
-    detached.map(drop)
-}
-
-/// Attaches XDP ingress and tc egress to every interface of the plan, printing each. If one
-/// fails, whatever was attached already is detached again before the error is returned.
-fn attach_everywhere(firewall: &mut Firewall, plan: &RunPlan) -> Result<(), LoaderError> {
-    for iface in &plan.interfaces {
-        match firewall.attach(iface, plan.xdp) {
-            Ok(attached) => {
-                println!("attached to {iface} ({attached})");
-                if attached.stale_filters_removed {
-                    log::warn!(
-                        "removed a stale tc egress filter from {iface}, left by a run that ended without cleaning up"
-                    );
-                }
-                if attached.clsact_added {
-                    log::info!(
-                        "added a clsact qdisc to {iface}; it is removed again on exit unless another filter uses it by then"
-                    );
-                }
-            }
-            Err(e) => {
-                match firewall.detach_all() {
-                    Ok(undone) if !undone.is_empty() => {
-                        let names: Vec<&str> = undone.iter().map(|d| d.iface.as_str()).collect();
-                        log::info!(
-                            "detached again from {} after the failure on {iface}",
-                            names.join(", ")
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(undo) => {
-                        log::warn!("undoing the attachments after the failure on {iface}: {undo}");
-                    }
-                }
-                return Err(e);
-            }
-        }
-    }
     Ok(())
 }
 
-fn print_banner(plan: &RunPlan, pin_dir: &PinDir) {
+fn print_banner(plan: &RunPlan, pin_dir: &PinDir, events: &Path) {
     let mode = match plan.mode {
         FilterMode::Enforce => "enforce",
         FilterMode::Monitor => "monitor",
     };
     println!(
-        "validating MPTCP signalling (ADD_ADDR, MP_JOIN, MP_FASTCLOSE) in {mode} mode; maps pinned under {}; stop with Ctrl-C",
+        "validating MPTCP signalling (ADD_ADDR, MP_JOIN, MP_FASTCLOSE) in {mode} mode; maps and links pinned under {}; stop with Ctrl-C",
         pin_dir.path().display()
     );
     let idle = match sweep_interval(plan.idle_timeout_s) {
@@ -285,6 +445,17 @@ fn print_banner(plan: &RunPlan, pin_dir: &PinDir) {
         None => "idle connections are kept until the maps evict them (--idle-timeout 0)".to_owned(),
     };
     println!("map sizes: {}; {idle}", plan.sizes);
+    let pcap = plan
+        .pcap
+        .as_ref()
+        .map(|p| format!(", dropped segments to {}", p.display()))
+        .unwrap_or_default();
+    let exit = if plan.keep_attached {
+        "on exit the programs stay attached (--keep-attached)"
+    } else {
+        "on exit the programs are detached"
+    };
+    println!("drop events to {}{pcap}; {exit}", events.display());
 }
 
 /// `policy: mode enforce; ...` and where it can be reloaded from, then the metrics address.
@@ -309,17 +480,9 @@ async fn next_tick(timer: &mut Option<Interval>) {
     }
 }
 
-/// `detached from veth0 (XDP ingress, tc egress; removed the clsact qdisc it had added)`.
+/// `detached from veth0 (XDP ingress, TCX egress)`.
 fn detached_line(detached: &DetachedInterface) -> String {
-    let qdisc = match detached.clsact {
-        ClsactOutcome::NotOurs => "",
-        ClsactOutcome::Removed => "; removed the clsact qdisc it had added",
-        ClsactOutcome::Kept => "; left the clsact qdisc it had added in place, see above",
-    };
-    format!(
-        "detached from {} (XDP ingress, tc egress{qdisc})",
-        detached.iface
-    )
+    format!("detached from {} (XDP ingress, TCX egress)", detached.iface)
 }
 
 /// `loader counters: loader_sweeps=4 loader_conns_expired=1 (others 0)`.
@@ -337,8 +500,8 @@ fn loader_summary_line(counters: &LoaderCounters) -> String {
     line
 }
 
-/// The loop's map work: installs what key events announce, sweeps idle connections, and
-/// publishes the install latency and its own counters for `stats`.
+/// The loop's map work: installs what key events announce, records drop events, sweeps idle
+/// connections, and publishes the install latency and its own counters for `stats`.
 struct MapKeeper {
     maps: KernelMaps,
     latency: LatencyStats,
@@ -346,9 +509,62 @@ struct MapKeeper {
     counters: LoaderCounters,
     counters_pin: Array<MapData, u64>,
     interface_names: HashMap<u32, String>,
+    drops: DropEventSink,
 }
 
 impl MapKeeper {
+    /// Takes the maps it works on out of `firewall`; reopens the loader's own pins (counters
+    /// continue from an adopted run's values).
+    fn new(firewall: &mut Firewall, pin_dir: &PinDir, plan: &RunPlan) -> Result<Self, LoaderError> {
+        let (counters_pin, reused) =
+            open_or_create_pinned_array(pin_dir, PIN_LOADER_COUNTERS, LOADER_COUNTER_COUNT)?;
+        let counters = if reused {
+            let values: Vec<u64> = read_loader_counters(&counters_pin)
+                .map_err(LoaderError::map(PIN_LOADER_COUNTERS))?
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            LoaderCounters::continuing(&values)
+        } else {
+            LoaderCounters::default()
+        };
+        Ok(Self {
+            maps: firewall.take_maps()?,
+            latency: LatencyStats::default(),
+            latency_pin: open_or_create_pinned_array(pin_dir, PIN_INSTALL_LATENCY, 1)?.0,
+            counters,
+            counters_pin,
+            interface_names: HashMap::new(),
+            drops: DropEventSink::open(
+                &plan.state_dir,
+                plan.events_max_bytes,
+                plan.pcap.as_deref(),
+            )?,
+        })
+    }
+
+    /// Records every queued drop event.
+    fn drain_drops(&mut self, ring: &mut RingBuf<MapData>) {
+        let clock = ClockOffset::now();
+        let now_ns = monotonic_now_ns();
+        let mut any = false;
+        while let Some(record) = ring.next() {
+            let event = parse_drop_event(&record);
+            drop(record);
+            match event {
+                Some(event) => {
+                    self.drops.record(&event, clock, now_ns, &mut self.counters);
+                    any = true;
+                }
+                None => log::warn!("ignoring a drop event of unexpected size"),
+            }
+        }
+        if any {
+            self.drops.flush(&mut self.counters);
+            self.publish_counters();
+        }
+    }
+
     /// Handles every queued event.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(record) = ring.next() {
@@ -551,18 +767,17 @@ mod tests {
         let p = plan(&["veth0"], None).unwrap();
         assert_eq!(p.sizes, MapSizes::default());
         assert_eq!(p.idle_timeout_s, 7200);
+        assert!(!p.keep_attached && p.pcap.is_none());
+        assert_eq!(p.state_dir, PathBuf::from("/run/mptcp-fw/netns-7"));
     }
 
     #[test]
     fn exit_lines() {
         let line = detached_line(&DetachedInterface {
             iface: "veth0".into(),
-            clsact: ClsactOutcome::Removed,
+            ifindex: 3,
         });
-        assert_eq!(
-            line,
-            "detached from veth0 (XDP ingress, tc egress; removed the clsact qdisc it had added)"
-        );
+        assert_eq!(line, "detached from veth0 (XDP ingress, TCX egress)");
         let mut counters = LoaderCounters::default();
         assert_eq!(loader_summary_line(&counters), "loader counters: all 0");
         counters.add(LoaderCounter::ConnsExpired, 2);

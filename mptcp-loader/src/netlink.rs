@@ -1,0 +1,402 @@
+//! The little rtnetlink aya does not offer: which XDP program an interface runs and in which
+//! mode (`IFLA_XDP`), for `status` and for telling who holds an interface; and removing the
+//! `mptcp_tc_egress` netlink (`cls_bpf`) filters that loader versions before the TCX links
+//! attached, which outlive the process that added them.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use aya::programs::{tc::qdisc_detach_program, TcAttachType, TcError};
+use mptcp_common::maps::PROG_TC_EGRESS;
+
+use crate::errors::LoaderError;
+
+/// `struct nlmsghdr` size.
+const NLMSG_HDR_LEN: usize = 16;
+/// `struct ifinfomsg` size.
+const IFINFOMSG_LEN: usize = 16;
+/// `IFLA_XDP` (nested) and the attributes inside it.
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_XDP_PROG_ID: u16 = 4;
+/// Attribute type bits that are flags, not part of the type (`NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`).
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// How an XDP program is attached (`XDP_ATTACHED_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// In the driver.
+    Native,
+    /// Generic (skb) XDP.
+    Skb,
+    /// Offloaded to the NIC.
+    Hardware,
+    /// Several programs in several modes.
+    Multi,
+}
+
+impl XdpAttachMode {
+    fn from_attached(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Native),
+            2 => Some(Self::Skb),
+            3 => Some(Self::Hardware),
+            4 => Some(Self::Multi),
+            _ => None,
+        }
+    }
+
+    /// `native`, `skb`, `hw`, `multi`.
+    #[must_use]
+    pub const fn short(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+            Self::Hardware => "hw",
+            Self::Multi => "multi",
+        }
+    }
+}
+
+/// The XDP program an interface runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpAttached {
+    /// Its program id.
+    pub prog_id: u32,
+    /// Its mode.
+    pub mode: XdpAttachMode,
+}
+
+/// The XDP program attached to interface `ifindex` of this network namespace, if any.
+///
+/// # Errors
+/// When netlink fails (e.g. no such interface: `ENODEV`).
+pub fn xdp_attached(ifindex: u32) -> io::Result<Option<XdpAttached>> {
+    let socket = RtNetlink::open()?;
+    let mut body = vec![0u8; IFINFOMSG_LEN];
+    body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    let seq = 3;
+    let request = encode(
+        libc::RTM_GETLINK,
+        request_flags(libc::NLM_F_REQUEST | libc::NLM_F_ACK),
+        seq,
+        &body,
+    );
+    let replies = socket.transact(&request, seq)?;
+    Ok(replies
+        .iter()
+        .find_map(|payload| xdp_of_link(payload, ifindex)))
+}
+
+/// The `IFLA_XDP` of an `RTM_NEWLINK` payload (`ifinfomsg` then attributes) for `ifindex`.
+fn xdp_of_link(payload: &[u8], ifindex: u32) -> Option<XdpAttached> {
+    if payload.len() < IFINFOMSG_LEN || u32_at(payload, 4) != ifindex {
+        return None;
+    }
+    let xdp = attributes(&payload[IFINFOMSG_LEN..])
+        .find(|(kind, _)| *kind == IFLA_XDP)?
+        .1;
+    let mut mode = None;
+    let mut prog_id = None;
+    for (kind, value) in attributes(xdp) {
+        match kind {
+            IFLA_XDP_ATTACHED => {
+                mode = value
+                    .first()
+                    .copied()
+                    .and_then(XdpAttachMode::from_attached)
+            }
+            IFLA_XDP_PROG_ID if value.len() >= 4 => prog_id = Some(u32_at(value, 0)),
+            _ => {}
+        }
+    }
+    Some(XdpAttached {
+        prog_id: prog_id?,
+        mode: mode?,
+    })
+}
+
+/// The (type, value) attributes of a netlink attribute stream; stops at a malformed one.
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let value = &buf[4..len];
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+        Some((kind, value))
+    })
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Removes `mptcp_tc_egress` netlink filters from `iface`'s egress: leftovers of a loader version
+/// that attached the egress program as a `cls_bpf` filter (they outlive the process). Returns
+/// whether there were any.
+///
+/// # Errors
+/// When listing or deleting filters fails.
+pub fn remove_stale_filters(iface: &str) -> Result<bool, LoaderError> {
+    match qdisc_detach_program(iface, TcAttachType::Egress, PROG_TC_EGRESS) {
+        Ok(()) => Ok(true),
+        Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        // No clsact qdisc at all: nothing can be attached to it.
+        Err(TcError::NetlinkError(e))
+            if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) =>
+        {
+            Ok(false)
+        }
+        Err(source) => Err(LoaderError::Clsact {
+            iface: iface.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "netlink flag bits"
+)]
+const fn request_flags(flags: libc::c_int) -> u16 {
+    flags as u16
+}
+
+/// One rtnetlink request: `nlmsghdr`, then `body`.
+fn encode(msg_type: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let total = u32::try_from(NLMSG_HDR_LEN + body.len()).expect("short message");
+    let mut message = Vec::with_capacity(total as usize);
+    message.extend_from_slice(&total.to_ne_bytes());
+    message.extend_from_slice(&msg_type.to_ne_bytes());
+    message.extend_from_slice(&flags.to_ne_bytes());
+    message.extend_from_slice(&seq.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    message.extend_from_slice(body);
+    message
+}
+
+/// A netlink message as received: type, sequence number, payload.
+#[derive(Debug, PartialEq, Eq)]
+struct Received<'a> {
+    msg_type: u16,
+    seq: u32,
+    payload: &'a [u8],
+}
+
+/// Splits a receive buffer into messages; stops at the first malformed header.
+fn split_messages(mut buf: &[u8]) -> Vec<Received<'_>> {
+    let mut out = Vec::new();
+    while buf.len() >= NLMSG_HDR_LEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        if len < NLMSG_HDR_LEN || len > buf.len() {
+            break;
+        }
+        out.push(Received {
+            msg_type: u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes")),
+            seq: u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes")),
+            payload: &buf[NLMSG_HDR_LEN..len],
+        });
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+    }
+    out
+}
+
+/// The (negative) error code at the start of an `NLMSG_ERROR` / `NLMSG_DONE` payload.
+fn error_code(payload: &[u8]) -> i32 {
+    payload
+        .get(0..4)
+        .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+}
+
+/// A NETLINK_ROUTE socket.
+struct RtNetlink {
+    fd: OwnedFd,
+}
+
+impl RtNetlink {
+    fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // The kernel answers at once; the timeout only guards against a reply that never comes.
+        let timeout = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: valid option pointer and length.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                u32::try_from(size_of::<libc::timeval>()).expect("small"),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// Sends `request` and reads until its ACK or the end of its dump; returns the payloads of
+    /// the data messages received (dump entries).
+    fn transact(&self, request: &[u8], seq: u32) -> io::Result<Vec<Vec<u8>>> {
+        // SAFETY: request is a valid buffer of the given length.
+        let sent = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut entries = Vec::new();
+        loop {
+            // SAFETY: buf is a valid, writable buffer of the given length.
+            let got =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
+            for message in split_messages(&buf[..got]) {
+                if message.seq != seq {
+                    continue;
+                }
+                match i32::from(message.msg_type) {
+                    libc::NLMSG_ERROR | libc::NLMSG_DONE => {
+                        let code = error_code(message.payload);
+                        return if code < 0 {
+                            Err(io::Error::from_raw_os_error(-code))
+                        } else {
+                            Ok(entries)
+                        };
+                    }
+                    _ => entries.push(message.payload.to_vec()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&u16::try_from(4 + value.len()).unwrap().to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(value);
+        a.resize(a.len().next_multiple_of(4), 0);
+        a
+    }
+
+    fn newlink(ifindex: u32, xdp: Option<(u8, u32)>) -> Vec<u8> {
+        let mut p = vec![0u8; IFINFOMSG_LEN];
+        p[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        p.extend(attribute(3, b"veth0\0")); // IFLA_IFNAME first
+        if let Some((attached, prog_id)) = xdp {
+            let mut nested = attribute(IFLA_XDP_ATTACHED, &[attached]);
+            nested.extend(attribute(IFLA_XDP_PROG_ID, &prog_id.to_ne_bytes()));
+            p.extend(attribute(IFLA_XDP | 0x8000, &nested)); // NLA_F_NESTED set
+        }
+        p
+    }
+
+    #[test]
+    fn getlink_request_asks_for_one_interface() {
+        let mut body = vec![0u8; IFINFOMSG_LEN];
+        body[4..8].copy_from_slice(&7u32.to_ne_bytes());
+        let request = encode(
+            libc::RTM_GETLINK,
+            request_flags(libc::NLM_F_REQUEST | libc::NLM_F_ACK),
+            3,
+            &body,
+        );
+        assert_eq!(request.len(), 32);
+        assert_eq!(u32::from_ne_bytes(request[0..4].try_into().unwrap()), 32);
+        assert_eq!(u16::from_ne_bytes(request[4..6].try_into().unwrap()), 18);
+        assert_eq!(u16::from_ne_bytes(request[6..8].try_into().unwrap()), 1 | 4);
+        assert_eq!(u32::from_ne_bytes(request[20..24].try_into().unwrap()), 7);
+    }
+
+    #[test]
+    fn xdp_program_and_mode_are_read_from_a_link_message() {
+        assert_eq!(
+            xdp_of_link(&newlink(7, Some((1, 42))), 7),
+            Some(XdpAttached {
+                prog_id: 42,
+                mode: XdpAttachMode::Native
+            })
+        );
+        assert_eq!(
+            xdp_of_link(&newlink(7, Some((2, 43))), 7).map(|x| x.mode),
+            Some(XdpAttachMode::Skb)
+        );
+        assert_eq!(
+            xdp_of_link(&newlink(7, Some((2, 43))), 8),
+            None,
+            "other interface"
+        );
+        assert_eq!(xdp_of_link(&newlink(7, None), 7), None, "no XDP");
+        assert_eq!(
+            xdp_of_link(&newlink(7, Some((0, 0))), 7),
+            None,
+            "XDP_ATTACHED_NONE"
+        );
+        assert_eq!(XdpAttachMode::Skb.short(), "skb");
+    }
+
+    #[test]
+    fn replies_are_split_and_errors_read() {
+        let mut buf = Vec::new();
+        for (msg_type, seq, payload) in [
+            (44u16, 9u32, &[1u8, 2, 3][..]),
+            (2, 9, &(-17i32).to_ne_bytes()[..]),
+        ] {
+            let len = u32::try_from(NLMSG_HDR_LEN + payload.len()).unwrap();
+            buf.extend_from_slice(&len.to_ne_bytes());
+            buf.extend_from_slice(&msg_type.to_ne_bytes());
+            buf.extend_from_slice(&0u16.to_ne_bytes());
+            buf.extend_from_slice(&seq.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(payload);
+            buf.resize(buf.len().next_multiple_of(4), 0);
+        }
+        buf.extend_from_slice(&[0xff; 5]); // a truncated header is ignored
+        let messages = split_messages(&buf);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(
+            messages[0],
+            Received {
+                msg_type: 44,
+                seq: 9,
+                payload: &[1, 2, 3]
+            }
+        );
+        assert_eq!(error_code(messages[1].payload), -libc::EEXIST);
+        assert_eq!(error_code(&[]), 0);
+    }
+}

@@ -1,0 +1,170 @@
+//! Drop events end to end: blind MP_JOIN SYNs (tokens no connection has) sent from a client
+//! namespace to a server namespace whose interface `run --mode enforce --pcap FILE` protects
+//! (198.18.96.0/24). Each drop becomes one JSON line in the events file, which `events --follow`
+//! prints as it grows, and one frame in the pcap file, which tshark decodes as an MP_JOIN with
+//! the forged token.
+//!
+//! Needs root, `ip`, `nsenter`, `python3`, `tshark` and the built eBPF object; skipped
+//! otherwise. The namespaces are deleted whatever happens.
+
+mod netlab;
+
+use std::{process::Command, time::Duration};
+
+use netlab::{can_run, eventually, start_run, veth, Netns, Proc, BIN};
+
+const CLIENT: &str = "198.18.96.1";
+const SERVER: &str = "198.18.96.2";
+
+/// Sends `count` TCP SYNs carrying an MP_JOIN option with `token` (raw socket: the kernel adds
+/// the IP header; the TCP checksum is computed here).
+const JOIN_SYN_PY: &str = r#"
+import os, socket, struct, sys
+src, dst, token, count = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), int(sys.argv[4])
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+for i in range(count):
+    option = bytes([30, 12, 0x10, 2]) + token + os.urandom(4)
+    tcp = struct.pack("!HHIIBBHHH", 40000 + i, 10000, 1000 + i, 0, (20 + 12) // 4 << 4, 0x02, 65535, 0, 0) + option
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+    s.sendto(tcp, (dst, 0))
+print("SENT", count, flush=True)
+"#;
+
+#[test]
+fn drops_are_recorded_as_json_lines_and_pcap_frames() {
+    if !can_run(
+        "drops_are_recorded_as_json_lines_and_pcap_frames",
+        &["python3", "tshark"],
+    ) {
+        return;
+    }
+    let client_ns = Netns::new("ec");
+    let server_ns = Netns::new("es");
+    veth(&client_ns, "c0", CLIENT, &server_ns, "s0", SERVER);
+    let scratch = std::env::temp_dir().join(format!("mptcp-loader-drops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let pcap = scratch.join("drops.pcap");
+    let state_dir = scratch.join("state");
+
+    let pcap_arg = pcap.display().to_string();
+    let state_arg = state_dir.display().to_string();
+    let mut run = start_run(
+        &server_ns,
+        &[
+            "--iface",
+            "s0",
+            "--mode",
+            "enforce",
+            "--pcap",
+            &pcap_arg,
+            "--state-dir",
+            &state_arg,
+        ],
+    );
+    // `events --follow` started before the drops prints them as they come.
+    let mut follow = Proc::spawn("events --follow", {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["events", "--follow", "--state-dir", &state_arg]);
+        cmd
+    });
+
+    let token = "deadbeef";
+    let out = client_ns
+        .exec("python3")
+        .args(["-c", JOIN_SYN_PY, CLIENT, SERVER, token, "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("3 dropped join SYNs", Duration::from_secs(5), || {
+        server_ns.counter("join_syn_unknown_token_dropped") == 3
+    });
+
+    let mut followed = Vec::new();
+    for _ in 0..3 {
+        let line = follow.wait_for("a JSON line", Duration::from_secs(10), |l| {
+            l.starts_with('{')
+        });
+        followed.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    for (i, event) in followed.iter().enumerate() {
+        assert_eq!(event["reason"], "join_syn_unknown_token_dropped", "{event}");
+        assert_eq!(event["dropped"], true);
+        assert_eq!(event["token"], token);
+        assert_eq!(event["iface"], "s0");
+        assert_eq!(
+            (event["src"].as_str(), event["dst"].as_str()),
+            (Some(CLIENT), Some(SERVER))
+        );
+        assert_eq!(event["sport"], 40000 + i);
+        assert_eq!(event["dport"], 10000);
+        assert!(event["announced_addr"].is_null());
+        let time = event["time"].as_str().unwrap();
+        assert!(
+            time.len() == 27 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{time}"
+        );
+    }
+    // Not a root-only file: the plain `events` prints the same lines.
+    let printed = Command::new(BIN)
+        .args(["events", "--state-dir", &state_arg])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&printed.stdout).lines().count(), 3);
+
+    run.signal(libc::SIGINT);
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        run.log()
+    );
+    drop(follow);
+
+    // tshark reads the pcap back and decodes the MP_JOIN option with the forged token.
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            &pcap_arg,
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "tcp.options.mptcp.subtype",
+            "-e",
+            "tcp.options.mptcp.recvtok",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(frames.len(), 3, "{text}");
+    for fields in &frames {
+        assert_eq!(fields[0], CLIENT, "{text}");
+        assert_eq!(fields[1], "1", "MP_JOIN subtype: {text}");
+        let recvtok = fields[2].trim_start_matches("0x");
+        assert!(
+            recvtok == token || recvtok == u32::from_str_radix(token, 16).unwrap().to_string(),
+            "{text}"
+        );
+    }
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

@@ -385,6 +385,99 @@ fn a_real_run_is_scraped_and_reloads_its_policy_on_sighup() {
     assert!(!lab.xdp_attached());
 }
 
+/// Starts `run --iface VETH_A ARGS` in the lab's namespace A, logging to `NAME.stdout/stderr`.
+fn start(lab: &Lab, name: &str, args: &[&str]) -> Run {
+    let (stdout, stderr) = (
+        lab.dir.join(format!("{name}.stdout")),
+        lab.dir.join(format!("{name}.stderr")),
+    );
+    let mut all = vec!["run", "--iface", VETH_A];
+    all.extend_from_slice(args);
+    let child = lab
+        .loader(&all)
+        .stdout(File::create(&stdout).unwrap())
+        .stderr(File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Run {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+/// An upgrade: the first run exits with `--keep-attached`, the next one adopts its pinned maps
+/// and links, and brings the policy maps to its own policy (removing what it no longer names).
+#[test]
+fn a_restart_that_adopts_the_maps_applies_the_new_policy() {
+    if !can_run("a_restart_that_adopts_the_maps_applies_the_new_policy") {
+        return;
+    }
+    let lab = Lab::new("adopt");
+    let config = lab.dir.join("mptcp-fw.toml");
+    write(&config, POLICY);
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    let config_arg = config.to_str().unwrap();
+    let mut first = start(
+        &lab,
+        "first",
+        &[
+            "--config",
+            config_arg,
+            "--metrics",
+            &metrics,
+            "--keep-attached",
+        ],
+    );
+    let text = first.wait_for("the first run's metrics", || lab.scrape(METRICS_PORT).ok());
+    assert!(
+        text.contains("mptcp_fw_map_entries{map=\"MPTCP_ALLOW_V6\"} 1"),
+        "{text}"
+    );
+    first.signal(libc::SIGTERM);
+    assert!(wait_exit(&mut first.child).success(), "{}", first.logs());
+    assert!(
+        lab.xdp_attached(),
+        "--keep-attached leaves XDP attached\n{}",
+        first.logs()
+    );
+
+    write(
+        &config,
+        "mode = \"monitor\"\n[add_addr]\nprefixes = [\"198.18.0.0/15\"]\n",
+    );
+    let mut second = start(
+        &lab,
+        "second",
+        &["--config", config_arg, "--metrics", &metrics],
+    );
+    let text = second.wait_for("the second run's metrics", || lab.scrape(METRICS_PORT).ok());
+    for line in [
+        "mptcp_fw_policy_enforce 0",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOW_V4\"} 1",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOW_V6\"} 0",
+        "mptcp_fw_map_entries{map=\"MPTCP_ALLOWPORT\"} 0",
+        "mptcp_fw_map_entries{map=\"MPTCP_IFMODES\"} 0",
+        "mptcp_fw_policy_add_addr_ports_restricted 0",
+        "mptcp_fw_policy_join_syn_rate 0",
+    ] {
+        assert!(
+            text.contains(line),
+            "{line:?} missing after the restart:\n{text}"
+        );
+    }
+    assert!(
+        fs::read_to_string(&second.stdout)
+            .unwrap()
+            .contains("without a gap"),
+        "{}",
+        second.logs()
+    );
+    second.signal(libc::SIGTERM);
+    assert!(wait_exit(&mut second.child).success(), "{}", second.logs());
+    assert!(!lab.xdp_attached());
+}
+
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

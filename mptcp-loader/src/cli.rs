@@ -35,6 +35,10 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only add noise"
+)]
 pub enum Command {
     /// Load the programs, attach XDP (ingress) and tc (egress), and keep the maps (install
     /// connection keys, forget idle connections) until Ctrl-C / SIGTERM.

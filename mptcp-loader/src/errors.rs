@@ -522,6 +522,56 @@ mod tests {
                 entries: Some(33_554_432),
                 io_error: io::Error::from_raw_os_error(libc::ENOMEM),
             },
+            LoaderError::InterfaceProtected {
+                iface: "veth0".into(),
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+                owner: "mptcp-loader run pid 42".into(),
+            },
+            LoaderError::XdpAlreadyAttached {
+                iface: "veth0".into(),
+            },
+            LoaderError::NoXdpLinks {
+                iface: "veth0".into(),
+            },
+            LoaderError::IncompatiblePins {
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+                detail: "no layout record".into(),
+            },
+            LoaderError::PinnedSizesDiffer {
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+                map: "MPTCP_CONNS",
+                pinned: 1024,
+                asked: 65536,
+            },
+            LoaderError::PinnedInterfaceNotRequested {
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+                iface: "veth0".into(),
+            },
+            LoaderError::XdpModeDiffers {
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+                iface: "veth0".into(),
+                pinned: "native",
+                asked: "skb",
+            },
+            LoaderError::DetachWhileRunning {
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+                pid: 42,
+            },
+            LoaderError::NotAttachedHere {
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+                iface: "veth1".into(),
+                attached: "veth0".into(),
+            },
+            LoaderError::NothingToDetach {
+                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+            },
+            LoaderError::NoEvents {
+                state_dir: "/run/mptcp-fw/netns-1".into(),
+            },
+            LoaderError::LinkUpdate {
+                path: "/sys/fs/bpf/mptcp-fw/netns-1/link_xdp_3".into(),
+                source: ProgramError::NotLoaded,
+            },
         ];
         for e in errors {
             let msg = e.to_string();
@@ -553,6 +603,43 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("lower --max-conns / --max-joins"), "{msg}");
+    }
+
+    #[test]
+    fn restart_errors_name_the_pins_and_the_fix() {
+        let msg = LoaderError::InterfaceProtected {
+            iface: "veth0".into(),
+            pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+            owner: "no loader process: programs attached by pinned links".into(),
+        }
+        .to_string();
+        assert_eq!(
+            msg,
+            "veth0 is already protected by the mptcp-loader firewall pinned under \
+             /sys/fs/bpf/mptcp-fw/netns-1 (no loader process: programs attached by pinned links): \
+             stop that run, or run this one with `--pin-dir /sys/fs/bpf/mptcp-fw/netns-1` to take \
+             it over, or remove it with `mptcp-loader detach --iface veth0 --pin-dir \
+             /sys/fs/bpf/mptcp-fw/netns-1`"
+        );
+        let msg = LoaderError::DetachWhileRunning {
+            pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+            pid: 42,
+        }
+        .to_string();
+        assert!(
+            msg.starts_with("mptcp-loader run pid 42 owns /sys/fs/bpf/mptcp-fw/netns-1: stop it"),
+            "{msg}"
+        );
+        let msg = LoaderError::IncompatiblePins {
+            pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
+            detail: "no layout record".into(),
+        }
+        .to_string();
+        assert_eq!(
+            msg,
+            "pinned maps under /sys/fs/bpf/mptcp-fw/netns-1 have another layout (built by another \
+             version: no layout record): run `mptcp-loader detach` first"
+        );
     }
 
     #[test]

@@ -709,6 +709,41 @@ mod tests {
     }
 
     #[test]
+    fn the_sink_writes_json_lines_and_pcap_frames_and_counts() {
+        let dir = std::env::temp_dir().join(format!("mptcp-loader-sink-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let pcap = dir.join("drops.pcap");
+        fs::create_dir_all(&dir).unwrap();
+        let mut sink = DropEventSink::open(&dir, 1 << 20, Some(&pcap)).unwrap();
+        let mut counters = LoaderCounters::default();
+        let clock = ClockOffset::between(0, 1_764_183_900_000_000_000);
+        // 25 events at once: the first LOG_LINES_BURST are logged, the rest only counted.
+        for _ in 0..25 {
+            sink.record(&event(), clock, 1_000, &mut counters);
+        }
+        sink.flush(&mut counters);
+        assert_eq!(counters.get(LoaderCounter::DropEvents), 25);
+        assert_eq!(
+            counters.get(LoaderCounter::DropEventLinesSuppressed),
+            25 - u64::from(LOG_LINES_BURST)
+        );
+        assert_eq!(counters.get(LoaderCounter::DropEventWriteErrors), 0);
+        let lines = read_lines(sink.events_path()).unwrap();
+        assert_eq!(lines.len(), 25);
+        let first: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(first["time"], "2025-11-26T19:05:00.000000Z");
+        let bytes = fs::read(&pcap).unwrap();
+        // Global header, then 25 records of a 16-byte header and the 82-byte snapshot.
+        assert_eq!(bytes.len(), 24 + 25 * (16 + 82));
+        assert_eq!(&bytes[24 + 16..24 + 16 + 82], &[0xab; 82]);
+        assert_eq!(
+            suppressed_line(5),
+            "suppressed 5 drop event lines (at most 10 a second are logged; all are in events.jsonl)"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn follow_prints_appended_lines_across_a_rotation() {
         let dir = std::env::temp_dir().join(format!("mptcp-loader-follow-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);

@@ -119,3 +119,84 @@ fn stub_object_is_refused_and_leaves_nothing_behind() {
         "the pin directory is removed on failure"
     );
 }
+
+/// The expected line: `when_root` as root, the root check otherwise.
+fn assert_root_or(line: &str, when_root: &str) {
+    if is_root() {
+        assert_eq!(line, when_root);
+    } else {
+        assert!(
+            line.starts_with("error: mptcp-loader must run as root"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn detach_names_an_unknown_interface_before_anything_else() {
+    // Checked before privileges and pins, as for `run`.
+    let out = loader(&["detach", "--iface", "mptcp-nope0"]);
+    assert_eq!(
+        error_line(&out),
+        "error: network interface `mptcp-nope0` does not exist in this network namespace: check `ip link show`"
+    );
+}
+
+#[test]
+fn detach_without_pins_says_there_is_nothing_to_detach() {
+    let out = loader(&["detach", "--pin-dir", "/nonexistent/mptcp-fw/netns-0"]);
+    assert_root_or(
+        &error_line(&out),
+        "error: nothing to detach: no mptcp-loader pins under /nonexistent/mptcp-fw/netns-0 (see `mptcp-loader status`)",
+    );
+}
+
+#[test]
+fn status_and_conns_without_a_run_say_so() {
+    for command in [
+        &["status", "--pin-dir", "/nonexistent/mptcp-fw/netns-0"][..],
+        &[
+            "status",
+            "--json",
+            "--pin-dir",
+            "/nonexistent/mptcp-fw/netns-0",
+        ],
+        &["conns", "--pin-dir", "/nonexistent/mptcp-fw/netns-0"],
+        &[
+            "conns",
+            "--json",
+            "--show-keys",
+            "--pin-dir",
+            "/nonexistent/mptcp-fw/netns-0",
+        ],
+    ] {
+        let out = loader(command);
+        assert_root_or(
+            &error_line(&out),
+            "error: no mptcp-loader run is active in this network namespace (no pins under \
+             /nonexistent/mptcp-fw/netns-0); start `mptcp-loader run --iface IF`",
+        );
+        assert!(out.stdout.is_empty(), "{command:?}");
+    }
+}
+
+#[test]
+fn events_without_a_run_say_so() {
+    // A file is read: no root needed.
+    for command in [
+        &["events", "--state-dir", "/nonexistent/mptcp-fw-state"][..],
+        &[
+            "events",
+            "--follow",
+            "--state-dir",
+            "/nonexistent/mptcp-fw-state",
+        ],
+    ] {
+        assert_eq!(
+            error_line(&loader(command)),
+            "error: no drop events recorded under /nonexistent/mptcp-fw-state (no events.jsonl): \
+             `mptcp-loader run` records them there; pass --state-dir if it ran with another one",
+            "{command:?}"
+        );
+    }
+}

@@ -71,7 +71,7 @@ fn received(server: &Proc) -> u64 {
         .log()
         .lines()
         .filter_map(|l| l.strip_prefix("RECEIVED "))
-        .last()
+        .next_back()
         .map_or(0, |n| n.parse().unwrap())
 }
 
@@ -344,6 +344,28 @@ fn keep_attached_detach_and_the_refusals() {
         "refused runs change nothing"
     );
     assert!(!PathBuf::from(&other).exists());
+
+    // Pinned maps of other sizes, or of another layout, are refused rather than reused.
+    let line = ns.loader_error(&["run", "--iface", "v0", "--max-conns", "1024"]);
+    assert!(
+        line.contains("(MPTCP_CONNS holds 65536 entries, this run asks for 1024)"),
+        "{line}"
+    );
+    let layout = ns.pin_dir().join("layout");
+    std::fs::remove_file(&layout).unwrap();
+    let mut record = aya::maps::Array::<aya::maps::MapData, u64>::create(1, 0).unwrap();
+    record.set(0, 0x1234, 0).unwrap();
+    record.pin(&layout).unwrap();
+    let line = ns.loader_error(&["run", "--iface", "v0"]);
+    assert!(
+        line.starts_with(&format!(
+            "error: pinned maps under {} have another layout (built by another version: layout \
+             0x0000000000001234, this loader's is 0x",
+            ns.pin_dir().display()
+        )) && line.ends_with("run `mptcp-loader detach` first"),
+        "{line}"
+    );
+    assert_eq!(ns.xdp_prog_id("v0"), Some(prog), "refused runs change nothing");
 
     // detach: one interface, or all.
     let line = ns.loader_error(&["detach", "--iface", "v1"]);

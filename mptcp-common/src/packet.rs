@@ -221,15 +221,16 @@ pub struct OptRef {
 pub struct MptcpOptions {
     /// Number of kind-30 options seen.
     pub count: u8,
-    /// A valid key-carrying MP_CAPABLE (lengths 20/22/24 on a non-SYN, version 1, flags ok).
+    /// The last valid key-carrying MP_CAPABLE (lengths 20/22/24 on a non-SYN, version 1, flags
+    /// ok). The last of each kind, because that is the one Linux acts on.
     pub capable_keys: Option<OptRef>,
     /// E=0 ADD_ADDRs (lengths 16/18/28/30).
     pub add_addrs: [Option<OptRef>; MAX_ADD_ADDRS],
     /// ADD_ADDR echoes (E=1, lengths 8/10/20/22).
     pub echoes: u8,
-    /// The first MP_JOIN whose length fits the segment's SYN/ACK flags.
+    /// The last MP_JOIN whose length fits the segment's SYN/ACK flags.
     pub join: Option<OptRef>,
-    /// The first MP_FASTCLOSE.
+    /// The last MP_FASTCLOSE.
     pub fastclose: Option<OptRef>,
     /// A TCP option length was invalid, or an MPTCP option had a length/flag combination that
     /// Linux ignores.
@@ -351,11 +352,9 @@ fn walk_step<P: PacketView + ?Sized>(
         };
         let here = OptRef { off, len };
         match classify_mptcp(len, b2, b3, seg.flags) {
-            MptcpKind::CapableKeys => {
-                if out.capable_keys.is_none() {
-                    out.capable_keys = Some(here);
-                }
-            }
+            // Linux parses every MPTCP option into one set of fields, so of two options of the
+            // same kind the last one is what it acts on: judge that one too.
+            MptcpKind::CapableKeys => out.capable_keys = Some(here),
             MptcpKind::AddAddr => {
                 if out.add_addrs[0].is_none() {
                     out.add_addrs[0] = Some(here);
@@ -365,15 +364,9 @@ fn walk_step<P: PacketView + ?Sized>(
             }
             MptcpKind::AddAddrEcho => out.echoes = out.echoes.saturating_add(1),
             MptcpKind::JoinSyn | MptcpKind::JoinSynAck | MptcpKind::JoinAck => {
-                if out.join.is_none() {
-                    out.join = Some(here);
-                }
+                out.join = Some(here)
             }
-            MptcpKind::Fastclose => {
-                if out.fastclose.is_none() {
-                    out.fastclose = Some(here);
-                }
-            }
+            MptcpKind::Fastclose => out.fastclose = Some(here),
             MptcpKind::Other => {}
             MptcpKind::Malformed => out.malformed = true,
         }

@@ -222,3 +222,17 @@ fn linux_captures_validate() {
         .any(|k| k.0 == key_a && k.1 == [0xe1, 0xb7, 0x28, 0x21, 0x36, 0x96, 0x12, 0x35]));
     assert!(conns.len() >= 2, "{conns:?}");
 }
+
+#[test]
+fn of_two_joins_the_last_is_judged_as_linux_acts_on_it() {
+    let first = [30u8, 12, 0x10, 1, 1, 1, 1, 1, 9, 9, 9, 9];
+    let second = [30u8, 12, 0x10, 1, 2, 2, 2, 2, 9, 9, 9, 9];
+    let mut f = Frame::v4(&[&first[..], &second[..]].concat());
+    f.flags = TCP_SYN;
+    let bytes = f.bytes();
+    let (_, o) = parse(&bytes).unwrap();
+    match read_join(bytes.as_slice(), o.join.unwrap()).unwrap() {
+        Join::Syn { token, .. } => assert_eq!(token, [2, 2, 2, 2]),
+        other => panic!("{other:?}"),
+    }
+}

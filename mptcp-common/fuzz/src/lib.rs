@@ -183,9 +183,8 @@ fn reference_walk(opts: &[u8], base: usize, tcp_flags: u8) -> Reference {
             let b3 = if len >= 4 { opts[i + 3] } else { 0 };
             let f = &mut r.found;
             match classify_mptcp(len, b2, b3, tcp_flags) {
-                MptcpKind::CapableKeys => {
-                    f.capable_keys = f.capable_keys.or(Some(here));
-                }
+                // The last of each kind: the one Linux acts on.
+                MptcpKind::CapableKeys => f.capable_keys = Some(here),
                 MptcpKind::AddAddr => {
                     if let Some(slot) = f.add_addrs.iter_mut().find(|slot| slot.is_none()) {
                         *slot = Some(here);
@@ -194,9 +193,9 @@ fn reference_walk(opts: &[u8], base: usize, tcp_flags: u8) -> Reference {
                 }
                 MptcpKind::AddAddrEcho => f.echoes += 1,
                 MptcpKind::JoinSyn | MptcpKind::JoinSynAck | MptcpKind::JoinAck => {
-                    f.join = f.join.or(Some(here));
+                    f.join = Some(here);
                 }
-                MptcpKind::Fastclose => f.fastclose = f.fastclose.or(Some(here)),
+                MptcpKind::Fastclose => f.fastclose = Some(here),
                 MptcpKind::Other => {}
                 MptcpKind::Malformed => f.malformed = true,
             }

@@ -365,7 +365,11 @@ fn keep_attached_detach_and_the_refusals() {
         )) && line.ends_with("run `mptcp-loader detach` first"),
         "{line}"
     );
-    assert_eq!(ns.xdp_prog_id("v0"), Some(prog), "refused runs change nothing");
+    assert_eq!(
+        ns.xdp_prog_id("v0"),
+        Some(prog),
+        "refused runs change nothing"
+    );
 
     // detach: one interface, or all.
     let line = ns.loader_error(&["detach", "--iface", "v1"]);

@@ -9,6 +9,8 @@
 //! - [`validator::Validator`]: `mptcp-loader run` / `stats --json` / SIGINT in a namespace.
 //! - [`scenario::run`]: the genuine-traffic-then-forgery sequence used by the tests and the
 //!   `mptcp-demo` binary.
+//! - [`join_scenario::run`]: genuine MP_JOINs in both directions, then forged ones
+//!   ([`join_forger::JoinForger`]), with or without a validator on each host.
 //!
 //! Every namespace and child process is torn down on drop, on panic, and (for the demo) on
 //! SIGINT/SIGTERM ([`teardown`]).
@@ -18,6 +20,8 @@ pub mod capture;
 pub mod counters;
 pub mod error;
 pub mod forger;
+pub mod join_forger;
+pub mod join_scenario;
 pub mod lab;
 pub mod mptcp_frames;
 pub mod netns;

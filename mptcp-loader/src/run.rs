@@ -194,8 +194,6 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     }
     let mut state = PinnedState::open_or_create(&pin_dir)?;
     let previous_run = state.run()?;
-    let mut keeper = MapKeeper::new(&mut firewall, &pin_dir, &plan)?;
-    keeper.publish_counters();
     let metrics_task = match metrics_listener {
         Some(listener) => {
             let source = MetricsSource::new(
@@ -212,6 +210,10 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     let mut drop_ring = unsafe { register(firewall.take_drop_events()?) }?;
 
     attach_all(&mut firewall, &plan, &steps, &mut state)?;
+    // After attaching: a run refused above leaves no events file behind. Events queued
+    // meanwhile wait in the ring buffers.
+    let mut keeper = MapKeeper::new(&mut firewall, &pin_dir, &plan)?;
+    keeper.publish_counters();
     let now = unix_now_ns();
     let keep_since = adopting && previous_run.protected_since_unix_ns != 0;
     state.set_run(&RunState {

@@ -344,6 +344,10 @@ fn keep_attached_detach_and_the_refusals() {
         "refused runs change nothing"
     );
     assert!(!PathBuf::from(&other).exists());
+    assert!(
+        !PathBuf::from(format!("/run/mptcp-fw/test-other-{}", std::process::id())).exists(),
+        "a refused run leaves no state directory either"
+    );
 
     // Pinned maps of other sizes, or of another layout, are refused rather than reused.
     let line = ns.loader_error(&["run", "--iface", "v0", "--max-conns", "1024"]);

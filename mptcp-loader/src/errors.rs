@@ -134,6 +134,19 @@ pub enum LoaderError {
         owner: String,
     },
 
+    /// Another firewall holds the interface, but its pins were not found.
+    #[error(
+        "{iface} is already protected by another mptcp-loader firewall (XDP program {prog_id}), \
+         pinned outside /sys/fs/bpf/mptcp-fw: stop its run, or remove it with `mptcp-loader \
+         detach --iface {iface} --pin-dir DIR` giving its pin directory"
+    )]
+    InterfaceProtectedElsewhere {
+        /// Interface name.
+        iface: String,
+        /// The program the interface runs.
+        prog_id: u32,
+    },
+
     /// The kernel attached XDP without a bpf_link (Linux < 5.9): it could not be pinned.
     #[error(
         "the kernel attached XDP to {iface} without a bpf_link, which cannot be pinned: \
@@ -532,6 +545,10 @@ mod tests {
             },
             LoaderError::NoXdpLinks {
                 iface: "veth0".into(),
+            },
+            LoaderError::InterfaceProtectedElsewhere {
+                iface: "veth0".into(),
+                prog_id: 7,
             },
             LoaderError::IncompatiblePins {
                 pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),

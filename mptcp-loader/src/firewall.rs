@@ -933,10 +933,25 @@ fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderEr
                 |pid| format!("mptcp-loader run pid {pid}"),
             ),
         },
+        // Ours, but pinned somewhere we did not look (a run with an unusual --pin-dir).
+        None if attached.is_some_and(|a| runs_our_xdp_program(a.prog_id)) => {
+            LoaderError::InterfaceProtectedElsewhere {
+                iface: iface.to_owned(),
+                prog_id: attached.map_or(0, |a| a.prog_id),
+            }
+        }
         None => LoaderError::XdpAlreadyAttached {
             iface: iface.to_owned(),
         },
     }
+}
+
+/// Whether program `prog_id` is an `mptcp_xdp_ingress` (the kernel keeps 15 bytes of a name).
+fn runs_our_xdp_program(prog_id: u32) -> bool {
+    let ours = &PROG_XDP_INGRESS[..PROG_XDP_INGRESS.len().min(15)];
+    aya::programs::loaded_programs()
+        .flatten()
+        .any(|p| p.id() == prog_id && p.name_as_str() == Some(ours))
 }
 
 /// The OS error behind a failed attach (link create or netlink), if there is one.

@@ -400,3 +400,49 @@ fn keep_attached_detach_and_the_refusals() {
         );
     }
 }
+
+#[test]
+fn a_firewall_pinned_elsewhere_is_still_recognised() {
+    if !can_run("a_firewall_pinned_elsewhere_is_still_recognised", &[]) {
+        return;
+    }
+    let ns = Netns::new("pe");
+    let peer = Netns::new("pp");
+    veth(&ns, "e0", "198.18.98.1", &peer, "e1", "198.18.98.2");
+    let parent = PathBuf::from(format!("/sys/fs/bpf/mfw-elsewhere-{}", std::process::id()));
+    let dir = parent.join("fw").display().to_string();
+    let state = std::env::temp_dir().join(format!("mfw-elsewhere-{}", std::process::id()));
+    let state_arg = state.display().to_string();
+    let mut run = start_run(
+        &ns,
+        &[
+            "--iface",
+            "e0",
+            "--pin-dir",
+            &dir,
+            "--state-dir",
+            &state_arg,
+        ],
+    );
+    let prog = ns.xdp_prog_id("e0").expect("attached");
+    // The default pin directory's run does not find those pins, but knows the program.
+    let line = ns.loader_error(&["run", "--iface", "e0"]);
+    assert_eq!(
+        line,
+        format!(
+            "error: e0 is already protected by another mptcp-loader firewall (XDP program \
+             {prog}), pinned outside /sys/fs/bpf/mptcp-fw: stop its run, or remove it with \
+             `mptcp-loader detach --iface e0 --pin-dir DIR` giving its pin directory"
+        )
+    );
+    run.signal(libc::SIGINT);
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        run.log()
+    );
+    let _ = std::fs::remove_dir_all(&parent);
+    let _ = std::fs::remove_dir_all(&state);
+    assert_eq!(ns.xdp_prog_id("e0"), None);
+}

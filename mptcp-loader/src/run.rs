@@ -194,6 +194,11 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     }
     let mut state = PinnedState::open_or_create(&pin_dir)?;
     let previous_run = state.run()?;
+    // The events file exists once an interface is attached (so `events --follow` can start at
+    // once); a run that fails before the loop takes the state directory it created with it.
+    let new_state_dir = NewStateDir::note(&plan.state_dir);
+    let mut keeper = MapKeeper::new(&mut firewall, &pin_dir, &plan)?;
+    keeper.publish_counters();
     let metrics_task = match metrics_listener {
         Some(listener) => {
             let source = MetricsSource::new(
@@ -210,10 +215,6 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     let mut drop_ring = unsafe { register(firewall.take_drop_events()?) }?;
 
     attach_all(&mut firewall, &plan, &steps, &mut state)?;
-    // After attaching: a run refused above leaves no events file behind. Events queued
-    // meanwhile wait in the ring buffers.
-    let mut keeper = MapKeeper::new(&mut firewall, &pin_dir, &plan)?;
-    keeper.publish_counters();
     let now = unix_now_ns();
     let keep_since = adopting && previous_run.protected_since_unix_ns != 0;
     state.set_run(&RunState {
@@ -237,6 +238,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         },
         pad: 0,
     })?;
+    new_state_dir.keep();
     print_banner(&plan, &pin_dir, keeper.drops.events_path());
     print_policy_banner(&policy, plan.metrics);
     let mut sweep_timer = sweep_interval(plan.idle_timeout_s).map(|period| {
@@ -276,6 +278,33 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     keeper.drain(key_ring.get_mut());
     keeper.drain_drops(drop_ring.get_mut());
     finish(plan, firewall, keeper, state, pin_dir)
+}
+
+/// A state directory this run is about to create: removed again if the run fails before its
+/// loop starts, so a refused run leaves nothing behind.
+struct NewStateDir {
+    path: Option<PathBuf>,
+}
+
+impl NewStateDir {
+    fn note(path: &Path) -> Self {
+        Self {
+            path: (!path.exists()).then(|| path.to_path_buf()),
+        }
+    }
+
+    /// The run is set up: the directory stays.
+    fn keep(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for NewStateDir {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// Registers a ring buffer with the runtime.

@@ -146,13 +146,18 @@ impl Frame {
     }
 }
 
-/// Path of a capture in `../shared/fixtures` (next to the repository).
+/// Path of a capture: in `$MPTCP_FIXTURES_DIR` when that is set (the VM tests of
+/// `cargo xtask vm-test` run where the build tree does not exist), else in `../shared/fixtures`
+/// next to the repository.
 #[must_use]
 pub fn fixture(name: &str) -> String {
-    std::format!(
-        "{}/../../shared/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    match std::env::var("MPTCP_FIXTURES_DIR") {
+        Ok(dir) if !dir.is_empty() => std::format!("{dir}/{name}"),
+        _ => std::format!(
+            "{}/../../shared/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    }
 }
 
 /// Frames of a classic little-endian pcap with Ethernet link type.

@@ -65,6 +65,22 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Like [`exec`], but returns what the command printed on stdout instead of showing it
+/// (for machine-readable output such as cargo's `--message-format=json`); stderr is shown.
+pub fn exec_stdout(cmd: &mut Command) -> Result<String> {
+    let line = display(cmd);
+    eprintln!("$ {line}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed with {}", out.status);
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed invalid UTF-8"))
+}
+
 /// Runs a read-only probe (`rustc -vV`, `ldd`, ...) quietly and returns its stdout.
 /// Probes are not printed: they run on every invocation and say nothing new.
 pub fn capture(cmd: &mut Command) -> Result<String> {
@@ -135,7 +151,7 @@ pub fn ensure_root(subcommand: &str) -> Result<()> {
 
 /// The command line as a shell would read it, with the variables set for it in front
 /// (except `PATH`, which every command gets from [`cmd`]).
-fn display(cmd: &Command) -> String {
+pub fn display(cmd: &Command) -> String {
     let envs = cmd.get_envs().filter(|(key, _)| *key != "PATH");
     let envs = envs.filter_map(|(key, value)| {
         value.map(|value| format!("{}={}", key.to_string_lossy(), quote(value)))

@@ -12,6 +12,7 @@ mod exec;
 mod fuzz;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::Args),
     /// Fuzz mptcp-common's parser and HMAC code with cargo-fuzz (libFuzzer, nightly).
     Fuzz(fuzz::Args),
+    /// Run the `BPF_PROG_TEST_RUN` tests on Debian's 6.1 and 6.12 kernels under qemu.
+    VmTest(vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::VmTest(args) => vm::run(&args),
     };
     // The error chain on one line; no backtrace (RUST_BACKTRACE is often set, and the
     // backtrace of a failed child command says nothing the command's own output did not).

@@ -96,11 +96,7 @@ pub fn ensure(scope: Scope, reinstall_bpf_linker: bool) -> Result<Vec<&'static s
             done.push("cargo-fuzz");
         }
 
-        let missing = missing_debian_packages()?;
-        if missing.is_empty() {
-            ok("debian packages", &DEBIAN_PACKAGES.join(" "));
-        } else {
-            install_debian_packages(&missing)?;
+        if ensure_debian_packages(DEBIAN_PACKAGES)? {
             done.push("debian packages");
         }
 
@@ -239,8 +235,19 @@ fn install_bpf_linker(nightly: &Nightly) -> Result<()> {
     )
 }
 
-/// The packages of [`DEBIAN_PACKAGES`] that dpkg does not list as installed.
-fn missing_debian_packages() -> Result<Vec<&'static str>> {
+/// Installs those of `packages` that are missing; returns whether it installed any.
+pub fn ensure_debian_packages(packages: &[&'static str]) -> Result<bool> {
+    let missing = missing_debian_packages(packages)?;
+    if missing.is_empty() {
+        ok("debian packages", &packages.join(" "));
+        return Ok(false);
+    }
+    install_debian_packages(&missing)?;
+    Ok(true)
+}
+
+/// The packages of `packages` that dpkg does not list as installed.
+fn missing_debian_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
     let listed = capture(cmd("dpkg-query").args(["-W", "-f", "${Package} ${db:Status-Abbrev}\n"]))?;
     let installed: Vec<&str> = listed
         .lines()
@@ -248,7 +255,7 @@ fn missing_debian_packages() -> Result<Vec<&'static str>> {
         .filter(|(_, status)| status.starts_with("ii"))
         .map(|(package, _)| package)
         .collect();
-    Ok(DEBIAN_PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|package| !installed.contains(package))

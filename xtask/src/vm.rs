@@ -1,0 +1,942 @@
+//! `cargo xtask vm-test`: the `BPF_PROG_TEST_RUN` suite on Debian's older kernels, under qemu.
+//!
+//! For each kernel series it finds Debian's newest image package of that series through a
+//! private apt configuration under `target/vm/` (the machine's own apt sources are left alone),
+//! downloads it once and keeps only its `vmlinuz`. One small initramfs serves every kernel:
+//! busybox, the `prog_test_run` test executable, `mptcp-bench`, their shared libraries, the
+//! fixture captures and an init script that mounts proc, sysfs, devtmpfs and bpffs, runs the
+//! steps (see [`init_script`]) and prints a verdict line. qemu-system-x86_64 boots it under
+//! software emulation (no KVM, which hangs on this kind of machine), and the verdict is read
+//! from the serial console.
+//!
+//! The host's own kernel is not booted here: `cargo xtask test` runs the same suite on it.
+
+use std::{
+    collections::BTreeSet,
+    env,
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::{
+    exec::{capture, cmd, display, exec, exec_stdout, is_root},
+    setup::{self, Scope},
+};
+
+/// What this command needs on the host besides the build tools.
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+
+/// busybox-static's binary; its applets are linked at boot by `busybox --install -s`.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The test target of the `mptcp-tests` crate that runs in the VM.
+const TEST: &str = "prog_test_run";
+
+/// The benchmark binary of the same crate: `--quick` loads all three programs, the tc egress one
+/// too (the suite loads only the XDP ones), and runs each through `BPF_PROG_TEST_RUN`.
+const BENCH: &str = "mptcp-bench";
+
+const DEBIAN: &str = "http://deb.debian.org/debian";
+const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// Debian's meta package that depends on the newest image package of its suite.
+const META_PACKAGE: &str = "linux-image-amd64";
+
+/// Package lists younger than this are not fetched again (unless `--refresh`).
+const LIST_MAX_AGE: Duration = Duration::from_hours(24);
+
+/// The init script's lines on the console: it started (the kernel has booted), a step started
+/// or ended, and the verdict.
+const MARK_INIT: &str = "mptcp-vm: init:";
+const MARK_STEP: &str = "mptcp-vm: step";
+const MARK_RESULT: &str = "mptcp-vm: result:";
+
+/// The test that shows whether the programs load at all (it loads them once and sends two
+/// frames); the rest of the suite runs only if it passes.
+const PROBE: &str = "unknown_connections_and_echoes_pass";
+
+/// A kernel series users run, and where Debian ships it.
+struct Kernel {
+    series: &'static str,
+    /// (archive, suite) pairs of the private apt configuration, component `main`.
+    suites: &'static [(&'static str, &'static str)],
+    /// The image package `linux-image-amd64` must resolve to, e.g. `linux-image-6.1.0-`.
+    package_prefix: &'static str,
+}
+
+const KERNELS: [Kernel; 2] = [
+    Kernel {
+        series: "6.1",
+        suites: &[
+            (DEBIAN, "bookworm"),
+            (DEBIAN, "bookworm-updates"),
+            (DEBIAN_SECURITY, "bookworm-security"),
+        ],
+        package_prefix: "linux-image-6.1.0-",
+    },
+    Kernel {
+        series: "6.12",
+        suites: &[(DEBIAN, "bookworm-backports")],
+        package_prefix: "linux-image-6.12.",
+    },
+];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The kernel series to boot.
+    #[arg(long, default_value = "all", value_parser = ["6.1", "6.12", "all"])]
+    kernel: String,
+    /// Seconds one VM may run, boot and tests, before it is stopped and counted as failed.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Look for a newer kernel package even if the package lists are less than a day old.
+    #[arg(long)]
+    refresh: bool,
+    /// Instead of the three steps, run the test executable with these arguments after
+    /// `--test-threads=1`, e.g. a name filter.
+    #[arg(last = true)]
+    test_flags: Vec<String>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let start = Instant::now();
+    setup::ensure(Scope::Build, false)?;
+    setup::ensure_debian_packages(HOST_PACKAGES)?;
+    let workspace = Workspace::probe()?;
+    let vm_dir = workspace.target.join("vm");
+    let kernels: Vec<&Kernel> = KERNELS
+        .iter()
+        .filter(|kernel| args.kernel == "all" || args.kernel == kernel.series)
+        .collect();
+
+    // The downloads first, so that a network problem shows before the build.
+    let images = kernels
+        .iter()
+        .map(|kernel| fetch_kernel(kernel, &vm_dir, args.refresh))
+        .collect::<Result<Vec<_>>>()?;
+    let executables = build_executables()?;
+    let initramfs = vm_dir.join("initramfs.cpio");
+    write_initramfs(
+        &initramfs,
+        &executables,
+        &workspace.fixtures()?,
+        &args.test_flags,
+    )?;
+
+    let timeout = Duration::from_secs(args.timeout);
+    let mut outcomes = Vec::new();
+    for (kernel, image) in kernels.iter().zip(&images) {
+        let log = vm_dir.join(kernel.series).join("console.log");
+        outcomes.push(boot(kernel.series, image, &initramfs, &log, timeout)?);
+    }
+
+    print_summary(&outcomes, start.elapsed());
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|outcome| !outcome.passed())
+        .map(|outcome| outcome.series)
+        .collect();
+    if !failed.is_empty() {
+        bail!("the suite failed on kernel {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The two paths of `cargo metadata` this command needs.
+struct Workspace {
+    root: PathBuf,
+    target: PathBuf,
+}
+
+impl Workspace {
+    fn probe() -> Result<Self> {
+        let metadata =
+            capture(cmd("cargo").args(["metadata", "--format-version", "1", "--no-deps"]))?;
+        let metadata: Value =
+            serde_json::from_str(&metadata).context("parsing `cargo metadata` output")?;
+        let path = |field: &str| {
+            metadata[field]
+                .as_str()
+                .map(PathBuf::from)
+                .with_context(|| format!("`cargo metadata` has no {field}"))
+        };
+        Ok(Self {
+            root: path("workspace_root")?,
+            target: path("target_directory")?,
+        })
+    }
+
+    /// The captures the tests replay: `$MPTCP_FIXTURES_DIR`, else `../shared/fixtures`
+    /// next to the repository (where `mptcp_common::testing::fixture` looks by default).
+    fn fixtures(&self) -> Result<Vec<PathBuf>> {
+        let dir = env::var_os("MPTCP_FIXTURES_DIR")
+            .map_or_else(|| self.root.join("../shared/fixtures"), PathBuf::from);
+        let entries = fs::read_dir(&dir)
+            .with_context(|| format!("reading the fixture directory {}", dir.display()))?;
+        let mut pcaps: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "pcap"))
+            .collect();
+        if pcaps.is_empty() {
+            bail!("no .pcap fixtures in {}", dir.display());
+        }
+        pcaps.sort();
+        Ok(pcaps)
+    }
+}
+
+// ---- Kernels ------------------------------------------------------------------------------
+
+/// A kernel ready to boot.
+struct KernelImage {
+    package: String,
+    vmlinuz: PathBuf,
+}
+
+/// Resolves the series' newest image package, and downloads and unpacks it unless cached.
+/// Without network, falls back to the package resolved last time if its image is cached.
+fn fetch_kernel(kernel: &Kernel, vm_dir: &Path, refresh: bool) -> Result<KernelImage> {
+    let apt = PrivateApt::new(vm_dir.join("apt").join(kernel.series), kernel.suites)?;
+    let image_of = |package: &str| vm_dir.join("kernels").join(package).join("vmlinuz");
+    let remembered = apt.root.join("resolved");
+    let package = match apt.update(refresh).and_then(|()| apt.image_package(kernel)) {
+        Ok(package) => {
+            fs::write(&remembered, &package)
+                .with_context(|| format!("writing {}", remembered.display()))?;
+            package
+        }
+        Err(err) => {
+            let cached = fs::read_to_string(&remembered)
+                .map(|package| package.trim().to_owned())
+                .ok()
+                .filter(|package| image_of(package).is_file());
+            let Some(package) = cached else {
+                return Err(err.context(format!("finding Debian's {} kernel", kernel.series)));
+            };
+            eprintln!("vm-test: {err:#}; using the cached {package}");
+            package
+        }
+    };
+    let vmlinuz = image_of(&package);
+    if vmlinuz.is_file() {
+        eprintln!("vm-test: ok  kernel {}: {package} (cached)", kernel.series);
+    } else {
+        apt.download_image(&package, &vmlinuz)?;
+    }
+    Ok(KernelImage { package, vmlinuz })
+}
+
+/// apt with its own sources, lists and cache under `root`: it finds and downloads packages of
+/// other suites without touching the machine's apt configuration, and needs no root.
+struct PrivateApt {
+    root: PathBuf,
+}
+
+impl PrivateApt {
+    fn new(root: PathBuf, suites: &[(&str, &str)]) -> Result<Self> {
+        for dir in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+            let dir = root.join(dir);
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut sources = String::new();
+        for (archive, suite) in suites {
+            writeln!(
+                sources,
+                "deb [signed-by={DEBIAN_KEYRING}] {archive} {suite} main"
+            )?;
+        }
+        let list = root.join("sources.list");
+        fs::write(&list, sources).with_context(|| format!("writing {}", list.display()))?;
+        Ok(Self { root })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = |name: &str| self.root.join(name).display().to_string();
+        let mut options = vec![
+            ("Dir::Etc::SourceList", path("sources.list")),
+            ("Dir::Etc::SourceParts", path("sources.list.d")),
+            ("Dir::Etc::Preferences", path("preferences")),
+            ("Dir::Etc::PreferencesParts", path("sources.list.d")),
+            ("Dir::State::Lists", path("lists")),
+            ("Dir::Cache", path("cache")),
+        ];
+        if is_root() {
+            // apt would otherwise download as `_apt`, who may not write into target/.
+            options.push(("APT::Sandbox::User", "root".to_owned()));
+        }
+        let mut command = cmd(program);
+        for (key, value) in options {
+            command.arg("-o").arg(format!("{key}={value}"));
+        }
+        command
+    }
+
+    /// `apt-get update`, unless the lists are younger than [`LIST_MAX_AGE`].
+    fn update(&self, refresh: bool) -> Result<()> {
+        let stamp = self.root.join("updated");
+        let age = fs::metadata(&stamp)
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok());
+        if !refresh && age.is_some_and(|age| age < LIST_MAX_AGE) {
+            return Ok(());
+        }
+        exec(self.command("apt-get").args(["update", "-q"]))?;
+        fs::write(&stamp, "").with_context(|| format!("writing {}", stamp.display()))
+    }
+
+    /// The image package the meta package depends on, e.g. `linux-image-6.1.0-56-amd64`.
+    fn image_package(&self, kernel: &Kernel) -> Result<String> {
+        let depends = capture(self.command("apt-cache").args(["depends", META_PACKAGE]))?;
+        depends
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("Depends:"))
+            .map(str::trim)
+            .find(|package| package.starts_with(kernel.package_prefix))
+            .map(str::to_owned)
+            .with_context(|| {
+                format!(
+                    "{META_PACKAGE} depends on no {}* package: {}",
+                    kernel.package_prefix,
+                    depends.trim()
+                )
+            })
+    }
+
+    /// Downloads `package` and keeps only its kernel image (as `vmlinuz`) and its config.
+    fn download_image(&self, package: &str, vmlinuz: &Path) -> Result<()> {
+        let scratch = self.root.join("download");
+        if scratch.exists() {
+            fs::remove_dir_all(&scratch)
+                .with_context(|| format!("removing {}", scratch.display()))?;
+        }
+        fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+        exec(
+            self.command("apt-get")
+                .args(["download", "-q", package])
+                .current_dir(&scratch),
+        )?;
+        let deb = fs::read_dir(&scratch)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+            .with_context(|| format!("apt-get download left no .deb for {package}"))?;
+
+        // dpkg-deb --fsys-tarfile X.deb | tar -x ./boot/vmlinuz-* ./boot/config-*
+        let mut unpack = cmd("dpkg-deb");
+        unpack
+            .arg("--fsys-tarfile")
+            .arg(&deb)
+            .stdout(Stdio::piped());
+        let mut untar = cmd("tar");
+        untar.arg("-x").arg("-C").arg(&scratch).args([
+            "--wildcards",
+            "./boot/vmlinuz-*",
+            "./boot/config-*",
+        ]);
+        eprintln!("$ {} | {}", display(&unpack), display(&untar));
+        let mut unpacking = unpack.spawn().context("could not start dpkg-deb")?;
+        let archive = unpacking.stdout.take().context("dpkg-deb has no stdout")?;
+        let untarred = untar
+            .stdin(archive)
+            .status()
+            .context("could not start tar")?;
+        let unpacked = unpacking.wait().context("waiting for dpkg-deb")?;
+        if !unpacked.success() || !untarred.success() {
+            bail!(
+                "unpacking {} failed: dpkg-deb {unpacked}, tar {untarred}",
+                deb.display()
+            );
+        }
+
+        let dest = vmlinuz.parent().context("vmlinuz path has no parent")?;
+        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        for entry in fs::read_dir(scratch.join("boot"))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let target = if name.starts_with("vmlinuz-") {
+                vmlinuz.to_path_buf()
+            } else {
+                dest.join("config")
+            };
+            fs::rename(&path, &target).with_context(|| format!("moving {}", path.display()))?;
+        }
+        fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
+        if !vmlinuz.is_file() {
+            bail!("{package} has no /boot/vmlinuz-*");
+        }
+        eprintln!("vm-test: ok  kernel image {}", vmlinuz.display());
+        Ok(())
+    }
+}
+
+// ---- The initramfs ------------------------------------------------------------------------
+
+/// The two executables the VM runs: [`TEST`] and [`BENCH`].
+struct Executables {
+    test: PathBuf,
+    bench: PathBuf,
+}
+
+/// `cargo test --no-run` for the one test target, which builds the crate's binaries too;
+/// returns the executables cargo reports.
+fn build_executables() -> Result<Executables> {
+    let messages = exec_stdout(cmd("cargo").args([
+        "test",
+        "--package",
+        "mptcp-tests",
+        "--release",
+        "--test",
+        TEST,
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    let artifacts: Vec<Value> = messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .collect();
+    let executable = |name: &str| {
+        artifacts
+            .iter()
+            .filter(|artifact| artifact["target"]["name"] == name)
+            .find_map(|artifact| artifact["executable"].as_str().map(PathBuf::from))
+            .with_context(|| format!("cargo reported no executable for the target {name}"))
+    };
+    Ok(Executables {
+        test: executable(TEST)?,
+        bench: executable(BENCH)?,
+    })
+}
+
+/// The shared libraries `ldd` lists for `exe`, loader included (none for a static binary).
+fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
+    let output = cmd("ldd")
+        .arg(exe)
+        .output()
+        .with_context(|| format!("could not run ldd on {}", exe.display()))?;
+    // ldd exits non-zero for "not a dynamic executable".
+    let listing = String::from_utf8_lossy(&output.stdout);
+    Ok(listing
+        .lines()
+        .filter_map(|line| {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no path.
+            let path = line.split_once("=>").map_or(line, |(_, right)| right);
+            path.split_whitespace().next()
+        })
+        .filter(|path| path.starts_with('/'))
+        .map(PathBuf::from)
+        .collect())
+}
+
+fn write_initramfs(
+    path: &Path,
+    executables: &Executables,
+    fixtures: &[PathBuf],
+    test_args: &[String],
+) -> Result<()> {
+    let read = |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let mut archive = Cpio::default();
+    for dir in ["proc", "sys", "tmp", "sbin", "usr/bin", "usr/sbin"] {
+        archive.dir(dir);
+    }
+    // The kernel opens /dev/console for init before anything is mounted.
+    archive.char_device("dev/console", 5, 1);
+    archive.char_device("dev/null", 1, 3);
+    archive.file("init", 0o755, init_script(test_args).as_bytes());
+    archive.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?);
+    archive.file(TEST, 0o755, &read(&executables.test)?);
+    archive.file(BENCH, 0o755, &read(&executables.bench)?);
+    let mut libraries = Vec::new();
+    for exe in [&executables.test, &executables.bench, Path::new(BUSYBOX)] {
+        libraries.extend(shared_libraries(exe)?);
+    }
+    libraries.sort();
+    libraries.dedup();
+    for library in &libraries {
+        // Same path as on the host, so the executables' interpreter path holds.
+        let name = library.to_string_lossy();
+        archive.file(name.trim_start_matches('/'), 0o755, &read(library)?);
+    }
+    for fixture in fixtures {
+        let name = fixture.file_name().unwrap_or_default().to_string_lossy();
+        archive.file(&format!("fixtures/{name}"), 0o644, &read(fixture)?);
+    }
+    let bytes = archive.finish();
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "vm-test: ok  initramfs {} ({} KiB: busybox, {TEST}, {BENCH}, {} libraries, {} fixtures)",
+        path.display(),
+        bytes.len() >> 10,
+        libraries.len(),
+        fixtures.len()
+    );
+    Ok(())
+}
+
+/// PID 1 in the VM: mount what the tests and aya read, run the steps, print the verdict, power
+/// off. `poweroff -f` makes qemu exit (`-no-reboot`); a kernel panic does too (`panic=-1`).
+///
+/// Without test arguments there are three steps: `load`, the one test [`PROBE`]; `suite`, all
+/// the others; `bench`, [`BENCH`] `--quick` (all three programs load and run). When `load`
+/// fails (the verifier rejects the programs, and then every test fails the same way after the
+/// same minute of emulated verification) the others are skipped.
+/// With test arguments there is one step, `suite`, with those arguments.
+fn init_script(test_args: &[String]) -> String {
+    let test = format!("/{TEST} --test-threads=1");
+    let steps = if test_args.is_empty() {
+        format!(
+            "if step load {test} --exact {PROBE}; then\n    \
+             step suite {test} --exact --skip {PROBE}\n    \
+             step bench /{BENCH} --quick --out /tmp/bench\n\
+             fi\n"
+        )
+    } else {
+        let mut command = format!("step suite {test}");
+        for arg in test_args {
+            write!(command, " '{}'", arg.replace('\'', r"'\''")).unwrap();
+        }
+        command + "\n"
+    };
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t bpf bpf /sys/fs/bpf || echo "mptcp-vm: cannot mount bpffs"
+# Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+ulimit -l unlimited 2>/dev/null
+btf=no
+[ -e /sys/kernel/btf/vmlinux ] && btf=yes
+echo "{MARK_INIT} kernel $(uname -r), $(nproc) CPU, BTF $btf"
+cd /tmp
+export MPTCP_FIXTURES_DIR=/fixtures
+verdict=PASS
+step() {{
+    name=$1
+    shift
+    echo "{MARK_STEP} $name: start"
+    "$@"
+    code=$?
+    if [ "$code" = 0 ]; then
+        echo "{MARK_STEP} $name: ok"
+    else
+        echo "{MARK_STEP} $name: FAILED (exit code $code)"
+        verdict=FAIL
+    fi
+    return "$code"
+}}
+{steps}echo "{MARK_RESULT} $verdict"
+poweroff -f
+"#
+    )
+}
+
+/// A "newc" cpio archive, the format the kernel unpacks as initramfs, written in memory.
+/// Entries are owned by root; parent directories are added before their contents.
+#[derive(Default)]
+struct Cpio {
+    bytes: Vec<u8>,
+    dirs: BTreeSet<String>,
+    inode: u32,
+}
+
+impl Cpio {
+    const DIR: u32 = 0o040_000;
+    const FILE: u32 = 0o100_000;
+    const CHAR_DEVICE: u32 = 0o020_000;
+
+    fn dir(&mut self, path: &str) {
+        if path.is_empty() || self.dirs.contains(path) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.dirs.insert(path.to_owned());
+        self.entry(path, Self::DIR | 0o755, (0, 0), &[]);
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
+        self.parent_of(path);
+        self.entry(path, Self::FILE | mode, (0, 0), data);
+    }
+
+    fn char_device(&mut self, path: &str, major: u32, minor: u32) {
+        self.parent_of(path);
+        self.entry(path, Self::CHAR_DEVICE | 0o600, (major, minor), &[]);
+    }
+
+    fn parent_of(&mut self, path: &str) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.bytes
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        self.inode += 1;
+        let size = u32::try_from(data.len()).expect("initramfs entry over 4 GiB");
+        let name_size = u32::try_from(name.len() + 1).expect("name too long");
+        // magic, then ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor
+        // rdevminor namesize check, each as 8 hex digits.
+        let fields = [
+            self.inode, mode, 0, 0, 1, 0, size, 0, 0, rdev.0, rdev.1, name_size, 0,
+        ];
+        self.bytes.extend_from_slice(b"070701");
+        for field in fields {
+            self.bytes
+                .extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(0);
+        self.pad();
+        self.bytes.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+}
+
+// ---- Booting ------------------------------------------------------------------------------
+
+/// What one VM did.
+struct Outcome {
+    series: &'static str,
+    package: String,
+    /// `Ok(())` on the init script's PASS, else why not.
+    verdict: Result<(), String>,
+    console: Console,
+    total_secs: f64,
+    log: PathBuf,
+}
+
+impl Outcome {
+    fn passed(&self) -> bool {
+        self.verdict.is_ok()
+    }
+}
+
+/// What the summary reports, read from the console line by line.
+#[derive(Default)]
+struct Console {
+    /// The init script's first line (kernel release, CPUs, BTF) and when it came.
+    kernel: Option<String>,
+    booted_secs: Option<f64>,
+    steps: Vec<StepReport>,
+    /// The text after [`MARK_RESULT`]: `PASS` or `FAIL`.
+    verdict: Option<String>,
+    /// `test NAME ... FAILED` lines and panic locations.
+    failures: Vec<String>,
+    /// Each distinct verifier rejection: the panic line, then the last lines of the log.
+    rejections: Vec<Vec<String>>,
+    /// The verifier log being read, until the line that closes aya's error.
+    verifier_log: Option<Vec<String>>,
+}
+
+struct StepReport {
+    name: String,
+    started_secs: f64,
+    /// `ok` or `FAILED (exit code N)`, and when.
+    result: Option<(String, f64)>,
+    /// The test harness's `test result:` line.
+    test_result: Option<String>,
+}
+
+/// Lines of a verifier log the summary shows: its end says what failed, with the statistics.
+const VERIFIER_TAIL: usize = 6;
+
+impl Console {
+    fn read(&mut self, secs: f64, line: &str) {
+        let after = |mark: &str| line.split_once(mark).map(|(_, rest)| rest.trim());
+        if let Some(log) = &mut self.verifier_log {
+            // aya's `LoadError { .., verifier_log: <log lines> }` ends with a line ` }`.
+            if line.trim() == "}" {
+                let log = self.verifier_log.take().unwrap_or_default();
+                if !self.rejections.contains(&log) {
+                    self.rejections.push(log);
+                }
+            } else {
+                log.push(line.to_owned());
+                if log.len() > VERIFIER_TAIL + 1 {
+                    log.remove(1);
+                }
+            }
+        } else if let Some(rest) = after(MARK_INIT) {
+            self.kernel = Some(rest.to_owned());
+            self.booted_secs = Some(secs);
+        } else if let Some(rest) = after(MARK_STEP) {
+            let (name, what) = rest.split_once(':').unwrap_or((rest, ""));
+            let what = what.trim();
+            if what == "start" {
+                self.steps.push(StepReport {
+                    name: name.to_owned(),
+                    started_secs: secs,
+                    result: None,
+                    test_result: None,
+                });
+            } else if let Some(step) = self.steps.last_mut() {
+                step.result = Some((what.to_owned(), secs));
+            }
+        } else if let Some(rest) = after(MARK_RESULT) {
+            self.verdict = Some(rest.to_owned());
+        } else if line.starts_with("test result:") {
+            if let Some(step) = self.steps.last_mut() {
+                step.test_result = Some(line.to_owned());
+            }
+        } else if line.contains("verifier rejected") {
+            self.verifier_log = Some(vec![line.chars().take(200).collect()]);
+        } else if (line.starts_with("test ") && line.ends_with("FAILED"))
+            || line.contains("panicked at")
+        {
+            self.failures.push(line.to_owned());
+        }
+    }
+}
+
+/// Boots `image` with `initramfs` under qemu, mirrors the init script's output, keeps the whole
+/// console in `log`, and reads the verdict.
+fn boot(
+    series: &'static str,
+    image: &KernelImage,
+    initramfs: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Outcome> {
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut log_file =
+        fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut qemu = cmd("qemu-system-x86_64");
+    qemu.args(["-nographic", "-no-reboot", "-nic", "none"])
+        .args(["-m", "1G", "-smp", "1"])
+        .arg("-kernel")
+        .arg(&image.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    eprintln!("$ {}", display(&qemu));
+    eprintln!("vm-test: booting {} ({series}), no KVM", image.package);
+    let start = Instant::now();
+    let mut child = qemu.spawn().context("could not start qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu has no stdout")?;
+    let (lines, console_lines) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        while matches!(stdout.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = printable(&String::from_utf8_lossy(&line));
+            if lines.send((start.elapsed(), text)).is_err() {
+                break;
+            }
+            line.clear();
+        }
+    });
+
+    let mut console = Console::default();
+    let mut tail: Vec<String> = Vec::new();
+    let exit: Option<ExitStatus> = loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match console_lines.recv_timeout(left) {
+            Ok((at, line)) => {
+                writeln!(log_file, "{line}").context("writing the console log")?;
+                console.read(at.as_secs_f64(), &line);
+                if console.kernel.is_some() {
+                    println!("[{series}] {line}");
+                }
+                tail.push(line);
+                if tail.len() > 40 {
+                    tail.remove(0);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                child.kill().context("stopping qemu")?;
+                child.wait().context("waiting for qemu")?;
+                break None;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                break Some(child.wait().context("waiting for qemu")?);
+            }
+        }
+    };
+    // The reader ends at EOF, which killing qemu causes too; a panic in it lost nothing we need.
+    let _ = reader.join();
+    let verdict = match (console.verdict.as_deref(), exit) {
+        (Some("PASS"), _) => Ok(()),
+        (Some(_), _) => Err(
+            match console.steps.iter().find(|step| {
+                step.result
+                    .as_ref()
+                    .is_some_and(|(result, _)| result != "ok")
+            }) {
+                Some(step) if step.name == "load" => {
+                    "the programs do not load (step `load` failed, `suite` skipped)".to_owned()
+                }
+                Some(step) => format!("step `{}` failed", step.name),
+                None => "the init script reported a failure".to_owned(),
+            },
+        ),
+        (None, None) => Err(format!(
+            "timed out after {} s {}",
+            timeout.as_secs(),
+            if console.kernel.is_some() {
+                "while the tests ran"
+            } else {
+                "before the init script started"
+            }
+        )),
+        (None, Some(status)) => Err(format!("qemu exited ({status}) without a verdict")),
+    };
+    if verdict.is_err() && console.kernel.is_none() {
+        eprintln!("vm-test: last console lines of {series}:");
+        for line in &tail {
+            eprintln!("  {line}");
+        }
+    }
+    Ok(Outcome {
+        series,
+        package: image.package.clone(),
+        verdict,
+        console,
+        total_secs: start.elapsed().as_secs_f64(),
+        log: log.to_path_buf(),
+    })
+}
+
+/// `line` without its line end, carriage returns and terminal escape sequences (the firmware
+/// clears the screen before the kernel starts).
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            // ESC [ parameters final-letter, or ESC and one character.
+            '\x1b' => {
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' | '\n' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn print_summary(outcomes: &[Outcome], elapsed: Duration) {
+    println!();
+    println!("xtask vm-test summary (qemu-system-x86_64, software emulation, 1 CPU, 1 GiB):");
+    for outcome in outcomes {
+        let console = &outcome.console;
+        let booted = console.booted_secs.map_or_else(
+            || "did not boot".to_owned(),
+            |s| format!("booted in {s:.1} s"),
+        );
+        println!(
+            "  {:<5} {:<34} {}  {booted}, {:.1} s in all",
+            outcome.series,
+            outcome.package,
+            if outcome.passed() { "PASS" } else { "FAIL" },
+            outcome.total_secs
+        );
+        if let Some(kernel) = &console.kernel {
+            println!("        {kernel}");
+        }
+        for step in &console.steps {
+            let (result, secs) = step.result.as_ref().map_or_else(
+                || ("did not finish".to_owned(), String::new()),
+                |(result, at)| {
+                    (
+                        result.clone(),
+                        format!(" in {:.1} s", at - step.started_secs),
+                    )
+                },
+            );
+            let tests = step.test_result.as_deref().unwrap_or("");
+            println!("        step {}: {result}{secs}  {tests}", step.name);
+        }
+        if let Err(why) = &outcome.verdict {
+            println!("        {why}");
+            for failure in console.failures.iter().take(10) {
+                println!("        {failure}");
+            }
+            for rejection in &console.rejections {
+                for line in rejection {
+                    println!("        | {line}");
+                }
+            }
+            println!("        console log: {}", outcome.log.display());
+        }
+    }
+    let host = capture(cmd("uname").arg("-r")).unwrap_or_default();
+    println!(
+        "  host  {:<34} not booted here: `cargo xtask test` runs the suite on it",
+        host.trim()
+    );
+    println!("  {:.1} s in all", elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{printable, Cpio};
+
+    #[test]
+    fn printable_drops_escapes_and_line_ends() {
+        assert_eq!(
+            printable("\x1bc\x1b[?7l\x1b[2Jmptcp-vm: init: x\r\n"),
+            "mptcp-vm: init: x"
+        );
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned_and_parents_come_first() {
+        let mut archive = Cpio::default();
+        archive.file("a/b/c", 0o644, b"hello");
+        let bytes = archive.finish();
+        let text = String::from_utf8_lossy(&bytes);
+        let names: Vec<usize> = ["a\0", "a/b\0", "a/b/c\0", "TRAILER!!!\0"]
+            .iter()
+            .map(|name| text.find(name).expect(name))
+            .collect();
+        assert!(names.windows(2).all(|pair| pair[0] < pair[1]), "{names:?}");
+        // Each header (110 bytes) starts on a 4-byte boundary, and so does each file's data.
+        for (at, _) in text.match_indices("070701") {
+            assert_eq!(at % 4, 0);
+        }
+        assert_eq!(text.find("hello").unwrap() % 4, 0);
+        assert_eq!(bytes.len() % 4, 0);
+    }
+}

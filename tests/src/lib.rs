@@ -7,6 +7,10 @@
 //! - [`capture::Capture`]: tcpdump in a namespace plus a pcap reader that finds ADD_ADDRs.
 //! - [`counters::Counters`]: a namespace's `nstat` counters.
 //! - [`validator::Validator`]: `mptcp-loader run` / `stats --json` / SIGINT in a namespace.
+//! - [`profiles`]: trafgen configurations and pcaps of valid/forged ADD_ADDRs, MP_JOIN SYNs with
+//!   random tokens and DSS traffic for one connection (`mptcp-profiles` binary).
+//! - [`flood`]: the flood benchmark's lab (`mptcp-flood` binary): trafgen floods of forged
+//!   ADD_ADDRs and MP_JOIN SYNs, receiver CPU time per packet, genuine throughput.
 //! - [`scenario::run`]: the genuine-traffic-then-forgery sequence used by the tests and the
 //!   `mptcp-demo` binary.
 //! - [`join_scenario::run`]: genuine MP_JOINs in both directions, then forged ones
@@ -19,6 +23,7 @@ pub mod bpf;
 pub mod capture;
 pub mod counters;
 pub mod error;
+pub mod flood;
 pub mod forger;
 pub mod join_forger;
 pub mod join_scenario;
@@ -27,6 +32,7 @@ pub mod mptcp_frames;
 pub mod netns;
 pub mod peers;
 pub mod proc;
+pub mod profiles;
 pub mod scenario;
 pub mod teardown;
 pub mod tools;

@@ -1,7 +1,13 @@
-//! `cargo xtask bench`: run the tests crate's `mptcp-bench` binary as root.
+//! `cargo xtask bench`: both benchmarks of the tests crate, as root, into one results folder.
 //!
-//! The bench itself (`BPF_PROG_TEST_RUN` with `repeat`, ns per packet and Mpps) lives in the
-//! tests crate; this only prepares the machine and starts it.
+//! 1. `mptcp-bench`: per-packet cost of the fast path with `BPF_PROG_TEST_RUN` (ns per packet,
+//!    verifier statistics, map memory) -> `<out>/bench.md`, `<out>/bench.svg`.
+//! 2. `mptcp-flood`: trafgen floods of forged `ADD_ADDR` and `MP_JOIN` SYN segments against a live MPTCP
+//!    connection between network namespaces, the receiver's CPU time per forged packet with and
+//!    without the validator, and a genuine transfer's throughput -> `<out>/flood.md`,
+//!    `<out>/flood.svg`. It runs the loader binary, which is built first.
+//!
+//! Both reports record the machine and the command line.
 
 use anyhow::Result;
 
@@ -12,25 +18,74 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Output folder of both reports.
+    #[arg(long, default_value = "results")]
+    out: String,
+    /// Few repetitions for both parts (what CI runs): checks the commands work, claims nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Run only one part.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Extra argument for `mptcp-flood` (repeatable), e.g. `--flood-arg=--reps=3`.
+    #[arg(long = "flood-arg", value_name = "ARG", allow_hyphen_values = true)]
+    to_flood: Vec<String>,
     /// Passed to `mptcp-bench`.
     #[arg(last = true)]
-    bench_args: Vec<String>,
+    to_bench: Vec<String>,
+}
+
+/// The two parts of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// `mptcp-bench` (`BPF_PROG_TEST_RUN`).
+    PerPacket,
+    /// `mptcp-flood` (trafgen floods between namespaces).
+    Flood,
+}
+
+fn tests_bin(bin: &str) -> std::process::Command {
+    let mut command = cmd("cargo");
+    command.args([
+        "run",
+        "--release",
+        "--package",
+        "mptcp-tests",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    command
 }
 
 pub fn run(args: &Args) -> Result<()> {
     ensure_root("bench")?;
     setup::ensure(Scope::All, false)?;
-    exec(
-        cmd("cargo")
-            .args([
-                "run",
-                "--release",
-                "--package",
-                "mptcp-tests",
-                "--bin",
-                "mptcp-bench",
-            ])
-            .arg("--")
-            .args(&args.bench_args),
-    )
+    let invocation = format!(
+        "cargo xtask {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    if args.only != Some(Part::Flood) {
+        let mut bench = tests_bin("mptcp-bench");
+        bench.args(["--out", &args.out]);
+        if args.quick {
+            bench.arg("--quick");
+        }
+        bench.args(&args.to_bench);
+        exec(&mut bench)?;
+    }
+    if args.only != Some(Part::PerPacket) {
+        let loader = crate::build::build_loader()?;
+        let mut flood = tests_bin("mptcp-flood");
+        flood.args(["--out", &args.out]);
+        if args.quick {
+            flood.arg("--quick");
+        }
+        flood
+            .args(&args.to_flood)
+            .env("MPTCP_LOADER_BIN", loader)
+            .env("MPTCP_BENCH_COMMAND", invocation);
+        exec(&mut flood)?;
+    }
+    Ok(())
 }

@@ -69,6 +69,20 @@ pub fn run(args: &Args) -> Result<()> {
         "mptcp-bench",
     ]);
     quick_bench.args(["--", "--quick", "--out", "target/bench-quick"]);
+    // The flood benchmark once, short (about 25 s): trafgen floods in namespaces, no claims.
+    let mut quick_flood = cmd("cargo");
+    quick_flood.args([
+        "run",
+        "--release",
+        "--package",
+        "mptcp-tests",
+        "--bin",
+        "mptcp-flood",
+    ]);
+    quick_flood.args(["--", "--quick", "--out", "target/bench-quick"]);
+    if let Ok(loader) = &loader {
+        quick_flood.env("MPTCP_LOADER_BIN", loader);
+    }
     let commands = [
         (
             "unit tests: mptcp-common",
@@ -80,6 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
         ),
         ("integration tests: mptcp-tests", integration),
         ("benchmark, quick run", quick_bench),
+        ("flood benchmark, quick run", quick_flood),
     ];
     for (name, mut command) in commands {
         let start = Instant::now();

@@ -1,0 +1,987 @@
+//! The flood benchmark's lab: the two-namespace [`Lab`] arranged so that one CPU is "the
+//! receiver" and the other "the network", a live victim connection whose state is read off the
+//! wire, trafgen floods built from [`crate::profiles`], and the measurements.
+//!
+//! ```text
+//!  CPU 0 (sender)                                   CPU 1 (receiver)
+//!  trafgen, client endpoints, harness, loader       NAPI threads of sveth1/sveth2 (SCHED_FIFO):
+//!  cveth1/cveth2: TSO off, RPS -> CPU 0             XDP (validator or floor), GRO, IP, TCP,
+//!                                                   MPTCP, RSTs; the server application
+//! ```
+//!
+//! Why this shape: a veth delivers to its peer on the *sending* CPU (NAPI or backlog), so left
+//! alone the receiver's work would land on trafgen's CPU. The server's veths get GRO (which gives
+//! them a NAPI instance, XDP or not) and threaded NAPI; their NAPI threads are pinned to CPU 1,
+//! so XDP and the whole stack run there, in threads whose CPU time the kernel measures exactly
+//! (`clock_getcpuclockid`). The client's veths have TSO off, because veth only hands segments
+//! of a TSO-capable sender to the peer's NAPI when an XDP program is attached, and that would
+//! make the receive path differ between "validator" and "kernel only". Replies to the client
+//! (RSTs, ACKs) are steered to CPU 0 with RPS. The receiver threads run SCHED_FIFO so that other
+//! tenants of a shared machine cannot delay them; their CPU time does not depend on that.
+
+pub mod cpu;
+pub mod endpoints;
+pub mod xdp;
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use mptcp_common::counters::Counter;
+
+use crate::{
+    capture::{read_pcap, Capture},
+    counters::mib,
+    error::{LabError, Result},
+    lab::{Lab, PATH1, PATHS, SERVER_IFACES},
+    netns::Netns,
+    proc::Proc,
+    profiles::{self, Connection, Kind, Settings},
+    validator::{Mode, Validator},
+};
+
+use cpu::{CpuStat, RECEIVER_CPU, SENDER_CPU};
+
+/// Priority of the server interfaces' NAPI threads.
+const NAPI_PRIORITY: i32 = 50;
+/// Priority of trafgen (above the endpoints, so the offered rate holds).
+const TRAFGEN_PRIORITY: &str = "30";
+/// Priority of the genuine transfer's endpoints.
+const ENDPOINT_PRIORITY: i32 = 10;
+/// `MPTcpExtMPJoinNoTokenFound`: MP_JOIN SYNs whose token the kernel did not know.
+pub const JOIN_NO_TOKEN: &str = "MPTcpExtMPJoinNoTokenFound";
+/// `TcpOutRsts`: RSTs the kernel sent.
+pub const OUT_RSTS: &str = "TcpOutRsts";
+
+/// What the flood sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Attack {
+    /// Forged ADD_ADDRs into the victim connection: right 4-tuple, in-window seq/ack, the
+    /// latest timestamps, wrong HMAC.
+    AddAddr,
+    /// MP_JOIN SYNs with random tokens at the victim's listening port.
+    JoinSyn,
+}
+
+impl Attack {
+    /// Both, in report order.
+    pub const ALL: [Attack; 2] = [Attack::AddAddr, Attack::JoinSyn];
+
+    /// The profile trafgen sends.
+    #[must_use]
+    pub fn profile(self) -> Kind {
+        match self {
+            Attack::AddAddr => Kind::AddAddrForged,
+            Attack::JoinSyn => Kind::JoinSynRandomToken,
+        }
+    }
+
+    /// Name in reports.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Attack::AddAddr => "forged ADD_ADDR (wrong HMAC)",
+            Attack::JoinSyn => "MP_JOIN SYN, random token",
+        }
+    }
+
+    /// The validator counter of the segments it drops.
+    #[must_use]
+    pub fn validator_counter(self) -> Counter {
+        match self {
+            Attack::AddAddr => Counter::AddAddrBadHmacDropped,
+            Attack::JoinSyn => Counter::JoinSynUnknownTokenDropped,
+        }
+    }
+}
+
+/// What sits in front of the server's stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Receiver {
+    /// Nothing: the kernel rejects the forged segments itself.
+    Kernel,
+    /// `mptcp-loader run --mode enforce` on both server interfaces.
+    Validator,
+    /// A two-instruction XDP_DROP program on the server's veths: the cost of getting a packet
+    /// to XDP.
+    XdpDrop,
+    /// A two-instruction XDP_PASS program on the server's veths: that, plus the kernel's own
+    /// rejection.
+    XdpPass,
+}
+
+impl Receiver {
+    /// Name in reports.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Receiver::Kernel => "kernel only",
+            Receiver::Validator => "validator (enforce)",
+            Receiver::XdpDrop => "XDP_DROP floor",
+            Receiver::XdpPass => "XDP_PASS floor",
+        }
+    }
+
+    /// Whether genuine traffic gets through.
+    #[must_use]
+    pub fn passes_traffic(self) -> bool {
+        self != Receiver::XdpDrop
+    }
+
+    /// Whether it must be in place before the victim connection opens (the validator learns
+    /// the keys from the handshake); the others are attached after it, so the victim's
+    /// handshake always reaches the server.
+    #[must_use]
+    pub fn sees_handshake(self) -> bool {
+        self == Receiver::Validator
+    }
+}
+
+/// What is attached while a receiver configuration is in place.
+pub enum Attached {
+    /// Nothing.
+    Nothing,
+    /// The loader.
+    Validator(Validator),
+    /// The `mptcp-flood xdp` helper holding the floor program's link.
+    Floor(Proc),
+}
+
+/// The flood lab.
+pub struct FloodLab {
+    /// The two namespaces.
+    pub lab: Lab,
+    exe: PathBuf,
+    loader: PathBuf,
+    napi_before: BTreeSet<u32>,
+    receiver_threads: BTreeSet<u32>,
+    next_port: u16,
+}
+
+/// How the server's veths deliver packets to their NAPI thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Interrupt coalescing, emulated: after a poll that found packets, the NAPI instance waits
+    /// this long before polling again (`gro_flush_timeout` with `napi_defer_hard_irqs` = 1)
+    /// instead of sleeping until the next packet wakes it. `None`: every packet that finds the
+    /// thread asleep wakes it.
+    pub coalesce: Option<Duration>,
+}
+
+/// The victim connection: established, idle, kept open; and the profiles built from its state.
+pub struct Victim {
+    server: Proc,
+    client: Proc,
+    /// The connection as the profiles see it (client = A = sender of the forged segments).
+    pub conn: Connection,
+    /// Where its trafgen configurations are.
+    pub dir: PathBuf,
+    /// Server counter changes when one `add_addr_valid` segment was sent (`None`: not tried).
+    pub control: Option<i128>,
+}
+
+/// One flood window.
+#[derive(Clone, Debug)]
+pub struct FloodWindow {
+    /// Segments trafgen sent.
+    pub sent: u64,
+    /// Segments veth dropped on the sender side because the receiver's ring was full.
+    pub ring_drops: u64,
+    /// Packets the receiver processed (sveth1 rx_packets).
+    pub processed: u64,
+    /// Wall time of the window.
+    pub secs: f64,
+    /// CPU time of the receiver threads (NAPI threads of the server interfaces, ksoftirqd of
+    /// the receiving CPU).
+    pub cpu_ns: u64,
+    /// `/proc/stat` of the receiving CPU over the window.
+    pub stat: CpuStat,
+    /// Kernel counters that moved on the server.
+    pub kernel: Vec<(String, i128)>,
+    /// Segments the validator dropped (validator configuration only).
+    pub validator_dropped: Option<u64>,
+}
+
+impl FloodWindow {
+    /// Receiver CPU ns per processed packet.
+    #[must_use]
+    pub fn ns_per_packet(&self) -> f64 {
+        self.cpu_ns as f64 / self.processed.max(1) as f64
+    }
+}
+
+/// One genuine transfer.
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer {
+    /// Bytes the server received.
+    pub bytes: u64,
+    /// Seconds from its first byte to the end.
+    pub secs: f64,
+    /// Packets the client's veths dropped because the receiving ring was full (genuine and
+    /// forged alike), during the transfer.
+    pub ring_drops: u64,
+    /// Segments the client retransmitted (`TcpRetransSegs`).
+    pub retransmits: i128,
+}
+
+impl Transfer {
+    /// Goodput in Gbit/s.
+    #[must_use]
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e9
+    }
+}
+
+fn napi_threads() -> BTreeSet<u32> {
+    cpu::pids_by_comm(|c| c.starts_with("napi/"))
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> LabError {
+    move |source| LabError::Io { what, source }
+}
+
+fn read_u64(ns: &Netns, path: &str) -> Result<u64> {
+    let text = ns.run(&["cat", path])?;
+    text.trim()
+        .parse()
+        .map_err(|_| LabError::parse(path.to_owned(), text))
+}
+
+impl FloodLab {
+    /// Builds the lab and arranges it (see the module docs). `exe` is the `mptcp-flood` binary
+    /// (for the endpoint and floor helpers), `loader` the `mptcp-loader` binary.
+    ///
+    /// # Errors
+    /// When the machine has fewer than two CPUs or a step fails.
+    pub fn new(exe: &Path, loader: &Path, delivery: Delivery) -> Result<FloodLab> {
+        if cpu::online_cpus() <= RECEIVER_CPU {
+            return Err(LabError::Unexpected {
+                process: "mptcp-flood".into(),
+                request: "two CPUs".into(),
+                line: format!("only {} CPU(s) online", cpu::online_cpus()),
+            });
+        }
+        // The harness and every child it starts run on the sender CPU unless moved.
+        cpu::pin(0, SENDER_CPU).map_err(io_err("pinning the harness to CPU 0".into()))?;
+        let napi_before = napi_threads();
+        let lab = Lab::new()?;
+        let mut flood = FloodLab {
+            lab,
+            exe: exe.to_owned(),
+            loader: loader.to_owned(),
+            napi_before,
+            receiver_threads: BTreeSet::new(),
+            next_port: 20_000,
+        };
+        flood.arrange(delivery)?;
+        flood.repin()?;
+        Ok(flood)
+    }
+
+    fn arrange(&self, delivery: Delivery) -> Result<()> {
+        let sender_mask = format!("{:x}", 1u32 << SENDER_CPU);
+        for path in PATHS {
+            self.lab
+                .client
+                .run(&["ethtool", "-K", path.client_iface, "tso", "off"])?;
+            self.lab.client.run(&[
+                "sh",
+                "-c",
+                &format!(
+                    "echo {sender_mask} > /sys/class/net/{}/queues/rx-0/rps_cpus",
+                    path.client_iface
+                ),
+            ])?;
+            self.lab
+                .server
+                .run(&["ethtool", "-K", path.server_iface, "gro", "on"])?;
+            self.lab.server.run(&[
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{}/threaded", path.server_iface),
+            ])?;
+            if let Some(t) = delivery.coalesce {
+                let dir = format!("/sys/class/net/{}", path.server_iface);
+                self.lab.server.run(&[
+                    "sh",
+                    "-c",
+                    &format!(
+                        "echo {} > {dir}/gro_flush_timeout && echo 1 > {dir}/napi_defer_hard_irqs",
+                        t.as_nanos()
+                    ),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the server interfaces' NAPI threads (they are recreated when XDP comes and goes),
+    /// pins them to the receiving CPU and gives them SCHED_FIFO.
+    ///
+    /// # Errors
+    /// When no NAPI thread is found or one cannot be moved.
+    pub fn repin(&mut self) -> Result<()> {
+        let ours: BTreeSet<u32> = napi_threads()
+            .difference(&self.napi_before)
+            .copied()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| {
+                    SERVER_IFACES
+                        .iter()
+                        .any(|i| c.starts_with(&format!("napi/{i}-")))
+                })
+            })
+            .collect();
+        if ours.is_empty() {
+            return Err(LabError::Unexpected {
+                process: "kernel".into(),
+                request: "threaded NAPI on the server's veths".into(),
+                line: "no napi/sveth* thread appeared".into(),
+            });
+        }
+        for &pid in &ours {
+            cpu::pin(pid, RECEIVER_CPU).map_err(io_err(format!("pinning NAPI thread {pid}")))?;
+            cpu::set_fifo(pid, NAPI_PRIORITY)
+                .map_err(io_err(format!("SCHED_FIFO for NAPI thread {pid}")))?;
+        }
+        let ksoftirqd = format!("ksoftirqd/{RECEIVER_CPU}");
+        self.receiver_threads = ours;
+        self.receiver_threads
+            .extend(cpu::pids_by_comm(|c| c == ksoftirqd));
+        Ok(())
+    }
+
+    /// CPU time of the receiver threads so far, in ns.
+    #[must_use]
+    pub fn receiver_cpu_ns(&self) -> u64 {
+        self.receiver_threads
+            .iter()
+            .filter_map(|&pid| cpu::process_cpu_ns(pid))
+            .sum()
+    }
+
+    /// Number of receiver threads measured.
+    #[must_use]
+    pub fn receiver_thread_count(&self) -> usize {
+        self.receiver_threads.len()
+    }
+
+    fn port(&mut self) -> u16 {
+        self.next_port += 1;
+        self.next_port
+    }
+
+    /// Puts `receiver` in front of the server's stack.
+    ///
+    /// # Errors
+    /// When the loader or the floor program cannot be attached.
+    pub fn attach(&mut self, receiver: Receiver) -> Result<Attached> {
+        let attached = match receiver {
+            Receiver::Kernel => Attached::Nothing,
+            Receiver::Validator => Attached::Validator(Validator::start(
+                &self.lab.server,
+                &self.loader,
+                &SERVER_IFACES,
+                Mode::Enforce,
+            )?),
+            Receiver::XdpDrop | Receiver::XdpPass => {
+                let action = if receiver == Receiver::XdpDrop {
+                    "drop"
+                } else {
+                    "pass"
+                };
+                let mut args = vec!["xdp", action];
+                args.extend(SERVER_IFACES);
+                let mut proc = self.lab.server.spawn("XDP floor", &self.exe, &args)?;
+                proc.wait_for_prefix("ATTACHED", Duration::from_secs(10))?;
+                Attached::Floor(proc)
+            }
+        };
+        self.repin()?;
+        Ok(attached)
+    }
+
+    /// Removes what [`FloodLab::attach`] put there.
+    ///
+    /// # Errors
+    /// When the loader does not stop cleanly.
+    pub fn detach(&mut self, attached: Attached) -> Result<()> {
+        match attached {
+            Attached::Nothing => {}
+            Attached::Validator(v) => {
+                let report = v.stop(&self.lab.server)?;
+                if !report.still_attached.is_empty() {
+                    return Err(LabError::Unexpected {
+                        process: "mptcp-loader".into(),
+                        request: "detach on SIGINT".into(),
+                        line: format!("XDP still on {:?}", report.still_attached),
+                    });
+                }
+            }
+            Attached::Floor(proc) => drop(proc),
+        }
+        // The links go with the helper; wait until the interfaces show it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for iface in SERVER_IFACES {
+            while self.lab.server.xdp_prog_id(iface)?.is_some() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.repin()
+    }
+
+    /// Opens the victim connection (client 198.18.1.1 -> server 198.18.1.2:port, joined by a
+    /// second subflow on path 2), reads its state from a capture on the client's path-1
+    /// interface, writes its profiles, and, when `control`, sends one `add_addr_valid` segment
+    /// and returns how much `MPTcpExtAddAddr` moved (1 when the profile is right).
+    ///
+    /// # Errors
+    /// When a process fails or the connection state cannot be read.
+    pub fn open_victim(&mut self, control: bool) -> Result<Victim> {
+        let port = self.port();
+        let server_addr = SocketAddrV4::new(PATH1.server_addr, port);
+        let dir = self.lab.work_dir().join(format!("victim-{port}"));
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let pcap = dir.join("handshake.pcap");
+        let capture = Capture::start(
+            &self.lab.client,
+            PATH1.client_iface,
+            &pcap,
+            &format!("tcp port {port}"),
+        )?;
+        let mut server = self.lab.server.spawn(
+            "victim server",
+            &self.exe,
+            &["serve".to_owned(), server_addr.to_string()],
+        )?;
+        server.wait_for_prefix("LISTENING", Duration::from_secs(10))?;
+        let before = self.lab.server.counters()?;
+        let mut client = self.lab.client.spawn(
+            "victim client",
+            &self.exe,
+            &[
+                "send".to_owned(),
+                server_addr.to_string(),
+                "--bytes".into(),
+                "1000".into(),
+                "--hold".into(),
+            ],
+        )?;
+        client.wait_for_prefix("CONNECTED", Duration::from_secs(10))?;
+        client.wait_for_prefix("SENT", Duration::from_secs(10))?;
+        // Wait for the second subflow, so nothing is still moving on the first.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .lab
+            .server
+            .counters()?
+            .delta(&before, mib::MP_JOIN_ACK_RX)
+            < 1
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(300));
+        let report = capture.stop()?;
+        let bytes = std::fs::read(&report.path)
+            .map_err(io_err(format!("reading {}", report.path.display())))?;
+        let snap = Snapshot::from_frames(&read_pcap(&bytes)?, PATH1.client_addr, server_addr)
+            .ok_or_else(|| LabError::parse("the victim's handshake capture", "no MPTCP keys"))?;
+        let conn = Connection {
+            src: SocketAddr::V4(SocketAddrV4::new(PATH1.client_addr, snap.sport)),
+            dst: SocketAddr::V4(server_addr),
+            src_mac: profiles::parse_mac(PATH1.client_mac).expect("lab MAC"),
+            dst_mac: profiles::parse_mac(PATH1.server_mac).expect("lab MAC"),
+            seq: snap.seq,
+            ack: snap.ack,
+            window: snap.window,
+            timestamps: snap.timestamps,
+            key_a: snap.key_a,
+            key_b: snap.key_b,
+        };
+        let settings = Settings {
+            count: 16,
+            ..Settings::default()
+        };
+        profiles::write_all(&conn, &settings, &dir).map_err(|e| LabError::Io {
+            what: format!("writing the victim's profiles: {e}"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut victim = Victim {
+            server,
+            client,
+            conn,
+            dir,
+            control: None,
+        };
+        if control {
+            let before = self.lab.server.counters()?;
+            let mut one = self.trafgen(&victim.cfg(Kind::AddAddrValid), 1000, 1)?;
+            one.wait_exit(Duration::from_secs(10))?;
+            thread::sleep(Duration::from_millis(200));
+            victim.control = Some(self.lab.server.counters()?.delta(&before, mib::ADD_ADDR));
+        }
+        Ok(victim)
+    }
+
+    /// Starts trafgen on the client's path-1 interface: `count` packets of `cfg` at `rate`
+    /// packets per second, one process on the sender CPU, SCHED_FIFO.
+    ///
+    /// # Errors
+    /// When trafgen cannot be started.
+    pub fn trafgen(&self, cfg: &Path, rate: u32, count: u64) -> Result<Proc> {
+        let args = [
+            "-f".to_owned(),
+            TRAFGEN_PRIORITY.to_owned(),
+            "trafgen".to_owned(),
+            "--in".to_owned(),
+            cfg.display().to_string(),
+            "--out".to_owned(),
+            PATH1.client_iface.to_owned(),
+            "--rate".to_owned(),
+            format!("{rate}pps"),
+            "--num".to_owned(),
+            count.to_string(),
+            "--cpus".to_owned(),
+            "1".to_owned(),
+            "--notouch-irq".to_owned(),
+            "--no-cpu-stats".to_owned(),
+        ];
+        self.lab.client.spawn("trafgen", "chrt", &args)
+    }
+
+    fn validator_count(attached: &Attached, ns: &Netns, counter: Counter) -> Result<Option<u64>> {
+        match attached {
+            Attached::Validator(v) => Ok(Some(v.stats(ns)?.get(counter))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Floods the victim with `attack` at `rate` for `duration` and measures the receiver.
+    ///
+    /// # Errors
+    /// When trafgen fails or a counter cannot be read.
+    pub fn flood(
+        &self,
+        victim: &Victim,
+        attached: &Attached,
+        attack: Attack,
+        rate: u32,
+        duration: Duration,
+    ) -> Result<FloodWindow> {
+        let rx_path = format!(
+            "/sys/class/net/{}/statistics/rx_packets",
+            PATH1.server_iface
+        );
+        let drop_path = format!(
+            "/sys/class/net/{}/statistics/tx_dropped",
+            PATH1.client_iface
+        );
+        let count = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
+        let counter = attack.validator_counter();
+        let (k0, v0) = (
+            self.lab.server.counters()?,
+            Self::validator_count(attached, &self.lab.server, counter)?,
+        );
+        let (rx0, drops0) = (
+            read_u64(&self.lab.server, &rx_path)?,
+            read_u64(&self.lab.client, &drop_path)?,
+        );
+        let (cpu0, stat0, t0) = (
+            self.receiver_cpu_ns(),
+            CpuStat::read(RECEIVER_CPU),
+            Instant::now(),
+        );
+        let mut trafgen = self.trafgen(&victim.cfg(attack.profile()), rate, count)?;
+        let status = trafgen.wait_exit(duration * 3 + Duration::from_secs(10))?;
+        // Let the receiver finish what is queued.
+        thread::sleep(Duration::from_millis(50));
+        let (cpu1, stat1, secs) = (
+            self.receiver_cpu_ns(),
+            CpuStat::read(RECEIVER_CPU),
+            t0.elapsed().as_secs_f64(),
+        );
+        if !status.success() {
+            return Err(LabError::Unexpected {
+                process: "trafgen".into(),
+                request: format!("{count} packets at {rate} pps"),
+                line: trafgen.log(),
+            });
+        }
+        let (rx1, drops1) = (
+            read_u64(&self.lab.server, &rx_path)?,
+            read_u64(&self.lab.client, &drop_path)?,
+        );
+        let k1 = self.lab.server.counters()?;
+        let v1 = Self::validator_count(attached, &self.lab.server, counter)?;
+        let kernel = [mib::TCP_IN_SEGS, OUT_RSTS, JOIN_NO_TOKEN, mib::ADD_ADDR]
+            .iter()
+            .map(|name| ((*name).to_owned(), k1.delta(&k0, name)))
+            .filter(|(_, d)| *d != 0)
+            .collect();
+        Ok(FloodWindow {
+            sent: count,
+            ring_drops: drops1.saturating_sub(drops0),
+            processed: rx1.saturating_sub(rx0),
+            secs,
+            cpu_ns: cpu1.saturating_sub(cpu0),
+            stat: stat1.since(&stat0),
+            kernel,
+            validator_dropped: v0.zip(v1).map(|(a, b)| b.saturating_sub(a)),
+        })
+    }
+
+    /// The receiver's `/proc/stat` and thread CPU time over `duration` with no flood.
+    #[must_use]
+    pub fn idle(&self, duration: Duration) -> (CpuStat, u64, f64) {
+        let (cpu0, stat0, t0) = (
+            self.receiver_cpu_ns(),
+            CpuStat::read(RECEIVER_CPU),
+            Instant::now(),
+        );
+        thread::sleep(duration);
+        (
+            CpuStat::read(RECEIVER_CPU).since(&stat0),
+            self.receiver_cpu_ns().saturating_sub(cpu0),
+            t0.elapsed().as_secs_f64(),
+        )
+    }
+
+    /// A genuine MPTCP transfer from the client to a fresh server for `duration`, optionally
+    /// while `flood` (victim, attack, rate) runs. The server application runs on the receiving
+    /// CPU, the client on the sender CPU, both SCHED_FIFO below the NAPI threads and trafgen.
+    ///
+    /// # Errors
+    /// When an endpoint fails.
+    pub fn transfer(
+        &mut self,
+        duration: Duration,
+        flood: Option<(&Victim, Attack, u32)>,
+    ) -> Result<Transfer> {
+        let port = self.port();
+        let addr = SocketAddrV4::new(PATH1.server_addr, port);
+        let mut server = self.lab.server.spawn(
+            "transfer server",
+            &self.exe,
+            &["serve".to_owned(), addr.to_string()],
+        )?;
+        server.wait_for_prefix("LISTENING", Duration::from_secs(10))?;
+        cpu::pin(server.pid(), RECEIVER_CPU)
+            .map_err(io_err("pinning the transfer server".into()))?;
+        cpu::set_fifo(server.pid(), ENDPOINT_PRIORITY)
+            .map_err(io_err("SCHED_FIFO for the transfer server".into()))?;
+        let drops_before = self.ring_drops()?;
+        let client_before = self.lab.client.counters()?;
+        let lead = Duration::from_millis(500);
+        let mut trafgen = match flood {
+            Some((victim, attack, rate)) => {
+                let secs = (duration + lead * 3).as_secs_f64();
+                let count = (f64::from(rate) * secs).round() as u64;
+                let t = self.trafgen(&victim.cfg(attack.profile()), rate, count)?;
+                thread::sleep(lead);
+                Some(t)
+            }
+            None => None,
+        };
+        let mut client = self.lab.client.spawn(
+            "transfer client",
+            &self.exe,
+            &[
+                "send".to_owned(),
+                addr.to_string(),
+                "--seconds".into(),
+                format!("{:.3}", duration.as_secs_f64()),
+            ],
+        )?;
+        cpu::set_fifo(client.pid(), ENDPOINT_PRIORITY)
+            .map_err(io_err("SCHED_FIFO for the transfer client".into()))?;
+        let line = server.wait_for_prefix("RECEIVED", duration + Duration::from_secs(60))?;
+        client.wait_exit(Duration::from_secs(30))?;
+        if let Some(t) = trafgen.as_mut() {
+            t.wait_exit(duration + Duration::from_secs(30))?;
+        }
+        let ring_drops = self.ring_drops()?.saturating_sub(drops_before);
+        let retransmits = self
+            .lab
+            .client
+            .counters()?
+            .delta(&client_before, "TcpRetransSegs");
+        let mut words = line.split_whitespace();
+        let bytes = words.next().and_then(|w| w.parse().ok());
+        let secs = words.next().and_then(|w| w.parse().ok());
+        match (bytes, secs) {
+            (Some(bytes), Some(secs)) => Ok(Transfer {
+                bytes,
+                secs,
+                ring_drops,
+                retransmits,
+            }),
+            _ => Err(LabError::parse("the transfer server's report", line)),
+        }
+    }
+
+    /// Packets dropped so far by the client's veths because the server side's ring was full.
+    fn ring_drops(&self) -> Result<u64> {
+        let mut total = 0;
+        for path in PATHS {
+            total += read_u64(
+                &self.lab.client,
+                &format!("/sys/class/net/{}/statistics/tx_dropped", path.client_iface),
+            )?;
+        }
+        Ok(total)
+    }
+
+    /// The loader's process CPU time (user + system, ns), if a validator runs in the server
+    /// namespace.
+    #[must_use]
+    pub fn loader_cpu_ns(&self) -> Option<u64> {
+        let ns_inode = std::fs::metadata(self.lab.server.path())
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        cpu::pids_by_comm(|c| c == "mptcp-loader")
+            .into_iter()
+            .find(|pid| {
+                std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ns_inode)
+            })
+            .and_then(cpu::process_cpu_ns)
+    }
+}
+
+impl Victim {
+    /// The trafgen configuration of `kind` for this connection.
+    #[must_use]
+    pub fn cfg(&self, kind: Kind) -> PathBuf {
+        self.dir.join(format!("{}.cfg", kind.stem()))
+    }
+
+    /// Closes the connection (the client closes, the server reads the end).
+    pub fn close(mut self) {
+        let _ = self.client.send_line("close");
+        let _ = self
+            .server
+            .wait_for_prefix("RECEIVED", Duration::from_secs(10));
+        let _ = self.client.wait_exit(Duration::from_secs(10));
+    }
+}
+
+/// What the victim's capture says about its initial subflow, from the client's side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Client port.
+    pub sport: u16,
+    /// The client's snd_nxt.
+    pub seq: u32,
+    /// The client's rcv_nxt.
+    pub ack: u32,
+    /// The client's latest window.
+    pub window: u16,
+    /// The client's latest TSval and the server's latest TSval.
+    pub timestamps: Option<(u32, u32)>,
+    /// Key A (client), from the MP_CAPABLE third ACK.
+    pub key_a: [u8; 8],
+    /// Key B (server).
+    pub key_b: [u8; 8],
+}
+
+/// `a` later than `b` in sequence space.
+fn seq_after(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < 0x8000_0000
+}
+
+fn later(current: Option<u32>, candidate: u32) -> Option<u32> {
+    match current {
+        Some(c) if !seq_after(candidate, c) => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+/// One IPv4 TCP segment's fields the snapshot needs.
+struct Segment {
+    src: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    payload: u32,
+    ts: Option<(u32, u32)>,
+    keys: Option<([u8; 8], [u8; 8])>,
+}
+
+fn parse_segment(frame: &[u8]) -> Option<Segment> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if *ip.get(9)? != 6 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let src = Ipv4Addr::new(*ip.get(12)?, *ip.get(13)?, *ip.get(14)?, *ip.get(15)?);
+    let tcp = ip.get(ihl..)?;
+    let be16 = |o: usize| Some(u16::from_be_bytes([*tcp.get(o)?, *tcp.get(o + 1)?]));
+    let be32 = |o: usize| Some(u32::from_be_bytes(tcp.get(o..o + 4)?.try_into().ok()?));
+    let doff = usize::from(tcp.get(12)? >> 4) * 4;
+    let mut seg = Segment {
+        src,
+        sport: be16(0)?,
+        dport: be16(2)?,
+        seq: be32(4)?,
+        ack: be32(8)?,
+        flags: *tcp.get(13)?,
+        window: be16(14)?,
+        payload: u32::try_from(total.saturating_sub(ihl + doff)).ok()?,
+        ts: None,
+        keys: None,
+    };
+    let mut opts = tcp.get(20..doff)?;
+    while let Some(&kind) = opts.first() {
+        match kind {
+            0 => break,
+            1 => opts = &opts[1..],
+            _ => {
+                let len = usize::from(*opts.get(1)?);
+                if len < 2 || len > opts.len() {
+                    break;
+                }
+                let body = &opts[2..len];
+                if kind == 8 && len == 10 {
+                    let v = u32::from_be_bytes(body[..4].try_into().ok()?);
+                    let e = u32::from_be_bytes(body[4..8].try_into().ok()?);
+                    seg.ts = Some((v, e));
+                } else if kind == 30 && matches!(len, 20 | 22 | 24) && body[0] >> 4 == 0 {
+                    seg.keys = Some((body[2..10].try_into().ok()?, body[10..18].try_into().ok()?));
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    Some(seg)
+}
+
+impl Snapshot {
+    /// Follows the initial subflow `client -> server` through captured frames (both directions)
+    /// and returns the client's latest state, or `None` without the MP_CAPABLE keys.
+    #[must_use]
+    pub fn from_frames(
+        frames: &[Vec<u8>],
+        client: Ipv4Addr,
+        server: SocketAddrV4,
+    ) -> Option<Snapshot> {
+        const SYN: u8 = 0x02;
+        const FIN: u8 = 0x01;
+        const ACK: u8 = 0x10;
+        let (mut snd_nxt, mut rcv_nxt) = (None, None);
+        let (mut tsval, mut tsecr) = (None, None);
+        let mut snap = Snapshot::default();
+        let mut keys = None;
+        for seg in frames.iter().filter_map(|f| parse_segment(f)) {
+            let to_server = seg.src == client && seg.dport == server.port();
+            let to_client = seg.src == *server.ip() && seg.sport == server.port();
+            if !(to_server || to_client) {
+                continue;
+            }
+            let end = seg
+                .seq
+                .wrapping_add(seg.payload)
+                .wrapping_add(u32::from(seg.flags & SYN != 0))
+                .wrapping_add(u32::from(seg.flags & FIN != 0));
+            if to_server {
+                snap.sport = seg.sport;
+                snap.window = seg.window;
+                snd_nxt = later(snd_nxt, end);
+                if seg.flags & ACK != 0 {
+                    rcv_nxt = later(rcv_nxt, seg.ack);
+                }
+                if let Some((v, _)) = seg.ts {
+                    tsval = later(tsval, v);
+                }
+                if keys.is_none() {
+                    keys = seg.keys;
+                }
+            } else {
+                rcv_nxt = later(rcv_nxt, end);
+                if seg.flags & ACK != 0 {
+                    snd_nxt = later(snd_nxt, seg.ack);
+                }
+                if let Some((v, _)) = seg.ts {
+                    tsecr = later(tsecr, v);
+                }
+            }
+        }
+        let (key_a, key_b) = keys?;
+        snap.seq = snd_nxt?;
+        snap.ack = rcv_nxt?;
+        snap.timestamps = tsval.zip(tsecr);
+        snap.key_a = key_a;
+        snap.key_b = key_b;
+        Some(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mptcp_common::testing::Frame;
+
+    fn seg(
+        from_client: bool,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        opts: &[u8],
+        payload: usize,
+    ) -> Vec<u8> {
+        let mut f = Frame::v4(opts);
+        f.src[..4].copy_from_slice(&[198, 18, 1, 1]);
+        f.dst[..4].copy_from_slice(&[198, 18, 1, 2]);
+        f.ports = (40_000, 10_000);
+        f.flags = flags;
+        f.payload = vec![0; payload];
+        if !from_client {
+            f = f.reversed(opts);
+        }
+        let mut bytes = f.bytes();
+        bytes[14 + 20 + 4..14 + 20 + 8].copy_from_slice(&seq.to_be_bytes());
+        bytes[14 + 20 + 8..14 + 20 + 12].copy_from_slice(&ack.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn snapshot_follows_both_directions() {
+        let ts =
+            |v: u32, e: u32| [&[1u8, 1, 8, 10][..], &v.to_be_bytes(), &e.to_be_bytes()].concat();
+        let mpc = crate::mptcp_frames::mpc_third_ack(&[1; 8], &[2; 8]);
+        let frames = vec![
+            seg(true, 100, 0, 0x02, &ts(10, 0), 0),
+            seg(false, 500, 101, 0x12, &ts(70, 10), 0),
+            seg(true, 101, 501, 0x10, &[ts(11, 70), mpc].concat(), 0),
+            seg(true, 101, 501, 0x18, &ts(12, 70), 1000),
+            seg(false, 501, 1101, 0x10, &ts(71, 12), 0),
+        ];
+        let server = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 10_000);
+        let s = Snapshot::from_frames(&frames, Ipv4Addr::new(198, 18, 1, 1), server).unwrap();
+        assert_eq!((s.sport, s.seq, s.ack), (40_000, 1101, 501));
+        assert_eq!(s.timestamps, Some((12, 71)));
+        assert_eq!((s.key_a, s.key_b), ([1; 8], [2; 8]));
+        assert!(
+            Snapshot::from_frames(&frames[..2], Ipv4Addr::new(198, 18, 1, 1), server).is_none()
+        );
+    }
+
+    #[test]
+    fn sequence_space_wraps() {
+        assert!(seq_after(5, u32::MAX - 5));
+        assert_eq!(later(Some(u32::MAX - 1), 3), Some(3));
+        assert_eq!(later(Some(3), u32::MAX - 1), Some(3));
+    }
+}

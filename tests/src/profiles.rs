@@ -1,0 +1,928 @@
+//! Packet-generator profiles for one MPTCP connection: trafgen (netsniff-ng) configurations and
+//! classic pcaps (for tcpreplay, T-Rex, MoonGen, ...) of
+//!
+//! - `add_addr_valid`: ADD_ADDRs with the right truncated HMAC (what the connection's own
+//!   sender would send; a positive control),
+//! - `add_addr_forged`: the same segments with a random, wrong HMAC (the ADD_ADDR attack),
+//! - `join_syn_random_token`: MP_JOIN SYNs naming random tokens (a blind-join flood),
+//! - `dss`: data segments with a DSS mapping (benign MPTCP traffic, a load baseline).
+//!
+//! Every segment goes from `src` (host A) to `dst` (host B) of [`Connection`]. ADD_ADDR and DSS
+//! segments use its sequence numbers, so they are in window when they are fresh; the MP_JOIN
+//! SYNs only reuse the addresses and the destination port. A profile is one [`Template`]: fixed
+//! bytes, random bytes and checksum slots. Rendered for trafgen, random bytes become `drnd()`
+//! and checksums `csumip()`/`csumtcp()`/`csumtcp6()`, recomputed for every packet sent;
+//! rendered into a pcap, they are drawn from a seeded generator and computed once per frame.
+
+use std::{
+    fmt::Write as _,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::mptcp_frames::{hmac_sha256, token};
+
+/// The connection the profiles target, as seen by its sender `src` (host A).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// Sender address and port (host A).
+    pub src: SocketAddr,
+    /// Receiver address and port (host B). Same family as `src`.
+    pub dst: SocketAddr,
+    /// Ethernet source (A's interface).
+    pub src_mac: [u8; 6],
+    /// Ethernet destination (B's interface, or the next hop's).
+    pub dst_mac: [u8; 6],
+    /// A's next sequence number (B's `rcv_nxt`): what makes ADD_ADDR and DSS segments in window.
+    pub seq: u32,
+    /// A's acknowledgement number (B's `snd_nxt` or a little less).
+    pub ack: u32,
+    /// The (scaled) window A advertises.
+    pub window: u16,
+    /// `(TSval, TSecr)` when the connection uses TCP timestamps. Linux drops segments without
+    /// the option on a connection that negotiated it, and PAWS drops a TSval older than the
+    /// last one it saw from A.
+    pub timestamps: Option<(u32, u32)>,
+    /// A's MPTCP key: an ADD_ADDR's HMAC is keyed with the announcer's key first.
+    pub key_a: [u8; 8],
+    /// B's MPTCP key.
+    pub key_b: [u8; 8],
+}
+
+/// What the profiles announce and how many frames the pcaps hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Frames per pcap.
+    pub count: u32,
+    /// Address ID of the ADD_ADDRs, and of the MP_JOIN SYNs.
+    pub addr_id: u8,
+    /// Address the ADD_ADDRs announce (IPv4 or IPv6, whatever the connection's family).
+    pub announce: IpAddr,
+    /// Payload bytes of each DSS segment.
+    pub dss_payload: u16,
+    /// Seed of the generator that draws the random bytes of the pcaps.
+    pub seed: u64,
+    /// Microseconds between two pcap timestamps (replay tools honour them unless told to
+    /// replay at a fixed rate).
+    pub pcap_gap_us: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            count: 1000,
+            addr_id: 9,
+            announce: IpAddr::V4(Ipv4Addr::new(198, 18, 3, 66)),
+            dss_payload: 1000,
+            seed: 1,
+            pcap_gap_us: 10,
+        }
+    }
+}
+
+/// The profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// ADD_ADDR with the right HMAC.
+    AddAddrValid,
+    /// ADD_ADDR with a random HMAC.
+    AddAddrForged,
+    /// MP_JOIN SYN with a random token.
+    JoinSynRandomToken,
+    /// Data segments with a DSS mapping.
+    Dss,
+}
+
+impl Kind {
+    /// Every profile, in the order files are written.
+    pub const ALL: [Kind; 4] = [
+        Kind::AddAddrValid,
+        Kind::AddAddrForged,
+        Kind::JoinSynRandomToken,
+        Kind::Dss,
+    ];
+
+    /// File name without extension (`<stem>.cfg`, `<stem>.pcap`).
+    #[must_use]
+    pub fn stem(self) -> &'static str {
+        match self {
+            Kind::AddAddrValid => "add_addr_valid",
+            Kind::AddAddrForged => "add_addr_forged",
+            Kind::JoinSynRandomToken => "join_syn_random_token",
+            Kind::Dss => "dss",
+        }
+    }
+
+    /// One line saying what the profile sends.
+    #[must_use]
+    pub fn summary(self) -> &'static str {
+        match self {
+            Kind::AddAddrValid => {
+                "pure ACKs carrying an ADD_ADDR (E=0) with the right truncated HMAC, \
+                 HMAC-SHA256(key A || key B, id || address || 00 00)[24..32]"
+            }
+            Kind::AddAddrForged => {
+                "the same pure ACKs with 8 random HMAC bytes: right 4-tuple, in-window \
+                 sequence numbers, wrong HMAC (the ADD_ADDR attack)"
+            }
+            Kind::JoinSynRandomToken => {
+                "SYNs with MP_JOIN naming a random token (and random nonce, source port, ISN \
+                 and TSval): a blind-join flood at the port of B"
+            }
+            Kind::Dss => {
+                "data segments with a DSS mapping (64-bit data ACK and DSN, as Linux sends \
+                 them) and a payload: benign MPTCP traffic"
+            }
+        }
+    }
+}
+
+/// One piece of a frame template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Fixed bytes, with what they are.
+    Bytes(Vec<u8>, &'static str),
+    /// Random bytes, drawn again for every packet. A pcap never uses `avoid` (e.g. the right
+    /// HMAC, the real token); trafgen's `drnd()` can hit it, with probability 2^-(8 * len).
+    Random {
+        /// Number of bytes.
+        len: usize,
+        /// What they are.
+        what: &'static str,
+        /// A value the pcap frames must not take.
+        avoid: Option<Vec<u8>>,
+    },
+    /// The IPv4 header checksum (2 bytes).
+    Ipv4Checksum,
+    /// The TCP checksum (2 bytes), IPv4 or IPv6 pseudo-header.
+    TcpChecksum,
+    /// A repeated byte (payload).
+    Fill(u8, usize, &'static str),
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Bytes(b, _) => b.len(),
+            Piece::Random { len, .. } => *len,
+            Piece::Ipv4Checksum | Piece::TcpChecksum => 2,
+            Piece::Fill(_, n, _) => *n,
+        }
+    }
+}
+
+/// A frame: Ethernet, IPv4 or IPv6, TCP with options, payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    /// The pieces, in wire order.
+    pub pieces: Vec<Piece>,
+    /// IPv6 instead of IPv4.
+    pub v6: bool,
+}
+
+/// Offset of the IP header (Ethernet II, no VLAN).
+const IP_OFF: usize = 14;
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+const TCP_SYN: u8 = 0x02;
+const MPTCP_KIND: u8 = 30;
+const NOP: u8 = 1;
+
+impl Template {
+    fn tcp_off(&self) -> usize {
+        IP_OFF + if self.v6 { 40 } else { 20 }
+    }
+
+    /// Total frame length.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Piece::len).sum()
+    }
+
+    /// Whether the template has no bytes (never, for the profiles).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The trafgen packet block: `{ ... }` with one line per piece and a `#` comment saying
+    /// what it is (trafgen 0.6 rejects a `/* */` comment after an element on the same line).
+    #[must_use]
+    pub fn trafgen(&self) -> String {
+        let tcp = self.tcp_off();
+        let mut out = String::from("{\n");
+        for piece in &self.pieces {
+            let (body, what) = match piece {
+                Piece::Bytes(bytes, what) => (
+                    bytes
+                        .iter()
+                        .map(|b| format!("0x{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    (*what).to_owned(),
+                ),
+                Piece::Random { len, what, .. } => (format!("drnd({len})"), (*what).to_owned()),
+                Piece::Ipv4Checksum => (
+                    format!("csumip({IP_OFF}, {})", tcp - 1),
+                    "IPv4 header checksum".to_owned(),
+                ),
+                Piece::TcpChecksum if self.v6 => (
+                    format!("csumtcp6({IP_OFF}, {tcp})"),
+                    "TCP checksum".to_owned(),
+                ),
+                Piece::TcpChecksum => (
+                    format!("csumtcp({IP_OFF}, {tcp})"),
+                    "TCP checksum".to_owned(),
+                ),
+                Piece::Fill(byte, n, what) => {
+                    (format!("fill(0x{byte:02x}, {n})"), (*what).to_owned())
+                }
+            };
+            let _ = writeln!(out, "  {body}, # {what}");
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// The frame's bytes with random pieces drawn from `rng` and checksums computed.
+    #[must_use]
+    pub fn render(&self, rng: &mut SplitMix64) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(self.len());
+        let mut slots = Vec::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Bytes(bytes, _) => frame.extend_from_slice(bytes),
+                Piece::Random { len, avoid, .. } => loop {
+                    let drawn = rng.bytes(*len);
+                    if avoid.as_deref() != Some(drawn.as_slice()) {
+                        frame.extend_from_slice(&drawn);
+                        break;
+                    }
+                },
+                Piece::Ipv4Checksum | Piece::TcpChecksum => {
+                    slots.push((frame.len(), piece.clone()));
+                    frame.extend_from_slice(&[0, 0]);
+                }
+                Piece::Fill(byte, n, _) => frame.extend(std::iter::repeat_n(*byte, *n)),
+            }
+        }
+        let tcp = self.tcp_off();
+        for (at, piece) in slots {
+            let sum = if piece == Piece::Ipv4Checksum {
+                internet_checksum(&[&frame[IP_OFF..tcp]])
+            } else {
+                tcp_checksum(&frame, self.v6, tcp)
+            };
+            frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        frame
+    }
+}
+
+/// RFC 1071 checksum over the concatenation of `parts` (each of even length but the last).
+#[must_use]
+pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut odd: Option<u8> = None;
+    for part in parts {
+        for &byte in *part {
+            match odd.take() {
+                Some(high) => sum += u64::from(u16::from_be_bytes([high, byte])),
+                None => odd = Some(byte),
+            }
+        }
+    }
+    if let Some(high) = odd {
+        sum += u64::from(u16::from_be_bytes([high, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).expect("folded to 16 bits")
+}
+
+fn tcp_checksum(frame: &[u8], v6: bool, tcp: usize) -> u16 {
+    let segment = &frame[tcp..];
+    let len = u32::try_from(segment.len()).expect("segment length");
+    let mut pseudo = Vec::with_capacity(40);
+    if v6 {
+        pseudo.extend_from_slice(&frame[IP_OFF + 8..IP_OFF + 40]);
+        pseudo.extend_from_slice(&len.to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+    } else {
+        pseudo.extend_from_slice(&frame[IP_OFF + 12..IP_OFF + 20]);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&u16::try_from(len).expect("IPv4 segment").to_be_bytes());
+    }
+    internet_checksum(&[&pseudo, segment])
+}
+
+/// A small deterministic generator (SplitMix64) for the pcaps' random bytes.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator with this seed.
+    #[must_use]
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            out.extend_from_slice(&self.next_u64().to_be_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+/// Why a profile cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// `src` and `dst` are of different families.
+    #[error("--src {src} and --dst {dst} must both be IPv4 or both IPv6")]
+    MixedFamilies {
+        /// Sender.
+        src: SocketAddr,
+        /// Receiver.
+        dst: SocketAddr,
+    },
+    /// The options do not fit in the TCP header or the frame is too long.
+    #[error("{0}")]
+    TooLong(String),
+    /// Writing a file failed.
+    #[error("writing {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// IDSN of a key: SHA-256(key)[24..32] as a big-endian integer (protocol doc §3).
+#[must_use]
+pub fn idsn(key: &[u8; 8]) -> u64 {
+    let digest = Sha256::digest(key);
+    u64::from_be_bytes(digest[24..32].try_into().expect("8 bytes"))
+}
+
+fn ip_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The ADD_ADDR option fields the HMAC covers, and the right truncated HMAC (sender A).
+fn add_addr_parts(conn: &Connection, settings: &Settings) -> (Vec<u8>, [u8; 8]) {
+    let addr = ip_bytes(settings.announce);
+    let msg = [&[settings.addr_id][..], &addr, &[0, 0]].concat();
+    let digest = hmac_sha256(&conn.key_a, &conn.key_b, &msg);
+    let mut hmac = [0u8; 8];
+    hmac.copy_from_slice(&digest[24..32]);
+    (addr, hmac)
+}
+
+/// Builds the template of `kind` for `conn`. The trafgen rendering and every pcap frame come
+/// from it.
+///
+/// # Errors
+/// When `src` and `dst` are of different families, or a DSS payload does not fit in a frame.
+pub fn template(
+    kind: Kind,
+    conn: &Connection,
+    settings: &Settings,
+) -> Result<Template, ProfileError> {
+    build(kind, conn, settings, 0)
+}
+
+/// [`template`], for the DSS segment `offset` bytes into the data.
+fn build(
+    kind: Kind,
+    conn: &Connection,
+    settings: &Settings,
+    offset: u32,
+) -> Result<Template, ProfileError> {
+    let v6 = match (conn.src.ip(), conn.dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => false,
+        (IpAddr::V6(_), IpAddr::V6(_)) => true,
+        _ => {
+            return Err(ProfileError::MixedFamilies {
+                src: conn.src,
+                dst: conn.dst,
+            })
+        }
+    };
+    let ts = |tsval: Piece| {
+        vec![
+            Piece::Bytes(
+                vec![NOP, NOP, 8, 10],
+                "NOP, NOP, timestamps (kind 8, length 10)",
+            ),
+            tsval,
+        ]
+    };
+    let mut options: Vec<Piece> = Vec::new();
+    let mut payload: Vec<Piece> = Vec::new();
+    let (flags, sport, seq, ack, window): (u8, Piece, Piece, Piece, u16);
+    match kind {
+        Kind::AddAddrValid | Kind::AddAddrForged => {
+            flags = TCP_ACK;
+            if let Some((tsval, tsecr)) = conn.timestamps {
+                options.extend(ts(Piece::Bytes(
+                    [tsval.to_be_bytes(), tsecr.to_be_bytes()].concat(),
+                    "TSval, TSecr",
+                )));
+            }
+            let (addr, right) = add_addr_parts(conn, settings);
+            let len = 4 + u8::try_from(addr.len()).expect("address length") + 8;
+            options.push(Piece::Bytes(
+                vec![MPTCP_KIND, len, 0x30, settings.addr_id],
+                "MPTCP ADD_ADDR: kind 30, length, subtype 3 with E=0, address ID",
+            ));
+            options.push(Piece::Bytes(addr, "announced address (no port)"));
+            options.push(if kind == Kind::AddAddrValid {
+                Piece::Bytes(
+                    right.to_vec(),
+                    "truncated HMAC: HMAC-SHA256(key A || key B, id || address || 00 00)[24..32]",
+                )
+            } else {
+                Piece::Random {
+                    len: 8,
+                    what: "truncated HMAC: random, hence wrong",
+                    avoid: Some(right.to_vec()),
+                }
+            });
+            sport = Piece::Bytes(conn.src.port().to_be_bytes().to_vec(), "source port");
+            seq = Piece::Bytes(conn.seq.to_be_bytes().to_vec(), "sequence number");
+            ack = Piece::Bytes(conn.ack.to_be_bytes().to_vec(), "acknowledgement number");
+            window = conn.window;
+        }
+        Kind::JoinSynRandomToken => {
+            flags = TCP_SYN;
+            let mss: u16 = if v6 { 1440 } else { 1460 };
+            let [m1, m2] = mss.to_be_bytes();
+            options.push(Piece::Bytes(vec![2, 4, m1, m2], "MSS"));
+            options.push(Piece::Bytes(
+                vec![4, 2, 8, 10],
+                "SACK permitted, timestamps (kind 8, length 10)",
+            ));
+            options.push(Piece::Random {
+                len: 4,
+                what: "TSval",
+                avoid: None,
+            });
+            options.push(Piece::Bytes(vec![0; 4], "TSecr"));
+            options.push(Piece::Bytes(vec![NOP, 3, 3, 7], "NOP, window scale 7"));
+            options.push(Piece::Bytes(
+                vec![MPTCP_KIND, 12, 0x10, settings.addr_id],
+                "MPTCP MP_JOIN (SYN): kind 30, length 12, subtype 1, B=0, address ID",
+            ));
+            options.push(Piece::Random {
+                len: 4,
+                what: "token: random, so it names no connection of B",
+                avoid: Some(token(&conn.key_b).to_vec()),
+            });
+            options.push(Piece::Random {
+                len: 4,
+                what: "sender's nonce",
+                avoid: None,
+            });
+            sport = Piece::Random {
+                len: 2,
+                what: "source port",
+                avoid: None,
+            };
+            seq = Piece::Random {
+                len: 4,
+                what: "initial sequence number",
+                avoid: None,
+            };
+            ack = Piece::Bytes(vec![0; 4], "acknowledgement number");
+            window = 64_240;
+        }
+        Kind::Dss => {
+            flags = TCP_ACK | TCP_PSH;
+            if let Some((tsval, tsecr)) = conn.timestamps {
+                options.extend(ts(Piece::Bytes(
+                    [tsval.to_be_bytes(), tsecr.to_be_bytes()].concat(),
+                    "TSval, TSecr",
+                )));
+            }
+            let data_ack = idsn(&conn.key_b).wrapping_add(1);
+            let dsn = idsn(&conn.key_a)
+                .wrapping_add(1)
+                .wrapping_add(u64::from(offset));
+            let mut dss = vec![MPTCP_KIND, 26, 0x20, 0x0f];
+            dss.extend_from_slice(&data_ack.to_be_bytes());
+            dss.extend_from_slice(&dsn.to_be_bytes());
+            dss.extend_from_slice(&offset.wrapping_add(1).to_be_bytes());
+            dss.extend_from_slice(&settings.dss_payload.to_be_bytes());
+            options.push(Piece::Bytes(
+                dss,
+                "MPTCP DSS: kind 30, length 26, flags m M a A; data ACK = IDSN(B)+1, \
+                 DSN = IDSN(A)+1+offset, subflow sequence 1+offset, data-level length",
+            ));
+            payload.push(Piece::Fill(
+                0x5a,
+                usize::from(settings.dss_payload),
+                "payload",
+            ));
+            sport = Piece::Bytes(conn.src.port().to_be_bytes().to_vec(), "source port");
+            seq = Piece::Bytes(
+                conn.seq.wrapping_add(offset).to_be_bytes().to_vec(),
+                "sequence number",
+            );
+            ack = Piece::Bytes(conn.ack.to_be_bytes().to_vec(), "acknowledgement number");
+            window = conn.window;
+        }
+    }
+    let options_len: usize = options.iter().map(Piece::len).sum();
+    let pad = (4 - options_len % 4) % 4;
+    if pad > 0 {
+        options.push(Piece::Bytes(vec![NOP; pad], "NOP padding"));
+    }
+    let options_len = options_len + pad;
+    if options_len > 40 {
+        return Err(ProfileError::TooLong(format!(
+            "{} needs {options_len} bytes of TCP options (at most 40)",
+            kind.stem()
+        )));
+    }
+    let payload_len: usize = payload.iter().map(Piece::len).sum();
+    let tcp_len = 20 + options_len + payload_len;
+    let doff = u8::try_from((20 + options_len) / 4).expect("at most 15 words");
+
+    let mut pieces = vec![
+        Piece::Bytes(conn.dst_mac.to_vec(), "Ethernet destination"),
+        Piece::Bytes(conn.src_mac.to_vec(), "Ethernet source"),
+    ];
+    let too_long = || ProfileError::TooLong(format!("{} frame is too long", kind.stem()));
+    if v6 {
+        let plen = u16::try_from(tcp_len).map_err(|_| too_long())?;
+        pieces.push(Piece::Bytes(vec![0x86, 0xdd], "EtherType IPv6"));
+        pieces.push(Piece::Bytes(
+            [&[0x60, 0, 0, 0][..], &plen.to_be_bytes(), &[6, 64]].concat(),
+            "IPv6: version, flow label 0, payload length, next header TCP, hop limit 64",
+        ));
+        pieces.push(Piece::Bytes(ip_bytes(conn.src.ip()), "source address"));
+        pieces.push(Piece::Bytes(ip_bytes(conn.dst.ip()), "destination address"));
+    } else {
+        let total = u16::try_from(20 + tcp_len).map_err(|_| too_long())?;
+        pieces.push(Piece::Bytes(vec![0x08, 0x00], "EtherType IPv4"));
+        pieces.push(Piece::Bytes(
+            [&[0x45, 0][..], &total.to_be_bytes()].concat(),
+            "IPv4: version 4, IHL 5, TOS 0, total length",
+        ));
+        pieces.push(Piece::Random {
+            len: 2,
+            what: "IPv4 identification",
+            avoid: None,
+        });
+        pieces.push(Piece::Bytes(
+            vec![0x40, 0, 64, 6],
+            "flags DF, fragment offset 0, TTL 64, protocol TCP",
+        ));
+        pieces.push(Piece::Ipv4Checksum);
+        pieces.push(Piece::Bytes(ip_bytes(conn.src.ip()), "source address"));
+        pieces.push(Piece::Bytes(ip_bytes(conn.dst.ip()), "destination address"));
+    }
+    if 14 + 40 + tcp_len > 1514 {
+        return Err(too_long());
+    }
+    pieces.push(sport);
+    pieces.push(Piece::Bytes(
+        conn.dst.port().to_be_bytes().to_vec(),
+        "destination port",
+    ));
+    pieces.push(seq);
+    pieces.push(ack);
+    pieces.push(Piece::Bytes(
+        [&[doff << 4, flags][..], &window.to_be_bytes()].concat(),
+        "data offset, flags, window",
+    ));
+    pieces.push(Piece::TcpChecksum);
+    pieces.push(Piece::Bytes(vec![0, 0], "urgent pointer"));
+    pieces.extend(options);
+    pieces.extend(payload);
+    Ok(Template { pieces, v6 })
+}
+
+/// The pcap frames of `kind`: `settings.count` renderings of its template. DSS frames are
+/// consecutive segments (sequence number, DSN and subflow sequence advance by the payload).
+///
+/// # Errors
+/// See [`template`].
+pub fn frames(
+    kind: Kind,
+    conn: &Connection,
+    settings: &Settings,
+) -> Result<Vec<Vec<u8>>, ProfileError> {
+    let template = template(kind, conn, settings)?;
+    let stream = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as u64;
+    let mut rng = SplitMix64::new(settings.seed ^ stream.wrapping_mul(0x1000_0001));
+    let mut out = Vec::new();
+    for i in 0..settings.count {
+        if kind == Kind::Dss && i > 0 {
+            let offset = u32::from(settings.dss_payload).wrapping_mul(i);
+            out.push(build(kind, conn, settings, offset)?.render(&mut rng));
+        } else {
+            out.push(template.render(&mut rng));
+        }
+    }
+    Ok(out)
+}
+
+/// A classic pcap (little-endian, microseconds, Ethernet) of `frames`, `gap_us` apart.
+#[must_use]
+pub fn pcap(frames: &[Vec<u8>], gap_us: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&[0; 8]); // thiszone, sigfigs
+    out.extend_from_slice(&65_535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    let mut t_us: u64 = 0;
+    for frame in frames {
+        let len = u32::try_from(frame.len()).expect("frame length");
+        let secs = u32::try_from(t_us / 1_000_000).unwrap_or(u32::MAX);
+        let micros = u32::try_from(t_us % 1_000_000).expect("below a million");
+        out.extend_from_slice(&secs.to_le_bytes());
+        out.extend_from_slice(&micros.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(frame);
+        t_us += u64::from(gap_us);
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The whole trafgen configuration of `kind`: a comment saying what it is and how to run it,
+/// then the packet block.
+///
+/// # Errors
+/// See [`template`].
+pub fn trafgen_config(
+    kind: Kind,
+    conn: &Connection,
+    settings: &Settings,
+) -> Result<String, ProfileError> {
+    let t = template(kind, conn, settings)?;
+    let ts = conn.timestamps.map_or_else(
+        || "none".to_owned(),
+        |(v, e)| format!("TSval {v}, TSecr {e}"),
+    );
+    let mut out = String::new();
+    let _ = writeln!(out, "# mptcp-profiles: {}", kind.stem());
+    let _ = writeln!(out, "# {}.", kind.summary());
+    let _ = writeln!(
+        out,
+        "# Connection: {} -> {}, seq {}, ack {}, window {}, timestamps: {ts}.",
+        conn.src, conn.dst, conn.seq, conn.ack, conn.window
+    );
+    let _ = writeln!(
+        out,
+        "# Key A {}, key B {} (token of B: {}).",
+        hex(&conn.key_a),
+        hex(&conn.key_b),
+        hex(&token(&conn.key_b))
+    );
+    if matches!(kind, Kind::AddAddrValid | Kind::AddAddrForged) {
+        let _ = writeln!(
+            out,
+            "# Announces address ID {} = {} (no port).",
+            settings.addr_id, settings.announce
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# drnd() bytes are drawn again and csum*() recomputed for every packet."
+    );
+    let _ = writeln!(
+        out,
+        "# Run: trafgen --dev IFACE --conf {}.cfg --cpus 1 --rate 100000pps",
+        kind.stem()
+    );
+    out.push_str(&t.trafgen());
+    Ok(out)
+}
+
+/// Writes `<stem>.cfg` and `<stem>.pcap` of every profile into `dir` (created if needed) and
+/// returns the paths written.
+///
+/// # Errors
+/// When a template cannot be built or a file cannot be written.
+pub fn write_all(
+    conn: &Connection,
+    settings: &Settings,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, ProfileError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ProfileError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut written = Vec::new();
+    for kind in Kind::ALL {
+        let cfg = dir.join(format!("{}.cfg", kind.stem()));
+        fs::write(&cfg, trafgen_config(kind, conn, settings)?).map_err(io_err(&cfg))?;
+        written.push(cfg);
+        let pcap_path = dir.join(format!("{}.pcap", kind.stem()));
+        let data = pcap(&frames(kind, conn, settings)?, settings.pcap_gap_us);
+        fs::write(&pcap_path, data).map_err(io_err(&pcap_path))?;
+        written.push(pcap_path);
+    }
+    Ok(written)
+}
+
+/// Parses `02:00:00:00:01:01`.
+///
+/// # Errors
+/// When it is not six colon-separated hex bytes.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{text}: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{text}: a MAC address has six bytes"))
+}
+
+/// Parses a 64-bit key written as 16 hex digits (an optional `0x` is accepted).
+///
+/// # Errors
+/// When it is not 16 hex digits.
+pub fn parse_key(text: &str) -> Result<[u8; 8], String> {
+    let digits = text.trim_start_matches("0x");
+    if digits.len() != 16 {
+        return Err(format!("{text}: a key is 16 hex digits"));
+    }
+    let value = u64::from_str_radix(digits, 16).map_err(|e| format!("{text}: {e}"))?;
+    Ok(value.to_be_bytes())
+}
+
+/// The address the ADD_ADDR profiles announce by default: 198.18.3.66 on an IPv4 connection,
+/// 2001:db8:3::66 on an IPv6 one.
+#[must_use]
+pub fn default_announce(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x66))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 3, 66))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mptcp_frames::{KEY_A, KEY_B};
+
+    fn conn(v6: bool) -> Connection {
+        let (src, dst): (SocketAddr, SocketAddr) = if v6 {
+            (
+                "[2001:db8:1::1]:40000".parse().unwrap(),
+                "[2001:db8:1::2]:10000".parse().unwrap(),
+            )
+        } else {
+            (
+                "198.18.1.1:40000".parse().unwrap(),
+                "198.18.1.2:10000".parse().unwrap(),
+            )
+        };
+        Connection {
+            src,
+            dst,
+            src_mac: [2, 0, 0, 0, 1, 1],
+            dst_mac: [2, 0, 0, 0, 1, 2],
+            seq: 1000,
+            ack: 2000,
+            window: 502,
+            timestamps: Some((111, 222)),
+            key_a: KEY_A,
+            key_b: KEY_B,
+        }
+    }
+
+    fn settings(v6: bool) -> Settings {
+        Settings {
+            count: 4,
+            announce: default_announce(v6),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn checksums_verify() {
+        for v6 in [false, true] {
+            for kind in Kind::ALL {
+                for frame in frames(kind, &conn(v6), &settings(v6)).unwrap() {
+                    let tcp = if v6 { 54 } else { 34 };
+                    if !v6 {
+                        assert_eq!(internet_checksum(&[&frame[14..34]]), 0, "{kind:?}");
+                    }
+                    // A segment with its checksum in place sums to zero.
+                    let mut pseudo = Vec::new();
+                    let len = u32::try_from(frame.len() - tcp).unwrap();
+                    if v6 {
+                        pseudo.extend_from_slice(&frame[22..54]);
+                        pseudo.extend_from_slice(&len.to_be_bytes());
+                        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+                    } else {
+                        pseudo.extend_from_slice(&frame[26..34]);
+                        pseudo.extend_from_slice(&[0, 6]);
+                        pseudo.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+                    }
+                    assert_eq!(
+                        internet_checksum(&[&pseudo, &frame[tcp..]]),
+                        0,
+                        "{kind:?} v6={v6}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_path_parser_reads_them_as_intended() {
+        use mptcp_common::packet::{parse_tcp, read_add_addr, walk_options};
+        let c = conn(false);
+        let s = settings(false);
+        let (_, right) = add_addr_parts(&c, &s);
+        for (kind, hmac_is_right) in [(Kind::AddAddrValid, true), (Kind::AddAddrForged, false)] {
+            for frame in frames(kind, &c, &s).unwrap() {
+                let seg = parse_tcp(frame.as_slice()).unwrap();
+                let opts = walk_options(frame.as_slice(), &seg);
+                let a = read_add_addr(frame.as_slice(), opts.add_addrs[0].unwrap()).unwrap();
+                assert_eq!((a.id, &a.addr[..4]), (9, &[198, 18, 3, 66][..]));
+                assert_eq!(a.hmac == right, hmac_is_right);
+            }
+        }
+        let joins = frames(Kind::JoinSynRandomToken, &c, &s).unwrap();
+        let tokens: std::collections::BTreeSet<Vec<u8>> = joins
+            .iter()
+            .map(|f| {
+                let seg = parse_tcp(f.as_slice()).unwrap();
+                let opts = walk_options(f.as_slice(), &seg);
+                let j = opts.join.unwrap();
+                f[j.off + 4..j.off + 8].to_vec()
+            })
+            .collect();
+        assert_eq!(tokens.len(), joins.len(), "tokens differ");
+        assert!(!tokens.contains(token(&KEY_B).as_slice()));
+    }
+
+    #[test]
+    fn dss_segments_follow_each_other() {
+        let c = conn(false);
+        let s = settings(false);
+        let f = frames(Kind::Dss, &c, &s).unwrap();
+        let seq = |f: &[u8]| u32::from_be_bytes(f[38..42].try_into().unwrap());
+        assert_eq!(seq(&f[0]), 1000);
+        assert_eq!(seq(&f[1]), 2000);
+        assert_eq!(f[0].len(), 14 + 20 + 20 + 40 + 1000);
+    }
+
+    #[test]
+    fn trafgen_block_has_dynamic_elements() {
+        let cfg = trafgen_config(Kind::AddAddrForged, &conn(false), &settings(false)).unwrap();
+        assert!(cfg.contains("csumip(14, 33)"), "{cfg}");
+        assert!(cfg.contains("csumtcp(14, 34)"), "{cfg}");
+        assert!(cfg.contains("drnd(8)"), "{cfg}");
+        let cfg6 = trafgen_config(Kind::JoinSynRandomToken, &conn(true), &settings(true)).unwrap();
+        assert!(cfg6.contains("csumtcp6(14, 54)"), "{cfg6}");
+        assert!(!cfg6.contains("csumip"), "{cfg6}");
+    }
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_mac("02:00:00:00:01:0a").unwrap(), [2, 0, 0, 0, 1, 10]);
+        assert!(parse_mac("02:00").is_err());
+        assert_eq!(parse_key("0102030405060708").unwrap(), KEY_A);
+        assert_eq!(parse_key("0x1112131415161718").unwrap(), KEY_B);
+        assert!(parse_key("0102").is_err());
+    }
+}

@@ -140,3 +140,16 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
 pub fn pinned_link_details(path: &std::path::Path) -> io::Result<LinkDetails> {
     link_details(obj_get(path)?)
 }
+
+/// Waits (up to a second) until link `id` is released. Closing the last reference releases a
+/// link at once, but a process that had it open at the same moment (another loader reading its
+/// ids) delays the release until it closes it.
+pub fn wait_link_gone(id: u32) {
+    for _ in 0..100 {
+        if link_details_by_id(id).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    log::warn!("link {id} is still held by another process; it goes when that one closes it");
+}

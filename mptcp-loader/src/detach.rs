@@ -117,14 +117,21 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> Result<DetachReport, Loade
                 .map(LinkIds::from)
         };
         let (xdp, tc) = (ids(links.xdp.as_deref()), ids(links.tcx.as_deref()));
-        // Egress first, the reverse of attaching.
+        // Egress first, the reverse of attaching. The link is opened before its pin goes, so
+        // that closing it is the last reference: the kernel then detaches it at once (the
+        // release of a pin's reference is deferred to a workqueue).
         for pin in [&links.tcx, &links.xdp].into_iter().flatten() {
+            let held = bpf_sys::obj_get(pin).ok();
             match fs::remove_file(pin) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     return Err(LoaderError::io("unpinning the link", pin)(e))
                 }
                 _ => {}
             }
+            drop(held);
+        }
+        for link in [tc, xdp].into_iter().flatten() {
+            bpf_sys::wait_link_gone(link.link);
         }
         if let Some(state) = &mut state {
             state.remove_iface(links.ifindex)?;

@@ -817,8 +817,12 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
                 }
             }
         }
+        let id = link.info().map(|i| i.id()).ok();
         // The last reference: the kernel detaches the program now.
         drop(link);
+        if let Some(id) = id {
+            bpf_sys::wait_link_gone(id);
+        }
     }
     result.map(|()| DetachedInterface { iface, ifindex })
 }

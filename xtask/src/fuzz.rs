@@ -101,7 +101,7 @@ pub fn ensure_cargo_fuzz() -> Result<bool> {
 
 /// Seeds the corpus, builds the targets, runs each for `seconds`, and fails if any found a
 /// crash, a hang or a memory blow-up.
-fn fuzz(targets: &[&str], seconds: u64) -> Result<()> {
+pub fn fuzz(targets: &[&str], seconds: u64) -> Result<()> {
     let dir = fuzz_dir();
     let seeds = seed_corpus(&dir.join("corpus"))?;
     eprintln!("fuzz: seed corpus: {seeds}");

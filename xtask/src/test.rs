@@ -14,10 +14,18 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The long versions: 1,000,000 frames in the differential test, 10 minutes per fuzz target.
+    #[arg(long)]
+    long: bool,
     /// Passed to the integration-test binaries after `--test-threads=1`, e.g. a name filter.
     #[arg(last = true)]
     test_args: Vec<String>,
 }
+
+/// Frames of the differential test with `--long` (the CI run uses its default, 30 000).
+const LONG_DIFF_FRAMES: &str = "1000000";
+/// Seconds per fuzz target with `--long`.
+const LONG_FUZZ_SECONDS: u64 = 600;
 
 struct Step {
     name: &'static str,
@@ -53,6 +61,9 @@ pub fn run(args: &Args) -> Result<()> {
         .args(&args.test_args);
     if let Ok(loader) = &loader {
         integration.env("MPTCP_LOADER_BIN", loader);
+    }
+    if args.long {
+        integration.env("MPTCP_DIFF_FRAMES", LONG_DIFF_FRAMES);
     }
     if is_ci() && env::var_os("MPTCP_TESTS_REQUIRE_BPF").is_none() {
         // In CI a skipped kernel test is a failure: the machine is known to support them.
@@ -111,7 +122,12 @@ pub fn run(args: &Args) -> Result<()> {
 
     // The fuzz targets of mptcp-common, 20 s each (`cargo xtask fuzz` runs them longer).
     let fuzz_start = Instant::now();
-    let fuzzed = crate::fuzz::ci();
+    let fuzzed = if args.long {
+        crate::fuzz::ensure_cargo_fuzz()
+            .and_then(|_| crate::fuzz::fuzz(crate::fuzz::TARGETS, LONG_FUZZ_SECONDS))
+    } else {
+        crate::fuzz::ci()
+    };
     if let Err(err) = &fuzzed {
         eprintln!("xtask test: step `fuzz` FAILED: {err:#}");
     }

@@ -36,6 +36,9 @@ struct Conn {
     key_b: [u8; 8],
     subflows: u64,
     conflict: bool,
+    /// Its tokens were installed (at the end of the frame that learned it). The fast path keeps
+    /// them in the connection's state from then on and removes them with it at once.
+    tokens_installed: bool,
 }
 
 impl Conn {
@@ -108,6 +111,25 @@ impl Model {
         Model {
             config,
             ..Model::default()
+        }
+    }
+
+    /// What the model knows of a token (for failure messages).
+    #[must_use]
+    pub fn describe_token(&self, token: &Token) -> std::string::String {
+        match self.tokens.get(token) {
+            None => std::string::String::from("token unknown"),
+            Some((conn_id, role)) => std::format!(
+                "token -> conn {conn_id:#x} role {role}, conn {}",
+                match self.conns.get(conn_id) {
+                    None => "missing".into(),
+                    Some(c) => std::format!(
+                        "present, subflows {}, tokens installed {}",
+                        c.subflows,
+                        c.tokens_installed
+                    ),
+                }
+            ),
         }
     }
 
@@ -263,6 +285,7 @@ impl Model {
                         key_b,
                         subflows: 1,
                         conflict: false,
+                        tokens_installed: false,
                     },
                 );
             }
@@ -280,9 +303,16 @@ impl Model {
         Counter::KeysLearned
     }
 
+    /// A connection ends: its tokens go at once; if they were only to be installed at the end of
+    /// this frame, that is replaced by their removal (the fast path has one token job a frame).
     fn forget(&mut self, conn_id: u64) {
         if let Some(conn) = self.conns.remove(&conn_id) {
-            self.token_op = Some(TokenOp::Remove(conn.key_a, conn.key_b));
+            if conn.tokens_installed {
+                self.tokens.remove(&token_and_idsn(&conn.key_a).0);
+                self.tokens.remove(&token_and_idsn(&conn.key_b).0);
+            } else {
+                self.token_op = Some(TokenOp::Remove(conn.key_a, conn.key_b));
+            }
         }
     }
 

@@ -368,6 +368,18 @@ fn ebpf_and_reference_agree_on_every_frame() {
             } else {
                 let action = v.run(frame);
                 let got = v.last_reason(CPU);
+                if got != want {
+                    // Say what the model knew of a join's token, the usual suspect.
+                    if let Ok(seg) = mptcp_common::packet::parse_tcp(frame) {
+                        let opts = mptcp_common::packet::walk_options(frame, &seg);
+                        let join = opts
+                            .join
+                            .and_then(|o| mptcp_common::packet::read_join(frame, o));
+                        if let Some(mptcp_common::packet::Join::Syn { token, .. }) = join {
+                            eprintln!("model: {}", model.describe_token(&token));
+                        }
+                    }
+                }
                 assert_eq!(
                     got,
                     want,

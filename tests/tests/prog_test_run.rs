@@ -11,8 +11,8 @@ use aya::EbpfLoader;
 use mptcp_common::{
     counters::Counter,
     maps::{
-        Config, FlowKey,
-        MODE_ENFORCE, MODE_MONITOR, PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE, READY_A, READY_B,
+        Config, FlowKey, MODE_ENFORCE, MODE_MONITOR, PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE,
+        READY_A, READY_B,
     },
     packet::{parse_tcp, read_add_addr, read_capable_keys, read_join, walk_options, Join, TCP_SYN},
     testing::{fixture, pcap_frames, Frame},

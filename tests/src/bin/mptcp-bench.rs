@@ -314,7 +314,10 @@ fn ns_per_packet(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32, expect: u32
 /// CPU time of the calling thread, in seconds. BPF_PROG_TEST_RUN leaves out the time the test
 /// loop was scheduled out, so the native reference must too on a busy machine.
 fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid clock id and a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9

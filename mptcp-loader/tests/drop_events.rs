@@ -88,7 +88,7 @@ fn drops_are_recorded_as_json_lines_and_pcap_frames() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually("3 dropped join SYNs", Duration::from_secs(5), || {
+    eventually("3 dropped join SYNs", Duration::from_secs(15), || {
         server_ns.counter("join_syn_unknown_token_dropped") == 3
     });
 

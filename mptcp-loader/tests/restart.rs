@@ -154,7 +154,7 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
 
     let received_before_kill = received(&server);
     run.signal(libc::SIGKILL);
-    assert_eq!(run.wait_exit(Duration::from_secs(5)), None, "killed");
+    assert_eq!(run.wait_exit(Duration::from_secs(15)), None, "killed");
     drop(run);
 
     // No loader process: still attached, through the same links.
@@ -180,7 +180,7 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
     let dropped_before = server_ns.counter("add_addr_bad_hmac_dropped");
     let add_addr_before = server_ns.netstat("MPTcpExt", "AddAddr");
     inject_bad(&mut forger, 7, 3);
-    eventually("3 more drops", Duration::from_secs(5), || {
+    eventually("3 more drops", Duration::from_secs(15), || {
         server_ns.counter("add_addr_bad_hmac_dropped") == dropped_before + 3
     });
     assert_eq!(server_ns.netstat("MPTcpExt", "AddAddr"), add_addr_before);
@@ -223,16 +223,16 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
 
     // It keeps counting, and the data keeps flowing.
     inject_bad(&mut forger, 8, 2);
-    eventually("2 more drops", Duration::from_secs(5), || {
+    eventually("2 more drops", Duration::from_secs(15), || {
         server_ns.counter("add_addr_bad_hmac_dropped") == dropped_before + 5
     });
     assert_eq!(server_ns.netstat("MPTcpExt", "AddAddr"), add_addr_before);
-    eventually("more data at the server", Duration::from_secs(5), || {
+    eventually("more data at the server", Duration::from_secs(15), || {
         received(&server) > received_before_kill + 2000
     });
     // The events queued while no loader ran waited in the pinned ring buffer.
     let mut events = Vec::new();
-    eventually("5 drop events recorded", Duration::from_secs(5), || {
+    eventually("5 drop events recorded", Duration::from_secs(15), || {
         let out = server_ns.loader_ok(&["events"]);
         events = out
             .lines()

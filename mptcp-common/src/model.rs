@@ -162,6 +162,9 @@ impl Model {
                     .insert(token_and_idsn(&key_a).0, (conn_id, ROLE_A));
                 self.tokens
                     .insert(token_and_idsn(&key_b).0, (conn_id, ROLE_B));
+                if let Some(conn) = self.conns.get_mut(&conn_id) {
+                    conn.tokens_installed = true;
+                }
             }
             Some(TokenOp::Remove(key_a, key_b)) => {
                 self.tokens.remove(&token_and_idsn(&key_a).0);

@@ -46,6 +46,8 @@ import sys
 import threading
 import time
 
+from wire import checksum, say, walk_options
+
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 SO_RCVBUFFORCE = 33
@@ -64,11 +66,6 @@ QUIET_MAX_WAIT_SECS = 5.0
 SNAP = 256
 
 
-def say(line):
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def seq_after(a, b):
     """True if sequence number a is after b (mod 2^32)."""
     d = (a - b) & 0xFFFFFFFF
@@ -80,35 +77,6 @@ def later(current, candidate):
     if current is None or seq_after(candidate, current):
         return candidate
     return current
-
-
-def walk_options(opts):
-    """Yield (kind, body) for each TCP option; body excludes the kind and length bytes."""
-    i = 0
-    while i < len(opts):
-        kind = opts[i]
-        if kind == 0:
-            return
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= len(opts):
-            return
-        length = opts[i + 1]
-        if length < 2 or i + length > len(opts):
-            return
-        yield kind, opts[i + 2 : i + length]
-        i += length
-
-
-def checksum(data):
-    """RFC 1071 Internet checksum."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 class Conn:

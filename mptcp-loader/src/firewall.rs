@@ -381,17 +381,7 @@ impl Firewall {
     /// # Errors
     /// When the object has no XDP program named [`PROG_XDP_INGRESS`].
     pub fn xdp_mut(&mut self) -> Result<&mut Xdp, LoaderError> {
-        let missing = LoaderError::MissingInObject {
-            kind: "program",
-            name: PROG_XDP_INGRESS,
-        };
-        let program = self.ebpf.program_mut(PROG_XDP_INGRESS).ok_or(missing)?;
-        program
-            .try_into()
-            .map_err(|source| LoaderError::ProgramLoad {
-                program: PROG_XDP_INGRESS,
-                source,
-            })
+        typed_program(&mut self.ebpf, PROG_XDP_INGRESS)
     }
 
     /// The tc egress program.
@@ -399,17 +389,7 @@ impl Firewall {
     /// # Errors
     /// When the object has no classifier named [`PROG_TC_EGRESS`].
     pub fn tc_egress_mut(&mut self) -> Result<&mut SchedClassifier, LoaderError> {
-        let missing = LoaderError::MissingInObject {
-            kind: "program",
-            name: PROG_TC_EGRESS,
-        };
-        let program = self.ebpf.program_mut(PROG_TC_EGRESS).ok_or(missing)?;
-        program
-            .try_into()
-            .map_err(|source| LoaderError::ProgramLoad {
-                program: PROG_TC_EGRESS,
-                source,
-            })
+        typed_program(&mut self.ebpf, PROG_TC_EGRESS)
     }
 
     /// Writes the filter mode into the config map.
@@ -1035,4 +1015,22 @@ mod tests {
         assert_eq!(AttachedMode::Native.to_string(), "native XDP");
         assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
     }
+}
+
+/// The program `name` of the object as its concrete type (`Xdp`, `SchedClassifier`).
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let missing = LoaderError::MissingInObject {
+        kind: "program",
+        name,
+    };
+    let program = ebpf.program_mut(name).ok_or(missing)?;
+    program
+        .try_into()
+        .map_err(|source| LoaderError::ProgramLoad {
+            program: name,
+            source,
+        })
 }

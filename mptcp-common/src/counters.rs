@@ -130,6 +130,11 @@ counters! {
     DropEventRateLimited = "aux_drop_event_rate_limited",
     /// Auxiliary: a drop event was not queued because the ring buffer was full.
     DropEventLost = "aux_drop_event_lost",
+    /// Auxiliary: a connection's state was inserted into the connection map (keys learned from
+    /// an MP_CAPABLE, ingress or egress). With `aux_conn_closed`, the loader's
+    /// `loader_conns_expired` and the map's entry count it gives the LRU evictions. Last, so
+    /// the older counters keep their indices.
+    ConnInserted = "aux_conn_inserted",
 }
 
 /// Number of counters (size of the per-CPU array).
@@ -161,6 +166,7 @@ impl Counter {
                 | Counter::DropEventSent
                 | Counter::DropEventRateLimited
                 | Counter::DropEventLost
+                | Counter::ConnInserted
         )
     }
 

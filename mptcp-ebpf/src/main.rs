@@ -558,10 +558,11 @@ fn learn_keys<C: PacketCtx>(
         (*scratch).token_a = [0; 4];
         (*scratch).token_b = [0; 4];
         (*scratch).learned_s = (now / NS_PER_S) as u32;
-        if MPTCP_CONNS
-            .insert(&conn_id, &*scratch, BPF_NOEXIST)
-            .is_err()
-        {
+        if MPTCP_CONNS.insert(&conn_id, &*scratch, BPF_NOEXIST).is_ok() {
+            // Counted only here, where an entry is created: the loader derives the LRU
+            // evictions from this, the removals and the entries left.
+            count(Counter::ConnInserted);
+        } else {
             // Already there (another subflow carried the same Key-A): it must agree.
             match MPTCP_CONNS.get_ptr_mut(&conn_id) {
                 Some(conn) if (*conn).key_b == key_b => {}

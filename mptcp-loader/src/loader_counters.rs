@@ -51,6 +51,11 @@ loader_counters! {
     PolicyReloads = "loader_policy_reloads",
     /// Policy reloads rejected (invalid file, or a map write failed): the previous policy stayed.
     PolicyReloadErrors = "loader_policy_reload_errors",
+    /// Connections the LRU evicted from the full connection map (`--max-conns` too small for
+    /// the load, or a flood of new connections): derived at every sweep, or every minute
+    /// without one, from what was inserted, removed and is left (see [`conn_evictions`]); a
+    /// lower bound that never decreases.
+    ConnsEvicted = "loader_conns_evicted",
 }
 
 /// Number of loader counters (length of the pinned array).
@@ -79,12 +84,33 @@ impl LoaderCounters {
     /// Adds up what one sweep removed (and counts the sweep).
     pub fn add_sweep(&mut self, outcome: &SweepOutcome) {
         self.add(LoaderCounter::Sweeps, 1);
+        self.add_swept(outcome);
+    }
+
+    /// Adds up what a sweep removed, also one that failed part-way (every removal must be
+    /// counted, or it would look like an eviction).
+    pub fn add_swept(&mut self, outcome: &SweepOutcome) {
         self.add(LoaderCounter::ConnsExpired, outcome.conns_expired);
         self.add(LoaderCounter::FlowsExpired, outcome.flows_expired);
         self.add(
             LoaderCounter::FlowsOrphanedRemoved,
             outcome.flows_orphaned_removed,
         );
+    }
+
+    /// Raises `counter` to `value` if that is more (a derived counter that must never go
+    /// down); returns by how much it went up.
+    pub fn raise_to(&mut self, counter: LoaderCounter, value: u64) -> u64 {
+        let slot = &mut self.values[counter as usize];
+        let increase = value.saturating_sub(*slot);
+        *slot += increase;
+        increase
+    }
+
+    /// Takes the evictions `tally` shows into [`LoaderCounter::ConnsEvicted`]; returns how many
+    /// are new since the last tally.
+    pub fn note_evictions(&mut self, tally: &ConnMapTally) -> u64 {
+        self.raise_to(LoaderCounter::ConnsEvicted, conn_evictions(tally))
     }
 
     /// Counters that continue from values published earlier (by a previous run), in
@@ -118,6 +144,41 @@ impl LoaderCounters {
         }
         Ok(())
     }
+}
+
+/// What the number of entries in the connection map follows from, read while the fast path
+/// keeps changing it. Every entry the map ever held was inserted by the fast path (counted
+/// exactly, `aux_conn_inserted`) and has left it in one of three ways: removed by the fast path
+/// (`aux_conn_closed`), removed by the idle sweep (`loader_conns_expired`), or evicted by the
+/// LRU; or it is still there. So evictions = inserted - closed - expired - entries.
+///
+/// The three counters only grow, so reading `inserted` *before* counting the entries and the
+/// removals *after* can only make the difference smaller than the evictions at the end of the
+/// count, never larger (provided the walk that counted the entries was complete): the result
+/// is a lower bound that a later tally catches up on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnMapTally {
+    /// `aux_conn_inserted`, read before the entries were counted.
+    pub inserted: u64,
+    /// `aux_conn_closed`, read after the entries were counted.
+    pub closed: u64,
+    /// `loader_conns_expired` as of the count. The idle sweep, in the same task as the
+    /// tally, is its only writer: a sweep that counts the entries from its own snapshot
+    /// passes the value from before its removals (they are still among the entries).
+    pub expired: u64,
+    /// Entries counted in the connection map (by a complete walk of its keys).
+    pub entries: u64,
+}
+
+/// Connections evicted from the connection map according to `tally`:
+/// inserted - closed - expired - entries, or 0 when that is negative (concurrent changes).
+#[must_use]
+pub const fn conn_evictions(tally: &ConnMapTally) -> u64 {
+    tally
+        .inserted
+        .saturating_sub(tally.closed)
+        .saturating_sub(tally.expired)
+        .saturating_sub(tally.entries)
 }
 
 /// Reads the loader counters from their pinned array, in [`LoaderCounter::ALL`] order. An array
@@ -183,7 +244,53 @@ mod tests {
                 ("loader_drop_event_write_errors", 0),
                 ("loader_policy_reloads", 0),
                 ("loader_policy_reload_errors", 0),
+                ("loader_conns_evicted", 0),
             ]
         );
+    }
+
+    #[test]
+    fn evictions_are_what_neither_a_removal_nor_the_map_accounts_for() {
+        let tally = |inserted, closed, expired, entries| ConnMapTally {
+            inserted,
+            closed,
+            expired,
+            entries,
+        };
+        // 5121 connections into a map of 512, none closed or expired, 509 left.
+        assert_eq!(conn_evictions(&tally(5121, 0, 0, 509)), 4612);
+        assert_eq!(conn_evictions(&tally(100, 30, 20, 50)), 0);
+        assert_eq!(conn_evictions(&tally(100, 30, 20, 40)), 10);
+        // Inserts after `inserted` was read, or removals before `closed` was read, can push the
+        // difference below zero: no eviction, never a negative count.
+        assert_eq!(conn_evictions(&tally(100, 60, 20, 40)), 0);
+        assert_eq!(conn_evictions(&tally(0, 0, 0, 7)), 0);
+        assert_eq!(conn_evictions(&tally(10, 20, 0, 0)), 0);
+    }
+
+    #[test]
+    fn the_eviction_counter_only_goes_up() {
+        let mut counters = LoaderCounters::default();
+        let tally = |inserted, entries| ConnMapTally {
+            inserted,
+            closed: 3,
+            expired: 2,
+            entries,
+        };
+        assert_eq!(counters.note_evictions(&tally(100, 95)), 0);
+        assert_eq!(counters.note_evictions(&tally(200, 150)), 45);
+        assert_eq!(counters.get(LoaderCounter::ConnsEvicted), 45);
+        // A lower estimate (the map was counted while inserts raced ahead): kept at 45.
+        assert_eq!(counters.note_evictions(&tally(200, 190)), 0);
+        assert_eq!(counters.get(LoaderCounter::ConnsEvicted), 45);
+        assert_eq!(counters.note_evictions(&tally(300, 245)), 5);
+        assert_eq!(counters.get(LoaderCounter::ConnsEvicted), 50);
+        // Continued from an earlier run: the estimate starts from where it was.
+        let mut continued = LoaderCounters::continuing(
+            &counters.named().iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        );
+        assert_eq!(continued.note_evictions(&tally(300, 245)), 0);
+        assert_eq!(continued.raise_to(LoaderCounter::ConnsEvicted, 49), 0);
+        assert_eq!(continued.raise_to(LoaderCounter::ConnsEvicted, 52), 2);
     }
 }

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `mptcp_fw_packets_total` | counter | `reason`: a packet reason of `stats` (one per segment) |
 //! | `mptcp_fw_aux_events_total` | counter | `counter`: an `aux_*` counter of `stats` |
-//! | `mptcp_fw_loader_events_total` | counter | `counter`: a `loader_*` counter of `stats` |
+//! | `mptcp_fw_loader_events_total` | counter | `counter`: a `loader_*` counter of `stats` (`loader_conns_evicted`: LRU evictions of the connection map) |
 //! | `mptcp_fw_map_entries` / `mptcp_fw_map_max_entries` | gauge | `map`: BPF map name |
 //! | `mptcp_fw_install_latency_microseconds` | gauge | `stat`: min, median, p99, max |
 //! | `mptcp_fw_connections_installed_total` | counter | |
@@ -334,7 +334,7 @@ pub fn render(
         &mut out,
         "mptcp_fw_loader_events_total",
         "counter",
-        "What `mptcp-loader run` itself did: idle sweeps, token re-assertion, policy reloads (the loader_* counters of `mptcp-loader stats`).",
+        "What `mptcp-loader run` itself did or counted: idle sweeps, token re-assertion, policy reloads, connections evicted from the full connection map (the loader_* counters of `mptcp-loader stats`).",
         &samples(&loader, "counter"),
     );
     let maps: Vec<&MapFill> = report.maps.iter().chain(policy_fill).collect();
@@ -524,6 +524,9 @@ mod tests {
                 c.name()
             )));
         }
+        // The series the README's eviction alert names.
+        assert!(text.contains("mptcp_fw_loader_events_total{counter=\"loader_conns_evicted\"} 3\n"));
+        assert!(text.contains("mptcp_fw_aux_events_total{counter=\"aux_conn_inserted\"} "));
     }
 
     #[test]

@@ -17,8 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, MapData, RingBuf};
-use mptcp_common::maps::KeyEvent;
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use mptcp_common::{
+    counters::Counter,
+    maps::{KeyEvent, MAP_COUNTERS},
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -37,7 +40,7 @@ use crate::{
     keys::{hex, token_and_idsn},
     latency::{LatencyStats, LatencySummary},
     layout::{check_pinned_layout, layout_hash},
-    loader_counters::{read_loader_counters, LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
+    loader_counters::{ConnMapTally, LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
     map_sizes::MapSizes,
     metrics::{self, MetricsSource},
     pins::{
@@ -49,9 +52,9 @@ use crate::{
         unix_now_ns, version_bytes, write_layout_hash, IfaceRecord, PinnedState, RunState,
         RUN_FLAG_KEEP_ATTACHED,
     },
-    stats::format_summary_line,
-    store::KernelMaps,
-    sweep::{sweep_interval, sweep_maps, SweepOutcome},
+    stats::{counter_total, format_summary_line, read_loader_counters_at},
+    store::{FirewallMaps as _, KernelMaps},
+    sweep::{sweep_interval, sweep_maps_into, SweepOutcome, MAX_SWEEP_INTERVAL_S},
     EBPF_OBJ,
 };
 
@@ -247,6 +250,13 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         timer
     });
+    // Evictions are counted at every sweep (from its snapshot); without one, on their own.
+    let mut eviction_timer = sweep_timer.is_none().then(|| {
+        let period = Duration::from_secs(MAX_SWEEP_INTERVAL_S);
+        let mut timer = interval_at(tokio::time::Instant::now() + period, period);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        timer
+    });
     let mut log_timer = interval(Duration::from_secs(1));
 
     loop {
@@ -268,6 +278,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
                 guard.clear_ready();
             }
             () = next_tick(&mut sweep_timer) => keeper.sweep(plan.idle_timeout_s),
+            () = next_tick(&mut eviction_timer) => keeper.count_evictions(),
             _ = log_timer.tick() => keeper.drops.report_suppressed(),
         }
     }
@@ -501,7 +512,7 @@ fn print_policy_banner(policy: &PolicyKeeper, metrics: Option<SocketAddr>) {
     }
 }
 
-/// Completes at the sweep timer's next tick; never when the sweep is disabled.
+/// Completes at the timer's next tick; never without a timer (the sweep is disabled).
 async fn next_tick(timer: &mut Option<Interval>) {
     match timer {
         Some(timer) => {
@@ -532,9 +543,14 @@ fn loader_summary_line(counters: &LoaderCounters) -> String {
 }
 
 /// The loop's map work: installs what key events announce, records drop events, sweeps idle
-/// connections, and publishes the install latency and its own counters for `stats`.
+/// connections, counts evictions, and publishes the install latency and its own counters for
+/// `stats`.
 struct MapKeeper {
     maps: KernelMaps,
+    /// The fast path's counters (the pinned map), for the eviction count.
+    bpf_counters: PerCpuArray<MapData, u64>,
+    /// Capacity of the connection map, for the eviction log line.
+    max_conns: u32,
     latency: LatencyStats,
     latency_pin: Array<MapData, LatencySummary>,
     counters: LoaderCounters,
@@ -547,20 +563,34 @@ impl MapKeeper {
     /// Takes the maps it works on out of `firewall`; reopens the loader's own pins (counters
     /// continue from an adopted run's values).
     fn new(firewall: &mut Firewall, pin_dir: &PinDir, plan: &RunPlan) -> Result<Self, LoaderError> {
-        let (counters_pin, reused) =
+        // Read before the array is reopened: one of another length (another version's) is
+        // replaced, and its values must still continue. `loader_conns_expired` in particular
+        // goes with the adopted fast-path counters, or the eviction count would take the
+        // earlier run's expirations for evictions.
+        let previous: Vec<u64> = read_loader_counters_at(pin_dir.path())
+            .unwrap_or_else(|e| {
+                log::warn!("the loader counters start from 0: {e}");
+                Vec::new()
+            })
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let (counters_pin, _) =
             open_or_create_pinned_array(pin_dir, PIN_LOADER_COUNTERS, LOADER_COUNTER_COUNT)?;
-        let counters = if reused {
-            let values: Vec<u64> = read_loader_counters(&counters_pin)
-                .map_err(LoaderError::map(PIN_LOADER_COUNTERS))?
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect();
-            LoaderCounters::continuing(&values)
-        } else {
-            LoaderCounters::default()
+        let counters = LoaderCounters::continuing(&previous);
+        let counters_path = pin_dir.pin_path(MAP_COUNTERS);
+        let open_error = |source| LoaderError::OpenPin {
+            path: counters_path.clone(),
+            source,
         };
+        let bpf_counters = MapData::from_pin(&counters_path)
+            .and_then(Map::from_map_data)
+            .and_then(PerCpuArray::try_from)
+            .map_err(open_error)?;
         Ok(Self {
             maps: firewall.take_maps()?,
+            bpf_counters,
+            max_conns: plan.sizes.conns,
             latency: LatencyStats::default(),
             latency_pin: open_or_create_pinned_array(pin_dir, PIN_INSTALL_LATENCY, 1)?.0,
             counters,
@@ -666,15 +696,24 @@ impl MapKeeper {
         }
     }
 
-    /// One idle sweep: snapshot, plan, apply, count.
+    /// One idle sweep: snapshot, plan, apply, count; then the evictions, from the snapshot's
+    /// count of connections.
     fn sweep(&mut self, timeout_s: u32) {
         let started = Instant::now();
-        match self.sweep_once(timeout_s) {
-            Ok(outcome) => {
+        // Before the snapshot (see `ConnMapTally`), and the expirations as of the snapshot.
+        let inserted = self.fast_path_counter(Counter::ConnInserted);
+        let expired = self.counters.get(LoaderCounter::ConnsExpired);
+        let mut outcome = SweepOutcome::default();
+        match self.sweep_once(timeout_s, &mut outcome) {
+            Ok(conns_counted) => {
                 self.counters.add_sweep(&outcome);
                 log_sweep(&outcome, timeout_s, started.elapsed());
+                if let (Some(inserted), Some(entries)) = (inserted, conns_counted) {
+                    self.note_evictions(inserted, expired, entries);
+                }
             }
             Err(e) => {
+                self.counters.add_swept(&outcome);
                 self.counters.add(LoaderCounter::SweepErrors, 1);
                 log::warn!("idle sweep failed (retried at the next one): {e}");
             }
@@ -682,8 +721,13 @@ impl MapKeeper {
         self.publish_counters();
     }
 
-    fn sweep_once(&mut self, timeout_s: u32) -> Result<SweepOutcome, LoaderError> {
-        let (plan, outcome) = sweep_maps(&mut self.maps, monotonic_now_s, timeout_s)?;
+    /// Returns the connections counted in the snapshot (`None`: the walk was cut short).
+    fn sweep_once(
+        &mut self,
+        timeout_s: u32,
+        outcome: &mut SweepOutcome,
+    ) -> Result<Option<u64>, LoaderError> {
+        let plan = sweep_maps_into(&mut self.maps, monotonic_now_s, timeout_s, outcome)?;
         for conn in &plan.expired {
             log::debug!(
                 "connection token-A {} token-B {}: idle for {} s with {} subflow(s), due for removal",
@@ -693,7 +737,58 @@ impl MapKeeper {
                 conn.flows.len()
             );
         }
-        Ok(outcome)
+        Ok(plan.conns_counted)
+    }
+
+    /// Counts the evictions without a sweep (`--idle-timeout 0`): inserted connections read
+    /// first, then the connection map walked, then the removals.
+    fn count_evictions(&mut self) {
+        let Some(inserted) = self.fast_path_counter(Counter::ConnInserted) else {
+            return;
+        };
+        let expired = self.counters.get(LoaderCounter::ConnsExpired);
+        match self.maps.all_conns_walked() {
+            Ok((conns, true)) => {
+                let entries = u64::try_from(conns.len()).unwrap_or(u64::MAX);
+                if self.note_evictions(inserted, expired, entries) > 0 {
+                    self.publish_counters();
+                }
+            }
+            Ok((_, false)) => log::debug!(
+                "the connection map changed too fast to be counted; evictions are counted at the next check"
+            ),
+            Err(e) => log::warn!("could not count the connection map's evictions: {e}"),
+        }
+    }
+
+    /// Raises `loader_conns_evicted` to what the tally shows (the closed connections are read
+    /// now, after the entries were counted); logs an increase. Returns it.
+    fn note_evictions(&mut self, inserted: u64, expired: u64, entries: u64) -> u64 {
+        let Some(closed) = self.fast_path_counter(Counter::ConnClosed) else {
+            return 0;
+        };
+        let tally = ConnMapTally {
+            inserted,
+            closed,
+            expired,
+            entries,
+        };
+        let new = self.counters.note_evictions(&tally);
+        if new > 0 {
+            log::info!(
+                "the connection map is full: {new} connection(s) evicted since the last check ({} in all, loader_conns_evicted), unknown to the fast path from then on; --max-conns {} is too small for this load",
+                self.counters.get(LoaderCounter::ConnsEvicted),
+                self.max_conns
+            );
+        }
+        new
+    }
+
+    /// One of the fast path's counters summed over CPUs; `None` (logged) when it cannot be read.
+    fn fast_path_counter(&self, counter: Counter) -> Option<u64> {
+        counter_total(&self.bpf_counters, counter)
+            .map_err(|e| log::warn!("could not read {}: {e}", counter.name()))
+            .ok()
     }
 
     fn publish_latency(&mut self) {

@@ -51,14 +51,20 @@ pub fn sum_counters<T: Borrow<MapData>>(
     Counter::ALL
         .iter()
         .filter(|c| (**c as u32) < len)
-        .map(|&c| {
-            let per_cpu = map.get(&(c as u32), 0)?;
-            Ok((
-                c.name(),
-                per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
-            ))
-        })
+        .map(|&c| Ok((c.name(), counter_total(map, c)?)))
         .collect()
+}
+
+/// One counter summed over CPUs (wrapping, like the per-CPU u64s).
+///
+/// # Errors
+/// When the map cannot be read (or is too short to hold `counter`).
+pub fn counter_total<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+    counter: Counter,
+) -> Result<u64, MapError> {
+    let per_cpu = map.get(&(counter as u32), 0)?;
+    Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
 }
 
 /// How full one map is.

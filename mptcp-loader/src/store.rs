@@ -47,6 +47,16 @@ pub trait FirewallMaps {
     /// When the map cannot be read.
     fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError>;
 
+    /// [`all_conns`](Self::all_conns), and whether the walk of the map was complete: `false`
+    /// when heavy churn cut it short (see [`distinct_keys`]), so it may have missed entries
+    /// that were there all along and its length is no count of the map.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    fn all_conns_walked(&self) -> Result<(Vec<(u64, ConnState)>, bool), LoaderError> {
+        Ok((self.all_conns()?, true))
+    }
+
     /// The subflow stored under `key` (canonical orientation).
     ///
     /// # Errors
@@ -129,6 +139,29 @@ pub fn distinct_keys<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     name: &'static str,
 ) -> Result<Vec<K>, LoaderError> {
+    walk_keys(map, name).map(|walk| walk.keys)
+}
+
+/// The outcome of [`walk_keys`].
+#[derive(Debug)]
+pub struct KeyWalk<K> {
+    /// The distinct keys seen.
+    pub keys: Vec<K>,
+    /// Whether the walk reached the end of the map rather than its step limit. A complete walk
+    /// has seen every key that was in the map from its last start over to its end, unless an
+    /// update replaced that key's entry meanwhile (restarts go back to the first bucket, and
+    /// new entries go in front of those a bucket already holds).
+    pub complete: bool,
+}
+
+/// [`distinct_keys`], saying whether the walk was complete.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn walk_keys<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<KeyWalk<K>, LoaderError> {
     let max_entries = map
         .map()
         .info()
@@ -137,27 +170,43 @@ pub fn distinct_keys<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     let step_limit = 2 * usize::try_from(max_entries).unwrap_or(usize::MAX / 4) + 16;
     let mut seen = HashSet::new();
     let mut keys = Vec::new();
-    for key in map.keys().take(step_limit) {
+    let mut walk = map.keys();
+    // Not `walk.next()` after the loop: past its end, the walk starts over.
+    let mut complete = false;
+    for _ in 0..step_limit {
+        let Some(key) = walk.next() else {
+            complete = true;
+            break;
+        };
         let key = key.map_err(LoaderError::map(name))?;
         if seen.insert(key) {
             keys.push(key);
         }
     }
-    Ok(keys)
+    Ok(KeyWalk { keys, complete })
 }
 
 fn snapshot<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, LoaderError> {
+    snapshot_walked(map, name).map(|(entries, _)| entries)
+}
+
+/// [`snapshot`], and whether the walk of the keys was complete (see [`walk_keys`]).
+fn snapshot_walked<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<(Vec<(K, V)>, bool), LoaderError> {
+    let walk = walk_keys(map, name)?;
     let mut entries = Vec::new();
-    for key in distinct_keys(map, name)? {
+    for key in walk.keys {
         // Deleted since its key was read: skip it.
         if let Some(value) = lookup(map, &key, name)? {
             entries.push((key, value));
         }
     }
-    Ok(entries)
+    Ok((entries, walk.complete))
 }
 
 impl FirewallMaps for KernelMaps {
@@ -179,6 +228,10 @@ impl FirewallMaps for KernelMaps {
 
     fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError> {
         snapshot(&self.conns, MAP_CONNS)
+    }
+
+    fn all_conns_walked(&self) -> Result<(Vec<(u64, ConnState)>, bool), LoaderError> {
+        snapshot_walked(&self.conns, MAP_CONNS)
     }
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError> {

@@ -78,6 +78,10 @@ pub struct SweepPlan {
     pub expired: Vec<ExpiredConn>,
     /// Idle subflows whose connection is no longer in the map.
     pub orphan_flows: Vec<FlowKey>,
+    /// Connections in the snapshot, when [`sweep_maps`] walked the whole connection map (`None`
+    /// when heavy churn cut the walk short, and from [`plan_sweep`] alone). The loader counts
+    /// evictions from it (see [`crate::loader_counters::ConnMapTally`]).
+    pub conns_counted: Option<u64>,
 }
 
 /// Decides what to remove, given every connection and subflow and the current time
@@ -143,12 +147,29 @@ pub fn sweep_maps(
     now_s: impl FnOnce() -> u32,
     timeout_s: u32,
 ) -> Result<(SweepPlan, SweepOutcome), LoaderError> {
-    let conns = maps.all_conns()?;
+    let mut outcome = SweepOutcome::default();
+    let plan = sweep_maps_into(maps, now_s, timeout_s, &mut outcome)?;
+    Ok((plan, outcome))
+}
+
+/// [`sweep_maps`], adding what it removes to `outcome` as it goes: on an error, `outcome` still
+/// says what was removed until then.
+///
+/// # Errors
+/// The first map operation that failed.
+pub fn sweep_maps_into(
+    maps: &mut impl FirewallMaps,
+    now_s: impl FnOnce() -> u32,
+    timeout_s: u32,
+    outcome: &mut SweepOutcome,
+) -> Result<SweepPlan, LoaderError> {
+    let (conns, complete) = maps.all_conns_walked()?;
     let flows = maps.all_flows()?;
     let now_s = now_s();
-    let plan = plan_sweep(&conns, &flows, now_s, timeout_s);
-    let outcome = apply_sweep(maps, &plan, now_s, timeout_s)?;
-    Ok((plan, outcome))
+    let mut plan = plan_sweep(&conns, &flows, now_s, timeout_s);
+    plan.conns_counted = complete.then(|| u64::try_from(conns.len()).unwrap_or(u64::MAX));
+    apply_sweep_into(maps, &plan, now_s, timeout_s, outcome)?;
+    Ok(plan)
 }
 
 /// What a sweep removed (the loader's counters add these up).
@@ -176,6 +197,22 @@ pub fn apply_sweep(
     timeout_s: u32,
 ) -> Result<SweepOutcome, LoaderError> {
     let mut outcome = SweepOutcome::default();
+    apply_sweep_into(maps, plan, now_s, timeout_s, &mut outcome)?;
+    Ok(outcome)
+}
+
+/// [`apply_sweep`], adding to `outcome` as it goes (so that, on an error, the removals made
+/// until then are still counted: the eviction count relies on every removal being counted).
+///
+/// # Errors
+/// The first map operation that failed.
+pub fn apply_sweep_into(
+    maps: &mut impl FirewallMaps,
+    plan: &SweepPlan,
+    now_s: u32,
+    timeout_s: u32,
+    outcome: &mut SweepOutcome,
+) -> Result<(), LoaderError> {
     for conn in &plan.expired {
         if !still_idle(maps, conn, now_s, timeout_s)? {
             outcome.conns_revived += 1;
@@ -200,7 +237,7 @@ pub fn apply_sweep(
             outcome.flows_orphaned_removed += 1;
         }
     }
-    Ok(outcome)
+    Ok(())
 }
 
 /// Whether a planned connection is still there with the same keys and still idle.
@@ -231,7 +268,7 @@ fn still_idle(
 mod tests {
     use super::*;
     use crate::{install::token_entries, store::MemoryMaps};
-    use mptcp_common::maps::FAMILY_V4;
+    use mptcp_common::maps::{Token, TokenRef, FAMILY_V4};
 
     const TIMEOUT: u32 = 100;
     const NOW: u32 = 10_000;
@@ -435,5 +472,67 @@ mod tests {
         );
         assert_eq!(maps.flows.len(), 2);
         assert!(maps.conns.contains_key(&woke_id) && maps.conns.contains_key(&reused_id));
+    }
+
+    #[test]
+    fn a_whole_sweep_counts_the_connections_of_its_snapshot() {
+        let conns = [conn(2, NOW - 5000), conn(3, NOW - 1)];
+        let mut maps = maps_for(&conns, &[]);
+        let (plan, outcome) = sweep_maps(&mut maps, || NOW, TIMEOUT).unwrap();
+        // Counted before the removal: the evictions are derived from the expirations before it.
+        assert_eq!(plan.conns_counted, Some(2));
+        assert_eq!(outcome.conns_expired, 1);
+        assert_eq!(plan_sweep(&conns, &[], NOW, TIMEOUT).conns_counted, None);
+    }
+
+    /// Connection removals succeed, subflow removals fail.
+    struct FlowsStuck(MemoryMaps);
+
+    impl FirewallMaps for FlowsStuck {
+        fn conn(&self, id: u64) -> Result<Option<ConnState>, LoaderError> {
+            self.0.conn(id)
+        }
+        fn update_existing_conn(
+            &mut self,
+            id: u64,
+            state: &ConnState,
+        ) -> Result<bool, LoaderError> {
+            self.0.update_existing_conn(id, state)
+        }
+        fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError> {
+            self.0.remove_conn(id)
+        }
+        fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError> {
+            self.0.all_conns()
+        }
+        fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError> {
+            self.0.flow(key)
+        }
+        fn remove_flow(&mut self, _: &FlowKey) -> Result<bool, LoaderError> {
+            Err(LoaderError::map(mptcp_common::maps::MAP_FLOWS)(
+                aya::maps::MapError::KeyNotFound,
+            ))
+        }
+        fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, LoaderError> {
+            self.0.all_flows()
+        }
+        fn token(&self, token: &Token) -> Result<Option<TokenRef>, LoaderError> {
+            self.0.token(token)
+        }
+        fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError> {
+            self.0.put_token(token, entry)
+        }
+    }
+
+    #[test]
+    fn a_failed_sweep_still_says_what_it_removed() {
+        let (id, state) = conn(2, NOW - 5000);
+        let mut maps = FlowsStuck(maps_for(&[(id, state)], &[flow(2000, id, NOW - 200)]));
+        let mut outcome = SweepOutcome::default();
+        assert!(sweep_maps_into(&mut maps, || NOW, TIMEOUT, &mut outcome).is_err());
+        // The connection went before its subflow's removal failed: counted, not lost (an
+        // uncounted removal would later pass for an eviction).
+        assert!(maps.0.conns.is_empty());
+        assert_eq!(outcome.conns_expired, 1);
     }
 }

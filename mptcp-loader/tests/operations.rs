@@ -1,6 +1,7 @@
 //! Operating a real `mptcp-loader run`: it starts with a policy file and `--metrics`, is scraped
-//! over TCP, reloads its policy on SIGHUP (and keeps it when the new file is invalid), and
-//! refuses a metrics address that is in use before attaching anything.
+//! over TCP, reloads its policy on SIGHUP (and keeps it when the new file is invalid), counts
+//! the evictions of a full connection map, and refuses a metrics address that is in use before
+//! attaching anything.
 //!
 //! Runs in two network namespaces created here (198.18.91.0/24 on a veth pair between them),
 //! deleted at the end whatever happens. Needs root, `ip`, `nsenter`, `ping`, bpffs on
@@ -10,7 +11,7 @@ use std::{
     fs::{self, File},
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -115,19 +116,47 @@ impl Lab {
 
     /// Runs `f` on a thread inside namespace A (sockets it opens live there).
     fn in_a<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.a);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = File::open(&path).unwrap();
-                    // SAFETY: a valid namespace fd; setns changes only this thread.
-                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .unwrap()
-        })
+        in_netns(&self.a, f)
+    }
+
+    /// Sends raw Ethernet frames out of namespace B's end of the veth pair: they reach A's
+    /// XDP program. Paced, so the veth's XDP ring never overflows.
+    fn send_from_b(&self, frames: &[Vec<u8>]) {
+        in_netns(&self.b, || {
+            // SAFETY: plain socket(2); the fd is owned right away.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            // SAFETY: a fresh fd nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(c"mfwops-b".as_ptr()) };
+            assert_ne!(ifindex, 0);
+            // SAFETY: sockaddr_ll is plain data; all-zero is a valid start.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+            to.sll_ifindex = i32::try_from(ifindex).unwrap();
+            to.sll_halen = 6;
+            for frame in frames {
+                // SAFETY: valid buffer and address of the sizes given.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const to).cast(),
+                        u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
+                    )
+                };
+                assert_eq!(
+                    usize::try_from(sent).ok(),
+                    Some(frame.len()),
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
     }
 
     fn scrape(&self, port: u16) -> std::io::Result<String> {
@@ -148,6 +177,23 @@ impl Lab {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("xdp")
     }
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (sockets it opens live there).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = File::open(&path).unwrap();
+                // SAFETY: a valid namespace fd; setns changes only this thread.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+    })
 }
 
 impl Drop for Lab {
@@ -476,6 +522,100 @@ fn a_restart_that_adopts_the_maps_applies_the_new_policy() {
     second.signal(libc::SIGTERM);
     assert!(wait_exit(&mut second.child).success(), "{}", second.logs());
     assert!(!lab.xdp_attached());
+}
+
+/// A storm of new connections into a small connection map: the run counts the evictions
+/// (`loader_conns_evicted`, at each sweep) exactly as the conservation of entries says, in
+/// `stats --json`, in the metrics and in its log.
+#[test]
+fn evictions_of_a_full_connection_map_are_counted() {
+    if !can_run("evictions_of_a_full_connection_map_are_counted") {
+        return;
+    }
+    const CONNS: usize = 300;
+    const MAX_CONNS: u64 = 64;
+    let lab = Lab::new("evict");
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    // Sweeps every second; connections are forgotten after 4 s idle.
+    let mut run = start(
+        &lab,
+        "evict",
+        &[
+            "--max-conns",
+            &MAX_CONNS.to_string(),
+            "--idle-timeout",
+            "4",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    run.wait_for("the metrics", || lab.scrape(METRICS_PORT).ok());
+    // Third ACKs of MP_CAPABLE handshakes, each with its own keys and 4-tuple, to a MAC and an
+    // address that are not A's (so A's stack drops them without a reply; its XDP sees them).
+    let frames: Vec<Vec<u8>> = (0..CONNS)
+        .map(|i| {
+            let n = u8::try_from(i % 256).unwrap();
+            let hi = u8::try_from(i / 256).unwrap();
+            let key_a = [0xa1, hi, n, 1, 2, 3, 4, 5];
+            let key_b = [0xb2, hi, n, 5, 4, 3, 2, 1];
+            let mut frame = mptcp_common::testing::Frame::v4(
+                &[&[30u8, 20, 0x01, 0x01][..], &key_a, &key_b].concat(),
+            );
+            frame.ports = (20_000 + u16::try_from(i).unwrap(), 443);
+            frame.bytes()
+        })
+        .collect();
+    lab.send_from_b(&frames);
+
+    let stats = |lab: &Lab| -> Option<serde_json::Value> {
+        let out = lab.loader(&["stats", "--json"]).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let json = run.wait_for("every connection inserted", || {
+        stats(&lab).filter(|j| j["aux_conn_inserted"] == CONNS)
+    });
+    assert_eq!(json["keys_learned"], CONNS, "{json}");
+    // Once a sweep has counted the map after the storm, the counter is exact:
+    // inserted - closed - expired - entries.
+    let json = run.wait_for("the evictions counted", || {
+        let j = stats(&lab)?;
+        let n = |key: &str| j[key].as_u64().unwrap();
+        let entries = j["maps"]["MPTCP_CONNS"]["entries"].as_u64().unwrap();
+        let derived =
+            n("aux_conn_inserted") - n("aux_conn_closed") - n("loader_conns_expired") - entries;
+        (n("loader_conns_evicted") == derived && derived > 0).then_some(j)
+    });
+    eprintln!("{json}");
+    let evicted = json["loader_conns_evicted"].as_u64().unwrap();
+    // At most MAX_CONNS were ever held at once: all the others went by eviction or expiry.
+    let expired = json["loader_conns_expired"].as_u64().unwrap();
+    assert!(
+        evicted + expired >= CONNS as u64 - MAX_CONNS,
+        "evicted {evicted}, expired {expired}: {json}"
+    );
+    let text = lab.scrape(METRICS_PORT).unwrap();
+    let exposed = sample(
+        &text,
+        "mptcp_fw_loader_events_total{counter=\"loader_conns_evicted\"}",
+    );
+    assert!(exposed >= Some(evicted), "{exposed:?} < {evicted}:\n{text}");
+    assert!(
+        sample(
+            &text,
+            "mptcp_fw_aux_events_total{counter=\"aux_conn_inserted\"}"
+        ) == Some(CONNS as u64),
+        "{text}"
+    );
+    let log = fs::read_to_string(&run.stderr).unwrap();
+    assert!(
+        log.contains("the connection map is full: ") && log.contains("--max-conns 64 is too small"),
+        "{log}"
+    );
+    run.signal(libc::SIGTERM);
+    assert!(wait_exit(&mut run.child).success(), "{}", run.logs());
+    assert!(fs::read_to_string(&run.stdout)
+        .unwrap()
+        .contains(&format!("loader_conns_evicted={evicted}")));
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {

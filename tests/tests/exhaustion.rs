@@ -2,7 +2,8 @@
 //!
 //! - Every state map is overfilled ten times (a storm of new MPTCP connections, a flood of
 //!   MP_JOIN SYNs with random and with known tokens): a genuine connection that stays active
-//!   keeps validating, the maps stay at their size, and the evictions show in the counters.
+//!   keeps validating, the maps stay at their size, and the evictions show in the counters
+//!   (`aux_conn_inserted`, from which the loader derives `loader_conns_evicted`).
 //! - Key events are lost on purpose (nobody reads the ring buffer): connections whose events
 //!   were lost still validate, because the fast path installs keys and tokens itself and
 //!   computes the midstates on first use; the counters say so.
@@ -114,16 +115,28 @@ fn overfilled_maps_keep_active_connections_validating() {
         (MAP_TOKENS, v.entries(MAP_TOKENS), 2 * CONNS),
         (MAP_JOINS, v.entries(MAP_JOINS), JOINS),
     ];
-    let learned = c["keys_learned"];
-    let evicted = learned - c["aux_conn_closed"] - sizes[0].1 as u64;
-    eprintln!("storm of {storm} connections into {CONNS}: {sizes:?}; keys_learned {learned}, evicted {evicted}, G checked {g_checks} times; G's join: SYN {syn_verdict} SYN/ACK {synack_verdict} ACK {ack_verdict}; counters {c:?}");
+    // What the loader computes as loader_conns_evicted (no loader here, so nothing expired):
+    // every connection entry ever inserted was closed, or is still there, or was evicted.
+    let inserted = c["aux_conn_inserted"];
+    let closed = c["aux_conn_closed"];
+    let entries = sizes[0].1 as u64;
+    let evicted = inserted - closed - entries;
+    eprintln!("storm of {storm} connections into {CONNS}: {sizes:?}; inserted {inserted}, closed {closed}, evicted {evicted}, G checked {g_checks} times; G's join: SYN {syn_verdict} SYN/ACK {synack_verdict} ACK {ack_verdict}; counters {c:?}");
     for (name, entries, max) in sizes {
         assert!(
             entries <= max as usize,
             "{name}: {entries} entries, max {max}"
         );
     }
-    assert!(evicted >= u64::from(9 * CONNS), "evictions: {evicted}");
+    // G and each storm connection were inserted exactly once (G's data segments and its
+    // join do not insert), and none ended.
+    assert_eq!(inserted, u64::from(storm) + 1, "{c:?}");
+    assert_eq!(c["keys_learned"], inserted, "{c:?}");
+    assert_eq!(closed, 0, "{c:?}");
+    // So every connection the map does not hold was evicted: at least all but CONNS of them.
+    assert!(entries > 0 && entries <= u64::from(CONNS), "{entries}");
+    assert_eq!(evicted, u64::from(storm) + 1 - entries);
+    assert!(evicted > u64::from(9 * CONNS), "evictions: {evicted}");
     assert_eq!(
         c["add_addr_valid"], g_checks,
         "every genuine ADD_ADDR of G validated"

@@ -240,6 +240,12 @@ fn captures_replay_genuine_traffic() {
             expected.connections.len() as u64,
             "{capture}: {c:?}"
         );
+        // Each connection was inserted once: inserted - closed - entries = 0 evictions.
+        assert_eq!(
+            c["aux_conn_inserted"],
+            expected.connections.len() as u64,
+            "{capture}: {c:?}"
+        );
         // Without a loader, each announcing direction's midstates were computed inline once.
         assert!(c["aux_midstate_computed_inline"] <= 2 * expected.connections.len() as u64);
     }
@@ -782,9 +788,10 @@ fn fastclose_needs_the_receivers_key() {
         (
             c["fastclose_bad_key_dropped"],
             c["fastclose_valid"],
-            c["aux_conn_closed"]
+            c["aux_conn_closed"],
+            c["aux_conn_inserted"]
         ),
-        (1, 1, 1),
+        (1, 1, 1, 1),
         "{c:?}"
     );
 }

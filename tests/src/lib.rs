@@ -13,6 +13,8 @@
 //!   ADD_ADDRs and MP_JOIN SYNs, receiver CPU time per packet, genuine throughput.
 //! - [`scenario::run`]: the genuine-traffic-then-forgery sequence used by the tests and the
 //!   `mptcp-demo` binary.
+//! - [`storm`]: a storm of real MPTCP connections held open, one connection that stays active,
+//!   and a trafgen flood of MP_JOIN SYNs with random tokens (the loader-level exhaustion test).
 //! - [`join_scenario::run`]: genuine MP_JOINs in both directions, then forged ones
 //!   ([`join_forger::JoinForger`]), with or without a validator on each host.
 //!
@@ -34,6 +36,7 @@ pub mod peers;
 pub mod proc;
 pub mod profiles;
 pub mod scenario;
+pub mod storm;
 pub mod teardown;
 pub mod tools;
 pub mod validator;

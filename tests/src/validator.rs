@@ -126,6 +126,20 @@ impl Validator {
     /// # Errors
     /// When the loader exits, does not report attaching within 30 s, or XDP is not there.
     pub fn start(ns: &Netns, bin: &Path, ifaces: &[&str], mode: Mode) -> Result<Validator> {
+        Validator::start_with(ns, bin, ifaces, mode, &[])
+    }
+
+    /// [`Validator::start`] with more `run` options (`--max-conns 64`, ...).
+    ///
+    /// # Errors
+    /// As [`Validator::start`].
+    pub fn start_with(
+        ns: &Netns,
+        bin: &Path,
+        ifaces: &[&str],
+        mode: Mode,
+        options: &[&str],
+    ) -> Result<Validator> {
         let exec = ExecMode::from_env();
         let mut cmd = exec.command(ns, bin);
         cmd.arg("run");
@@ -133,6 +147,7 @@ impl Validator {
             cmd.args(["--iface", iface]);
         }
         cmd.args(["--mode", mode.as_str()]);
+        cmd.args(options);
         if env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -208,6 +223,32 @@ impl Validator {
     #[must_use]
     pub fn log(&self) -> String {
         self.proc.log()
+    }
+
+    /// The loader's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Whether the loader is still running (`None`), or how it ended.
+    ///
+    /// # Errors
+    /// When its status cannot be read.
+    pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        self.proc.try_wait()
+    }
+
+    /// Runs `mptcp-loader conns --json` in `ns` and parses it (an array of connections).
+    ///
+    /// # Errors
+    /// When the command fails or does not print JSON.
+    pub fn conns(&self, ns: &Netns) -> Result<Value> {
+        let mut cmd = self.exec.command(ns, &self.bin);
+        cmd.args(["conns", "--json"]);
+        let out = run_checked(&mut cmd)?;
+        serde_json::from_str(out.trim())
+            .map_err(|e| LabError::parse("`mptcp-loader conns --json` output", format!("{e}")))
     }
 
     /// Runs `mptcp-loader stats --json` in `ns` and parses it.

@@ -50,6 +50,25 @@ use cpu::{CpuStat, RECEIVER_CPU, SENDER_CPU};
 const NAPI_PRIORITY: i32 = 50;
 /// Priority of trafgen (above the endpoints, so the offered rate holds).
 const TRAFGEN_PRIORITY: &str = "30";
+
+/// trafgen's arguments for `count` packets of the configuration `cfg` out of `iface` at `rate`
+/// packets per second, from one process, without its CPU statistics.
+#[must_use]
+pub fn trafgen_args(cfg: &Path, iface: &str, rate: u32, count: u64) -> Vec<String> {
+    vec![
+        "--in".to_owned(),
+        cfg.display().to_string(),
+        "--out".to_owned(),
+        iface.to_owned(),
+        "--rate".to_owned(),
+        format!("{rate}pps"),
+        "--num".to_owned(),
+        count.to_string(),
+        "--cpus".to_owned(),
+        "1".to_owned(),
+        "--no-cpu-stats".to_owned(),
+    ]
+}
 /// Priority of the genuine transfer's endpoints.
 const ENDPOINT_PRIORITY: i32 = 10;
 /// `MPTcpExtMPJoinNoTokenFound`: MP_JOIN SYNs whose token the kernel did not know.
@@ -534,23 +553,13 @@ impl FloodLab {
     /// # Errors
     /// When trafgen cannot be started.
     pub fn trafgen(&self, cfg: &Path, rate: u32, count: u64) -> Result<Proc> {
-        let args = [
+        let mut args = vec![
             "-f".to_owned(),
             TRAFGEN_PRIORITY.to_owned(),
             "trafgen".to_owned(),
-            "--in".to_owned(),
-            cfg.display().to_string(),
-            "--out".to_owned(),
-            PATH1.client_iface.to_owned(),
-            "--rate".to_owned(),
-            format!("{rate}pps"),
-            "--num".to_owned(),
-            count.to_string(),
-            "--cpus".to_owned(),
-            "1".to_owned(),
-            "--notouch-irq".to_owned(),
-            "--no-cpu-stats".to_owned(),
         ];
+        args.extend(trafgen_args(cfg, PATH1.client_iface, rate, count));
+        args.push("--notouch-irq".to_owned());
         self.lab.client.spawn("trafgen", "chrt", &args)
     }
 

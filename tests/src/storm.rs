@@ -11,6 +11,7 @@ use std::{
 
 use crate::{
     error::{LabError, Result},
+    flood::trafgen_args,
     lab::PATH1,
     netns::Netns,
     proc::Proc,
@@ -218,19 +219,7 @@ pub fn write_join_flood(dir: &Path, server: SocketAddrV4) -> Result<PathBuf> {
 /// # Errors
 /// When trafgen fails or does not finish within `timeout`.
 pub fn trafgen(client: &Netns, cfg: &Path, rate: u32, count: u64, timeout: Duration) -> Result<()> {
-    let args = [
-        "--in".to_owned(),
-        cfg.display().to_string(),
-        "--out".to_owned(),
-        PATH1.client_iface.to_owned(),
-        "--rate".to_owned(),
-        format!("{rate}pps"),
-        "--num".to_owned(),
-        count.to_string(),
-        "--cpus".to_owned(),
-        "1".to_owned(),
-        "--no-cpu-stats".to_owned(),
-    ];
+    let args = trafgen_args(cfg, PATH1.client_iface, rate, count);
     let mut proc = client.spawn("trafgen", "trafgen", &args)?;
     let status = proc.wait_exit(timeout)?;
     if status.success() {

@@ -18,9 +18,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
-        xdp::XdpLink,
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -485,22 +485,8 @@ impl Firewall {
         let ifindex = links.ifindex;
         let (xdp, xdp_pin, xdp_programs) = match &links.xdp {
             Some(path) => {
-                let old = open_link(path, BPF_LINK_TYPE_XDP, ifindex)?;
-                let old_prog = link_ids(&old, iface)?.prog;
-                if swap == ProgramSwap::IfDifferent && same_program(old_prog, self.xdp_mut()?)? {
-                    (old, Some(path.clone()), ProgramsOutcome::Kept)
-                } else {
-                    let old = XdpLink::try_from(old).map_err(|_| not_a_link(path))?;
-                    let program = self.xdp_mut()?;
-                    let id = program
-                        .attach_to_link(old)
-                        .map_err(|source| link_update_error(path, source))?;
-                    let link = program
-                        .take_link(id)
-                        .map_err(|source| link_update_error(path, source))?;
-                    let link = FdLink::try_from(link).map_err(|_| not_a_link(path))?;
-                    (link, Some(path.clone()), ProgramsOutcome::Replaced)
-                }
+                let (link, outcome) = self.adopt_link::<Xdp>(iface, ifindex, path, swap)?;
+                (link, Some(path.clone()), outcome)
             }
             None => {
                 let how = match mode {
@@ -513,24 +499,9 @@ impl Firewall {
             }
         };
         let tc_result = match &links.tcx {
-            Some(path) => open_link(path, BPF_LINK_TYPE_TCX, ifindex).and_then(|old| {
-                let old_prog = link_ids(&old, iface)?.prog;
-                if swap == ProgramSwap::IfDifferent
-                    && same_program(old_prog, self.tc_egress_mut()?)?
-                {
-                    return Ok((old, Some(path.clone()), ProgramsOutcome::Kept));
-                }
-                let old = SchedClassifierLink::try_from(old).map_err(|_| not_a_link(path))?;
-                let program = self.tc_egress_mut()?;
-                let id = program
-                    .attach_to_link(old)
-                    .map_err(|source| link_update_error(path, source))?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| link_update_error(path, source))?;
-                let link = FdLink::try_from(link).map_err(|_| not_a_link(path))?;
-                Ok((link, Some(path.clone()), ProgramsOutcome::Replaced))
-            }),
+            Some(path) => self
+                .adopt_link::<SchedClassifier>(iface, ifindex, path, swap)
+                .map(|(link, outcome)| (link, Some(path.clone()), outcome)),
             None => self.attach_tcx(iface).and_then(|link| {
                 let (link, pin) = self.pin_link(link, &tcx_link_pin(ifindex))?;
                 Ok((link, pin, ProgramsOutcome::Attached))
@@ -564,6 +535,36 @@ impl Firewall {
             adopted: true,
         });
         Ok(adopted)
+    }
+
+    /// Reopens the `P` link pinned at `path` for `iface` (interface `ifindex`) and, unless
+    /// `swap` is [`ProgramSwap::IfDifferent`] and it already runs our program, puts our program
+    /// into it atomically.
+    fn adopt_link<P: OurProgram>(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        path: &Path,
+        swap: ProgramSwap,
+    ) -> Result<(FdLink, ProgramsOutcome), LoaderError>
+    where
+        for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        let old = open_link(path, P::LINK_TYPE, ifindex)?;
+        let old_prog = link_ids(&old, iface)?.prog;
+        let program: &mut P = typed_program(&mut self.ebpf, P::NAME)?;
+        if swap == ProgramSwap::IfDifferent && same_program(old_prog, program)? {
+            return Ok((old, ProgramsOutcome::Kept));
+        }
+        let old = P::Link::try_from(old).map_err(|_| not_a_link(path))?;
+        let id = program
+            .attach_to_link(old)
+            .map_err(|source| link_update_error(path, source))?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| link_update_error(path, source))?;
+        let link: FdLink = link.try_into().map_err(|_| not_a_link(path))?;
+        Ok((link, ProgramsOutcome::Replaced))
     }
 
     fn attach_xdp(
@@ -868,7 +869,7 @@ fn link_update_error(path: &Path, source: ProgramError) -> LoaderError {
 
 /// Whether program `running` (by id) is the same code as `ours`: same tag. The tag hashes the
 /// instructions with map references zeroed, so two loads of one object compare equal.
-fn same_program(running: u32, ours: &impl ProgramTag) -> Result<bool, LoaderError> {
+fn same_program(running: u32, ours: &impl OurProgram) -> Result<bool, LoaderError> {
     let running = bpf_sys::prog_tag(running).map_err(LoaderError::io(
         "reading the tag of",
         format!("program {running}"),
@@ -876,30 +877,70 @@ fn same_program(running: u32, ours: &impl ProgramTag) -> Result<bool, LoaderErro
     Ok(u64::from_be_bytes(running) == ours.tag()?)
 }
 
-/// The tag of a loaded program of ours.
-trait ProgramTag {
-    fn tag(&self) -> Result<u64, LoaderError>;
-}
+/// One of our two programs, as far as adopting its pinned link goes: aya gives each program
+/// type its own link type and inherent methods, which this puts behind one interface.
+trait OurProgram {
+    /// Its name in the object.
+    const NAME: &'static str;
+    /// The kernel's type of its links.
+    const LINK_TYPE: u32;
+    /// aya's link type for it.
+    type Link: TryFrom<FdLink> + TryInto<FdLink>;
+    /// aya's id of a link it owns.
+    type LinkId;
 
-impl ProgramTag for Xdp {
+    fn info(&self) -> Result<ProgramInfo, ProgramError>;
+    fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::LinkId, ProgramError>;
+    fn take_link(&mut self, id: Self::LinkId) -> Result<Self::Link, ProgramError>;
+
+    /// The tag of the loaded program.
     fn tag(&self) -> Result<u64, LoaderError> {
         self.info()
             .map(|i| i.tag())
             .map_err(|source| LoaderError::ProgramLoad {
-                program: PROG_XDP_INGRESS,
+                program: Self::NAME,
                 source,
             })
     }
 }
 
-impl ProgramTag for SchedClassifier {
-    fn tag(&self) -> Result<u64, LoaderError> {
-        self.info()
-            .map(|i| i.tag())
-            .map_err(|source| LoaderError::ProgramLoad {
-                program: PROG_TC_EGRESS,
-                source,
-            })
+impl OurProgram for Xdp {
+    const NAME: &'static str = PROG_XDP_INGRESS;
+    const LINK_TYPE: u32 = BPF_LINK_TYPE_XDP;
+    type Link = XdpLink;
+    type LinkId = XdpLinkId;
+
+    fn info(&self) -> Result<ProgramInfo, ProgramError> {
+        Xdp::info(self)
+    }
+    fn attach_to_link(&mut self, link: XdpLink) -> Result<XdpLinkId, ProgramError> {
+        Xdp::attach_to_link(self, link)
+    }
+    fn take_link(&mut self, id: XdpLinkId) -> Result<XdpLink, ProgramError> {
+        Xdp::take_link(self, id)
+    }
+}
+
+impl OurProgram for SchedClassifier {
+    const NAME: &'static str = PROG_TC_EGRESS;
+    const LINK_TYPE: u32 = BPF_LINK_TYPE_TCX;
+    type Link = SchedClassifierLink;
+    type LinkId = SchedClassifierLinkId;
+
+    fn info(&self) -> Result<ProgramInfo, ProgramError> {
+        SchedClassifier::info(self)
+    }
+    fn attach_to_link(
+        &mut self,
+        link: SchedClassifierLink,
+    ) -> Result<SchedClassifierLinkId, ProgramError> {
+        SchedClassifier::attach_to_link(self, link)
+    }
+    fn take_link(
+        &mut self,
+        id: SchedClassifierLinkId,
+    ) -> Result<SchedClassifierLink, ProgramError> {
+        SchedClassifier::take_link(self, id)
     }
 }
 
@@ -997,6 +1038,24 @@ fn spawn_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     });
 }
 
+/// The program `name` of the object as its concrete type (`Xdp`, `SchedClassifier`).
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let missing = LoaderError::MissingInObject {
+        kind: "program",
+        name,
+    };
+    let program = ebpf.program_mut(name).ok_or(missing)?;
+    program
+        .try_into()
+        .map_err(|source| LoaderError::ProgramLoad {
+            program: name,
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1015,22 +1074,4 @@ mod tests {
         assert_eq!(AttachedMode::Native.to_string(), "native XDP");
         assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
     }
-}
-
-/// The program `name` of the object as its concrete type (`Xdp`, `SchedClassifier`).
-fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    let missing = LoaderError::MissingInObject {
-        kind: "program",
-        name,
-    };
-    let program = ebpf.program_mut(name).ok_or(missing)?;
-    program
-        .try_into()
-        .map_err(|source| LoaderError::ProgramLoad {
-            program: name,
-            source,
-        })
 }

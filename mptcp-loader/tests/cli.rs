@@ -2,15 +2,11 @@
 //! with one clear `error:` line and a non-zero exit, never a panic. Needs no root; the checks that
 //! depend on privileges pick the expectation that matches the uid they run with.
 
-use std::process::{Command, Output};
+mod netlab;
 
-fn loader(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mptcp-loader"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("the mptcp-loader binary runs")
-}
+use std::process::Output;
+
+use netlab::loader;
 
 /// The single stderr line of a failed command.
 fn error_line(out: &Output) -> String {

@@ -11,7 +11,7 @@ mod netlab;
 
 use std::{process::Command, time::Duration};
 
-use netlab::{can_run, eventually, start_run, veth, Netns, Proc, BIN};
+use netlab::{can_run, eventually, output_ok, start_run, veth, Netns, Proc, BIN};
 
 const CLIENT: &str = "198.18.96.1";
 const SERVER: &str = "198.18.96.2";
@@ -78,15 +78,10 @@ fn drops_are_recorded_as_json_lines_and_pcap_frames() {
     });
 
     let token = "deadbeef";
-    let out = client_ns
-        .exec("python3")
-        .args(["-c", JOIN_SYN_PY, CLIENT, SERVER, token, "3"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        client_ns
+            .exec("python3")
+            .args(["-c", JOIN_SYN_PY, CLIENT, SERVER, token, "3"]),
     );
     eventually("3 dropped join SYNs", Duration::from_secs(15), || {
         server_ns.counter("join_syn_unknown_token_dropped") == 3
@@ -124,37 +119,22 @@ fn drops_are_recorded_as_json_lines_and_pcap_frames() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&printed.stdout).lines().count(), 3);
 
-    run.signal(libc::SIGINT);
-    assert_eq!(
-        run.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        run.log()
-    );
+    run.stop(libc::SIGINT);
     drop(follow);
 
     // tshark reads the pcap back and decodes the MP_JOIN option with the forged token.
-    let out = Command::new("tshark")
-        .args([
-            "-r",
-            &pcap_arg,
-            "-T",
-            "fields",
-            "-e",
-            "ip.src",
-            "-e",
-            "tcp.options.mptcp.subtype",
-            "-e",
-            "tcp.options.mptcp.recvtok",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = output_ok(Command::new("tshark").args([
+        "-r",
+        &pcap_arg,
+        "-T",
+        "fields",
+        "-e",
+        "ip.src",
+        "-e",
+        "tcp.options.mptcp.subtype",
+        "-e",
+        "tcp.options.mptcp.recvtok",
+    ]));
     let frames: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(frames.len(), 3, "{text}");
     for fields in &frames {

@@ -2,6 +2,8 @@
 //! the loaded object, with sizes set from the command-line limits. Needs root and the built
 //! object; attaches nothing. Skipped otherwise.
 
+mod netlab;
+
 use std::time::Instant;
 
 use aya::{
@@ -20,19 +22,10 @@ use mptcp_loader::{
     sweep::{sweep_maps, SweepOutcome},
     FilterMode, Firewall, EBPF_OBJ,
 };
+use netlab::can_load;
 
 const NOW: u32 = 1_000_000;
 const TIMEOUT: u32 = 100;
-
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if EBPF_OBJ.is_empty() || !root {
-        eprintln!("{test}: skipped (needs root and the built eBPF object)");
-        return false;
-    }
-    true
-}
 
 fn flow_key(n: u32, sub: u8) -> FlowKey {
     let mut key = FlowKey {
@@ -84,7 +77,7 @@ fn max_entries<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> u32 {
 
 #[test]
 fn sizes_are_applied_and_the_sweep_works_on_kernel_maps() {
-    if !can_run("sizes_are_applied_and_the_sweep_works_on_kernel_maps") {
+    if !can_load("sizes_are_applied_and_the_sweep_works_on_kernel_maps") {
         return;
     }
     let sizes = MapSizes::for_limits(4096, 64);
@@ -154,7 +147,7 @@ fn sizes_are_applied_and_the_sweep_works_on_kernel_maps() {
 
 #[test]
 fn installation_restores_an_evicted_token_in_the_kernel_map() {
-    if !can_run("installation_restores_an_evicted_token_in_the_kernel_map") {
+    if !can_load("installation_restores_an_evicted_token_in_the_kernel_map") {
         return;
     }
     let mut firewall = Firewall::load_with(EBPF_OBJ, &MapSizes::for_limits(64, 16)).unwrap();
@@ -222,7 +215,7 @@ fn counter(firewall: &Firewall, name: &str) -> u64 {
 
 #[test]
 fn a_join_naming_a_swept_connection_fails_open() {
-    if !can_run("a_join_naming_a_swept_connection_fails_open") {
+    if !can_load("a_join_naming_a_swept_connection_fails_open") {
         return;
     }
     let mut firewall = Firewall::load_with(EBPF_OBJ, &MapSizes::for_limits(64, 16)).unwrap();

@@ -3,19 +3,11 @@
 //! these hold for root and non-root alike); `--check-config` prints the policy and touches
 //! nothing.
 
-use std::{
-    fs,
-    path::PathBuf,
-    process::{Command, Output},
-};
+mod netlab;
 
-fn loader(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mptcp-loader"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("the mptcp-loader binary runs")
-}
+use std::{fs, path::PathBuf};
+
+use netlab::loader;
 
 /// A policy file with `text`, in a directory of its own that is removed on drop.
 struct PolicyFile {

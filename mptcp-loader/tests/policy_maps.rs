@@ -3,6 +3,8 @@
 //! reloaded from a file by `PolicyKeeper` (an invalid file leaves the policy in force). Needs
 //! root and the built object; attaches nothing. Skipped otherwise.
 
+mod netlab;
+
 use std::{collections::BTreeMap, fs, path::PathBuf};
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
@@ -20,16 +22,7 @@ use mptcp_loader::{
     preflight::interface_index,
     FilterMode, Firewall, EBPF_OBJ,
 };
-
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if EBPF_OBJ.is_empty() || !root {
-        eprintln!("{test}: skipped (needs root and the built eBPF object)");
-        return false;
-    }
-    true
-}
+use netlab::can_load;
 
 fn prefix(text: &str) -> Prefix {
     Prefix::parse(text).unwrap()
@@ -77,7 +70,7 @@ impl View<'_> {
 
 #[test]
 fn policy_lands_in_the_kernel_maps_and_stale_entries_are_removed() {
-    if !can_run("policy_lands_in_the_kernel_maps_and_stale_entries_are_removed") {
+    if !can_load("policy_lands_in_the_kernel_maps_and_stale_entries_are_removed") {
         return;
     }
     let firewall = Firewall::load(EBPF_OBJ).unwrap();
@@ -167,7 +160,7 @@ fn policy_lands_in_the_kernel_maps_and_stale_entries_are_removed() {
 
 #[test]
 fn sighup_reload_applies_a_valid_file_and_keeps_the_policy_on_an_invalid_one() {
-    if !can_run("sighup_reload_applies_a_valid_file_and_keeps_the_policy_on_an_invalid_one") {
+    if !can_load("sighup_reload_applies_a_valid_file_and_keeps_the_policy_on_an_invalid_one") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("mptcp-fw-policy-maps-{}", std::process::id()));

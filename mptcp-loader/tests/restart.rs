@@ -253,13 +253,7 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
     }
 
     // SIGINT: detaches and removes the pins.
-    run.signal(libc::SIGINT);
-    assert_eq!(
-        run.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        run.log()
-    );
+    run.stop(libc::SIGINT);
     assert!(run.log().contains("detached from s0"), "{}", run.log());
     assert_eq!(server_ns.xdp_prog_id("s0"), None);
     assert!(!server_ns.pin_dir().exists());
@@ -304,13 +298,7 @@ fn keep_attached_detach_and_the_refusals() {
         "{line}"
     );
 
-    run.signal(libc::SIGTERM);
-    assert_eq!(
-        run.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        run.log()
-    );
+    run.stop(libc::SIGTERM);
     assert!(run.log().contains("left v0 attached"), "{}", run.log());
     assert_eq!(ns.xdp_prog_id("v0"), Some(prog), "still attached");
     let status = ns.loader_json(&["status"]);
@@ -435,13 +423,7 @@ fn a_firewall_pinned_elsewhere_is_still_recognised() {
              `mptcp-loader detach --iface e0 --pin-dir DIR` giving its pin directory"
         )
     );
-    run.signal(libc::SIGINT);
-    assert_eq!(
-        run.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        run.log()
-    );
+    run.stop(libc::SIGINT);
     let _ = std::fs::remove_dir_all(&parent);
     let _ = std::fs::remove_dir_all(&state);
     assert_eq!(ns.xdp_prog_id("e0"), None);

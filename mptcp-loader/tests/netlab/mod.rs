@@ -1,6 +1,7 @@
-//! A small lab for the root-only tests of this crate: network namespaces (deleted on drop, with
-//! the pins and state the loader left for them), veth pairs, and processes whose output is
-//! collected line by line (killed on drop). Addresses are in 198.18.0.0/15 only.
+//! Helpers for the integration tests of this crate: the built binary, and a small lab for the
+//! root-only tests: network namespaces (deleted on drop, with the pins and state the loader left
+//! for them), veth pairs, and processes whose output is collected line by line (killed on drop).
+//! Addresses are in 198.18.0.0/15 only.
 
 #![allow(dead_code, reason = "each test file uses a part of it")]
 
@@ -22,6 +23,26 @@ use std::{
 pub const BIN: &str = env!("CARGO_BIN_EXE_mptcp-loader");
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs the loader binary with `args` to completion, here and with logging off.
+pub fn loader(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("the mptcp-loader binary runs")
+}
+
+/// Whether the test can load the object here (root and the built object); says why not.
+pub fn can_load(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if mptcp_loader::EBPF_OBJ.is_empty() || !root {
+        eprintln!("{test}: skipped (needs root and the built eBPF object)");
+        return false;
+    }
+    true
+}
 
 /// Whether the test can run here: root, the built object, and the tools; says why not.
 pub fn can_run(test: &str, tools: &[&str]) -> bool {
@@ -48,10 +69,15 @@ pub fn can_run(test: &str, tools: &[&str]) -> bool {
 
 /// Runs a command to completion; panics with its stderr when it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    output_ok(Command::new(args[0]).args(&args[1..]))
+}
+
+/// Runs `cmd` to completion; its stdout. Panics with the command and its stderr when it fails.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -300,6 +326,18 @@ impl Proc {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), signal) };
+    }
+
+    /// Sends `signal` and waits up to 10 s for it to exit with status 0; panics with its output
+    /// otherwise.
+    pub fn stop(&mut self, signal: i32) {
+        self.signal(signal);
+        assert_eq!(
+            self.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            self.log()
+        );
     }
 
     /// Waits up to `timeout` for it to exit; its status code (`None`: killed by a signal).

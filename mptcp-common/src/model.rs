@@ -8,6 +8,7 @@
 //! reading. What it leaves out does not change verdicts: activity times, midstate caching, key
 //! and drop events. The join-SYN rate limit is time based and only modelled when disabled.
 
+use core::ops::ControlFlow;
 use std::boxed::Box;
 use std::collections::HashMap;
 use std::vec::Vec;
@@ -26,7 +27,7 @@ use crate::packet::{
 };
 use crate::validate::{
     add_addr_block, add_addr_policy_reason, add_addr_reason, after_fin, drops, fastclose_reason,
-    join_ack_reason, join_syn_reason, join_synack_reason, unknown_conn_reason,
+    join_ack_reason, join_syn_reason, join_synack_reason, options_reason, unknown_conn_reason,
 };
 
 /// A tracked connection.
@@ -194,22 +195,12 @@ impl Model {
         if fin_or_rst {
             self.subflow_end(&seg);
         }
-        if opts.count == 0 {
-            return if opts.malformed {
-                Counter::Malformed
-            } else {
-                Counter::TcpNoMptcp
-            };
-        }
         // Each option's outcome; a join's and ADD_ADDRs' HMAC outcomes come after the tokens
         // (the fast path runs its crypto last), which only matters for their side effects.
-        let mut reason = Counter::MptcpOther;
-        if opts.malformed {
-            reason = reason.max(Counter::Malformed);
-        }
-        if opts.echoes > 0 {
-            reason = reason.max(Counter::AddAddrEcho);
-        }
+        let mut reason = match options_reason(&opts) {
+            ControlFlow::Break(reason) => return reason,
+            ControlFlow::Continue(reason) => reason,
+        };
         if let Some(opt) = opts.capable_keys {
             reason = match read_capable_keys(frame, opt) {
                 None => reason.max(Counter::Truncated),

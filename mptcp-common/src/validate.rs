@@ -1,9 +1,11 @@
 //! Verdict rules: pure functions shared by the XDP program and host-side tests.
 
+use core::ops::ControlFlow;
+
 use crate::counters::Counter;
 use crate::hmac::{add_addr_truncated, add_addr_v4_block, add_addr_v6_block, finish, Midstate};
 use crate::maps::{FAMILY_V4, MODE_ENFORCE};
-use crate::packet::AddAddr;
+use crate::packet::{AddAddr, MptcpOptions};
 use crate::sha256::Block;
 
 /// The final inner HMAC block of an ADD_ADDR: `id || address || port` padded.
@@ -128,22 +130,35 @@ pub const fn gcra(tat: u64, now_ns: u64, interval_ns: u64, burst: u64) -> (bool,
     (true, start.saturating_add(interval_ns))
 }
 
+/// The reason a segment's options give before any option is examined: `Break` with the final
+/// reason when there is no MPTCP option (malformed or plain TCP), otherwise `Continue` with the
+/// reason that the examined options then raise (MPTCP, raised by malformed options and echoes).
+#[inline(always)]
+pub const fn options_reason(opts: &MptcpOptions) -> ControlFlow<Counter, Counter> {
+    if opts.count == 0 {
+        return ControlFlow::Break(if opts.malformed {
+            Counter::Malformed
+        } else {
+            Counter::TcpNoMptcp
+        });
+    }
+    let mut reason = Counter::MptcpOther;
+    if opts.malformed {
+        reason = reason.max(Counter::Malformed);
+    }
+    if opts.echoes > 0 {
+        reason = reason.max(Counter::AddAddrEcho);
+    }
+    ControlFlow::Continue(reason)
+}
+
 /// Whether a packet counted under `reason` is dropped. Only an enforced check failure drops:
-/// everything the program does not know passes.
+/// everything the program does not know passes. The dropped reasons are the most significant
+/// ones ([`Counter::significance`] 20), which that one list defines.
 #[inline(always)]
 #[must_use]
 pub const fn drops(reason: Counter) -> bool {
-    matches!(
-        reason,
-        Counter::AddAddrBadHmacDropped
-            | Counter::JoinSynUnknownTokenDropped
-            | Counter::JoinSynAckBadHmacDropped
-            | Counter::JoinAckBadHmacDropped
-            | Counter::FastcloseBadKeyDropped
-            | Counter::AddAddrPolicyDropped
-            | Counter::JoinSynRateLimitedDropped
-            | Counter::UnknownConnDropped
-    )
+    reason.significance() == 20
 }
 
 /// Whether a pending join created at `created_ns` is still usable at `now_ns`.
@@ -191,6 +206,75 @@ mod tests {
                 assert!(!drops(r), "{r:?}");
             }
         }
+    }
+
+    #[test]
+    fn exactly_the_dropped_reasons_drop() {
+        let mut dropped = 0;
+        for c in Counter::ALL {
+            assert_eq!(drops(*c), c.name().ends_with("_dropped"), "{c:?}");
+            dropped += usize::from(drops(*c));
+        }
+        assert_eq!(dropped, 8);
+    }
+
+    #[test]
+    fn options_reason_before_examining_options() {
+        use crate::packet::{MptcpOptions, OptRef};
+        let none = MptcpOptions::default();
+        assert_eq!(
+            options_reason(&none),
+            ControlFlow::Break(Counter::TcpNoMptcp)
+        );
+        let bad_tcp = MptcpOptions {
+            malformed: true,
+            ..none
+        };
+        assert_eq!(
+            options_reason(&bad_tcp),
+            ControlFlow::Break(Counter::Malformed)
+        );
+        // An echo or a join is not looked at without a kind-30 option counted.
+        let uncounted = MptcpOptions {
+            echoes: 1,
+            join: Some(OptRef { off: 40, len: 12 }),
+            ..none
+        };
+        assert_eq!(
+            options_reason(&uncounted),
+            ControlFlow::Break(Counter::TcpNoMptcp)
+        );
+        let mptcp = MptcpOptions { count: 1, ..none };
+        assert_eq!(
+            options_reason(&mptcp),
+            ControlFlow::Continue(Counter::MptcpOther)
+        );
+        let echo = MptcpOptions {
+            count: 2,
+            echoes: 1,
+            ..none
+        };
+        assert_eq!(
+            options_reason(&echo),
+            ControlFlow::Continue(Counter::AddAddrEcho)
+        );
+        // Malformed outranks an echo.
+        let both = MptcpOptions {
+            malformed: true,
+            ..echo
+        };
+        assert_eq!(
+            options_reason(&both),
+            ControlFlow::Continue(Counter::Malformed)
+        );
+        let malformed = MptcpOptions {
+            malformed: true,
+            ..mptcp
+        };
+        assert_eq!(
+            options_reason(&malformed),
+            ControlFlow::Continue(Counter::Malformed)
+        );
     }
 
     #[test]

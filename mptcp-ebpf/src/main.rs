@@ -17,6 +17,7 @@
 #![allow(internal_features)]
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::ops::ControlFlow;
 
 use aya_ebpf::{
     bindings::{
@@ -50,7 +51,7 @@ use mptcp_common::{
     validate::{
         add_addr_block, add_addr_policy_reason, add_addr_reason, after_fin, drops,
         fastclose_reason, gcra, join_ack_reason, join_state_fresh, join_syn_rate_reason,
-        join_syn_reason, join_synack_reason, unknown_conn_reason,
+        join_syn_reason, join_synack_reason, options_reason, unknown_conn_reason,
     },
 };
 
@@ -375,20 +376,10 @@ fn decide<C: PacketCtx, const EGRESS: bool>(
     if seg.flags & (TCP_FIN | TCP_RST) != 0 {
         subflow_end(seg, jobs);
     }
-    if opts.count == 0 {
-        return if opts.malformed {
-            Counter::Malformed
-        } else {
-            Counter::TcpNoMptcp
-        };
-    }
-    let mut reason = Counter::MptcpOther;
-    if opts.malformed {
-        reason = reason.max(Counter::Malformed);
-    }
-    if opts.echoes > 0 {
-        reason = reason.max(Counter::AddAddrEcho);
-    }
+    let mut reason = match options_reason(opts) {
+        ControlFlow::Break(reason) => return reason,
+        ControlFlow::Continue(reason) => reason,
+    };
     if let Some(opt) = opts.capable_keys {
         reason = reason.max(learn_keys(ctx, &frame, seg, opt, jobs));
     } else if opts.join.is_some()

@@ -243,33 +243,38 @@ fn parse_add_addrs(frame: &[u8]) -> Option<Vec<AddAddrSeen>> {
     let sport = u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]);
     let dport = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
     let doff = usize::from(tcp.get(12)? >> 4) * 4;
-    let mut opts = tcp.get(20..doff)?;
-    let mut found = Vec::new();
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => break,
+    let found = tcp_options(tcp.get(20..doff)?)
+        .filter(|opt| opt[0] == 30)
+        .filter_map(decode_add_addr)
+        .map(|a| AddAddrSeen {
+            src,
+            dst,
+            sport,
+            dport,
+            ..a
+        })
+        .collect();
+    Some(found)
+}
+
+/// The options (kind, length and body) in the option bytes of a TCP header; NOPs are skipped,
+/// and the walk ends at End of Option List or at an option whose length does not fit.
+pub fn tcp_options(mut opts: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || loop {
+        match *opts.first()? {
+            0 => return None,
             1 => opts = &opts[1..],
             _ => {
                 let len = usize::from(*opts.get(1)?);
                 if len < 2 || len > opts.len() {
-                    break;
+                    return None;
                 }
-                if kind == 30 {
-                    if let Some(a) = decode_add_addr(&opts[..len]) {
-                        found.push(AddAddrSeen {
-                            src,
-                            dst,
-                            sport,
-                            dport,
-                            ..a
-                        });
-                    }
-                }
-                opts = &opts[len..];
+                let (opt, rest) = opts.split_at(len);
+                opts = rest;
+                return Some(opt);
             }
         }
-    }
-    Some(found)
+    })
 }
 
 /// Decodes one kind-30 option if it is a v1 ADD_ADDR (length table of RFC 8684 §3.4.1).

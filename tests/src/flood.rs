@@ -34,7 +34,7 @@ use std::{
 use mptcp_common::counters::Counter;
 
 use crate::{
-    capture::{read_pcap, Capture},
+    capture::{read_pcap, tcp_options, Capture},
     counters::mib,
     error::{LabError, Result},
     lab::{Lab, PATH1, PATHS, SERVER_IFACES},
@@ -508,20 +508,16 @@ impl FloodLab {
         let report = capture.stop()?;
         let bytes = std::fs::read(&report.path)
             .map_err(io_err(format!("reading {}", report.path.display())))?;
-        let snap = Snapshot::from_frames(&read_pcap(&bytes)?, PATH1.client_addr, server_addr)
-            .ok_or_else(|| LabError::parse("the victim's handshake capture", "no MPTCP keys"))?;
-        let conn = Connection {
-            src: SocketAddr::V4(SocketAddrV4::new(PATH1.client_addr, snap.sport)),
-            dst: SocketAddr::V4(server_addr),
-            src_mac: profiles::parse_mac(PATH1.client_mac).expect("lab MAC"),
-            dst_mac: profiles::parse_mac(PATH1.server_mac).expect("lab MAC"),
-            seq: snap.seq,
-            ack: snap.ack,
-            window: snap.window,
-            timestamps: snap.timestamps,
-            key_a: snap.key_a,
-            key_b: snap.key_b,
-        };
+        let conn = victim_connection(
+            &read_pcap(&bytes)?,
+            PATH1.client_addr,
+            server_addr,
+            [
+                profiles::parse_mac(PATH1.client_mac).expect("lab MAC"),
+                profiles::parse_mac(PATH1.server_mac).expect("lab MAC"),
+            ],
+        )
+        .ok_or_else(|| LabError::parse("the victim's handshake capture", "no MPTCP keys"))?;
         let settings = Settings {
             count: 16,
             ..Settings::default()
@@ -779,25 +775,6 @@ impl Victim {
     }
 }
 
-/// What the victim's capture says about its initial subflow, from the client's side.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Client port.
-    pub sport: u16,
-    /// The client's snd_nxt.
-    pub seq: u32,
-    /// The client's rcv_nxt.
-    pub ack: u32,
-    /// The client's latest window.
-    pub window: u16,
-    /// The client's latest TSval and the server's latest TSval.
-    pub timestamps: Option<(u32, u32)>,
-    /// Key A (client), from the MP_CAPABLE third ACK.
-    pub key_a: [u8; 8],
-    /// Key B (server).
-    pub key_b: [u8; 8],
-}
-
 /// `a` later than `b` in sequence space.
 fn seq_after(a: u32, b: u32) -> bool {
     let d = a.wrapping_sub(b);
@@ -852,89 +829,84 @@ fn parse_segment(frame: &[u8]) -> Option<Segment> {
         ts: None,
         keys: None,
     };
-    let mut opts = tcp.get(20..doff)?;
-    while let Some(&kind) = opts.first() {
-        match kind {
-            0 => break,
-            1 => opts = &opts[1..],
-            _ => {
-                let len = usize::from(*opts.get(1)?);
-                if len < 2 || len > opts.len() {
-                    break;
-                }
-                let body = &opts[2..len];
-                if kind == 8 && len == 10 {
-                    let v = u32::from_be_bytes(body[..4].try_into().ok()?);
-                    let e = u32::from_be_bytes(body[4..8].try_into().ok()?);
-                    seg.ts = Some((v, e));
-                } else if kind == 30 && matches!(len, 20 | 22 | 24) && body[0] >> 4 == 0 {
-                    seg.keys = Some((body[2..10].try_into().ok()?, body[10..18].try_into().ok()?));
-                }
-                opts = &opts[len..];
-            }
+    for opt in tcp_options(tcp.get(20..doff)?) {
+        let (kind, len, body) = (opt[0], opt.len(), &opt[2..]);
+        if kind == 8 && len == 10 {
+            let v = u32::from_be_bytes(body[..4].try_into().ok()?);
+            let e = u32::from_be_bytes(body[4..8].try_into().ok()?);
+            seg.ts = Some((v, e));
+        } else if kind == 30 && matches!(len, 20 | 22 | 24) && body[0] >> 4 == 0 {
+            seg.keys = Some((body[2..10].try_into().ok()?, body[10..18].try_into().ok()?));
         }
     }
     Some(seg)
 }
 
-impl Snapshot {
-    /// Follows the initial subflow `client -> server` through captured frames (both directions)
-    /// and returns the client's latest state, or `None` without the MP_CAPABLE keys.
-    #[must_use]
-    pub fn from_frames(
-        frames: &[Vec<u8>],
-        client: Ipv4Addr,
-        server: SocketAddrV4,
-    ) -> Option<Snapshot> {
-        const SYN: u8 = 0x02;
-        const FIN: u8 = 0x01;
-        const ACK: u8 = 0x10;
-        let (mut snd_nxt, mut rcv_nxt) = (None, None);
-        let (mut tsval, mut tsecr) = (None, None);
-        let mut snap = Snapshot::default();
-        let mut keys = None;
-        for seg in frames.iter().filter_map(|f| parse_segment(f)) {
-            let to_server = seg.src == client && seg.dport == server.port();
-            let to_client = seg.src == *server.ip() && seg.sport == server.port();
-            if !(to_server || to_client) {
-                continue;
+/// Follows the initial subflow `client -> server` through captured frames (both directions) and
+/// returns it as the client sends on it at the end: its latest sequence, acknowledgement,
+/// window and timestamps, and both MP_CAPABLE keys (`None` without them). `macs` are the
+/// client's and the server's.
+#[must_use]
+pub fn victim_connection(
+    frames: &[Vec<u8>],
+    client: Ipv4Addr,
+    server: SocketAddrV4,
+    macs: [[u8; 6]; 2],
+) -> Option<Connection> {
+    const SYN: u8 = 0x02;
+    const FIN: u8 = 0x01;
+    const ACK: u8 = 0x10;
+    let (mut snd_nxt, mut rcv_nxt) = (None, None);
+    let (mut tsval, mut tsecr) = (None, None);
+    let (mut sport, mut window) = (0, 0);
+    let mut keys = None;
+    for seg in frames.iter().filter_map(|f| parse_segment(f)) {
+        let to_server = seg.src == client && seg.dport == server.port();
+        let to_client = seg.src == *server.ip() && seg.sport == server.port();
+        if !(to_server || to_client) {
+            continue;
+        }
+        let end = seg
+            .seq
+            .wrapping_add(seg.payload)
+            .wrapping_add(u32::from(seg.flags & SYN != 0))
+            .wrapping_add(u32::from(seg.flags & FIN != 0));
+        if to_server {
+            sport = seg.sport;
+            window = seg.window;
+            snd_nxt = later(snd_nxt, end);
+            if seg.flags & ACK != 0 {
+                rcv_nxt = later(rcv_nxt, seg.ack);
             }
-            let end = seg
-                .seq
-                .wrapping_add(seg.payload)
-                .wrapping_add(u32::from(seg.flags & SYN != 0))
-                .wrapping_add(u32::from(seg.flags & FIN != 0));
-            if to_server {
-                snap.sport = seg.sport;
-                snap.window = seg.window;
-                snd_nxt = later(snd_nxt, end);
-                if seg.flags & ACK != 0 {
-                    rcv_nxt = later(rcv_nxt, seg.ack);
-                }
-                if let Some((v, _)) = seg.ts {
-                    tsval = later(tsval, v);
-                }
-                if keys.is_none() {
-                    keys = seg.keys;
-                }
-            } else {
-                rcv_nxt = later(rcv_nxt, end);
-                if seg.flags & ACK != 0 {
-                    snd_nxt = later(snd_nxt, seg.ack);
-                }
-                if let Some((v, _)) = seg.ts {
-                    tsecr = later(tsecr, v);
-                }
+            if let Some((v, _)) = seg.ts {
+                tsval = later(tsval, v);
+            }
+            if keys.is_none() {
+                keys = seg.keys;
+            }
+        } else {
+            rcv_nxt = later(rcv_nxt, end);
+            if seg.flags & ACK != 0 {
+                snd_nxt = later(snd_nxt, seg.ack);
+            }
+            if let Some((v, _)) = seg.ts {
+                tsecr = later(tsecr, v);
             }
         }
-        let (key_a, key_b) = keys?;
-        snap.seq = snd_nxt?;
-        snap.ack = rcv_nxt?;
-        snap.timestamps = tsval.zip(tsecr);
-        snap.key_a = key_a;
-        snap.key_b = key_b;
-        Some(snap)
     }
+    let (key_a, key_b) = keys?;
+    Some(Connection {
+        src: SocketAddr::V4(SocketAddrV4::new(client, sport)),
+        dst: SocketAddr::V4(server),
+        src_mac: macs[0],
+        dst_mac: macs[1],
+        seq: snd_nxt?,
+        ack: rcv_nxt?,
+        window,
+        timestamps: tsval.zip(tsecr),
+        key_a,
+        key_b,
+    })
 }
 
 #[cfg(test)]
@@ -978,13 +950,13 @@ mod tests {
             seg(false, 501, 1101, 0x10, &ts(71, 12), 0),
         ];
         let server = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 10_000);
-        let s = Snapshot::from_frames(&frames, Ipv4Addr::new(198, 18, 1, 1), server).unwrap();
-        assert_eq!((s.sport, s.seq, s.ack), (40_000, 1101, 501));
+        let client = Ipv4Addr::new(198, 18, 1, 1);
+        let macs = [[2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]];
+        let s = victim_connection(&frames, client, server, macs).unwrap();
+        assert_eq!((s.src.port(), s.seq, s.ack), (40_000, 1101, 501));
         assert_eq!(s.timestamps, Some((12, 71)));
         assert_eq!((s.key_a, s.key_b), ([1; 8], [2; 8]));
-        assert!(
-            Snapshot::from_frames(&frames[..2], Ipv4Addr::new(198, 18, 1, 1), server).is_none()
-        );
+        assert!(victim_connection(&frames[..2], client, server, macs).is_none());
     }
 
     #[test]

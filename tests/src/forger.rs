@@ -74,19 +74,14 @@ impl Forger {
         client: Ipv4Addr,
         server: SocketAddrV4,
     ) -> Result<Forger> {
-        let args = [
-            script.display().to_string(),
-            "--iface".into(),
-            iface.into(),
-            "--client".into(),
-            client.to_string(),
-            "--server".into(),
-            server.ip().to_string(),
-            "--port".into(),
-            server.port().to_string(),
-        ];
-        let mut proc = ns.spawn("ADD_ADDR forger", python, &args)?;
-        proc.wait_for_line("READY", Duration::from_secs(10), |l| l == "READY")?;
+        let proc = spawn(
+            ns,
+            "ADD_ADDR forger",
+            python,
+            vec![script.display().to_string(), "--iface".into(), iface.into()],
+            client,
+            server,
+        )?;
         Ok(Forger { proc })
     }
 
@@ -133,14 +128,51 @@ impl Forger {
     /// # Errors
     /// When the forger does not answer.
     pub fn state(&mut self) -> Result<String> {
-        self.proc.send_line("state")?;
-        self.proc.wait_for_prefix("STATE", Duration::from_secs(5))
+        state(&mut self.proc)
     }
 
     /// Tells the forger to quit and waits for it (it is killed if it does not).
-    pub fn quit(mut self) {
-        let _ = self.proc.send_line("quit");
-        self.proc.close_stdin();
-        let _ = self.proc.wait_timeout(Duration::from_secs(5));
+    pub fn quit(self) {
+        quit(self.proc);
     }
+}
+
+// What both forger scripts (`forge_add_addr.py`, `forge_join.py`) have in common: the
+// connection named by `--client/--server/--port`, `READY` once sniffing, `state` answered with
+// a `STATE` line, and `quit`.
+
+/// Starts a forger script in `ns` with its own `args` (the script first) followed by the
+/// connection `client -> server`, and waits for its `READY`.
+pub(crate) fn spawn(
+    ns: &Netns,
+    name: &str,
+    python: &Path,
+    mut args: Vec<String>,
+    client: Ipv4Addr,
+    server: SocketAddrV4,
+) -> Result<Proc> {
+    args.extend([
+        "--client".into(),
+        client.to_string(),
+        "--server".into(),
+        server.ip().to_string(),
+        "--port".into(),
+        server.port().to_string(),
+    ]);
+    let mut proc = ns.spawn(name, python, &args)?;
+    proc.wait_for_line("READY", Duration::from_secs(10), |l| l == "READY")?;
+    Ok(proc)
+}
+
+/// Asks a forger what it has learned: its `STATE ...` line.
+pub(crate) fn state(proc: &mut Proc) -> Result<String> {
+    proc.send_line("state")?;
+    proc.wait_for_prefix("STATE", Duration::from_secs(5))
+}
+
+/// Tells a forger to quit and waits for it (it is killed if it does not).
+pub(crate) fn quit(mut proc: Proc) {
+    let _ = proc.send_line("quit");
+    proc.close_stdin();
+    let _ = proc.wait_timeout(Duration::from_secs(5));
 }

@@ -24,6 +24,7 @@ use std::{
 
 use crate::{
     error::{LabError, Result},
+    forger,
     lab::LabPath,
     netns::Netns,
     proc::Proc,
@@ -124,7 +125,7 @@ impl JoinForger {
         client: Ipv4Addr,
         server: SocketAddrV4,
     ) -> Result<JoinForger> {
-        let args = [
+        let args = vec![
             script().display().to_string(),
             "--tx-iface".into(),
             path.client_iface.into(),
@@ -134,15 +135,8 @@ impl JoinForger {
             path.client_mac.into(),
             "--dst-mac".into(),
             path.server_mac.into(),
-            "--client".into(),
-            client.to_string(),
-            "--server".into(),
-            server.ip().to_string(),
-            "--port".into(),
-            server.port().to_string(),
         ];
-        let mut proc = ns.spawn("MP_JOIN forger", python, &args)?;
-        proc.wait_for_line("READY", Duration::from_secs(10), |l| l == "READY")?;
+        let proc = forger::spawn(ns, "MP_JOIN forger", python, args, client, server)?;
         Ok(JoinForger { proc })
     }
 
@@ -151,8 +145,7 @@ impl JoinForger {
     /// # Errors
     /// When the forger does not answer.
     pub fn state(&mut self) -> Result<String> {
-        self.proc.send_line("state")?;
-        self.proc.wait_for_prefix("STATE", Duration::from_secs(5))
+        forger::state(&mut self.proc)
     }
 
     /// Sends `count` SYNs with MP_JOIN and random tokens (none of the connection's two).
@@ -188,10 +181,8 @@ impl JoinForger {
     }
 
     /// Tells the forger to quit and waits for it (it is killed if it does not).
-    pub fn quit(mut self) {
-        let _ = self.proc.send_line("quit");
-        self.proc.close_stdin();
-        let _ = self.proc.wait_timeout(Duration::from_secs(5));
+    pub fn quit(self) {
+        forger::quit(self.proc);
     }
 }
 

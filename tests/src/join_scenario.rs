@@ -463,14 +463,8 @@ pub fn run(
         server_addr,
     )?;
     let mut server = StreamServer::start(&lab.server, &tools.python, server_addr)?;
-    let mut srv = Snapshots {
-        start: lab.server.counters()?,
-        ..Snapshots::default()
-    };
-    let mut cli = Snapshots {
-        start: lab.client.counters()?,
-        ..Snapshots::default()
-    };
+    let mut srv = Snapshots::starting(&lab.server)?;
+    let mut cli = Snapshots::starting(&lab.client)?;
 
     // 1-2. Connect, a little data, both genuine joins.
     let mut client = StreamClient::start(&lab.client, &tools.python, server_addr)?;

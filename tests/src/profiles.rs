@@ -23,7 +23,7 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
-use crate::mptcp_frames::{hmac_sha256, token};
+use crate::mptcp_frames::{hmac_sha256, token, KEY_A, KEY_B};
 
 /// The connection the profiles target, as seen by its sender `src` (host A).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +50,38 @@ pub struct Connection {
     pub key_a: [u8; 8],
     /// B's MPTCP key.
     pub key_b: [u8; 8],
+}
+
+impl Connection {
+    /// A made-up connection for tests: 198.18.1.1:43210 -> 198.18.1.2:10000, or
+    /// [2001:db8:1::1]:43210 -> [2001:db8:1::2]:10000 with `v6`, between the lab's path-1 MACs,
+    /// and the test keys [`KEY_A`] and [`KEY_B`].
+    #[must_use]
+    pub fn example(v6: bool) -> Connection {
+        let (src, dst): (IpAddr, IpAddr) = if v6 {
+            (
+                Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1).into(),
+                Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2).into(),
+            )
+        } else {
+            (
+                Ipv4Addr::new(198, 18, 1, 1).into(),
+                Ipv4Addr::new(198, 18, 1, 2).into(),
+            )
+        };
+        Connection {
+            src: SocketAddr::new(src, 43210),
+            dst: SocketAddr::new(dst, 10000),
+            src_mac: [2, 0, 0, 0, 1, 1],
+            dst_mac: [2, 0, 0, 0, 1, 2],
+            seq: 0x1234_5678,
+            ack: 0x9abc_def0,
+            window: 502,
+            timestamps: Some((1_000_000, 2_000_000)),
+            key_a: KEY_A,
+            key_b: KEY_B,
+        }
+    }
 }
 
 /// What the profiles announce and how many frames the pcaps hold.
@@ -799,33 +831,6 @@ pub fn default_announce(v6: bool) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mptcp_frames::{KEY_A, KEY_B};
-
-    fn conn(v6: bool) -> Connection {
-        let (src, dst): (SocketAddr, SocketAddr) = if v6 {
-            (
-                "[2001:db8:1::1]:40000".parse().unwrap(),
-                "[2001:db8:1::2]:10000".parse().unwrap(),
-            )
-        } else {
-            (
-                "198.18.1.1:40000".parse().unwrap(),
-                "198.18.1.2:10000".parse().unwrap(),
-            )
-        };
-        Connection {
-            src,
-            dst,
-            src_mac: [2, 0, 0, 0, 1, 1],
-            dst_mac: [2, 0, 0, 0, 1, 2],
-            seq: 1000,
-            ack: 2000,
-            window: 502,
-            timestamps: Some((111, 222)),
-            key_a: KEY_A,
-            key_b: KEY_B,
-        }
-    }
 
     fn settings(v6: bool) -> Settings {
         Settings {
@@ -839,7 +844,7 @@ mod tests {
     fn checksums_verify() {
         for v6 in [false, true] {
             for kind in Kind::ALL {
-                for frame in frames(kind, &conn(v6), &settings(v6)).unwrap() {
+                for frame in frames(kind, &Connection::example(v6), &settings(v6)).unwrap() {
                     let tcp = if v6 { 54 } else { 34 };
                     if !v6 {
                         assert_eq!(internet_checksum(&[&frame[14..34]]), 0, "{kind:?}");
@@ -869,7 +874,7 @@ mod tests {
     #[test]
     fn the_fast_path_parser_reads_them_as_intended() {
         use mptcp_common::packet::{parse_tcp, read_add_addr, walk_options};
-        let c = conn(false);
+        let c = Connection::example(false);
         let s = settings(false);
         let (_, right) = add_addr_parts(&c, &s);
         for (kind, hmac_is_right) in [(Kind::AddAddrValid, true), (Kind::AddAddrForged, false)] {
@@ -897,22 +902,23 @@ mod tests {
 
     #[test]
     fn dss_segments_follow_each_other() {
-        let c = conn(false);
+        let c = Connection::example(false);
         let s = settings(false);
         let f = frames(Kind::Dss, &c, &s).unwrap();
         let seq = |f: &[u8]| u32::from_be_bytes(f[38..42].try_into().unwrap());
-        assert_eq!(seq(&f[0]), 1000);
-        assert_eq!(seq(&f[1]), 2000);
+        assert_eq!(seq(&f[0]), 0x1234_5678);
+        assert_eq!(seq(&f[1]), 0x1234_5678 + 1000);
         assert_eq!(f[0].len(), 14 + 20 + 20 + 40 + 1000);
     }
 
     #[test]
     fn trafgen_block_has_dynamic_elements() {
-        let cfg = trafgen_config(Kind::AddAddrForged, &conn(false), &settings(false)).unwrap();
+        let (c4, c6) = (Connection::example(false), Connection::example(true));
+        let cfg = trafgen_config(Kind::AddAddrForged, &c4, &settings(false)).unwrap();
         assert!(cfg.contains("csumip(14, 33)"), "{cfg}");
         assert!(cfg.contains("csumtcp(14, 34)"), "{cfg}");
         assert!(cfg.contains("drnd(8)"), "{cfg}");
-        let cfg6 = trafgen_config(Kind::JoinSynRandomToken, &conn(true), &settings(true)).unwrap();
+        let cfg6 = trafgen_config(Kind::JoinSynRandomToken, &c6, &settings(true)).unwrap();
         assert!(cfg6.contains("csumtcp6(14, 54)"), "{cfg6}");
         assert!(!cfg6.contains("csumip"), "{cfg6}");
     }

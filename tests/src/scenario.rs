@@ -24,6 +24,7 @@ use crate::{
     error::Result,
     forger::{Forger, HmacKind, Injection},
     lab::{Lab, PATH1, PATH2, PATHS},
+    netns::Netns,
     peers::{ClientReport, PeerClient, PeerServer},
     tools::Tools,
 };
@@ -79,6 +80,19 @@ pub struct Snapshots {
     pub after_control: Counters,
     /// After the connection closed.
     pub end: Counters,
+}
+
+impl Snapshots {
+    /// Snapshots of `ns` whose `start` is read now; the run fills in the other milestones.
+    ///
+    /// # Errors
+    /// When reading the counters fails.
+    pub fn starting(ns: &Netns) -> Result<Snapshots> {
+        Ok(Snapshots {
+            start: ns.counters()?,
+            ..Snapshots::default()
+        })
+    }
 }
 
 /// Everything a run observed.
@@ -250,14 +264,8 @@ pub fn run(lab: &Lab, tools: &Tools, sc: &Scenario) -> Result<Outcome> {
     )?;
     let server = PeerServer::start(&lab.server, &tools.peer_bin, SocketAddr::V4(server_addr))?;
 
-    let mut srv = Snapshots {
-        start: lab.server.counters()?,
-        ..Snapshots::default()
-    };
-    let mut cli = Snapshots {
-        start: lab.client.counters()?,
-        ..Snapshots::default()
-    };
+    let mut srv = Snapshots::starting(&lab.server)?;
+    let mut cli = Snapshots::starting(&lab.client)?;
 
     let mut client = PeerClient::start(
         &lab.client,

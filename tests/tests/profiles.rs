@@ -10,13 +10,13 @@
 //! `MPTCP_TESTS_REQUIRE_BPF=1`.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use mptcp_tests::{
-    mptcp_frames::{add_addr, token, KEY_A, KEY_B},
+    mptcp_frames::{add_addr, token},
     profiles::{self, default_announce, Connection, Kind, Piece, Settings},
     tools::gate,
 };
@@ -30,32 +30,6 @@ fn missing_tools() -> Vec<String> {
         .filter(|tool| !std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
         .map(|tool| format!("`{tool}` is not installed (apt-get install tshark netsniff-ng)"))
         .collect()
-}
-
-fn conn(v6: bool) -> Connection {
-    let (src, dst): (SocketAddr, SocketAddr) = if v6 {
-        (
-            "[2001:db8:1::1]:43210".parse().unwrap(),
-            "[2001:db8:1::2]:10000".parse().unwrap(),
-        )
-    } else {
-        (
-            "198.18.1.1:43210".parse().unwrap(),
-            "198.18.1.2:10000".parse().unwrap(),
-        )
-    };
-    Connection {
-        src,
-        dst,
-        src_mac: [2, 0, 0, 0, 1, 1],
-        dst_mac: [2, 0, 0, 0, 1, 2],
-        seq: 0x1234_5678,
-        ack: 0x9abc_def0,
-        window: 502,
-        timestamps: Some((1_000_000, 2_000_000)),
-        key_a: KEY_A,
-        key_b: KEY_B,
-    }
 }
 
 fn settings(v6: bool) -> Settings {
@@ -143,7 +117,7 @@ fn u64_of(bytes: &[u8]) -> String {
 fn check_decoded(kind: Kind, pcap: &Path, v6: bool) {
     let rows = tshark_fields(pcap);
     assert_eq!(rows.len(), COUNT as usize, "{}", pcap.display());
-    let c = conn(v6);
+    let c = Connection::example(v6);
     let s = settings(v6);
     let announce = match s.announce {
         IpAddr::V4(a) => a.octets().to_vec(),
@@ -232,7 +206,7 @@ fn tshark_decodes_every_pcap_as_intended() {
     }
     for v6 in [false, true] {
         let dir = scratch(if v6 { "pcap6" } else { "pcap4" });
-        profiles::write_all(&conn(v6), &settings(v6), &dir).unwrap();
+        profiles::write_all(&Connection::example(v6), &settings(v6), &dir).unwrap();
         for kind in Kind::ALL {
             check_decoded(kind, &dir.join(format!("{}.pcap", kind.stem())), v6);
         }
@@ -276,7 +250,7 @@ fn trafgen_configs_compile_to_the_same_frames() {
     }
     for v6 in [false, true] {
         let dir = scratch(if v6 { "cfg6" } else { "cfg4" });
-        let (c, s) = (conn(v6), settings(v6));
+        let (c, s) = (Connection::example(v6), settings(v6));
         profiles::write_all(&c, &s, &dir).unwrap();
         for kind in Kind::ALL {
             let cfg = dir.join(format!("{}.cfg", kind.stem()));

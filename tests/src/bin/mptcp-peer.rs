@@ -15,8 +15,8 @@
 //! Errors go to stderr with exit code 1.
 
 use std::{
-    io::{self, BufRead as _, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    io::{self, BufRead as _},
+    net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     process::ExitCode,
     sync::mpsc,
@@ -24,10 +24,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use mptcp_tests::flood::endpoints::{self, say, Amount};
 
-/// `IPPROTO_MPTCP` (linux/in.h).
-const IPPROTO_MPTCP: i32 = 262;
 /// `SOL_MPTCP` (linux/socket.h).
 const SOL_MPTCP: i32 = 284;
 /// `MPTCP_INFO` (linux/mptcp.h).
@@ -68,71 +66,20 @@ fn parse_addr(addr: &str) -> io::Result<SocketAddr> {
     addr.parse().map_err(|e| invalid(&format!("{addr}: {e}")))
 }
 
-fn say(line: &str) {
-    let mut out = io::stdout().lock();
-    // Nothing useful to do if stdout is gone.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn mptcp_socket(addr: SocketAddr) -> io::Result<Socket> {
-    Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(Protocol::from(IPPROTO_MPTCP)),
-    )
-}
-
 fn server(addr: SocketAddr) -> io::Result<()> {
-    let socket = mptcp_socket(addr)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&SockAddr::from(addr))?;
-    socket.listen(16)?;
-    let listener: TcpListener = socket.into();
-    say(&format!("LISTENING {}", listener.local_addr()?));
-    let (mut conn, peer) = listener.accept()?;
-    say(&format!("ACCEPTED {peer}"));
-    conn.set_read_timeout(Some(IO_TIMEOUT * 4))?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total: u64 = 0;
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let (_listener, mut conn) = endpoints::accept_one(addr, 16, IO_TIMEOUT * 4)?;
+    let (total, _) = endpoints::read_to_end(&mut conn)?;
     say(&format!("RECEIVED {total}"));
     Ok(())
 }
 
 fn client(addr: SocketAddr, bytes: u64, hold: Duration) -> io::Result<()> {
-    let socket = mptcp_socket(addr)?;
-    socket.connect_timeout(&SockAddr::from(addr), IO_TIMEOUT)?;
-    let mut conn: TcpStream = socket.into();
-    conn.set_write_timeout(Some(IO_TIMEOUT))?;
-    conn.set_read_timeout(Some(IO_TIMEOUT))?;
-    say(&format!("CONNECTED {}", conn.local_addr()?));
-
-    let chunk: Vec<u8> = (0..1u32 << 16).map(|i| (i % 251) as u8).collect();
-    let mut left = bytes;
-    while left > 0 {
-        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
-        conn.write_all(&chunk[..n])?;
-        left -= n as u64;
-    }
-    say(&format!("SENT {bytes}"));
-
+    let mut conn = endpoints::connect(addr, IO_TIMEOUT)?;
+    let sent = endpoints::write_amount(&mut conn, Amount::Bytes(bytes))?;
+    say(&format!("SENT {sent}"));
     hold_open(hold);
     say(&mptcp_info_line(&conn));
-
-    conn.shutdown(Shutdown::Write)?;
-    // Wait for the server's FIN so all data is known to be read.
-    let mut sink = [0u8; 4096];
-    while conn.read(&mut sink)? > 0 {}
-    say("CLOSED");
-    Ok(())
+    endpoints::close(conn)
 }
 
 /// Sleeps for `hold`, or less if a `close` line arrives on stdin. End of stdin (e.g. stdin is

@@ -12,6 +12,9 @@
 //!     (with --hold: waits for a `close` line, or the end of stdin)
 //!     CLOSED                    shut down and the peer's FIN read
 //! ```
+//!
+//! `mptcp-peer`, the lab's test peer, speaks the same lines and is built from the same pieces
+//! ([`accept_one`], [`read_to_end`], [`connect`], [`write_amount`], [`close`]).
 
 use std::{
     io::{self, BufRead as _, Read as _, Write as _},
@@ -35,7 +38,8 @@ pub enum Amount {
     For(Duration),
 }
 
-fn say(line: &str) {
+/// Prints `line` on stdout at once (the harness reads the lines as they come).
+pub fn say(line: &str) {
     let mut out = io::stdout().lock();
     // Nothing useful to do if the harness went away.
     let _ = writeln!(out, "{line}");
@@ -50,26 +54,40 @@ fn mptcp_socket(addr: SocketAddr) -> io::Result<Socket> {
     )
 }
 
-/// Accepts one MPTCP connection on `addr` and reads it to the end.
+/// Listens on `addr` with MPTCP (`LISTENING <addr>`), accepts one connection
+/// (`ACCEPTED <peer>`) and gives it `read_timeout`. The listener is returned with it: it stays
+/// open until dropped.
 ///
 /// # Errors
 /// On any socket error.
-pub fn serve(addr: SocketAddr) -> io::Result<()> {
+pub fn accept_one(
+    addr: SocketAddr,
+    backlog: i32,
+    read_timeout: Duration,
+) -> io::Result<(TcpListener, TcpStream)> {
     let socket = mptcp_socket(addr)?;
     socket.set_reuse_address(true)?;
     socket.bind(&SockAddr::from(addr))?;
-    socket.listen(128)?;
+    socket.listen(backlog)?;
     let listener: TcpListener = socket.into();
     say(&format!("LISTENING {}", listener.local_addr()?));
-    let (mut conn, peer) = listener.accept()?;
+    let (conn, peer) = listener.accept()?;
     say(&format!("ACCEPTED {peer}"));
-    conn.set_read_timeout(Some(IO_TIMEOUT * 20))?;
+    conn.set_read_timeout(Some(read_timeout))?;
+    Ok((listener, conn))
+}
+
+/// Reads `conn` until the peer closes it: the bytes read, and when the first of them came.
+///
+/// # Errors
+/// On any socket error (a timeout included).
+pub fn read_to_end(conn: &mut TcpStream) -> io::Result<(u64, Option<Instant>)> {
     let mut buf = vec![0u8; 1 << 18];
     let mut total: u64 = 0;
     let mut first: Option<Instant> = None;
     loop {
         match conn.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok((total, first)),
             Ok(n) => {
                 first.get_or_insert_with(Instant::now);
                 total += n as u64;
@@ -78,23 +96,28 @@ pub fn serve(addr: SocketAddr) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    say(&format!("RECEIVED {total} {secs:.6}"));
-    Ok(())
 }
 
-/// Connects to `addr` with MPTCP, sends `amount`, optionally holds the connection until told,
-/// then closes it.
+/// Connects to `addr` with MPTCP within `timeout`, which then bounds every read and write too
+/// (`CONNECTED <local addr>`).
 ///
 /// # Errors
 /// On any socket error.
-pub fn send(addr: SocketAddr, amount: Amount, hold: bool) -> io::Result<()> {
+pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let socket = mptcp_socket(addr)?;
-    socket.connect_timeout(&SockAddr::from(addr), IO_TIMEOUT)?;
-    let mut conn: TcpStream = socket.into();
-    conn.set_write_timeout(Some(IO_TIMEOUT))?;
-    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    socket.connect_timeout(&SockAddr::from(addr), timeout)?;
+    let conn: TcpStream = socket.into();
+    conn.set_write_timeout(Some(timeout))?;
+    conn.set_read_timeout(Some(timeout))?;
     say(&format!("CONNECTED {}", conn.local_addr()?));
+    Ok(conn)
+}
+
+/// Writes `amount` of a fixed byte pattern to `conn` and returns how many bytes that was.
+///
+/// # Errors
+/// On any socket error.
+pub fn write_amount(conn: &mut TcpStream, amount: Amount) -> io::Result<u64> {
     let chunk: Vec<u8> = (0..1u32 << 16).map(|i| (i % 251) as u8).collect();
     let mut sent: u64 = 0;
     match amount {
@@ -113,6 +136,42 @@ pub fn send(addr: SocketAddr, amount: Amount, hold: bool) -> io::Result<()> {
             }
         }
     }
+    Ok(sent)
+}
+
+/// Shuts down the sending side of `conn` and reads until the peer's FIN, so all data is known
+/// to be read (`CLOSED`).
+///
+/// # Errors
+/// On any socket error.
+pub fn close(mut conn: TcpStream) -> io::Result<()> {
+    conn.shutdown(Shutdown::Write)?;
+    let mut sink = [0u8; 4096];
+    while conn.read(&mut sink)? > 0 {}
+    say("CLOSED");
+    Ok(())
+}
+
+/// Accepts one MPTCP connection on `addr` and reads it to the end.
+///
+/// # Errors
+/// On any socket error.
+pub fn serve(addr: SocketAddr) -> io::Result<()> {
+    let (_listener, mut conn) = accept_one(addr, 128, IO_TIMEOUT * 20)?;
+    let (total, first) = read_to_end(&mut conn)?;
+    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    say(&format!("RECEIVED {total} {secs:.6}"));
+    Ok(())
+}
+
+/// Connects to `addr` with MPTCP, sends `amount`, optionally holds the connection until told,
+/// then closes it.
+///
+/// # Errors
+/// On any socket error.
+pub fn send(addr: SocketAddr, amount: Amount, hold: bool) -> io::Result<()> {
+    let mut conn = connect(addr, IO_TIMEOUT)?;
+    let sent = write_amount(&mut conn, amount)?;
     say(&format!("SENT {sent}"));
     if hold {
         for line in io::stdin().lock().lines() {
@@ -123,9 +182,5 @@ pub fn send(addr: SocketAddr, amount: Amount, hold: bool) -> io::Result<()> {
             }
         }
     }
-    conn.shutdown(Shutdown::Write)?;
-    let mut sink = [0u8; 4096];
-    while conn.read(&mut sink)? > 0 {}
-    say("CLOSED");
-    Ok(())
+    close(conn)
 }

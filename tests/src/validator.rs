@@ -33,6 +33,7 @@ use crate::{
     error::{LabError, Result},
     netns::Netns,
     proc::{run_checked, Proc},
+    tools::gate,
 };
 
 /// Environment variable naming the loader binary.
@@ -86,6 +87,53 @@ pub fn locate_loader() -> Option<PathBuf> {
             .join(LOADER_BIN_NAME),
     );
     candidates.into_iter().find(|p| p.is_file())
+}
+
+/// The loader binary for `test`, or `None` (after printing why, see [`gate`]) when the test
+/// cannot run here: `problems` already found by the caller, plus a missing loader.
+#[must_use]
+pub fn loader_or_skip(test: &str, mut problems: Vec<String>) -> Option<PathBuf> {
+    let loader = locate_loader();
+    if loader.is_none() {
+        problems.push(format!(
+            "the mptcp-loader binary was not found (set {LOADER_BIN_ENV}, or build it with \
+             `cargo xtask build` / `cargo build --release -p mptcp-loader`)"
+        ));
+    }
+    if gate(test, &problems) {
+        loader
+    } else {
+        None
+    }
+}
+
+/// [`Validator::start_with`] for `test`; a loader built without its eBPF object (no
+/// bpf-linker) counts as "cannot run here" like a missing binary (`None`, see [`gate`]).
+///
+/// # Panics
+/// When the loader fails to start for any other reason.
+#[must_use]
+pub fn start_or_skip(
+    test: &str,
+    ns: &Netns,
+    bin: &Path,
+    ifaces: &[&str],
+    mode: Mode,
+    options: &[&str],
+) -> Option<Validator> {
+    match Validator::start_with(ns, bin, ifaces, mode, options) {
+        Ok(v) => Some(v),
+        Err(err @ LabError::Exited { .. })
+            if err.to_string().contains("eBPF object was not built") =>
+        {
+            let _ = gate(
+                test,
+                &[format!("{} has no eBPF object: {err}", bin.display())],
+            );
+            None
+        }
+        Err(err) => panic!("starting {} in {}: {err}", bin.display(), ns.name()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

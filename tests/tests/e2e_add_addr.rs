@@ -7,55 +7,17 @@
 //! `MPTCP_TESTS_REQUIRE_BPF=1`. Root only; run with
 //! `cargo test -p mptcp-tests --release -- --test-threads=1`.
 
-use std::path::{Path, PathBuf};
-
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
     counters::mib,
     lab::{Lab, SERVER_IFACES},
     scenario::{self, Outcome, Scenario},
-    tools::{gate, Tools},
-    validator::{locate_loader, Mode, StopReport, Validator, ValidatorStats, LOADER_BIN_ENV},
-    LabError,
+    tools::Tools,
+    validator::{loader_or_skip, start_or_skip, Mode, StopReport, ValidatorStats},
 };
 
 fn tools() -> Tools {
     Tools::new(env!("CARGO_BIN_EXE_mptcp-peer"))
-}
-
-/// The loader binary, or `None` (after printing why) when the test must be skipped.
-fn loader_or_skip(test: &str) -> Option<PathBuf> {
-    let mut problems = tools().missing();
-    let loader = locate_loader();
-    if loader.is_none() {
-        problems.push(format!(
-            "the mptcp-loader binary was not found (set {LOADER_BIN_ENV}, or build it with \
-             `cargo xtask build` / `cargo build --release -p mptcp-loader`)"
-        ));
-    }
-    if gate(test, &problems) {
-        loader
-    } else {
-        None
-    }
-}
-
-/// Starts the validator; a loader built without its eBPF object (no bpf-linker) counts as
-/// "cannot run here" like a missing binary.
-fn start_or_skip(test: &str, lab: &Lab, bin: &Path, mode: Mode) -> Option<Validator> {
-    match Validator::start(&lab.server, bin, &SERVER_IFACES, mode) {
-        Ok(v) => Some(v),
-        Err(err @ LabError::Exited { .. })
-            if err.to_string().contains("eBPF object was not built") =>
-        {
-            let _ = gate(
-                test,
-                &[format!("{} has no eBPF object: {err}", bin.display())],
-            );
-            None
-        }
-        Err(err) => panic!("starting {} in {}: {err}", bin.display(), lab.server.name()),
-    }
 }
 
 struct Run {
@@ -68,9 +30,9 @@ struct Run {
 /// Validator started before the connection (it must see the MP_CAPABLE handshake), the shared
 /// scenario, then `stats --json` while it still runs, then SIGINT.
 fn run_with_validator(test: &str, mode: Mode) -> Option<Run> {
-    let bin = loader_or_skip(test)?;
+    let bin = loader_or_skip(test, tools().missing())?;
     let lab = Lab::new().expect("building the lab");
-    let validator = start_or_skip(test, &lab, &bin, mode)?;
+    let validator = start_or_skip(test, &lab.server, &bin, &SERVER_IFACES, mode, &[])?;
     let sc = Scenario::default();
     let outcome = match scenario::run(&lab, &tools(), &sc) {
         Ok(o) => o,

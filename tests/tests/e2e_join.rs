@@ -17,8 +17,6 @@
 //! those tests are skipped, or fail when `MPTCP_TESTS_REQUIRE_BPF=1`. Root only; run with
 //! `cargo test -p mptcp-tests --release -- --test-threads=1`.
 
-use std::path::{Path, PathBuf};
-
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
     join_scenario::{
@@ -26,55 +24,12 @@ use mptcp_tests::{
         CLIENT_IFACES, NO_TOKEN_FOUND, SYNACK_HMAC_FAILURE,
     },
     lab::{Lab, SERVER_IFACES},
-    netns::Netns,
     tools::{gate, Tools},
-    validator::{locate_loader, Mode, StopReport, Validator, LOADER_BIN_ENV},
-    LabError,
+    validator::{loader_or_skip, start_or_skip, Mode, StopReport},
 };
 
 fn tools() -> Tools {
     Tools::new(env!("CARGO_BIN_EXE_mptcp-peer"))
-}
-
-/// The loader binary, or `None` (after printing why) when the test must be skipped.
-fn loader_or_skip(test: &str) -> Option<PathBuf> {
-    let mut problems = join_scenario::missing(&tools());
-    let loader = locate_loader();
-    if loader.is_none() {
-        problems.push(format!(
-            "the mptcp-loader binary was not found (set {LOADER_BIN_ENV}, or build it with \
-             `cargo xtask build` / `cargo build --release -p mptcp-loader`)"
-        ));
-    }
-    if gate(test, &problems) {
-        loader
-    } else {
-        None
-    }
-}
-
-/// Starts the validator on `ifaces` of `ns`; a loader built without its eBPF object counts as
-/// "cannot run here" like a missing binary.
-fn start_or_skip(
-    test: &str,
-    ns: &Netns,
-    ifaces: &[&str],
-    bin: &Path,
-    mode: Mode,
-) -> Option<Validator> {
-    match Validator::start(ns, bin, ifaces, mode) {
-        Ok(v) => Some(v),
-        Err(err @ LabError::Exited { .. })
-            if err.to_string().contains("eBPF object was not built") =>
-        {
-            let _ = gate(
-                test,
-                &[format!("{} has no eBPF object: {err}", bin.display())],
-            );
-            None
-        }
-        Err(err) => panic!("starting {} in {}: {err}", bin.display(), ns.name()),
-    }
 }
 
 struct Run {
@@ -88,7 +43,7 @@ struct Run {
 /// stops the validators and prints the figures.
 fn run(test: &str, mode: Option<Mode>) -> Option<Run> {
     let bin = match mode {
-        Some(_) => Some(loader_or_skip(test)?),
+        Some(_) => Some(loader_or_skip(test, join_scenario::missing(&tools()))?),
         None if gate(test, &join_scenario::missing(&tools())) => None,
         None => return None,
     };
@@ -96,8 +51,8 @@ fn run(test: &str, mode: Option<Mode>) -> Option<Run> {
     join_scenario::prepare_lab(&lab).expect("configuring the lab for joins");
     let validators = match (&bin, mode) {
         (Some(bin), Some(mode)) => Some((
-            start_or_skip(test, &lab.server, &SERVER_IFACES, bin, mode)?,
-            start_or_skip(test, &lab.client, &CLIENT_IFACES, bin, mode)?,
+            start_or_skip(test, &lab.server, bin, &SERVER_IFACES, mode, &[])?,
+            start_or_skip(test, &lab.client, bin, &CLIENT_IFACES, mode, &[])?,
         )),
         _ => None,
     };

@@ -3,7 +3,7 @@
 //! `mptcp-loader run` validates the server's interfaces with small maps (`--max-conns 256`:
 //! 256 connections, 512 subflows, 512 tokens; `--max-joins 64`). One genuine connection is
 //! opened first and keeps sending (a segment every 2 ms). Then a storm of ten times the
-//! connection capacity: 2 560 real MPTCP connections at 1 000 a second, held open (a connection
+//! connection capacity: 2 560 real MPTCP connections at 250 a second, held open (a connection
 //! that ends is removed by the firewall itself, so only held ones overfill), each announcing the
 //! client's second address and joining a second subflow, so every map overflows (2 560
 //! connections, 5 120 subflows and tokens, 2 560 joins). Then a trafgen flood of 20 000 MP_JOIN
@@ -23,10 +23,13 @@
 //!
 //! What "active" has to mean: the maps are LRU, and the fast path refreshes a connection's
 //! entries on every signalling segment and on 1 in 16 data segments. A connection is safe while
-//! it is refreshed more often than the storm replaces the whole map (here: about 8 refreshes per
-//! replacement). A faster storm into a smaller map does evict active connections: 640
+//! it is refreshed more often than the storm replaces the whole map (here: about 30 refreshes
+//! per replacement). A faster storm into a smaller map does evict active connections: 640
 //! connections opened as fast as Python can (0.1 s) into `--max-conns 64` evicted this genuine
-//! connection, whose forged ADD_ADDRs then passed as `add_addr_unknown_conn`.
+//! connection, whose forged ADD_ADDRs then passed as `add_addr_unknown_conn`. The same holds for
+//! a new connection's tokens: at 500 and 1 000 connections a second into this map, on a busy
+//! machine, 1 to 17 storm connections lost their tokens before their own join SYN arrived, and
+//! those genuine joins were dropped as blind ones.
 //!
 //! Needs the loader binary (see `e2e_add_addr.rs`) and trafgen (netsniff-ng).
 
@@ -46,18 +49,19 @@ use mptcp_tests::{
     lab::{Lab, PATH1, SERVER_IFACES},
     scenario::wait_for_counters,
     storm::{self, ActiveClient, HoldingServer, Storm},
-    tools::{gate, Tools},
-    validator::{locate_loader, Mode, Validator, ValidatorStats, LOADER_BIN_ENV},
+    tools::Tools,
+    validator::{loader_or_skip, start_or_skip, Mode, ValidatorStats},
 };
 
 const MAX_CONNS: u32 = 256;
 const MAX_JOINS: u32 = 64;
 /// Ten times the connection map.
 const STORM: u32 = 10 * MAX_CONNS;
-/// New connections a second: the storm replaces the whole connection map every quarter of a
-/// second, while the genuine connection sends a segment every 2 ms (so about 8 of them, 1 in 16
-/// sampled, refresh its state in that time).
-const STORM_RATE: u32 = 1000;
+/// New connections a second: the storm replaces the whole connection map about once a second,
+/// while the genuine connection sends a segment every 2 ms (about 30 of them, 1 in 16 sampled,
+/// refresh its state in that time). Faster storms evicted the tokens of some storm connections
+/// before their own join SYN arrived when the machine was busy (see the module docs).
+const STORM_RATE: u32 = 250;
 const JOIN_FLOOD: u64 = 20_000;
 const JOIN_FLOOD_RATE: u32 = 20_000;
 /// Idle timeout of the run: a sweep (which brings the eviction count up to date) every 5 s,
@@ -98,12 +102,6 @@ fn loader_survives_a_storm_of_connections_and_join_syns() {
     let test = "loader_survives_a_storm_of_connections_and_join_syns";
     let tools = tools();
     let mut problems = tools.missing();
-    let loader = locate_loader();
-    if loader.is_none() {
-        problems.push(format!(
-            "the mptcp-loader binary was not found (set {LOADER_BIN_ENV}, or `cargo xtask build`)"
-        ));
-    }
     if std::process::Command::new("trafgen")
         .arg("--version")
         .output()
@@ -111,13 +109,13 @@ fn loader_survives_a_storm_of_connections_and_join_syns() {
     {
         problems.push("trafgen is not installed (apt-get install netsniff-ng)".to_owned());
     }
-    if !gate(test, &problems) {
+    let Some(bin) = loader_or_skip(test, problems) else {
         return;
-    }
-    let bin = loader.expect("checked above");
+    };
 
     let lab = Lab::new().expect("building the lab");
-    let mut validator = Validator::start_with(
+    let Some(mut validator) = start_or_skip(
+        test,
         &lab.server,
         &bin,
         &SERVER_IFACES,
@@ -130,8 +128,9 @@ fn loader_survives_a_storm_of_connections_and_join_syns() {
             "--idle-timeout",
             IDLE_TIMEOUT_S,
         ],
-    )
-    .expect("starting the loader");
+    ) else {
+        return;
+    };
     let rss_before = storm::rss_kib(validator.pid()).expect("loader RSS");
 
     // The genuine connection, active from start to end.
@@ -179,6 +178,14 @@ fn loader_survives_a_storm_of_connections_and_join_syns() {
     )
     .expect("the storm of connections");
     let storm_s = storm_time.as_secs_f64();
+    // The last connections' joins may still be under way when the last connection is open.
+    wait_for_counters(
+        || lab.server.counters(),
+        &before_storm,
+        &[(mib::MP_JOIN_ACK_RX, i128::from(STORM))],
+        Duration::from_secs(10),
+    )
+    .expect("counters");
     let cfg = storm::write_join_flood(lab.work_dir(), storm_addr).expect("flood config");
     let before_flood = lab.server.counters().expect("counters");
     storm::trafgen(

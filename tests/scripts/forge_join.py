@@ -53,11 +53,9 @@ import sys
 import threading
 import time
 
-from wire import checksum, say, walk_options
+from wire import checksum, say, sniffer, walk_options
 
-ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
-SO_RCVBUFFORCE = 33
 MPTCP_KIND = 30
 MSS_KIND = 2
 SUBTYPE_MP_CAPABLE = 0
@@ -313,12 +311,7 @@ def main():
     args = parser.parse_args()
 
     state = State()
-    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        # A burst of GSO frames must not overflow the queue while Python parses.
-        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
-    except OSError:
-        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    rx = sniffer()
     sender = Sender(args)
     threading.Thread(target=sniff, args=(rx, state, args), daemon=True).start()
     say("READY")

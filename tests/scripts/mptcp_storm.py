@@ -29,18 +29,10 @@ import sys
 import threading
 import time
 
-IPPROTO_MPTCP = 262
+from wire import mptcp_socket, say
+
 TRICKLE = bytes(i % 251 for i in range(1000))
 TRICKLE_PERIOD_SECS = 0.002
-
-
-def say(line):
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def mptcp_socket():
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
 
 
 def raise_fd_limit():

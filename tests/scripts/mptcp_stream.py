@@ -20,18 +20,10 @@ extra subflows are up and then check that data flows on them.
 import socket
 import sys
 
-IPPROTO_MPTCP = 262
+from wire import mptcp_socket, say
+
 CHUNK = bytes(i % 251 for i in range(1 << 16))
 IO_TIMEOUT_SECS = 60
-
-
-def say(line):
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def mptcp_socket():
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
 
 
 def server(addr, port):

@@ -1,7 +1,13 @@
-"""Helpers shared by the forgers: line output for the Rust side, TCP option walk, checksum."""
+"""Helpers shared by the lab's scripts: line output for the Rust side, sockets (MPTCP, raw
+sniffer), TCP option walk, checksum."""
 
+import socket
 import struct
 import sys
+
+ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33
+IPPROTO_MPTCP = 262
 
 
 def say(line):
@@ -37,3 +43,21 @@ def checksum(data):
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
+
+
+def mptcp_socket():
+    """An IPv4 MPTCP stream socket."""
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+
+
+def sniffer(iface=None):
+    """A raw socket receiving every frame of `iface` (of every interface when None)."""
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        # A burst of GSO frames must not overflow the queue while Python parses.
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+    except OSError:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    if iface is not None:
+        rx.bind((iface, ETH_P_ALL))
+    return rx

@@ -46,9 +46,8 @@ import sys
 import threading
 import time
 
-from wire import checksum, say, sniffer, walk_options
+from wire import ETH_P_IP, ipv4_tcp_frame, say, sniffer, walk_options
 
-ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 MPTCP_KIND = 30
 SUBTYPE_MP_CAPABLE = 0
@@ -217,21 +216,10 @@ def build_frame(args, snap, option_bytes):
     if snap["tsval"] is not None:
         options += b"\x01\x01" + struct.pack("!BBII", TS_KIND, 10, snap["tsval"], snap["tsecr"] or 0)
     options += option_bytes
-    options += b"\x00" * (-len(options) % 4)
-    doff = 20 + len(options)
-    src, dst = socket.inet_aton(args.client), socket.inet_aton(args.server)
-    tcp = struct.pack(
-        "!HHIIHHHH", snap["sport"], args.port, snap["seq"], snap["ack"],
-        ((doff // 4) << 12) | TCP_ACK, snap["window"], 0, 0,
-    ) + options
-    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
-    ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), int.from_bytes(os.urandom(2), "big"),
-        0x4000, 64, socket.IPPROTO_TCP, 0, src, dst,
+    return ipv4_tcp_frame(
+        snap["mac_server"], snap["mac_client"], args.client, args.server, snap["sport"],
+        args.port, snap["seq"], snap["ack"], TCP_ACK, snap["window"], options,
     )
-    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    return snap["mac_server"] + snap["mac_client"] + struct.pack("!H", ETH_P_IP) + ip + tcp
 
 
 def wait_quiet(conn):

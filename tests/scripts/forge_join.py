@@ -53,9 +53,8 @@ import sys
 import threading
 import time
 
-from wire import checksum, say, sniffer, walk_options
+from wire import ETH_P_IP, ipv4_tcp_frame, say, sniffer, walk_options
 
-ETH_P_IP = 0x0800
 MPTCP_KIND = 30
 MSS_KIND = 2
 SUBTYPE_MP_CAPABLE = 0
@@ -185,20 +184,10 @@ class Sender:
                 return port
 
     def send(self, sport, seq, ack, flags, options):
-        options += b"\x00" * (-len(options) % 4)
-        doff = 20 + len(options)
-        src, dst = socket.inet_aton(self.args.src), socket.inet_aton(self.args.server)
-        tcp = struct.pack(
-            "!HHIIHHHH", sport, self.args.port, seq, ack, ((doff // 4) << 12) | flags, 64240, 0, 0,
-        ) + options
-        pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-        tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
-        ip = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), int.from_bytes(os.urandom(2), "big"),
-            0x4000, 64, socket.IPPROTO_TCP, 0, src, dst,
-        )
-        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-        self.sock.send(self.dst_mac + self.src_mac + struct.pack("!H", ETH_P_IP) + ip + tcp)
+        self.sock.send(ipv4_tcp_frame(
+            self.dst_mac, self.src_mac, self.args.src, self.args.server, sport, self.args.port,
+            seq, ack, flags, 64240, options,
+        ))
 
     def syn(self, sport, isn, token, nonce):
         """SYN with MSS 1460 and a 12-byte MP_JOIN (B=0, address ID, token, nonce)."""

@@ -1,11 +1,13 @@
 """Helpers shared by the lab's scripts: line output for the Rust side, sockets (MPTCP, raw
 sniffer), TCP option walk, checksum."""
 
+import os
 import socket
 import struct
 import sys
 
 ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
 SO_RCVBUFFORCE = 33
 IPPROTO_MPTCP = 262
 
@@ -61,3 +63,22 @@ def sniffer(iface=None):
     if iface is not None:
         rx.bind((iface, ETH_P_ALL))
     return rx
+
+
+def ipv4_tcp_frame(dst_mac, src_mac, src, dst, sport, dport, seq, ack, flags, window, options):
+    """Ethernet + IPv4 (DF, TTL 64, random ID) + TCP with `options` (padded to 4 bytes),
+    checksums filled. `src` and `dst` are dotted IPv4 strings."""
+    options += b"\x00" * (-len(options) % 4)
+    doff = 20 + len(options)
+    src, dst = socket.inet_aton(src), socket.inet_aton(dst)
+    tcp = struct.pack(
+        "!HHIIHHHH", sport, dport, seq, ack, ((doff // 4) << 12) | flags, window, 0, 0,
+    ) + options
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), int.from_bytes(os.urandom(2), "big"),
+        0x4000, 64, socket.IPPROTO_TCP, 0, src, dst,
+    )
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return dst_mac + src_mac + struct.pack("!H", ETH_P_IP) + ip + tcp

@@ -123,6 +123,46 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Asserts what genuine traffic must show in every run, with or without a validator: a
+    /// complete capture, the client's ADD_ADDR accepted and its join counted by the server (and
+    /// seen by tcpdump), and every byte received. `why` is added to each failure message.
+    ///
+    /// # Panics
+    /// When one of them does not hold.
+    pub fn assert_genuine_traffic(&self, why: &str) {
+        assert_eq!(
+            self.capture_drops(),
+            0,
+            "tcpdump lost packets: the capture proves nothing\n{why}"
+        );
+        assert!(
+            self.genuine_settled,
+            "genuine ADD_ADDR/join not counted in time\n{why}"
+        );
+        assert!(
+            self.server
+                .after_genuine
+                .delta(&self.server.start, mib::ADD_ADDR)
+                >= 1,
+            "{why}"
+        );
+        assert!(
+            self.server
+                .after_genuine
+                .delta(&self.server.start, mib::MP_JOIN_ACK_RX)
+                >= 1,
+            "{why}"
+        );
+        assert_eq!(
+            self.bytes_received, self.scenario.bytes,
+            "not all data arrived\n{why}"
+        );
+        assert!(
+            self.genuine_seen_by_server() >= 1,
+            "tcpdump missed the genuine ADD_ADDR\n{why}"
+        );
+    }
+
     /// Server counter changes during the genuine phase.
     #[must_use]
     pub fn genuine_changes(&self) -> Changes {

@@ -215,19 +215,27 @@ fn assert_validators_judged_genuine_joins(
     );
 }
 
+/// With a validator on both hosts: genuine joins unharmed and judged right by both; returns the
+/// (server, client) validator statistics.
+fn genuine_joins_judged(r: &Run) -> (&StatsSnapshots, &StatsSnapshots) {
+    assert_genuine_joins_unharmed(r);
+    let o = &r.outcome;
+    let (server, client) = (
+        o.server_stats.as_ref().expect("server stats"),
+        o.client_stats.as_ref().expect("client stats"),
+    );
+    assert_validators_judged_genuine_joins(server, client, &r.why);
+    (server, client)
+}
+
 #[test]
 fn joins_with_validator_enforcing_on_both_hosts() {
     let test = "joins_with_validator_enforcing_on_both_hosts";
     let Some(r) = run(test, Some(Mode::Enforce)) else {
         return;
     };
-    assert_genuine_joins_unharmed(&r);
+    let (server, _) = genuine_joins_judged(&r);
     let (o, why) = (&r.outcome, &r.why);
-    let (server, client) = (
-        o.server_stats.as_ref().expect("server stats"),
-        o.client_stats.as_ref().expect("client stats"),
-    );
-    assert_validators_judged_genuine_joins(server, client, why);
     let f = o.figures("");
     let (n, m) = (u64::from(f.unknown_sent), u64::from(f.bad_acks_sent));
     // Dropped before the stack: the kernel never counted them, during the forged window or
@@ -267,13 +275,8 @@ fn joins_with_validator_monitoring_on_both_hosts() {
     let Some(r) = run(test, Some(Mode::Monitor)) else {
         return;
     };
-    assert_genuine_joins_unharmed(&r);
+    let (server, _) = genuine_joins_judged(&r);
     let (o, why) = (&r.outcome, &r.why);
-    let (server, client) = (
-        o.server_stats.as_ref().expect("server stats"),
-        o.client_stats.as_ref().expect("client stats"),
-    );
-    assert_validators_judged_genuine_joins(server, client, why);
     let f = o.figures("");
     let (n, m) = (u64::from(f.unknown_sent), u64::from(f.bad_acks_sent));
     // Counted, passed, and rejected by the kernel itself.

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
+    programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader, TestRunResult,
 };
 use mptcp_common::{
     counters::Counter,
@@ -94,17 +94,7 @@ impl BpfValidator {
     /// # Panics
     /// If BPF_PROG_TEST_RUN fails.
     pub fn run(&self, frame: &[u8]) -> u32 {
-        let prog: &Xdp = self
-            .ebpf
-            .program(PROG_XDP_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        prog.test_run(opts)
-            .unwrap_or_else(|e| panic!("test_run on {}: {e:?}", hex(frame)))
-            .return_value
+        self.test_run::<Xdp>(PROG_XDP_INGRESS, frame)
     }
 
     /// Runs the tc egress program on `frame`; returns its action.
@@ -112,16 +102,22 @@ impl BpfValidator {
     /// # Panics
     /// If BPF_PROG_TEST_RUN fails.
     pub fn run_egress(&self, frame: &[u8]) -> u32 {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(PROG_TC_EGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.test_run::<SchedClassifier>(PROG_TC_EGRESS, frame)
+    }
+
+    /// Runs the program `name` (of type `P`) once on `frame`; returns its action.
+    fn test_run<P>(&self, name: &str, frame: &[u8]) -> u32
+    where
+        P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+        for<'p> &'p P: TryFrom<&'p Program>,
+    {
+        let Ok(prog) = <&P>::try_from(self.ebpf.program(name).unwrap()) else {
+            panic!("{name} is not of the expected program type");
+        };
         let mut opts = TestRunOptions::default();
         opts.data_in = Some(frame);
         prog.test_run(opts)
-            .unwrap_or_else(|e| panic!("egress test_run on {}: {e:?}", hex(frame)))
+            .unwrap_or_else(|e| panic!("test_run of {name} on {}: {e:?}", hex(frame)))
             .return_value
     }
 

@@ -35,6 +35,19 @@ fn conn_frame(i: u32) -> Frame {
     f
 }
 
+/// Connection `i` (keys `key(i, 3)`, `key(i, 4)`) shows its MP_CAPABLE third ACK, which
+/// passes.
+fn learn_conn(v: &BpfValidator, i: u32) {
+    assert_eq!(
+        v.run(
+            &conn_frame(i)
+                .with_opts(&mpc_third_ack(&key(i, 3), &key(i, 4)))
+                .bytes()
+        ),
+        XDP_PASS
+    );
+}
+
 #[test]
 fn overfilled_maps_keep_active_connections_validating() {
     let v = BpfValidator::load_with_sizes(
@@ -60,14 +73,7 @@ fn overfilled_maps_keep_active_connections_validating() {
     let mut g_checks = 0;
     for i in 1..=storm {
         // A new connection.
-        assert_eq!(
-            v.run(
-                &conn_frame(i)
-                    .with_opts(&mpc_third_ack(&key(i, 3), &key(i, 4)))
-                    .bytes()
-            ),
-            XDP_PASS
-        );
+        learn_conn(&v, i);
         // A join SYN with a random token (dropped, leaves nothing) and one with a known token
         // of a storm connection (leaves a pending join: the join map overflows too).
         let mut syn = conn_frame(i + storm).with_opts(&join_syn(
@@ -156,14 +162,7 @@ fn lost_key_events_leave_no_connection_unvalidatable() {
     let v = BpfValidator::load(MODE_ENFORCE);
     let n = 5000; // 256 KiB ring, 80 bytes a record: about 3270 fit.
     for i in 0..n {
-        assert_eq!(
-            v.run(
-                &conn_frame(i)
-                    .with_opts(&mpc_third_ack(&key(i, 3), &key(i, 4)))
-                    .bytes()
-            ),
-            XDP_PASS
-        );
+        learn_conn(&v, i);
     }
     let c = v.counters();
     assert!(

@@ -38,7 +38,9 @@ counters! {
     KeysLearned = "keys_learned",
     /// MP_CAPABLE carrying both keys of a known connection (retransmission, MPC+data): passed.
     KeysKnown = "keys_known",
-    /// MP_CAPABLE with keys different from those learned on this subflow: connection marked untrusted.
+    /// MP_CAPABLE with keys different from those learned on a subflow still in its handshake
+    /// (see `FLOW_ESTABLISHED`): which keys the hosts use cannot be told, so the connection is
+    /// marked untrusted. Later, other keys are foreign (`capable_other_keys_*`).
     KeysConflict = "keys_conflict",
     /// ADD_ADDR whose truncated HMAC is right: passed.
     AddAddrValid = "add_addr_valid",
@@ -135,6 +137,21 @@ counters! {
     /// `loader_conns_expired` and the map's entry count it gives the LRU evictions. Last, so
     /// the older counters keep their indices.
     ConnInserted = "aux_conn_inserted",
+    /// MP_CAPABLE carrying keys other than those of the connection it names: on a subflow past
+    /// its handshake, or Key-A of a tracked connection with another Key-B. Enforce mode:
+    /// dropped; the connection keeps its keys and stays judged.
+    CapableOtherKeysDropped = "capable_other_keys_dropped",
+    /// The same in monitor mode: passed and counted.
+    CapableOtherKeysWouldDrop = "capable_other_keys_would_drop",
+    /// Auxiliary: a FIN or RST not sent by this host marked a tracked subflow closing. Nothing
+    /// is removed: only the host's own RST, a valid MP_FASTCLOSE, the loader or the LRU end it.
+    SubflowCloseMarked = "aux_subflow_close_marked",
+    /// Auxiliary: a new connection's token was already taken by another tracked connection
+    /// (a collision, or a key chosen to hit it): the first keeps it.
+    TokenCollision = "aux_token_collision",
+    /// Auxiliary: an MP_JOIN SYN with another nonce on the 4-tuple of a pending join: the first
+    /// nonce is kept, as Linux keeps its request socket.
+    JoinSynPendingKept = "aux_join_syn_pending_kept",
 }
 
 /// Number of counters (size of the per-CPU array).
@@ -167,6 +184,9 @@ impl Counter {
                 | Counter::DropEventRateLimited
                 | Counter::DropEventLost
                 | Counter::ConnInserted
+                | Counter::SubflowCloseMarked
+                | Counter::TokenCollision
+                | Counter::JoinSynPendingKept
         )
     }
 
@@ -182,7 +202,8 @@ impl Counter {
             | Counter::FastcloseBadKeyDropped
             | Counter::AddAddrPolicyDropped
             | Counter::JoinSynRateLimitedDropped
-            | Counter::UnknownConnDropped => 20,
+            | Counter::UnknownConnDropped
+            | Counter::CapableOtherKeysDropped => 20,
             Counter::AddAddrBadHmacWouldDrop
             | Counter::JoinSynUnknownTokenWouldDrop
             | Counter::JoinSynAckBadHmacWouldDrop
@@ -190,7 +211,8 @@ impl Counter {
             | Counter::FastcloseBadKeyWouldDrop
             | Counter::AddAddrPolicyWouldDrop
             | Counter::JoinSynRateLimitedWouldDrop
-            | Counter::UnknownConnWouldDrop => 19,
+            | Counter::UnknownConnWouldDrop
+            | Counter::CapableOtherKeysWouldDrop => 19,
             Counter::AddAddrUnknownConn
             | Counter::JoinStateMissing
             | Counter::FastcloseUnknownConn => 18,

@@ -177,24 +177,36 @@ pub struct FlowRef {
     pub last_seen_s: u32,
     /// Role ([`ROLE_A`] / [`ROLE_B`]) of the host at the (canonical) key's source address.
     pub src_role: u8,
-    /// `FIN_FROM_*` bits: which ends have sent a FIN.
-    pub fin: u8,
+    /// Closing marks (`FIN_FROM_*`, [`RST_SEEN`]): what was seen of the subflow's end. Marks
+    /// only: an ingress FIN or RST is not authenticated, so it never removes what validates the
+    /// connection (see [`crate::validate::subflow_end_action`]).
+    pub closing: u8,
+    /// `FLOW_*` bits.
+    pub flags: u8,
     /// Always zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
 }
 
-/// `FlowRef::fin`: the canonical key's source host sent a FIN.
+/// `FlowRef::closing`: the canonical key's source host sent a FIN.
 pub const FIN_FROM_SRC: u8 = 1;
-/// `FlowRef::fin`: the canonical key's destination host sent a FIN.
+/// `FlowRef::closing`: the canonical key's destination host sent a FIN.
 pub const FIN_FROM_DST: u8 = 2;
+/// `FlowRef::closing`: a segment with RST was seen (not from this host).
+pub const RST_SEEN: u8 = 4;
+/// `FlowRef::flags`: the subflow is past its MP_CAPABLE handshake: its keys came from the host
+/// itself (egress) or a validated join, or a second segment of the subflow (the same MP_CAPABLE
+/// again, an ADD_ADDR) followed the learning one. An MP_CAPABLE with other keys is then foreign
+/// and dropped; before, it is a conflict within the handshake (`keys_conflict`).
+pub const FLOW_ESTABLISHED: u8 = 1;
 const _: () = assert!(core::mem::size_of::<FlowRef>() == 16);
 
 /// `ConnState::ready` bit: `mid[ROLE_A]` holds the midstates of Key-A || Key-B.
 pub const READY_A: u16 = 1 << ROLE_A;
 /// `ConnState::ready` bit: `mid[ROLE_B]` holds the midstates of Key-B || Key-A.
 pub const READY_B: u16 = 1 << ROLE_B;
-/// `ConnState::flags`: a later MP_CAPABLE on the same subflow carried different keys, so the
-/// stored keys cannot be trusted and the connection's signalling passes (counted).
+/// `ConnState::flags`: a second MP_CAPABLE on a subflow still in its handshake (not
+/// [`FLOW_ESTABLISHED`]) carried different keys: which keys the hosts use cannot be told, so
+/// the connection's signalling passes (counted as `untrusted_conn`).
 pub const CONN_FLAG_KEY_CONFLICT: u16 = 1;
 
 /// Value of [`MAP_CONNS`]: what the fast path needs to check one MPTCP connection.

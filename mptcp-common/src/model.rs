@@ -18,16 +18,18 @@ use crate::hmac::{
     add_addr_truncated, finish, join_block, join_synack_truncated, midstate, token_and_idsn,
 };
 use crate::maps::{
-    Config, ConnState, FlowKey, Token, ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, FAMILY_V4,
-    FIN_FROM_DST, FIN_FROM_SRC, ROLE_A, ROLE_B,
+    Config, ConnState, FlowKey, Token, ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, FAMILY_V4, ROLE_A,
+    ROLE_B,
 };
 use crate::packet::{
     parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join, walk_options, Join,
-    TcpSegment, TCP_FIN, TCP_RST,
+    TcpSegment,
 };
 use crate::validate::{
-    add_addr_block, add_addr_policy_reason, add_addr_reason, after_fin, drops, fastclose_reason,
-    join_ack_reason, join_syn_reason, join_synack_reason, options_reason, unknown_conn_reason,
+    add_addr_block, add_addr_policy_reason, add_addr_reason, capable_keys_reason,
+    capable_other_keys_reason, drops, end_flags, fastclose_reason, join_ack_reason,
+    join_syn_reason, join_synack_reason, options_reason, subflow_end_action, unknown_conn_reason,
+    SubflowEnd,
 };
 
 /// A tracked connection.
@@ -58,7 +60,10 @@ struct Subflow {
     conn_id: u64,
     /// Role of the canonical key's source host.
     src_role: u8,
-    fin: u8,
+    /// Closing marks (`FIN_FROM_*`, `RST_SEEN`).
+    closing: u8,
+    /// Past its MP_CAPABLE handshake (`FLOW_ESTABLISHED`).
+    established: bool,
 }
 
 /// A pending join, keyed initiator -> responder.
@@ -68,12 +73,14 @@ struct PendingJoin {
     nonce_initiator: [u8; 4],
     nonce_responder: Option<[u8; 4]>,
     initiator_role: u8,
+    /// Its SYN/ACK or third ACK validated.
+    complete: bool,
 }
 
 /// What the frame asks of the tokens once it has been examined.
 enum TokenOp {
     Install(u64, [u8; 8], [u8; 8]),
-    Remove([u8; 8], [u8; 8]),
+    Remove(u64, [u8; 8], [u8; 8]),
 }
 
 /// The reference validator's state and configuration.
@@ -159,17 +166,22 @@ impl Model {
         let reason = self.examine(frame, ifindex, egress);
         match self.token_op.take() {
             Some(TokenOp::Install(conn_id, key_a, key_b)) => {
-                self.tokens
-                    .insert(token_and_idsn(&key_a).0, (conn_id, ROLE_A));
-                self.tokens
-                    .insert(token_and_idsn(&key_b).0, (conn_id, ROLE_B));
+                for (key, role) in [(key_a, ROLE_A), (key_b, ROLE_B)] {
+                    let token = token_and_idsn(&key).0;
+                    // A token another tracked connection holds stays with it.
+                    let taken = self.tokens.get(&token).is_some_and(|(owner, _)| {
+                        *owner != conn_id && self.conns.contains_key(owner)
+                    });
+                    if !taken {
+                        self.tokens.insert(token, (conn_id, role));
+                    }
+                }
                 if let Some(conn) = self.conns.get_mut(&conn_id) {
                     conn.tokens_installed = true;
                 }
             }
-            Some(TokenOp::Remove(key_a, key_b)) => {
-                self.tokens.remove(&token_and_idsn(&key_a).0);
-                self.tokens.remove(&token_and_idsn(&key_b).0);
+            Some(TokenOp::Remove(conn_id, key_a, key_b)) => {
+                self.remove_tokens(conn_id, &key_a, &key_b);
             }
             None => {}
         }
@@ -187,24 +199,31 @@ impl Model {
             Ok(seg) => seg,
             Err(reason) => return reason,
         };
-        let fin_or_rst = seg.flags & (TCP_FIN | TCP_RST) != 0;
-        if seg.opts_start >= seg.opts_end && !fin_or_rst {
+        // The egress frames of the differential tests are the host's own (BPF_PROG_TEST_RUN
+        // gives them no ingress interface): its RST, SYN and SYN/ACK end a subflow.
+        let from_host = egress;
+        let ends = seg.flags & end_flags(egress) != 0;
+        if seg.opts_start >= seg.opts_end && !ends {
             return Counter::TcpNoMptcp;
         }
         let opts = walk_options(frame, &seg);
-        if fin_or_rst {
-            self.subflow_end(&seg);
-        }
         // Each option's outcome; a join's and ADD_ADDRs' HMAC outcomes come after the tokens
         // (the fast path runs its crypto last), which only matters for their side effects.
         let mut reason = match options_reason(&opts) {
-            ControlFlow::Break(reason) => return reason,
+            ControlFlow::Break(reason) => {
+                if ends {
+                    self.subflow_end(&seg, from_host);
+                }
+                return reason;
+            }
             ControlFlow::Continue(reason) => reason,
         };
         if let Some(opt) = opts.capable_keys {
             reason = match read_capable_keys(frame, opt) {
                 None => reason.max(Counter::Truncated),
-                Some((key_a, key_b)) => reason.max(self.learn(&seg, key_a, key_b)),
+                Some((key_a, key_b)) => {
+                    reason.max(self.learn(&seg, key_a, key_b, ifindex, from_host))
+                }
             };
         }
         let mut deferred: Vec<Box<dyn FnOnce(&mut Model) -> Counter>> = Vec::new();
@@ -232,6 +251,10 @@ impl Model {
                 }
             }
         }
+        // A valid MP_FASTCLOSE on an RST is judged above, before the RST is looked at.
+        if ends {
+            self.subflow_end(&seg, from_host);
+        }
         // The HMAC checks last, as in the fast path (their side effects come after the rest).
         for r in add_addr_checks {
             reason = reason.max(r);
@@ -253,24 +276,33 @@ impl Model {
         Some((key, sub, sender_role))
     }
 
-    fn learn(&mut self, seg: &TcpSegment, key_a: [u8; 8], key_b: [u8; 8]) -> Counter {
+    fn learn(
+        &mut self,
+        seg: &TcpSegment,
+        key_a: [u8; 8],
+        key_b: [u8; 8],
+        ifindex: u32,
+        from_host: bool,
+    ) -> Counter {
+        let mode = self.mode(ifindex);
         let conn_id = ConnState::id_of(&key_a);
         let (flow_key, swapped) = seg.flow.canonical();
-        if let Some(sub) = self.flows.get(&flow_key) {
+        if let Some(sub) = self.flows.get_mut(&flow_key) {
             if let Some(conn) = self.conns.get_mut(&sub.conn_id) {
-                if conn.key_a == key_a && conn.key_b == key_b {
-                    return Counter::KeysKnown;
+                let same = conn.key_a == key_a && conn.key_b == key_b;
+                let reason = capable_keys_reason(same, sub.established, mode);
+                if same {
+                    sub.established = true;
                 }
-                conn.conflict = true;
-                return Counter::KeysConflict;
+                if reason == Counter::KeysConflict {
+                    conn.conflict = true;
+                }
+                return reason;
             }
         }
-        match self.conns.get_mut(&conn_id) {
-            Some(conn) if conn.key_b != key_b => {
-                conn.conflict = true;
-                return Counter::KeysConflict;
-            }
-            Some(_) => {}
+        let new_conn = match self.conns.get(&conn_id) {
+            Some(conn) if conn.key_b != key_b => return capable_other_keys_reason(mode),
+            Some(_) => false,
             None => {
                 self.conns.insert(
                     conn_id,
@@ -282,19 +314,43 @@ impl Model {
                         tokens_installed: false,
                     },
                 );
+                true
             }
-        }
+        };
         let src_role = if swapped { ROLE_B } else { ROLE_A };
         self.flows.insert(
             flow_key,
             Subflow {
                 conn_id,
                 src_role,
-                fin: 0,
+                closing: 0,
+                established: from_host,
             },
         );
+        if !new_conn {
+            // Another subflow carrying the same keys: it joins the connection.
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.subflows += 1;
+            }
+            return Counter::KeysKnown;
+        }
         self.token_op = Some(TokenOp::Install(conn_id, key_a, key_b));
         Counter::KeysLearned
+    }
+
+    /// Removes the tokens of these keys that name `conn_id` (a token another connection holds
+    /// after a collision stays).
+    fn remove_tokens(&mut self, conn_id: u64, key_a: &[u8; 8], key_b: &[u8; 8]) {
+        for key in [key_a, key_b] {
+            let token = token_and_idsn(key).0;
+            if self
+                .tokens
+                .get(&token)
+                .is_some_and(|(owner, _)| *owner == conn_id)
+            {
+                self.tokens.remove(&token);
+            }
+        }
     }
 
     /// A connection ends: its tokens go at once; if they were only to be installed at the end of
@@ -302,36 +358,34 @@ impl Model {
     fn forget(&mut self, conn_id: u64) {
         if let Some(conn) = self.conns.remove(&conn_id) {
             if conn.tokens_installed {
-                self.tokens.remove(&token_and_idsn(&conn.key_a).0);
-                self.tokens.remove(&token_and_idsn(&conn.key_b).0);
+                self.remove_tokens(conn_id, &conn.key_a, &conn.key_b);
             } else {
-                self.token_op = Some(TokenOp::Remove(conn.key_a, conn.key_b));
+                self.token_op = Some(TokenOp::Remove(conn_id, conn.key_a, conn.key_b));
             }
         }
     }
 
-    fn subflow_end(&mut self, seg: &TcpSegment) {
+    /// A FIN, RST (or the host's own SYN) on a tracked subflow: see `subflow_end_action`.
+    fn subflow_end(&mut self, seg: &TcpSegment, from_host: bool) {
         let (key, swapped) = seg.flow.canonical();
-        let Some(sub) = self.flows.get_mut(&key) else {
+        let Some(sub) = self.flows.get(&key).copied() else {
             return;
         };
-        let ended = if seg.flags & TCP_RST != 0 {
-            true
-        } else {
-            let (fin, ended) =
-                after_fin(sub.fin, if swapped { FIN_FROM_DST } else { FIN_FROM_SRC });
-            sub.fin = fin;
-            ended
-        };
-        if !ended {
-            return;
-        }
-        let conn_id = sub.conn_id;
-        self.flows.remove(&key);
-        if let Some(conn) = self.conns.get_mut(&conn_id) {
-            conn.subflows = conn.subflows.wrapping_sub(1);
-            if conn.subflows == 0 {
-                self.forget(conn_id);
+        let tracked = self.conns.contains_key(&sub.conn_id);
+        match subflow_end_action(sub.closing, seg.flags, swapped, from_host, tracked) {
+            SubflowEnd::Mark(closing) => {
+                if let Some(sub) = self.flows.get_mut(&key) {
+                    sub.closing = closing;
+                }
+            }
+            SubflowEnd::End => {
+                self.flows.remove(&key);
+                if let Some(conn) = self.conns.get_mut(&sub.conn_id) {
+                    conn.subflows = conn.subflows.wrapping_sub(1);
+                    if conn.subflows == 0 {
+                        self.forget(sub.conn_id);
+                    }
+                }
             }
         }
     }
@@ -379,9 +433,13 @@ impl Model {
         if !self.allowed(a.family, &a.addr, a.port) {
             return Ok(add_addr_policy_reason(self.mode(ifindex)));
         }
-        let Some((_, sub, announcer)) = self.flow_of(seg) else {
+        let Some((key, sub, announcer)) = self.flow_of(seg) else {
             return Ok(self.unknown(Counter::AddAddrUnknownConn, ifindex));
         };
+        // An ADD_ADDR comes after the handshake: the subflow is established.
+        if let Some(sub) = self.flows.get_mut(&key) {
+            sub.established = true;
+        }
         let conn = match self.trusted(sub.conn_id, Counter::AddAddrUnknownConn, ifindex) {
             Ok(conn) => conn,
             Err(reason) => return Ok(reason),
@@ -417,6 +475,11 @@ impl Model {
                         self.unknown(Counter::JoinStateMissing, ifindex)
                     });
                 }
+                // A pending join keeps its first SYN's nonce, as Linux keeps its request socket
+                // (the model has no clock: every pending join is fresh).
+                if !egress && self.joins.get(&seg.flow).is_some_and(|p| !p.complete) {
+                    return Ok(Counter::JoinSynKnownToken);
+                }
                 self.joins.insert(
                     seg.flow,
                     PendingJoin {
@@ -424,6 +487,7 @@ impl Model {
                         nonce_initiator: nonce,
                         nonce_responder: None,
                         initiator_role: token_role ^ 1,
+                        complete: false,
                     },
                 );
                 Ok(if egress {
@@ -459,6 +523,7 @@ impl Model {
                     if ok {
                         if let Some(s) = m.joins.get_mut(&key) {
                             s.nonce_responder = Some(nonce);
+                            s.complete = true;
                         }
                         m.track_join(&key, state.conn_id, state.initiator_role);
                     }
@@ -488,6 +553,9 @@ impl Model {
                     let bytes: Vec<u8> = digest.iter().flat_map(|w| w.to_be_bytes()).collect();
                     let ok = bytes[..20] == hmac;
                     if ok {
+                        if let Some(s) = m.joins.get_mut(&key) {
+                            s.complete = true;
+                        }
                         m.track_join(&key, state.conn_id, init);
                     }
                     join_ack_reason(ok, mode)
@@ -512,7 +580,9 @@ impl Model {
             Subflow {
                 conn_id,
                 src_role,
-                fin: 0,
+                closing: 0,
+                // Its HMAC proved the keys.
+                established: true,
             },
         );
         if let Some(conn) = self.conns.get_mut(&conn_id) {

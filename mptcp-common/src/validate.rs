@@ -168,14 +168,85 @@ pub const fn join_state_fresh(created_ns: u64, now_ns: u64) -> bool {
     now_ns.wrapping_sub(created_ns) <= crate::maps::JOIN_LIFETIME_NS
 }
 
-/// After a FIN from one end (`fin_bit`, a `FIN_FROM_*` value) on a subflow whose FIN bits were
-/// `fin`: the new bits, and whether the subflow has now ended (FIN from both ends).
+/// The TCP flags that make a segment look at its subflow's end: FIN and RST, and on egress
+/// also SYN (the host opening a new connection on the 4-tuple).
 #[inline(always)]
 #[must_use]
-pub const fn after_fin(fin: u8, fin_bit: u8) -> (u8, bool) {
-    let both = crate::maps::FIN_FROM_SRC | crate::maps::FIN_FROM_DST;
-    let next = fin | fin_bit;
-    (next, next & both == both && fin & both != both)
+pub const fn end_flags(egress: bool) -> u8 {
+    use crate::packet::{TCP_FIN, TCP_RST, TCP_SYN};
+    if egress {
+        TCP_FIN | TCP_RST | TCP_SYN
+    } else {
+        TCP_FIN | TCP_RST
+    }
+}
+
+/// What a segment with FIN, RST or SYN does to the tracked subflow it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubflowEnd {
+    /// The subflow stays tracked, with these closing marks.
+    Mark(u8),
+    /// The subflow has ended: remove it (and its connection with its last subflow).
+    End,
+}
+
+/// The rule for ending subflows: state ends only on evidence an attacker cannot forge blind.
+/// The host's own RST ends a subflow, and so does its own SYN or SYN/ACK on the 4-tuple (its
+/// stack opens a new connection there only once the old one is gone). A FIN, or a segment from
+/// anyone else (ingress, or forwarded through this host), only marks the subflow `closing`,
+/// since an RST far outside the window or a FIN on a half-closed subflow changes nothing in the
+/// hosts' stacks. A subflow whose connection is no longer tracked validates nothing, so any FIN
+/// or RST may end it.
+#[inline(always)]
+#[must_use]
+pub const fn subflow_end_action(
+    closing: u8,
+    tcp_flags: u8,
+    from_canonical_dst: bool,
+    from_host: bool,
+    conn_tracked: bool,
+) -> SubflowEnd {
+    use crate::packet::{TCP_FIN, TCP_RST, TCP_SYN};
+    if from_host && tcp_flags & (TCP_RST | TCP_SYN) != 0 {
+        return SubflowEnd::End;
+    }
+    if !conn_tracked && tcp_flags & (TCP_RST | TCP_FIN) != 0 {
+        return SubflowEnd::End;
+    }
+    let mut marks = closing;
+    if tcp_flags & TCP_RST != 0 {
+        marks |= crate::maps::RST_SEEN;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        marks |= if from_canonical_dst {
+            crate::maps::FIN_FROM_DST
+        } else {
+            crate::maps::FIN_FROM_SRC
+        };
+    }
+    SubflowEnd::Mark(marks)
+}
+
+/// The reason for an MP_CAPABLE carrying both keys on a subflow whose connection is tracked:
+/// the same keys are a retransmission; other keys are a conflict while the subflow is in its
+/// handshake, and foreign (dropped in enforce mode) once it is established.
+#[inline(always)]
+#[must_use]
+pub const fn capable_keys_reason(same_keys: bool, established: bool, mode: u32) -> Counter {
+    match (same_keys, established, mode) {
+        (true, _, _) => Counter::KeysKnown,
+        (false, false, _) => Counter::KeysConflict,
+        (false, true, MODE_ENFORCE) => Counter::CapableOtherKeysDropped,
+        (false, true, _) => Counter::CapableOtherKeysWouldDrop,
+    }
+}
+
+/// The reason for an MP_CAPABLE whose keys contradict a tracked connection (same Key-A, other
+/// Key-B, on a subflow not yet tracked): foreign, whatever the handshake state.
+#[inline(always)]
+#[must_use]
+pub const fn capable_other_keys_reason(mode: u32) -> Counter {
+    capable_keys_reason(false, true, mode)
 }
 
 #[cfg(test)]
@@ -215,7 +286,7 @@ mod tests {
             assert_eq!(drops(*c), c.name().ends_with("_dropped"), "{c:?}");
             dropped += usize::from(drops(*c));
         }
-        assert_eq!(dropped, 8);
+        assert_eq!(dropped, 9);
     }
 
     #[test]
@@ -278,11 +349,59 @@ mod tests {
     }
 
     #[test]
-    fn fin_from_both_ends_ends_a_subflow_once() {
-        assert_eq!(after_fin(0, FIN_FROM_SRC), (FIN_FROM_SRC, false));
-        assert_eq!(after_fin(FIN_FROM_SRC, FIN_FROM_SRC), (FIN_FROM_SRC, false));
-        assert_eq!(after_fin(FIN_FROM_SRC, FIN_FROM_DST), (3, true));
-        assert_eq!(after_fin(3, FIN_FROM_DST), (3, false));
+    fn only_the_hosts_own_rst_or_syn_ends_a_tracked_subflow() {
+        use crate::maps::RST_SEEN;
+        use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+        // Ingress RST and FINs from both ends: marks only.
+        assert_eq!(
+            subflow_end_action(0, TCP_RST, false, false, true),
+            SubflowEnd::Mark(RST_SEEN)
+        );
+        assert_eq!(
+            subflow_end_action(FIN_FROM_SRC, TCP_FIN | TCP_ACK, true, false, true),
+            SubflowEnd::Mark(FIN_FROM_SRC | FIN_FROM_DST)
+        );
+        // The host's own FIN is a mark too: the peer may still send on a half-closed subflow.
+        assert_eq!(
+            subflow_end_action(FIN_FROM_DST, TCP_FIN, false, true, true),
+            SubflowEnd::Mark(FIN_FROM_SRC | FIN_FROM_DST)
+        );
+        // The host's own RST, SYN or SYN/ACK ends it.
+        for flags in [TCP_RST, TCP_SYN, TCP_SYN | TCP_ACK] {
+            assert_eq!(
+                subflow_end_action(0, flags, false, true, true),
+                SubflowEnd::End
+            );
+        }
+        // A SYN from elsewhere changes nothing.
+        assert_eq!(
+            subflow_end_action(0, TCP_SYN, false, false, true),
+            SubflowEnd::Mark(0)
+        );
+        // A subflow of a connection no longer tracked goes on any FIN or RST.
+        assert_eq!(
+            subflow_end_action(0, TCP_RST, false, false, false),
+            SubflowEnd::End
+        );
+        assert_eq!(
+            subflow_end_action(0, TCP_SYN, false, false, false),
+            SubflowEnd::Mark(0)
+        );
+    }
+
+    #[test]
+    fn other_keys_conflict_in_the_handshake_and_are_foreign_after() {
+        for mode in [MODE_MONITOR, MODE_ENFORCE] {
+            assert_eq!(capable_keys_reason(true, false, mode), Counter::KeysKnown);
+            assert_eq!(capable_keys_reason(true, true, mode), Counter::KeysKnown);
+            assert_eq!(
+                capable_keys_reason(false, false, mode),
+                Counter::KeysConflict
+            );
+            let foreign = capable_keys_reason(false, true, mode);
+            assert_eq!(drops(foreign), mode == MODE_ENFORCE, "{foreign:?}");
+            assert_eq!(capable_other_keys_reason(mode), foreign);
+        }
     }
 
     #[test]

@@ -37,21 +37,21 @@ use mptcp_common::{
         Config, ConnState, DropEvent, FlowKey, FlowRef, HmacJob, HmacJobs, JoinRateKey, JoinState,
         KeyEvent, Token, TokenRef, ACTIVITY_GRANULARITY_S, ACTIVITY_SAMPLE_ONE_IN,
         ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, CONN_FLAG_KEY_CONFLICT, DROP_EVENTS_BYTES,
-        DROP_SNAP_LEN, FAMILY_V4, FIN_FROM_DST, FIN_FROM_SRC, JOB_ADD_ADDR, JOB_JOIN_ACK,
-        JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT,
-        JOIN_SYNACK_VALID, KEY_EVENTS_BYTES, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_CONNS,
-        MAX_FLOWS, MAX_IFACE_MODES, MAX_JOINS, MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR,
-        ROLE_A, ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
+        DROP_SNAP_LEN, FAMILY_V4, FLOW_ESTABLISHED, JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK,
+        JOB_NONE, JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID,
+        KEY_EVENTS_BYTES, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_CONNS, MAX_FLOWS,
+        MAX_IFACE_MODES, MAX_JOINS, MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR, ROLE_A,
+        ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
         parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join,
-        walk_options_in, Join, OptRef, PacketView, TcpSegment, WalkState, MAX_ADD_ADDRS, TCP_FIN,
-        TCP_RST,
+        walk_options_in, Join, OptRef, PacketView, TcpSegment, WalkState, MAX_ADD_ADDRS,
     },
     validate::{
-        add_addr_block, add_addr_policy_reason, add_addr_reason, after_fin, drops,
-        fastclose_reason, gcra, join_ack_reason, join_state_fresh, join_syn_rate_reason,
-        join_syn_reason, join_synack_reason, options_reason, unknown_conn_reason,
+        add_addr_block, add_addr_policy_reason, add_addr_reason, capable_keys_reason,
+        capable_other_keys_reason, drops, end_flags, fastclose_reason, gcra, join_ack_reason,
+        join_state_fresh, join_syn_rate_reason, join_syn_reason, join_synack_reason,
+        options_reason, subflow_end_action, unknown_conn_reason, SubflowEnd,
     },
 };
 
@@ -108,6 +108,9 @@ trait PacketCtx {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     fn ifindex(&self) -> u32;
+    /// Whether the frame is the host's own: sent by its stack, not received or forwarded.
+    /// Only such segments are evidence an attacker cannot forge blind.
+    fn from_host(&self) -> bool;
 }
 
 impl PacketCtx for XdpContext {
@@ -124,6 +127,10 @@ impl PacketCtx for XdpContext {
         // SAFETY: reading a field of the XDP context.
         unsafe { (*self.ctx).ingress_ifindex }
     }
+    #[inline(always)]
+    fn from_host(&self) -> bool {
+        false
+    }
 }
 
 impl PacketCtx for TcContext {
@@ -139,6 +146,12 @@ impl PacketCtx for TcContext {
     fn ifindex(&self) -> u32 {
         // SAFETY: reading a field of the skb context.
         unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn from_host(&self) -> bool {
+        // A forwarded packet keeps the interface it arrived on; the host's own have none.
+        // SAFETY: reading a field of the skb context.
+        unsafe { (*self.skb.skb).ingress_ifindex == 0 }
     }
 }
 
@@ -335,7 +348,7 @@ fn prepare<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
         Some(reason) => reason,
         // No options, no FIN or RST: nothing to look at (most data segments without timestamps).
         None if walk.seg.opts_start >= walk.seg.opts_end
-            && walk.seg.flags & (TCP_FIN | TCP_RST) == 0 =>
+            && walk.seg.flags & end_flags(EGRESS) == 0 =>
         {
             Counter::TcpNoMptcp
         }
@@ -373,11 +386,14 @@ fn decide<C: PacketCtx, const EGRESS: bool>(
     let frame = Frame(ctx);
     let seg = &walk.seg;
     let opts = &walk.found;
-    if seg.flags & (TCP_FIN | TCP_RST) != 0 {
-        subflow_end(seg, jobs);
-    }
+    let ends = seg.flags & end_flags(EGRESS) != 0;
     let mut reason = match options_reason(opts) {
-        ControlFlow::Break(reason) => return reason,
+        ControlFlow::Break(reason) => {
+            if ends {
+                subflow_end(ctx, seg, jobs);
+            }
+            return reason;
+        }
         ControlFlow::Continue(reason) => reason,
     };
     if let Some(opt) = opts.capable_keys {
@@ -401,6 +417,10 @@ fn decide<C: PacketCtx, const EGRESS: bool>(
                 reason = reason.max(prepare_add_addr(&frame, seg, &opt, jobs, i));
             }
         }
+    }
+    // After MP_FASTCLOSE: Linux sends it on an RST, and it must be judged first.
+    if ends {
+        subflow_end(ctx, seg, jobs);
     }
     reason
 }
@@ -441,32 +461,34 @@ fn note_activity(seg: &TcpSegment) {
     }
 }
 
-/// A tracked subflow sent RST, or FIN: forget it once it has ended, and the connection with
-/// its last subflow.
+/// A FIN or RST (or the host's own SYN) on a tracked subflow: mark it closing, or end it, and
+/// the connection with its last subflow (`subflow_end_action` says which).
 #[inline(never)]
-fn subflow_end(seg: &TcpSegment, jobs: &mut HmacJobs) {
+fn subflow_end<C: PacketCtx>(ctx: &C, seg: &TcpSegment, jobs: &mut HmacJobs) {
     let (key, swapped) = seg.flow.canonical();
     let Some(flow) = MPTCP_FLOWS.get_ptr_mut(&key) else {
         return;
     };
     // SAFETY: map value pointer from a successful lookup.
-    let (conn_id, ended) = unsafe {
-        let ended = if seg.flags & TCP_RST != 0 {
-            true
-        } else {
-            let from = if swapped { FIN_FROM_DST } else { FIN_FROM_SRC };
-            let (fin, ended) = after_fin((*flow).fin, from);
-            (*flow).fin = fin;
-            ended
-        };
-        ((*flow).conn_id, ended)
-    };
-    if !ended || MPTCP_FLOWS.remove(&key).is_err() {
-        // Not ended, or another CPU already removed it (and counted it).
+    let (conn_id, closing) = unsafe { ((*flow).conn_id, (*flow).closing) };
+    let conn = MPTCP_CONNS.get_ptr_mut(&conn_id);
+    match subflow_end_action(closing, seg.flags, swapped, ctx.from_host(), conn.is_some()) {
+        SubflowEnd::Mark(marks) => {
+            if marks != closing {
+                // SAFETY: as above.
+                unsafe { (*flow).closing = marks };
+                count(Counter::SubflowCloseMarked);
+            }
+            return;
+        }
+        SubflowEnd::End => {}
+    }
+    if MPTCP_FLOWS.remove(&key).is_err() {
+        // Another CPU already removed it (and counted it).
         return;
     }
     count(Counter::SubflowClosed);
-    let Some(conn) = MPTCP_CONNS.get_ptr_mut(&conn_id) else {
+    let Some(conn) = conn else {
         return;
     };
     // SAFETY: map value pointer from a successful lookup; `subflows` is only changed atomically.
@@ -481,6 +503,17 @@ fn subflow_end(seg: &TcpSegment, jobs: &mut HmacJobs) {
     }
 }
 
+/// Removes `token` if it names `conn_id` (after a collision, another connection holds it).
+#[inline(always)]
+fn remove_token_of(token: &Token, conn_id: u64) {
+    if let Some(token_ref) = MPTCP_TOKENS.get_ptr(token) {
+        // SAFETY: map value pointer from a successful lookup.
+        if u64::from_ne_bytes(unsafe { (*token_ref).conn_id }) == conn_id {
+            let _ = MPTCP_TOKENS.remove(token);
+        }
+    }
+}
+
 /// Removes a connection's state and its tokens (kept in its state; should they not be there
 /// yet, they are derived again in `run_jobs`).
 #[inline(always)]
@@ -488,8 +521,8 @@ fn forget_conn(conn_id: u64, conn: *const ConnState, jobs: &mut HmacJobs) {
     // SAFETY: map value pointer from a successful lookup, read before the removal.
     let (token_a, token_b) = unsafe { ((*conn).token_a, (*conn).token_b) };
     if token_a != [0; 4] && token_b != [0; 4] {
-        let _ = MPTCP_TOKENS.remove(&token_a);
-        let _ = MPTCP_TOKENS.remove(&token_b);
+        remove_token_of(&token_a, conn_id);
+        remove_token_of(&token_b, conn_id);
     } else {
         // SAFETY: as above.
         unsafe {
@@ -518,18 +551,24 @@ fn learn_keys<C: PacketCtx>(
     };
     let conn_id = ConnState::id_of(&key_a);
     let (flow_key, swapped) = seg.flow.canonical();
-    if let Some(flow) = MPTCP_FLOWS.get_ptr(&flow_key) {
+    let mode = mode(jobs.ifindex);
+    if let Some(flow) = MPTCP_FLOWS.get_ptr_mut(&flow_key) {
         // SAFETY: map value pointer from a successful lookup.
         let known_id = unsafe { (*flow).conn_id };
         if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&known_id) {
             // SAFETY: as above; the fields written are plain integers.
             unsafe {
-                if (*conn).key_a == key_a && (*conn).key_b == key_b {
-                    return Counter::KeysKnown;
+                let same = (*conn).key_a == key_a && (*conn).key_b == key_b;
+                let established = (*flow).flags & FLOW_ESTABLISHED != 0;
+                let reason = capable_keys_reason(same, established, mode);
+                if same && !established {
+                    (*flow).flags |= FLOW_ESTABLISHED;
                 }
-                (*conn).flags |= CONN_FLAG_KEY_CONFLICT;
+                if reason as u32 == Counter::KeysConflict as u32 {
+                    (*conn).flags |= CONN_FLAG_KEY_CONFLICT;
+                }
+                return reason;
             }
-            return Counter::KeysConflict;
         }
         // The connection was evicted but the subflow was not: learn it again below.
         count(Counter::FlowWithoutConn);
@@ -539,7 +578,7 @@ fn learn_keys<C: PacketCtx>(
     };
     let now = now_ns();
     // SAFETY: per-CPU scratch slot; map value pointers from successful lookups.
-    unsafe {
+    let existing = unsafe {
         (*scratch).key_a = key_a;
         (*scratch).key_b = key_b;
         (*scratch).ready = 0;
@@ -553,30 +592,39 @@ fn learn_keys<C: PacketCtx>(
             // Counted only here, where an entry is created: the loader derives the LRU
             // evictions from this, the removals and the entries left.
             count(Counter::ConnInserted);
+            None
         } else {
-            // Already there (another subflow carried the same Key-A): it must agree.
+            // Already there (another subflow carried the same Key-A): it must agree, and a
+            // segment that does not never changes the tracked connection.
             match MPTCP_CONNS.get_ptr_mut(&conn_id) {
-                Some(conn) if (*conn).key_b == key_b => {}
-                Some(conn) => {
-                    (*conn).flags |= CONN_FLAG_KEY_CONFLICT;
-                    return Counter::KeysConflict;
-                }
+                Some(conn) if (*conn).key_b == key_b => Some(conn),
+                Some(_) => return capable_other_keys_reason(mode),
                 None => {
                     count(Counter::MapInsertFailed);
                     return Counter::MptcpOther;
                 }
             }
         }
-    }
+    };
     let flow_ref = FlowRef {
         conn_id,
         last_seen_s: (now / NS_PER_S) as u32,
         src_role: if swapped { ROLE_B } else { ROLE_A },
-        fin: 0,
-        pad: [0; 2],
+        closing: 0,
+        // The host's own keys need no second sighting.
+        flags: if ctx.from_host() { FLOW_ESTABLISHED } else { 0 },
+        pad: 0,
     };
     if MPTCP_FLOWS.insert(&flow_key, &flow_ref, BPF_ANY).is_err() {
         count(Counter::MapInsertFailed);
+    }
+    if let Some(conn) = existing {
+        // Another subflow with the same keys: it joins the connection.
+        // SAFETY: map value pointer; `subflows` is only changed atomically.
+        unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, 1)
+        };
+        return Counter::KeysKnown;
     }
     // Tokens are installed here, not only by the loader, so a join right after the handshake
     // is never refused for lack of them.
@@ -669,8 +717,14 @@ fn prepare_add_addr<C: PacketCtx>(
     let Some((flow, announcer_role)) = lookup_flow(seg) else {
         return unknown(Counter::AddAddrUnknownConn, ifindex);
     };
-    // SAFETY: map value pointer from a successful lookup.
-    let conn_id = unsafe { (*flow).conn_id };
+    // SAFETY: map value pointer from a successful lookup. An ADD_ADDR comes after the
+    // handshake: the subflow is established.
+    let conn_id = unsafe {
+        if (*flow).flags & FLOW_ESTABLISHED == 0 {
+            (*flow).flags |= FLOW_ESTABLISHED;
+        }
+        (*flow).conn_id
+    };
     let conn = match trusted_conn(conn_id) {
         Ok(conn) => conn,
         Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
@@ -784,6 +838,9 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                     unknown(Counter::JoinStateMissing, jobs.ifindex)
                 };
             }
+            if !EGRESS && keeps_pending_join(&seg.flow, &nonce) {
+                return Counter::JoinSynKnownToken;
+            }
             let state = JoinState {
                 conn_id,
                 created_ns: now_ns(),
@@ -872,6 +929,32 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             Counter::MptcpOther
         }
     }
+}
+
+/// Whether an MP_JOIN SYN must leave the pending join of its 4-tuple as it is: one that is
+/// fresh and not yet validated keeps its first nonce, as Linux keeps its request socket (a
+/// retransmission carries the same nonce; a SYN with another one is a forgery or a stale copy).
+#[inline(always)]
+fn keeps_pending_join(key: &FlowKey, nonce: &[u8; 4]) -> bool {
+    let Some(state) = MPTCP_JOINS.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let (created_ns, flags, first_nonce) = unsafe {
+        (
+            (*state).created_ns,
+            (*state).flags,
+            (*state).nonce_initiator,
+        )
+    };
+    if !join_state_fresh(created_ns, now_ns()) || flags & (JOIN_SYNACK_VALID | JOIN_ACK_VALID) != 0
+    {
+        return false;
+    }
+    if first_nonce != *nonce {
+        count(Counter::JoinSynPendingKept);
+    }
+    true
 }
 
 /// The pending join of this initiator -> responder subflow, unless missing or expired.
@@ -1040,8 +1123,10 @@ fn join_validated(job: &HmacJob, flag: u8) {
         } else {
             job.initiator_role
         } & 1,
-        fin: 0,
-        pad: [0; 2],
+        closing: 0,
+        // Its HMAC proved the keys.
+        flags: FLOW_ESTABLISHED,
+        pad: 0,
     };
     // NOEXIST: a retransmitted third ACK (or a gateway seeing both SYN/ACK and ACK) must not
     // count the subflow twice.
@@ -1074,11 +1159,8 @@ fn run_token_job(jobs: &mut HmacJobs) {
             conn_id,
             role: ROLE_B,
         };
-        if MPTCP_TOKENS.insert(&token_a, &a, BPF_ANY).is_err()
-            || MPTCP_TOKENS.insert(&token_b, &b, BPF_ANY).is_err()
-        {
-            count(Counter::MapInsertFailed);
-        }
+        install_token(&token_a, &a);
+        install_token(&token_b, &b);
         if let Some(conn) = MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
             // SAFETY: map value pointer from a successful lookup.
             unsafe {
@@ -1087,8 +1169,28 @@ fn run_token_job(jobs: &mut HmacJobs) {
             }
         }
     } else if job.op == TOKENS_REMOVE {
-        let _ = MPTCP_TOKENS.remove(&token_a);
-        let _ = MPTCP_TOKENS.remove(&token_b);
+        remove_token_of(&token_a, job.conn_id);
+        remove_token_of(&token_b, job.conn_id);
+    }
+}
+
+/// Installs a new connection's token, unless another tracked connection holds it: a token
+/// chosen to collide (2^32 hashes offline) must not take a live connection's joins.
+#[inline(always)]
+fn install_token(token: &Token, token_ref: &TokenRef) {
+    if MPTCP_TOKENS.insert(token, token_ref, BPF_NOEXIST).is_ok() {
+        return;
+    }
+    if let Some(held) = MPTCP_TOKENS.get_ptr(token) {
+        // SAFETY: map value pointer from a successful lookup.
+        let owner = u64::from_ne_bytes(unsafe { (*held).conn_id });
+        if owner != u64::from_ne_bytes(token_ref.conn_id) && MPTCP_CONNS.get_ptr(&owner).is_some() {
+            count(Counter::TokenCollision);
+            return;
+        }
+    }
+    if MPTCP_TOKENS.insert(token, token_ref, BPF_ANY).is_err() {
+        count(Counter::MapInsertFailed);
     }
 }
 

@@ -197,6 +197,37 @@ impl BpfValidator {
         flows.iter().map(|r| r.unwrap()).collect()
     }
 
+    /// The token map: token -> (connection id, role).
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn tokens(&self) -> HashMap<Token, (u64, u8)> {
+        let tokens: BpfHashMap<&MapData, Token, TokenRef> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_TOKENS).unwrap()).unwrap();
+        tokens
+            .iter()
+            .map(|r| {
+                let (token, t) = r.unwrap();
+                (token, (u64::from_ne_bytes(t.conn_id), t.role))
+            })
+            .collect()
+    }
+
+    /// Writes one token entry, as if a tracked connection held `token`.
+    ///
+    /// # Panics
+    /// If the map cannot be written.
+    pub fn insert_token(&mut self, token: Token, conn_id: u64, role: u8) {
+        let mut tokens: BpfHashMap<&mut MapData, Token, TokenRef> =
+            BpfHashMap::try_from(self.ebpf.map_mut(MAP_TOKENS).unwrap()).unwrap();
+        let value = TokenRef {
+            conn_id: conn_id.to_ne_bytes(),
+            role,
+        };
+        tokens.insert(token, value, 0).unwrap();
+    }
+
     /// Writes the midstates the way the loader does, for every learned connection.
     ///
     /// # Panics

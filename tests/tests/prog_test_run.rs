@@ -11,8 +11,8 @@ use aya::EbpfLoader;
 use mptcp_common::{
     counters::Counter,
     maps::{
-        Config, FlowKey, MODE_ENFORCE, MODE_MONITOR, PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE,
-        READY_A, READY_B,
+        Config, FlowKey, FIN_FROM_DST, FIN_FROM_SRC, MODE_ENFORCE, MODE_MONITOR, PROG_XDP_INGRESS,
+        PROG_XDP_PASS_BASELINE, READY_A, READY_B, RST_SEEN,
     },
     packet::{parse_tcp, read_add_addr, read_capable_keys, read_join, walk_options, Join, TCP_SYN},
     testing::{fixture, pcap_frames, Frame},
@@ -230,14 +230,23 @@ fn captures_replay_genuine_traffic() {
         let want: HashSet<([u8; 8], [u8; 8])> = expected.connections.values().copied().collect();
         assert_eq!(learned, want, "{capture}");
         // Every connection in the capture ends (FIN on both sides or RST on each subflow, or
-        // MP_FASTCLOSE): its state, subflows and tokens are gone.
-        assert!(
-            v.conns().is_empty() && v.flows().is_empty(),
-            "{capture}: state left behind"
+        // MP_FASTCLOSE). Replayed as ingress, no end is the host's own: a fast-closed
+        // connection is gone, every other one is still tracked with each subflow marked
+        // closing, until the host's own RST, the loader or the LRU removes it.
+        for (key, flow) in v.flows() {
+            assert!(
+                flow.closing & RST_SEEN != 0 || flow.closing & (FIN_FROM_SRC | FIN_FROM_DST) != 0,
+                "{capture}: subflow {key:?} not marked closing: {flow:?}"
+            );
+        }
+        assert_eq!(c["aux_subflow_closed"], 0, "{capture}: {c:?}");
+        assert_eq!(
+            c["aux_conn_closed"] + v.conns().len() as u64,
+            expected.connections.len() as u64,
+            "{capture}: {c:?}"
         );
         assert_eq!(
-            c["aux_conn_closed"],
-            expected.connections.len() as u64,
+            c["aux_conn_closed"], c["fastclose_valid"],
             "{capture}: {c:?}"
         );
         // Each connection was inserted once: inserted - closed - entries = 0 evictions.
@@ -758,14 +767,19 @@ fn joined_subflow_carries_validated_add_addrs() {
     let mut forged = genuine.clone();
     forged[15] ^= 1;
     assert_eq!(v.run(&sub.reversed(&forged).bytes()), XDP_DROP);
-    // RST on the joined subflow, then on the initial one: the connection is forgotten.
+    // The peer's RST on the joined subflow only marks it; the host's own RST (egress) on it,
+    // then on the initial one, ends them: the connection is forgotten.
     let mut rst = sub.with_opts(&[]);
     rst.flags = mptcp_common::packet::TCP_RST;
     v.run(&rst.bytes());
+    assert_eq!(v.conns()[0].subflows, 2);
+    let mut own_rst = sub.reversed(&[]);
+    own_rst.flags = mptcp_common::packet::TCP_RST;
+    v.run_egress(&own_rst.bytes());
     assert_eq!(v.conns()[0].subflows, 1);
-    let mut rst = initial.with_opts(&[]);
+    let mut rst = initial.reversed(&[]);
     rst.flags = mptcp_common::packet::TCP_RST;
-    v.run(&rst.bytes());
+    v.run_egress(&rst.bytes());
     assert!(v.conns().is_empty());
     // Its tokens went with it: a SYN with token A is now unknown.
     assert_eq!(v.run(&syn.bytes()), XDP_DROP);

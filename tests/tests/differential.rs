@@ -3,7 +3,9 @@
 //! and reason must agree for every frame, state carried over from frame to frame on both sides.
 //!
 //! Frames: the Linux captures; synthetic MPTCP sessions (handshakes, ADD_ADDRs, joins, fast
-//! closes, FIN/RST, genuine and forged, over IPv4/IPv6, with VLAN tags and extension headers);
+//! closes, FIN/RST, an attacker's MP_CAPABLEs with other keys, second join SYNs with other
+//! nonces, SYNs on a tracked 4-tuple, genuine and forged, over IPv4/IPv6, with VLAN tags and
+//! extension headers);
 //! and structure-aware mutations of both (option bytes and lengths, IP header length, data
 //! offset, VLAN tags, IPv6 extension headers, truncation). Some frames go through the egress
 //! program. The configuration changes between rounds (modes, fail-closed, address policy).
@@ -127,7 +129,7 @@ impl Session {
         let (init_key, resp_key) = self.join_keys();
         let (r_init, r_resp) = self.nonces;
         let egress = rng.chance(15);
-        let frame = match rng.below(12) {
+        let frame = match rng.below(15) {
             0 | 1 => with(&self.base, &mpc_third_ack(&self.key_a, &self.key_b)),
             2 | 3 => {
                 let from_a = rng.chance(50);
@@ -208,6 +210,44 @@ impl Session {
                 f
             }
             9 => with(&self.base, &[30, 8, 0x31, 1, 198, 18, 9, 9]),
+            // An attacker's MP_CAPABLE: other keys on the subflow (either way), or Key-A of
+            // the connection with another Key-B on the join's 4-tuple.
+            10 => {
+                if rng.chance(50) {
+                    let f = if rng.chance(50) {
+                        self.base.clone()
+                    } else {
+                        self.base.reversed(&[])
+                    };
+                    with(&f, &mpc_third_ack(&rng.bytes(), &rng.bytes()))
+                } else {
+                    with(&self.join, &mpc_third_ack(&self.key_a, &rng.bytes()))
+                }
+            }
+            // A join SYN with another nonce on the join's 4-tuple.
+            11 => {
+                let mut f = with(&self.join, &join_syn(1, &token(&resp_key), &rng.bytes()));
+                f.flags = TCP_SYN;
+                f
+            }
+            // An MP_CAPABLE SYN or SYN/ACK on the connection's 4-tuple (the host's own, when
+            // it goes through egress: a new connection there).
+            12 => {
+                let mut f = if rng.chance(50) {
+                    with(&self.base, &[30, 4, 0x01, 0x01])
+                } else {
+                    with(
+                        &self.base.reversed(&[]),
+                        &[&[30u8, 12, 0x01, 0x01][..], &self.key_b].concat(),
+                    )
+                };
+                f.flags = if f.src == self.base.src {
+                    TCP_SYN
+                } else {
+                    TCP_SYN | TCP_ACK
+                };
+                f
+            }
             _ => with(
                 if rng.chance(50) {
                     &self.base

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Forge MPTCP ADD_ADDR segments into a live connection, from the client side.
+"""Forge MPTCP ADD_ADDR segments (and state-changing segments) into a live connection, from the
+client side.
 
 Runs inside the client network namespace, as root:
     ip netns exec <client-ns> python3 forge_add_addr.py --iface cveth1 \
@@ -28,6 +29,19 @@ Then it obeys commands read from stdin, one a line:
         "bad" carries 8 random HMAC bytes; "good" carries the right truncated HMAC computed
         from the sniffed keys (a positive control: the kernel must accept it).
         Answers `SENT n=<count> ...` or `ERR <reason>`.
+    rst [seq-offset]
+        Sends one blind RST (flags RST only, ack 0, no options: all a blind attacker needs is
+        the 4-tuple) with seq = snd_nxt + seq-offset (default 2^31: as far outside the
+        server's receive window as a sequence number can be, so Linux silently discards it and
+        the connection lives on). Answers `SENT n=1 kind=rst sport=.. seq=..` or `ERR ...`.
+    capable [seq-offset]
+        Sends one segment shaped like an MP_CAPABLE third ACK (flags ACK, NOP NOP TS when the
+        connection uses timestamps, then kind 30, length 20, version 1, flags 0x01 (H), sender
+        key, receiver key) carrying 16 random key bytes instead of the connection's keys, with
+        seq = snd_nxt + seq-offset (default 2^31, out of window: Linux discards it before
+        looking at its options, and ignores an MP_CAPABLE on an established subflow anyway)
+        and ack = rcv_nxt. Answers `SENT n=1 kind=capable sport=.. seq=.. ack=.. key_a=<hex>
+        key_b=<hex>` or `ERR ...`.
     state
         Answers `STATE ...` with what has been learned.
     quit  (or end of input)
@@ -53,7 +67,14 @@ MPTCP_KIND = 30
 SUBTYPE_MP_CAPABLE = 0
 SUBTYPE_ADD_ADDR = 3
 TS_KIND = 8
-TCP_SYN, TCP_FIN, TCP_ACK = 0x02, 0x01, 0x10
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+# MP_CAPABLE third ACK without data: length 20, version 1, flags H (HMAC-SHA256).
+MPC_THIRD_ACK_LEN = 20
+MPC_VERSION_1 = 0x01
+MPC_FLAG_H = 0x01
+# Default sequence offset of the state-changing segments: half the sequence space away from
+# snd_nxt, outside any receive window (before(seq, rcv_nxt) holds for the server).
+OUT_OF_WINDOW = 1 << 31
 # MP_CAPABLE lengths that carry both keys (third ACK, with or without data / checksum).
 MPC_BOTH_KEYS_LENGTHS = (20, 22, 24)
 # Before injecting, wait until the connection has been quiet this long, so the state is final.
@@ -99,6 +120,9 @@ class Conn:
         self.key_a = None  # client's key (MP_CAPABLE initiator)
         self.key_b = None  # server's key
         self.segments = 0
+        # Sequence numbers of the out-of-window segments this forger sent (`rst`, `capable`):
+        # the sniffer sees them too, and must not learn from them.
+        self.own_seqs = set()
 
     def describe(self):
         ts = "%s/%s" % (self.tsval, self.tsecr) if self.tsval is not None else "none"
@@ -156,7 +180,7 @@ def observe(conn, args, p):
             conn.reset(client_port)  # a new connection
         elif conn.sport is None:
             conn.reset(client_port)  # started mid-connection: keys stay unknown
-        if client_port != conn.sport:
+        if client_port != conn.sport or (to_server and p["seq"] in conn.own_seqs):
             return
         ts = None
         for kind, body in walk_options(p["options"]):
@@ -210,15 +234,23 @@ def truncated_hmac(key_sender, key_receiver, addr_id, addr):
     return hmac.new(key_sender + key_receiver, msg, hashlib.sha256).digest()[24:32]
 
 
-def build_frame(args, snap, option_bytes):
-    """Ethernet + IPv4 (DF, TTL 64) + TCP pure ACK with the given options, checksums filled."""
+def capable_option(key_sender, key_receiver):
+    """Kind 30, length 20, subtype 0 / version 1, flags H, then both keys (a third ACK's)."""
+    return bytes([MPTCP_KIND, MPC_THIRD_ACK_LEN, MPC_VERSION_1, MPC_FLAG_H]) + key_sender + key_receiver
+
+
+def build_frame(args, snap, option_bytes, flags=TCP_ACK, seq=None, ack=None, timestamps=True):
+    """Ethernet + IPv4 (DF, TTL 64) + TCP segment (a pure ACK unless told otherwise) with
+    NOP NOP TS (when the connection uses timestamps and `timestamps`) and the given options,
+    checksums filled. `seq` and `ack` default to snd_nxt and rcv_nxt."""
     options = b""
-    if snap["tsval"] is not None:
+    if timestamps and snap["tsval"] is not None:
         options += b"\x01\x01" + struct.pack("!BBII", TS_KIND, 10, snap["tsval"], snap["tsecr"] or 0)
     options += option_bytes
     return ipv4_tcp_frame(
         snap["mac_server"], snap["mac_client"], args.client, args.server, snap["sport"],
-        args.port, snap["seq"], snap["ack"], TCP_ACK, snap["window"], options,
+        args.port, snap["seq"] if seq is None else seq, snap["ack"] if ack is None else ack,
+        flags, snap["window"], options,
     )
 
 
@@ -231,23 +263,73 @@ def wait_quiet(conn):
         time.sleep(0.02)
 
 
+def snapshot(conn):
+    """Once the connection has been quiet, what a forged segment needs of it (None if unseen)."""
+    wait_quiet(conn)
+    with conn.lock:
+        if conn.sport is None or conn.snd_nxt is None or conn.rcv_nxt is None or conn.mac_client is None:
+            return None
+        return dict(
+            sport=conn.sport, seq=conn.snd_nxt, ack=conn.rcv_nxt, window=conn.window or 0,
+            tsval=conn.tsval, tsecr=conn.tsecr, mac_client=conn.mac_client,
+            mac_server=conn.mac_server, key_a=conn.key_a, key_b=conn.key_b,
+        )
+
+
+def seq_offset(words, usage):
+    """The optional sequence offset argument of `rst` and `capable` (default 2^31)."""
+    if len(words) not in (1, 2):
+        raise ValueError(usage)
+    return (int(words[1], 0) if len(words) == 2 else OUT_OF_WINDOW) & 0xFFFFFFFF
+
+
+def remember_own(conn, seq):
+    """Notes that the forger sends an out-of-window segment at `seq` (mod 2^32); returns it."""
+    seq &= 0xFFFFFFFF
+    with conn.lock:
+        conn.own_seqs.add(seq)
+    return seq
+
+
+def inject_rst(args, conn, out, words):
+    """One blind RST: no ACK, no options, seq outside the window."""
+    offset = seq_offset(words, "usage: rst [seq-offset]")
+    snap = snapshot(conn)
+    if snap is None:
+        return "ERR the connection has not been seen yet"
+    seq = remember_own(conn, snap["seq"] + offset)
+    out.send(build_frame(args, snap, b"", flags=TCP_RST, seq=seq, ack=0, timestamps=False))
+    return "SENT n=1 kind=rst sport=%d seq=%d snd_nxt=%d" % (snap["sport"], seq, snap["seq"])
+
+
+def inject_capable(args, conn, out, words):
+    """One MP_CAPABLE third ACK with random keys (never the connection's), seq outside the
+    window."""
+    offset = seq_offset(words, "usage: capable [seq-offset]")
+    snap = snapshot(conn)
+    if snap is None:
+        return "ERR the connection has not been seen yet"
+    key_a, key_b = os.urandom(8), os.urandom(8)
+    while key_a == snap["key_a"] or key_b == snap["key_b"]:
+        key_a, key_b = os.urandom(8), os.urandom(8)  # 2^-64, but stay honest
+    seq = remember_own(conn, snap["seq"] + offset)
+    out.send(build_frame(args, snap, capable_option(key_a, key_b), seq=seq))
+    return "SENT n=1 kind=capable sport=%d seq=%d ack=%d snd_nxt=%d key_a=%s key_b=%s" % (
+        snap["sport"], seq, snap["ack"], snap["seq"], key_a.hex(), key_b.hex(),
+    )
+
+
 def inject(args, conn, out, words):
     if len(words) not in (5, 6) or words[1] not in ("bad", "good"):
         return "ERR usage: inject <bad|good> <addr-id> <ipv4> <count> [interval-ms]"
     kind, addr_id, addr, count = words[1], int(words[2]), words[3], int(words[4])
     interval = (int(words[5]) if len(words) == 6 else 20) / 1000.0
     socket.inet_aton(addr)  # validates
-    wait_quiet(conn)
-    with conn.lock:
-        if conn.sport is None or conn.snd_nxt is None or conn.rcv_nxt is None or conn.mac_client is None:
-            return "ERR the connection has not been seen yet"
-        if kind == "good" and conn.key_a is None:
-            return "ERR keys unknown (MP_CAPABLE third ACK not seen)"
-        snap = dict(
-            sport=conn.sport, seq=conn.snd_nxt, ack=conn.rcv_nxt, window=conn.window or 0,
-            tsval=conn.tsval, tsecr=conn.tsecr, mac_client=conn.mac_client,
-            mac_server=conn.mac_server, key_a=conn.key_a, key_b=conn.key_b,
-        )
+    snap = snapshot(conn)
+    if snap is None:
+        return "ERR the connection has not been seen yet"
+    if kind == "good" and snap["key_a"] is None:
+        return "ERR keys unknown (MP_CAPABLE third ACK not seen)"
     right = None
     if snap["key_a"] is not None:
         # The client is the MP_CAPABLE initiator (A) and the announcer: key A || key B.
@@ -266,6 +348,9 @@ def inject(args, conn, out, words):
     return "SENT n=%d kind=%s id=%d addr=%s sport=%d seq=%d ack=%d ts=%s" % (
         count, kind, addr_id, addr, snap["sport"], snap["seq"], snap["ack"], ts,
     )
+
+
+COMMANDS = {"inject": inject, "rst": inject_rst, "capable": inject_capable}
 
 
 def main():
@@ -291,9 +376,9 @@ def main():
         if words[0] == "state":
             with conn.lock:
                 say("STATE " + conn.describe())
-        elif words[0] == "inject":
+        elif words[0] in COMMANDS:
             try:
-                say(inject(args, conn, tx, words))
+                say(COMMANDS[words[0]](args, conn, tx, words))
             except (ValueError, OSError) as err:
                 say("ERR %s" % err)
         else:

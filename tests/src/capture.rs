@@ -1,5 +1,5 @@
 //! Packet captures inside a namespace (tcpdump to a pcap file) and a small pcap reader that
-//! finds MPTCP ADD_ADDR options in what was captured.
+//! finds MPTCP ADD_ADDR options, RSTs and MP_CAPABLE options in what was captured.
 //!
 //! tcpdump sees a packet after XDP has passed it: a packet an XDP program drops on that
 //! interface never reaches the capture. That is what makes the capture a witness of "reached the
@@ -20,6 +20,8 @@ use crate::{
 
 /// Bytes captured per packet: Ethernet + IP + TCP headers with options fit.
 const SNAPLEN: &str = "256";
+/// tcpdump's default snapshot length: whole frames.
+const WHOLE_FRAMES: &str = "262144";
 /// tcpdump's kernel buffer (`-B`, KiB).
 const BUFFER_KIB: &str = "16384";
 
@@ -36,6 +38,30 @@ impl Capture {
     /// # Errors
     /// When tcpdump cannot start or does not report listening within 10 s.
     pub fn start(ns: &Netns, iface: &str, path: &Path, filter: &str) -> Result<Capture> {
+        Capture::start_with_snaplen(ns, iface, path, filter, SNAPLEN)
+    }
+
+    /// Like [`Capture::start`], but keeps whole frames (tcpdump's default snapshot length), as
+    /// the Linux captures of `tests/fixtures/` do.
+    ///
+    /// # Errors
+    /// As [`Capture::start`].
+    pub fn start_whole_frames(
+        ns: &Netns,
+        iface: &str,
+        path: &Path,
+        filter: &str,
+    ) -> Result<Capture> {
+        Capture::start_with_snaplen(ns, iface, path, filter, WHOLE_FRAMES)
+    }
+
+    fn start_with_snaplen(
+        ns: &Netns,
+        iface: &str,
+        path: &Path,
+        filter: &str,
+        snaplen: &str,
+    ) -> Result<Capture> {
         let path_arg = path.display().to_string();
         let mut args = vec![
             "-i",
@@ -45,10 +71,10 @@ impl Capture {
             // sits in the current block when tcpdump is interrupted is lost.
             "--immediate-mode",
             "-U", // and write each packet as it arrives
-            // Headers are enough, and a small snapshot keeps the 1 MB burst of 64 KB GRO frames
-            // from overflowing the kernel buffer (which would lose later packets).
+            // Headers are enough for the tests, and a small snapshot keeps the 1 MB burst of 64 KB
+            // GRO frames from overflowing the kernel buffer (which would lose later packets).
             "-s",
-            SNAPLEN,
+            snaplen,
             "-B",
             BUFFER_KIB,
             "-Z",
@@ -96,12 +122,14 @@ impl Capture {
         )))?;
         let frames = read_pcap(&bytes)?;
         let add_addrs = frames.iter().flat_map(|f| add_addrs_in_frame(f)).collect();
+        let state_segments = frames.iter().filter_map(|f| state_segment(f)).collect();
         Ok(CaptureReport {
             iface: self.iface.clone(),
             path: self.path.clone(),
             frames: frames.len(),
             dropped_by_kernel,
             add_addrs,
+            state_segments,
         })
     }
 }
@@ -120,6 +148,8 @@ pub struct CaptureReport {
     pub dropped_by_kernel: Option<u64>,
     /// Every ADD_ADDR option seen, in order.
     pub add_addrs: Vec<AddAddrSeen>,
+    /// Every segment seen that carries RST or an MP_CAPABLE option, in order.
+    pub state_segments: Vec<StateSegmentSeen>,
 }
 
 impl CaptureReport {
@@ -129,6 +159,24 @@ impl CaptureReport {
         self.add_addrs
             .iter()
             .filter(|a| !a.echo && a.id == id && a.addr == addr)
+            .count()
+    }
+
+    /// RST segments with sequence number `seq`.
+    #[must_use]
+    pub fn count_resets(&self, seq: u32) -> usize {
+        self.state_segments
+            .iter()
+            .filter(|s| s.flags & TCP_RST != 0 && s.seq == seq)
+            .count()
+    }
+
+    /// Segments whose MP_CAPABLE option carries `key` (as sender's or receiver's key).
+    #[must_use]
+    pub fn count_capable_with_key(&self, key: [u8; 8]) -> usize {
+        self.state_segments
+            .iter()
+            .filter(|s| s.capable_keys.contains(&key))
             .count()
     }
 
@@ -164,6 +212,30 @@ pub struct AddAddrSeen {
     /// Truncated HMAC, when E=0.
     pub hmac: Option<[u8; 8]>,
 }
+
+/// A captured segment that carries RST or an MP_CAPABLE option: what can end a subflow or (re)key
+/// a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateSegmentSeen {
+    /// IP source.
+    pub src: IpAddr,
+    /// IP destination.
+    pub dst: IpAddr,
+    /// TCP source port.
+    pub sport: u16,
+    /// TCP destination port.
+    pub dport: u16,
+    /// Sequence number.
+    pub seq: u32,
+    /// TCP flags (the low byte: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10, ...).
+    pub flags: u8,
+    /// The keys of its MP_CAPABLE options, in option order (sender's, then receiver's; none for
+    /// a v1 SYN's option or without MP_CAPABLE).
+    pub capable_keys: Vec<[u8; 8]>,
+}
+
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
 
 /// The frames of a classic pcap file (either byte order, µs or ns timestamps).
 /// Only Ethernet captures are supported (tcpdump on a veth).
@@ -217,6 +289,67 @@ pub fn add_addrs_in_frame(frame: &[u8]) -> Vec<AddAddrSeen> {
 }
 
 fn parse_add_addrs(frame: &[u8]) -> Option<Vec<AddAddrSeen>> {
+    let seg = parse_segment(frame)?;
+    let found = tcp_options(seg.options)
+        .filter(|opt| opt[0] == MPTCP_KIND)
+        .filter_map(decode_add_addr)
+        .map(|a| AddAddrSeen {
+            src: seg.src,
+            dst: seg.dst,
+            sport: seg.sport,
+            dport: seg.dport,
+            ..a
+        })
+        .collect();
+    Some(found)
+}
+
+/// The frame as a [`StateSegmentSeen`] when it is a TCP segment with RST or an MP_CAPABLE option
+/// (same frames as [`add_addrs_in_frame`]).
+#[must_use]
+pub fn state_segment(frame: &[u8]) -> Option<StateSegmentSeen> {
+    const SUBTYPE_MP_CAPABLE: u8 = 0;
+    let seg = parse_segment(frame)?;
+    let mut capable = false;
+    let mut capable_keys = Vec::new();
+    for opt in tcp_options(seg.options) {
+        if opt[0] != MPTCP_KIND || opt.get(2).is_none_or(|b| b >> 4 != SUBTYPE_MP_CAPABLE) {
+            continue;
+        }
+        capable = true;
+        // Version 1: the sender's key from length 12 on, the receiver's from length 20 on.
+        capable_keys.extend(
+            [4..12, 12..20]
+                .into_iter()
+                .filter_map(|r| <[u8; 8]>::try_from(opt.get(r)?).ok()),
+        );
+    }
+    (capable || seg.flags & TCP_RST != 0).then_some(StateSegmentSeen {
+        src: seg.src,
+        dst: seg.dst,
+        sport: seg.sport,
+        dport: seg.dport,
+        seq: seg.seq,
+        flags: seg.flags,
+        capable_keys,
+    })
+}
+
+/// MPTCP's TCP option kind.
+const MPTCP_KIND: u8 = 30;
+
+/// The TCP header fields the readers need, and the option bytes.
+struct Segment<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    flags: u8,
+    options: &'a [u8],
+}
+
+fn parse_segment(frame: &[u8]) -> Option<Segment<'_>> {
     const TCP: u8 = 6;
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let ip = frame.get(14..)?;
@@ -240,21 +373,16 @@ fn parse_add_addrs(frame: &[u8]) -> Option<Vec<AddAddrSeen>> {
         }
         _ => return None,
     };
-    let sport = u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]);
-    let dport = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
     let doff = usize::from(tcp.get(12)? >> 4) * 4;
-    let found = tcp_options(tcp.get(20..doff)?)
-        .filter(|opt| opt[0] == 30)
-        .filter_map(decode_add_addr)
-        .map(|a| AddAddrSeen {
-            src,
-            dst,
-            sport,
-            dport,
-            ..a
-        })
-        .collect();
-    Some(found)
+    Some(Segment {
+        src,
+        dst,
+        sport: u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]),
+        dport: u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]),
+        seq: u32::from_be_bytes(<[u8; 4]>::try_from(tcp.get(4..8)?).ok()?),
+        flags: *tcp.get(13)?,
+        options: tcp.get(20..doff)?,
+    })
 }
 
 /// The options (kind, length and body) in the option bytes of a TCP header; NOPs are skipped,
@@ -363,6 +491,39 @@ mod tests {
         assert!(found[0].echo && found[0].hmac.is_none());
         assert!(add_addrs_in_frame(&f[..30]).is_empty());
         assert!(add_addrs_in_frame(&[]).is_empty());
+    }
+
+    #[test]
+    fn finds_resets_and_capable_keys() {
+        let mut f = frame();
+        assert!(state_segment(&f).is_none(), "an ADD_ADDR is neither");
+        // The ADD_ADDR becomes an MP_CAPABLE third ACK's first 16 bytes: too short for the
+        // receiver's key, so only the sender's is read.
+        let opt = f.len() - 16;
+        f[opt + 2] = 0x01;
+        let seen = state_segment(&f).unwrap();
+        assert_eq!(seen.capable_keys, vec![[198, 18, 3, 66, 1, 2, 3, 4]]);
+        assert_eq!((seen.seq, seen.flags), (1, 0x10));
+        // A blind RST: no options at all (data offset 5).
+        let mut rst = frame()[..14 + 20 + 20].to_vec();
+        rst[14 + 20 + 12] = 0x50;
+        rst[14 + 20 + 13] = TCP_RST;
+        let seen = state_segment(&rst).unwrap();
+        assert!(seen.capable_keys.is_empty());
+        let report = CaptureReport {
+            iface: "sveth1".into(),
+            path: PathBuf::new(),
+            frames: 1,
+            dropped_by_kernel: Some(0),
+            add_addrs: Vec::new(),
+            state_segments: vec![seen],
+        };
+        assert_eq!(report.count_resets(1), 1);
+        assert_eq!(report.count_resets(2), 0);
+        assert_eq!(
+            report.count_capable_with_key([198, 18, 3, 66, 1, 2, 3, 4]),
+            0
+        );
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub mod mib {
     pub const TCP_PURE_ACKS: &str = "TcpExtTCPPureAcks";
     /// Segments dropped by PAWS (a forged TS that is too old would land here).
     pub const PAWS_ESTAB: &str = "TcpExtPAWSEstab";
+    /// Established connections reset (a RST the stack accepted moves it).
+    pub const ESTAB_RESETS: &str = "TcpEstabResets";
 
     /// Every name above, to check they exist on the running kernel.
     pub const ALL: &[&str] = &[
@@ -58,6 +60,7 @@ pub mod mib {
         TCP_IN_SEGS,
         TCP_PURE_ACKS,
         PAWS_ESTAB,
+        ESTAB_RESETS,
     ];
 }
 

@@ -9,6 +9,11 @@
 //! `NOP NOP TS` (Linux drops segments without TS on a TS connection) and a 16-byte ADD_ADDR
 //! (E=0, no port) whose HMAC is either random ([`HmacKind::Bad`]) or computed from the sniffed
 //! keys ([`HmacKind::Good`], the positive control: same framing, the kernel must accept it).
+//!
+//! It also sends, on request, one segment meant to change what a middlebox believes about the
+//! connection ([`Attack`]): a blind RST, or an MP_CAPABLE third ACK carrying other keys. Both
+//! have a sequence number half the sequence space away from `snd_nxt`, outside any receive
+//! window, so the server's Linux discards them and the connection lives on.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -52,6 +57,41 @@ pub struct Injection {
     /// Address announced.
     pub addr: Ipv4Addr,
     /// The forger's full report line (`SENT n=.. sport=.. seq=.. ack=.. ts=..`).
+    pub detail: String,
+}
+
+/// A state-changing segment the forger sends into the live connection, from the client's side
+/// of the initial subflow. Its sequence number is `snd_nxt + 2^31`: outside the server's receive
+/// window, so Linux discards it (a RST silently; anything else with a duplicate ACK) before
+/// looking at its options. Only a middlebox that believes it changes anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attack {
+    /// A RST (no ACK, no options): all it needs is the 4-tuple.
+    BlindRst,
+    /// An MP_CAPABLE third ACK (kind 30, length 20, version 1, flags H) with 16 random key bytes
+    /// instead of the connection's keys, `NOP NOP TS` in front like Linux's own.
+    ForeignCapable,
+}
+
+impl Attack {
+    fn command(self) -> &'static str {
+        match self {
+            Attack::BlindRst => "rst",
+            Attack::ForeignCapable => "capable",
+        }
+    }
+}
+
+/// What one [`Forger::attack`] sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttackSent {
+    /// Which segment.
+    pub attack: Attack,
+    /// Its sequence number.
+    pub seq: u32,
+    /// The keys of the foreign MP_CAPABLE (sender's, receiver's); `None` for the RST.
+    pub keys: Option<([u8; 8], [u8; 8])>,
+    /// The forger's report line (`SENT n=1 kind=.. sport=.. seq=.. ..`).
     pub detail: String,
 }
 
@@ -123,6 +163,46 @@ impl Forger {
         })
     }
 
+    /// Sends one state-changing segment ([`Attack`]) into the connection, once it has been quiet
+    /// for 150 ms (as [`Forger::inject`]).
+    ///
+    /// # Errors
+    /// When the forger reports an error (e.g. the connection was not seen) or fails.
+    pub fn attack(&mut self, attack: Attack) -> Result<AttackSent> {
+        let request = attack.command().to_owned();
+        self.proc.send_line(&request)?;
+        let line =
+            self.proc
+                .wait_for_line("an answer to an attack", Duration::from_secs(30), |l| {
+                    l.starts_with("SENT ") || l.starts_with("ERR ")
+                })?;
+        let unexpected = || LabError::Unexpected {
+            process: self.proc.name().to_owned(),
+            request: request.clone(),
+            line: line.clone(),
+        };
+        let seq = report_field(&line, "seq")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(unexpected)?;
+        let keys = match attack {
+            Attack::BlindRst => None,
+            Attack::ForeignCapable => Some(
+                report_key(&line, "key_a")
+                    .zip(report_key(&line, "key_b"))
+                    .ok_or_else(unexpected)?,
+            ),
+        };
+        if !line.starts_with("SENT n=1 ") {
+            return Err(unexpected());
+        }
+        Ok(AttackSent {
+            attack,
+            seq,
+            keys,
+            detail: line,
+        })
+    }
+
     /// What the forger has learned about the connection (`STATE sport=.. keys=yes ...`).
     ///
     /// # Errors
@@ -135,6 +215,25 @@ impl Forger {
     pub fn quit(self) {
         quit(self.proc);
     }
+}
+
+/// The value of `name=value` in a forger's report line.
+fn report_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// An 8-byte key reported as 16 hex digits under `name`.
+fn report_key(line: &str, name: &str) -> Option<[u8; 8]> {
+    let hex = report_field(line, name)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    let mut key = [0u8; 8];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
 }
 
 // What both forger scripts (`forge_add_addr.py`, `forge_join.py`) have in common: the
@@ -175,4 +274,25 @@ pub(crate) fn quit(mut proc: Proc) {
     let _ = proc.send_line("quit");
     proc.close_stdin();
     let _ = proc.wait_timeout(Duration::from_secs(5));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_attack_reports() {
+        let line = "SENT n=1 kind=capable sport=40000 seq=2147483748 ack=7 snd_nxt=100 \
+                    key_a=0102030405060708 key_b=a1a2a3a4a5a6a7a8";
+        assert_eq!(report_field(line, "seq"), Some("2147483748"));
+        assert_eq!(report_field(line, "ack"), Some("7"));
+        assert_eq!(report_field(line, "snd"), None);
+        assert_eq!(report_key(line, "key_a"), Some([1, 2, 3, 4, 5, 6, 7, 8]));
+        assert_eq!(
+            report_key(line, "key_b"),
+            Some([0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8])
+        );
+        assert_eq!(report_key("key_a=0102", "key_a"), None);
+        assert_eq!(report_key("key_a=zz02030405060708", "key_a"), None);
+    }
 }

@@ -250,6 +250,42 @@ impl Lab {
         Ok(())
     }
 
+    /// Gives the client one more address on path 2 (`addr`, in 198.18.2.0/24) that works like
+    /// 198.18.2.1: subflows from it leave via `cveth2`, and the server reaches it over `sveth2`
+    /// through a static neighbour. With an MPTCP endpoint on it, the client's path manager
+    /// announces it and joins from it.
+    ///
+    /// # Errors
+    /// When an `ip` step fails.
+    pub fn add_client_path2_addr(&self, addr: Ipv4Addr) -> Result<()> {
+        let p = PATH2;
+        let addr = addr.to_string();
+        self.client
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", p.client_iface])?;
+        self.client.ip(&[
+            "rule",
+            "add",
+            "from",
+            &addr,
+            "table",
+            CLIENT_PATH2_TABLE,
+            "pref",
+            "100",
+        ])?;
+        self.server.ip(&[
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            p.client_mac,
+            "dev",
+            p.server_iface,
+            "nud",
+            "permanent",
+        ])?;
+        Ok(())
+    }
+
     /// Where pcaps and other files of this lab go (removed on drop unless `MPTCP_TESTS_KEEP=1`).
     #[must_use]
     pub fn work_dir(&self) -> &Path {

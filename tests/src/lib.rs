@@ -3,8 +3,11 @@
 //! - [`lab::Lab`]: two namespaces (`client`, `server`) joined by two veth pairs, MPTCP on, the
 //!   client announcing its second address (a genuine ADD_ADDR) and joining a second subflow.
 //! - [`peers`]: the MPTCP server/client (`mptcp-peer` binary) run inside the namespaces.
-//! - [`forger::Forger`]: a Python (stdlib) script injecting forged ADD_ADDRs into the live connection.
-//! - [`capture::Capture`]: tcpdump in a namespace plus a pcap reader that finds ADD_ADDRs.
+//! - [`forger::Forger`]: a Python (stdlib) script injecting forged ADD_ADDRs into the live
+//!   connection, and state-changing segments ([`forger::Attack`]: a blind RST, an MP_CAPABLE
+//!   with other keys).
+//! - [`capture::Capture`]: tcpdump in a namespace plus a pcap reader that finds ADD_ADDRs, RSTs
+//!   and MP_CAPABLE keys.
 //! - [`counters::Counters`]: a namespace's `nstat` counters.
 //! - [`validator::Validator`]: `mptcp-loader run` / `stats --json` / SIGINT in a namespace.
 //! - [`profiles`]: trafgen configurations and pcaps of valid/forged ADD_ADDRs, MP_JOIN SYNs with

@@ -5,14 +5,22 @@
 //! 2. The MPTCP server listens on 198.18.1.2:`port`; the client connects and sends `bytes`.
 //! 3. Genuine: the client announces 198.18.2.1 (ADD_ADDR id 1) and joins a subflow from it.
 //!    Waits until the server counted the ADD_ADDR and the join (up to 10 s).
-//! 4. Forged: `forged` ADD_ADDRs with random HMACs (id 9, 198.18.3.66) into the live
+//! 4. Optionally, an attack on the firewall's state first ([`Scenario::attack`]): one blind RST or
+//!    one MP_CAPABLE with other keys into the live connection, out of window (the server's
+//!    Linux ignores it), then a short pause.
+//! 5. Forged: `forged` ADD_ADDRs with random HMACs (id 9, 198.18.3.66) into the live
 //!    connection. Then, optionally, one positive control with the right HMAC (id 10,
 //!    198.18.3.67), proving that exactly the same framing is accepted by the kernel.
-//! 5. The client closes; byte counts, counter snapshots and what tcpdump saw are returned.
+//! 6. Optionally, more genuine signalling on the same connection ([`Scenario::late_endpoint`]):
+//!    the client adds an address on path 2 as an endpoint; its path manager announces it and
+//!    joins a subflow from it. Waits until the server counted both (up to 10 s).
+//! 7. The client closes; byte counts, counter snapshots and what tcpdump saw are returned.
 //!
-//! Whoever runs a validator starts it before calling [`run`] (it has to see the handshake).
+//! Whoever runs a validator starts it before calling [`run`] (it has to see the handshake);
+//! [`run_validated`] does that with `mptcp-loader run` on the server.
 
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     thread,
     time::{Duration, Instant},
@@ -22,11 +30,12 @@ use crate::{
     capture::{Capture, CaptureReport},
     counters::{mib, Changes, Counters},
     error::Result,
-    forger::{Forger, HmacKind, Injection},
-    lab::{Lab, PATH1, PATH2, PATHS},
+    forger::{Attack, AttackSent, Forger, HmacKind, Injection},
+    lab::{Lab, PATH1, PATH2, PATHS, SERVER_IFACES},
     netns::Netns,
     peers::{ClientReport, PeerClient, PeerServer},
     tools::Tools,
+    validator::{loader_or_skip, start_or_skip, Mode, StopReport, Validator, ValidatorStats},
 };
 
 /// Parameters of a run.
@@ -48,6 +57,13 @@ pub struct Scenario {
     pub control_id: u8,
     /// The address it announces.
     pub control_addr: Ipv4Addr,
+    /// A state-changing segment sent into the connection right before the forged ADD_ADDRs
+    /// (followed by a pause of [`ATTACK_SETTLE`]); `None` sends none.
+    pub attack: Option<Attack>,
+    /// An address (in 198.18.2.0/24) the client adds on path 2 as a `signal subflow` endpoint
+    /// after the positive control, for one more genuine ADD_ADDR and join on the same
+    /// connection; `None` adds none.
+    pub late_endpoint: Option<Ipv4Addr>,
 }
 
 impl Default for Scenario {
@@ -61,6 +77,8 @@ impl Default for Scenario {
             control: true,
             control_id: 10,
             control_addr: Ipv4Addr::new(198, 18, 3, 67),
+            attack: None,
+            late_endpoint: None,
         }
     }
 }
@@ -72,12 +90,19 @@ pub struct Snapshots {
     pub start: Counters,
     /// After the genuine ADD_ADDR and join were counted (or the wait timed out).
     pub after_genuine: Counters,
+    /// Right before the attack (empty without one).
+    pub before_attack: Counters,
+    /// After the attack and its pause (empty without one).
+    pub after_attack: Counters,
     /// Right before the forged ADD_ADDRs.
     pub before_forged: Counters,
     /// Right after them.
     pub after_forged: Counters,
     /// After the positive control (same as `after_forged` without one).
     pub after_control: Counters,
+    /// After the late endpoint's ADD_ADDR and join were counted, or the wait timed out (same as
+    /// `after_control` without one).
+    pub after_late: Counters,
     /// After the connection closed.
     pub end: Counters,
 }
@@ -110,10 +135,18 @@ pub struct Outcome {
     pub genuine_settled: bool,
     /// The forger's view of the connection before injecting.
     pub forger_state: String,
+    /// The attack, if sent.
+    pub attack: Option<AttackSent>,
+    /// The validator's counters right before and right after the attack and its pause (with
+    /// an attack and a validator given to [`run_observed`]).
+    pub attack_stats: Option<(ValidatorStats, ValidatorStats)>,
     /// The forged (bad HMAC) injection.
     pub forged: Injection,
     /// The positive control, if sent.
     pub control: Option<Injection>,
+    /// Whether the server counted the late endpoint's ADD_ADDR and join within the wait
+    /// (`None` without a late endpoint).
+    pub late_settled: Option<bool>,
     /// What the client reported.
     pub client_report: ClientReport,
     /// Bytes the server read.
@@ -167,6 +200,75 @@ impl Outcome {
     #[must_use]
     pub fn genuine_changes(&self) -> Changes {
         self.server.after_genuine.changes_since(&self.server.start)
+    }
+
+    /// Server counter changes during the attack and its pause (none without an attack).
+    #[must_use]
+    pub fn attack_changes(&self) -> Changes {
+        self.server
+            .after_attack
+            .changes_since(&self.server.before_attack)
+    }
+
+    /// Change of one server counter during the attack and its pause.
+    #[must_use]
+    pub fn attack_delta(&self, name: &str) -> i128 {
+        self.server
+            .after_attack
+            .delta(&self.server.before_attack, name)
+    }
+
+    /// Change of one validator counter (by name) during the attack and its pause; `None`
+    /// without an attack or a validator.
+    #[must_use]
+    pub fn attack_stat_delta(&self, name: &str) -> Option<i128> {
+        let (before, after) = self.attack_stats.as_ref()?;
+        let read = |s: &ValidatorStats| i128::from(s.counters.get(name).copied().unwrap_or(0));
+        Some(read(after) - read(before))
+    }
+
+    /// How many times the server's tcpdump saw the attacker's segment (its RST by sequence
+    /// number, its MP_CAPABLE by key); 0 without an attack. Seen means the XDP program on
+    /// that interface passed it.
+    #[must_use]
+    pub fn attack_seen_by_server(&self) -> usize {
+        let Some(attack) = &self.attack else {
+            return 0;
+        };
+        self.captures
+            .iter()
+            .map(|c| match attack.keys {
+                None => c.count_resets(attack.seq),
+                Some((key_a, _)) => c.count_capable_with_key(key_a),
+            })
+            .sum()
+    }
+
+    /// Server counter changes while the late endpoint was announced and joined.
+    #[must_use]
+    pub fn late_changes(&self) -> Changes {
+        self.server
+            .after_late
+            .changes_since(&self.server.after_control)
+    }
+
+    /// Change of one server counter while the late endpoint was announced and joined.
+    #[must_use]
+    pub fn late_delta(&self, name: &str) -> i128 {
+        self.server
+            .after_late
+            .delta(&self.server.after_control, name)
+    }
+
+    /// ADD_ADDRs (not echoes) announcing the late endpoint seen by the server's tcpdump.
+    #[must_use]
+    pub fn late_seen_by_server(&self) -> usize {
+        self.scenario.late_endpoint.map_or(0, |addr| {
+            self.captures
+                .iter()
+                .map(|c| c.count_announcing(IpAddr::V4(addr)))
+                .sum()
+        })
     }
 
     /// Server counter changes while the forged ADD_ADDRs were sent.
@@ -236,8 +338,8 @@ impl Outcome {
             .sum()
     }
 
-    /// One line per capture: interface, frames, kernel drops, and the ADD_ADDRs seen as
-    /// `id addr` (`echo` marked).
+    /// One line per capture: interface, frames, kernel drops, the ADD_ADDRs seen as `id addr`
+    /// (`echo` marked), and the segments with RST or MP_CAPABLE (with its keys).
     #[must_use]
     pub fn capture_summary(&self) -> String {
         self.captures
@@ -248,13 +350,39 @@ impl Outcome {
                     .iter()
                     .map(|a| format!("{} {}{}", a.id, a.addr, if a.echo { " echo" } else { "" }))
                     .collect();
+                let state: Vec<String> = c
+                    .state_segments
+                    .iter()
+                    .map(|s| {
+                        let keys: Vec<String> = s
+                            .capable_keys
+                            .iter()
+                            .map(|k| k.iter().map(|b| format!("{b:02x}")).collect())
+                            .collect();
+                        format!(
+                            "{}:{} > {}:{} seq {} flags {:#04x}{}",
+                            s.src,
+                            s.sport,
+                            s.dst,
+                            s.dport,
+                            s.seq,
+                            s.flags,
+                            if keys.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" MP_CAPABLE keys {}", keys.join("/"))
+                            }
+                        )
+                    })
+                    .collect();
                 format!(
-                    "{}: {} frames, {} dropped by kernel, ADD_ADDRs [{}]",
+                    "{}: {} frames, {} dropped by kernel, ADD_ADDRs [{}], RST or MP_CAPABLE [{}]",
                     c.iface,
                     c.frames,
                     c.dropped_by_kernel
                         .map_or_else(|| "?".to_owned(), |d| d.to_string()),
-                    seen.join(", ")
+                    seen.join(", "),
+                    state.join("; ")
                 )
             })
             .collect::<Vec<_>>()
@@ -273,6 +401,9 @@ impl Outcome {
 const CLIENT_HOLD: Duration = Duration::from_secs(120);
 /// Settling time around the forged window so stray segments are not attributed to it.
 const SETTLE: Duration = Duration::from_millis(300);
+/// Pause between the attack and the forged ADD_ADDRs: long enough for the validator to have
+/// acted on the attacker's segment (and the loader's event loop on its events).
+pub const ATTACK_SETTLE: Duration = Duration::from_millis(500);
 
 /// Runs the scenario in `lab`.
 ///
@@ -280,6 +411,20 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// When a process fails or does not answer in time. Outcomes that are merely wrong (counters
 /// that did not move) are returned for the caller to judge.
 pub fn run(lab: &Lab, tools: &Tools, sc: &Scenario) -> Result<Outcome> {
+    run_observed(lab, tools, sc, None)
+}
+
+/// [`run`], reading the counters of `validator` (running in the server namespace) right before
+/// and right after the attack, if there is one ([`Outcome::attack_stats`]).
+///
+/// # Errors
+/// As [`run`], and when `mptcp-loader stats --json` fails.
+pub fn run_observed(
+    lab: &Lab,
+    tools: &Tools,
+    sc: &Scenario,
+    validator: Option<&Validator>,
+) -> Result<Outcome> {
     let server_addr = SocketAddrV4::new(PATH1.server_addr, sc.port);
     let filter = format!("tcp port {}", sc.port);
     let mut captures = Vec::new();
@@ -326,6 +471,19 @@ pub fn run(lab: &Lab, tools: &Tools, sc: &Scenario) -> Result<Outcome> {
 
     thread::sleep(SETTLE);
     let forger_state = forger.state()?;
+    let read_stats = || validator.map(|v| v.stats(&lab.server)).transpose();
+    let (attack, attack_stats) = match sc.attack {
+        Some(attack) => {
+            let stats_before = read_stats()?;
+            srv.before_attack = lab.server.counters()?;
+            let sent = forger.attack(attack)?;
+            thread::sleep(ATTACK_SETTLE);
+            srv.after_attack = lab.server.counters()?;
+            let stats_after = read_stats()?;
+            (Some(sent), stats_before.zip(stats_after))
+        }
+        None => (None, None),
+    };
     srv.before_forged = lab.server.counters()?;
     let bad = forger.inject(HmacKind::Bad, sc.forged_id, sc.forged_addr, sc.forged)?;
     thread::sleep(SETTLE);
@@ -347,6 +505,32 @@ pub fn run(lab: &Lab, tools: &Tools, sc: &Scenario) -> Result<Outcome> {
     };
     srv.after_control = lab.server.counters()?;
 
+    let late_settled = match sc.late_endpoint {
+        Some(addr) => {
+            lab.add_client_path2_addr(addr)?;
+            lab.client.ip(&[
+                "mptcp",
+                "endpoint",
+                "add",
+                &addr.to_string(),
+                "dev",
+                PATH2.client_iface,
+                "signal",
+                "subflow",
+            ])?;
+            let settled = wait_for_counters(
+                || lab.server.counters(),
+                &srv.after_control,
+                &[(mib::ADD_ADDR, 1), (mib::MP_JOIN_ACK_RX, 1)],
+                Duration::from_secs(10),
+            )?;
+            thread::sleep(SETTLE);
+            Some(settled)
+        }
+        None => None,
+    };
+    srv.after_late = lab.server.counters()?;
+
     client.release()?;
     let client_report = client.finish(sent, Duration::from_secs(30))?;
     let bytes_received = server.finish(Duration::from_secs(30))?;
@@ -365,8 +549,11 @@ pub fn run(lab: &Lab, tools: &Tools, sc: &Scenario) -> Result<Outcome> {
         client: cli,
         genuine_settled,
         forger_state,
+        attack,
+        attack_stats,
         forged: bad,
         control,
+        late_settled,
         client_report,
         bytes_received,
         captures,
@@ -398,4 +585,104 @@ pub fn wait_for_counters(
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A [`run`] with the validator (`mptcp-loader run`) on the server's interfaces, and what it
+/// counted.
+pub struct ValidatedRun {
+    /// What the scenario observed.
+    pub outcome: Outcome,
+    /// `stats --json` taken after the scenario, while the loader still ran.
+    pub stats: ValidatorStats,
+    /// How the loader ended (SIGINT).
+    pub stop: StopReport,
+    /// Everything printed about the run: validator counters, server counter changes per phase,
+    /// the forger's reports, captures, the loader's output. Added to failure messages.
+    pub why: String,
+}
+
+/// Builds the lab, starts the validator in `mode` on the server (before the connection: it has
+/// to see the MP_CAPABLE handshake), runs `sc`, reads `stats --json` while the validator still
+/// runs, then stops it with SIGINT, and prints the figures. `None` when `test` cannot run here
+/// (see [`loader_or_skip`], [`start_or_skip`]).
+///
+/// # Panics
+/// When the lab, the scenario or the validator fails.
+#[must_use]
+pub fn run_validated(test: &str, tools: &Tools, mode: Mode, sc: &Scenario) -> Option<ValidatedRun> {
+    let bin = loader_or_skip(test, tools.missing())?;
+    let lab = Lab::new().expect("building the lab");
+    let validator = start_or_skip(test, &lab.server, &bin, &SERVER_IFACES, mode, &[])?;
+    let outcome = match run_observed(&lab, tools, sc, Some(&validator)) {
+        Ok(o) => o,
+        Err(err) => panic!(
+            "scenario failed: {err}\nloader output:\n{}",
+            validator.log()
+        ),
+    };
+    let stats = match validator.stats(&lab.server) {
+        Ok(s) => s,
+        Err(err) => panic!(
+            "mptcp-loader stats --json: {err}\nloader output:\n{}",
+            validator.log()
+        ),
+    };
+    let stop = validator.stop(&lab.server).expect("stopping the loader");
+    let o = &outcome;
+    let mut why = format!("validator counters: {:?}\n", stats.counters);
+    why.push_str(&format!("server, genuine phase: {}\n", o.genuine_changes()));
+    if let Some(attack) = &o.attack {
+        why.push_str(&format!(
+            "attack: {}\nserver, attack phase: {}\nvalidator, attack phase: {}\n",
+            attack.detail,
+            o.attack_changes(),
+            attack_stat_changes(o)
+        ));
+    }
+    why.push_str(&format!(
+        "server, forged phase: {}\nserver, control phase: {}\n",
+        o.forged_changes(),
+        o.control_changes()
+    ));
+    if let Some(addr) = sc.late_endpoint {
+        why.push_str(&format!(
+            "server, late endpoint {addr} phase: {}\n",
+            o.late_changes()
+        ));
+    }
+    why.push_str(&format!(
+        "forger: {}\nclient: {}\ncaptures:\n{}\nloader output:\n{}",
+        o.forged.detail,
+        o.client_report.mptcp_info,
+        o.capture_summary(),
+        stop.log,
+    ));
+    eprintln!("{why}");
+    Some(ValidatedRun {
+        outcome,
+        stats,
+        stop,
+        why,
+    })
+}
+
+/// The validator counters that changed during the attack, as `name +delta` (empty without
+/// [`Outcome::attack_stats`]).
+fn attack_stat_changes(o: &Outcome) -> String {
+    let Some((before, after)) = &o.attack_stats else {
+        return String::new();
+    };
+    let names: BTreeSet<&String> = before
+        .counters
+        .keys()
+        .chain(after.counters.keys())
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let d = o.attack_stat_delta(name)?;
+            (d != 0).then(|| format!("{name} {d:+}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -10,64 +10,18 @@
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
     counters::mib,
-    lab::{Lab, SERVER_IFACES},
-    scenario::{self, Outcome, Scenario},
+    scenario::{self, Scenario, ValidatedRun as Run},
     tools::Tools,
-    validator::{loader_or_skip, start_or_skip, Mode, StopReport, ValidatorStats},
+    validator::Mode,
 };
 
 fn tools() -> Tools {
     Tools::new(env!("CARGO_BIN_EXE_mptcp-peer"))
 }
 
-struct Run {
-    outcome: Outcome,
-    stats: ValidatorStats,
-    stop: StopReport,
-    why: String,
-}
-
-/// Validator started before the connection (it must see the MP_CAPABLE handshake), the shared
-/// scenario, then `stats --json` while it still runs, then SIGINT.
+/// The shared scenario with the validator on the server (see [`scenario::run_validated`]).
 fn run_with_validator(test: &str, mode: Mode) -> Option<Run> {
-    let bin = loader_or_skip(test, tools().missing())?;
-    let lab = Lab::new().expect("building the lab");
-    let validator = start_or_skip(test, &lab.server, &bin, &SERVER_IFACES, mode, &[])?;
-    let sc = Scenario::default();
-    let outcome = match scenario::run(&lab, &tools(), &sc) {
-        Ok(o) => o,
-        Err(err) => panic!(
-            "scenario failed: {err}\nloader output:\n{}",
-            validator.log()
-        ),
-    };
-    let stats = match validator.stats(&lab.server) {
-        Ok(s) => s,
-        Err(err) => panic!(
-            "mptcp-loader stats --json: {err}\nloader output:\n{}",
-            validator.log()
-        ),
-    };
-    let stop = validator.stop(&lab.server).expect("stopping the loader");
-    let why = format!(
-        "validator counters: {:?}\nserver, genuine phase: {}\nserver, forged phase: {}\n\
-         server, control phase: {}\nforger: {}\nclient: {}\ncaptures:\n{}\nloader output:\n{}",
-        stats.counters,
-        outcome.genuine_changes(),
-        outcome.forged_changes(),
-        outcome.control_changes(),
-        outcome.forged.detail,
-        outcome.client_report.mptcp_info,
-        outcome.capture_summary(),
-        stop.log,
-    );
-    eprintln!("{why}");
-    Some(Run {
-        outcome,
-        stats,
-        stop,
-        why,
-    })
+    scenario::run_validated(test, &tools(), mode, &Scenario::default())
 }
 
 /// What holds in both modes: genuine traffic unharmed, the loader exits cleanly on SIGINT.

@@ -12,6 +12,7 @@
 pub mod adopt;
 pub mod bpf_sys;
 pub mod cli;
+pub mod closed;
 pub mod config;
 pub mod conns;
 pub mod detach;

@@ -56,6 +56,11 @@ loader_counters! {
     /// without one, from what was inserted, removed and is left (see [`conn_evictions`]); a
     /// lower bound that never decreases.
     ConnsEvicted = "loader_conns_evicted",
+    /// Subflows marked closing that the host's kernel confirmed closed (no socket with their
+    /// 4-tuple, or one in TIME_WAIT), removed (see [`crate::closed`]).
+    SubflowsClosed = "loader_subflows_closed",
+    /// Connections removed with their last kernel-confirmed closed subflow.
+    ConnsClosed = "loader_conns_closed",
 }
 
 /// Number of loader counters (length of the pinned array).
@@ -96,6 +101,20 @@ impl LoaderCounters {
             LoaderCounter::FlowsOrphanedRemoved,
             outcome.flows_orphaned_removed,
         );
+    }
+
+    /// Connections the loader itself removed: expired by the idle sweep, or closed with their
+    /// last kernel-confirmed subflow (the eviction count subtracts them).
+    #[must_use]
+    pub fn conns_removed(&self) -> u64 {
+        self.get(LoaderCounter::ConnsExpired)
+            .wrapping_add(self.get(LoaderCounter::ConnsClosed))
+    }
+
+    /// Adds up what a closed-subflow check removed.
+    pub fn add_closed(&mut self, outcome: &crate::closed::ClosedOutcome) {
+        self.add(LoaderCounter::SubflowsClosed, outcome.subflows_closed);
+        self.add(LoaderCounter::ConnsClosed, outcome.conns_closed);
     }
 
     /// Raises `counter` to `value` if that is more (a derived counter that must never go
@@ -149,8 +168,9 @@ impl LoaderCounters {
 /// What the number of entries in the connection map follows from, read while the fast path
 /// keeps changing it. Every entry the map ever held was inserted by the fast path (counted
 /// exactly, `aux_conn_inserted`) and has left it in one of three ways: removed by the fast path
-/// (`aux_conn_closed`), removed by the idle sweep (`loader_conns_expired`), or evicted by the
-/// LRU; or it is still there. So evictions = inserted - closed - expired - entries.
+/// (`aux_conn_closed`), removed by the loader (`loader_conns_expired` by the idle sweep,
+/// `loader_conns_closed` by the closed-subflow check), or evicted by the LRU; or it is still
+/// there. So evictions = inserted - closed - expired - entries.
 ///
 /// The three counters only grow, so reading `inserted` *before* counting the entries and the
 /// removals *after* can only make the difference smaller than the evictions at the end of the
@@ -162,9 +182,10 @@ pub struct ConnMapTally {
     pub inserted: u64,
     /// `aux_conn_closed`, read after the entries were counted.
     pub closed: u64,
-    /// `loader_conns_expired` as of the count. The idle sweep, in the same task as the
-    /// tally, is its only writer: a sweep that counts the entries from its own snapshot
-    /// passes the value from before its removals (they are still among the entries).
+    /// The loader's own removals ([`LoaderCounters::conns_removed`]) as of the count. The idle
+    /// sweep and the closed-subflow check, in the same task as the tally, are its only writers:
+    /// a sweep that counts the entries from its own snapshot passes the value from before its
+    /// removals (they are still among the entries).
     pub expired: u64,
     /// Entries counted in the connection map (by a complete walk of its keys).
     pub entries: u64,
@@ -245,6 +266,8 @@ mod tests {
                 ("loader_policy_reloads", 0),
                 ("loader_policy_reload_errors", 0),
                 ("loader_conns_evicted", 0),
+                ("loader_subflows_closed", 0),
+                ("loader_conns_closed", 0),
             ]
         );
     }

@@ -1,7 +1,9 @@
-//! The little rtnetlink aya does not offer: which XDP program an interface runs and in which
-//! mode (`IFLA_XDP`), for `status` and for telling who holds an interface; and removing the
+//! The little netlink aya does not offer: which XDP program an interface runs and in which
+//! mode (`IFLA_XDP`), for `status` and for telling who holds an interface; removing the
 //! `mptcp_tc_egress` netlink (`cls_bpf`) filters that loader versions before the TCX links
-//! attached, which outlive the process that added them.
+//! attached, which outlive the process that added them; and whether a TCP socket with a given
+//! 4-tuple exists (`sock_diag`), for the closed-subflow check. Hand-written: each is one request
+//! over the same small socket wrapper, less than a netlink crate's dependency tree.
 
 use std::{
     io,
@@ -74,7 +76,7 @@ pub struct XdpAttached {
 /// # Errors
 /// When netlink fails (e.g. no such interface: `ENODEV`).
 pub fn xdp_attached(ifindex: u32) -> io::Result<Option<XdpAttached>> {
-    let socket = RtNetlink::open()?;
+    let socket = Netlink::open(libc::NETLINK_ROUTE)?;
     let mut body = vec![0u8; IFINFOMSG_LEN];
     body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
     let seq = 3;
@@ -217,19 +219,19 @@ fn error_code(payload: &[u8]) -> i32 {
         .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
 }
 
-/// A NETLINK_ROUTE socket.
-struct RtNetlink {
+/// A netlink socket of one protocol (`NETLINK_ROUTE`, `NETLINK_SOCK_DIAG`).
+struct Netlink {
     fd: OwnedFd,
 }
 
-impl RtNetlink {
-    fn open() -> io::Result<Self> {
+impl Netlink {
+    fn open(protocol: libc::c_int) -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
+                protocol,
             )
         };
         if raw < 0 {
@@ -298,6 +300,110 @@ impl RtNetlink {
             }
         }
     }
+}
+
+/// `SOCK_DIAG_BY_FAMILY`.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `struct inet_diag_req_v2` size.
+const INET_DIAG_REQ_V2_LEN: usize = 56;
+
+/// The `inet_diag_req_v2` that looks up the one TCP socket whose own end is `local`:`port`
+/// and whose peer is `peer`:`peer_port` (addresses as in `FlowKey`: IPv4 in bytes 0..4; ports
+/// in network order), in any state.
+fn tcp_lookup_request(
+    v4: bool,
+    local: &[u8; 16],
+    port: [u8; 2],
+    peer: &[u8; 16],
+    peer_port: [u8; 2],
+) -> Vec<u8> {
+    let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+    let mut body = Vec::with_capacity(INET_DIAG_REQ_V2_LEN);
+    body.push(u8::try_from(family).expect("small"));
+    body.push(u8::try_from(libc::IPPROTO_TCP).expect("small"));
+    body.extend_from_slice(&[0, 0]); // extensions, pad
+    body.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    body.extend_from_slice(&port); // inet_diag_sockid: sport, dport, src, dst (network order)
+    body.extend_from_slice(&peer_port);
+    body.extend_from_slice(local);
+    body.extend_from_slice(peer);
+    body.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    body.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    debug_assert_eq!(body.len(), INET_DIAG_REQ_V2_LEN);
+    body
+}
+
+/// The TCP state (`TCP_*` of `include/net/tcp_states.h`) of the socket in this network
+/// namespace whose own end is `local`:`port` and whose peer is `peer`:`peer_port`; `None` when
+/// there is none. Without an exact match the kernel may answer with the listener of `port`.
+///
+/// # Errors
+/// When netlink fails otherwise.
+pub fn tcp_socket_state(
+    v4: bool,
+    local: &[u8; 16],
+    port: [u8; 2],
+    peer: &[u8; 16],
+    peer_port: [u8; 2],
+) -> io::Result<Option<u8>> {
+    let socket = Netlink::open(libc::NETLINK_SOCK_DIAG)?;
+    let seq = 5;
+    let body = tcp_lookup_request(v4, local, port, peer, peer_port);
+    let request = encode(
+        SOCK_DIAG_BY_FAMILY,
+        request_flags(libc::NLM_F_REQUEST),
+        seq,
+        &body,
+    );
+    match socket.transact(&request, seq) {
+        // `inet_diag_msg`: family, then state.
+        Ok(replies) => Ok(replies.iter().find_map(|r| r.get(1).copied())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The IPv4 and IPv6 addresses of this network namespace's interfaces, as (`FAMILY_V4` or
+/// `FAMILY_V6`, address laid out as in `FlowKey`). Through `getifaddrs(3)`, which std lacks.
+///
+/// # Errors
+/// When `getifaddrs` fails.
+pub fn local_addresses() -> io::Result<Vec<(u8, [u8; 16])>> {
+    use mptcp_common::maps::{FAMILY_V4, FAMILY_V6};
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; its address, when set, is a sockaddr
+        // of the family it names.
+        unsafe {
+            let addr = (*cursor).ifa_addr;
+            if !addr.is_null() {
+                let mut bytes = [0u8; 16];
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = addr.cast::<libc::sockaddr_in>();
+                        bytes[..4].copy_from_slice(&(*sin).sin_addr.s_addr.to_ne_bytes());
+                        out.push((FAMILY_V4, bytes));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = addr.cast::<libc::sockaddr_in6>();
+                        bytes.copy_from_slice(&(*sin6).sin6_addr.s6_addr);
+                        out.push((FAMILY_V6, bytes));
+                    }
+                    _ => {}
+                }
+            }
+            cursor = (*cursor).ifa_next;
+        }
+    }
+    // SAFETY: the head getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use tokio::{
 
 use crate::{
     adopt::{plan_steps, take_inventory, Step},
+    closed::{apply_closed, plan_closed, ClosedOutcome, KernelSockets, CLOSED_CHECK_INTERVAL_S},
     config::PolicySource,
     errors::LoaderError,
     events::{
@@ -258,6 +259,12 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         timer
     });
     let mut log_timer = interval(Duration::from_secs(1));
+    let mut closed_timer = {
+        let period = Duration::from_secs(CLOSED_CHECK_INTERVAL_S);
+        let mut timer = interval_at(tokio::time::Instant::now() + period, period);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        timer
+    };
 
     loop {
         tokio::select! {
@@ -279,6 +286,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
             }
             () = next_tick(&mut sweep_timer) => keeper.sweep(plan.idle_timeout_s),
             () = next_tick(&mut eviction_timer) => keeper.count_evictions(),
+            _ = closed_timer.tick() => keeper.check_closed(),
             _ = log_timer.tick() => keeper.drops.report_suppressed(),
         }
     }
@@ -702,7 +710,7 @@ impl MapKeeper {
         let started = Instant::now();
         // Before the snapshot (see `ConnMapTally`), and the expirations as of the snapshot.
         let inserted = self.fast_path_counter(Counter::ConnInserted);
-        let expired = self.counters.get(LoaderCounter::ConnsExpired);
+        let expired = self.counters.conns_removed();
         let mut outcome = SweepOutcome::default();
         match self.sweep_once(timeout_s, &mut outcome) {
             Ok(conns_counted) => {
@@ -740,13 +748,47 @@ impl MapKeeper {
         Ok(plan.conns_counted)
     }
 
+    /// Removes the subflows marked closing that the host's kernel confirms closed, and each
+    /// connection with its last one (see [`crate::closed`]).
+    fn check_closed(&mut self) {
+        let mut outcome = ClosedOutcome::default();
+        let result = self.check_closed_once(&mut outcome);
+        self.counters.add_closed(&outcome);
+        if outcome.subflows_closed > 0 {
+            log::debug!(
+                "closed-subflow check: {} subflow(s) the kernel confirmed closed removed, {} connection(s) with them; {} marked closing are not local (left to the idle sweep)",
+                outcome.subflows_closed,
+                outcome.conns_closed,
+                outcome.not_local
+            );
+            self.publish_counters();
+        }
+        if let Err(e) = result {
+            log::warn!("closed-subflow check failed (retried at the next one): {e}");
+        }
+    }
+
+    fn check_closed_once(&mut self, outcome: &mut ClosedOutcome) -> Result<(), LoaderError> {
+        let conns = self.maps.all_conns()?;
+        let flows = self.maps.all_flows()?;
+        let planned = plan_closed(&conns, &flows);
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let sockets = KernelSockets::new().map_err(|source| LoaderError::Runtime {
+            what: "reading this host's addresses (getifaddrs)",
+            source,
+        })?;
+        apply_closed(&mut self.maps, &sockets, &planned, outcome)
+    }
+
     /// Counts the evictions without a sweep (`--idle-timeout 0`): inserted connections read
     /// first, then the connection map walked, then the removals.
     fn count_evictions(&mut self) {
         let Some(inserted) = self.fast_path_counter(Counter::ConnInserted) else {
             return;
         };
-        let expired = self.counters.get(LoaderCounter::ConnsExpired);
+        let expired = self.counters.conns_removed();
         match self.maps.all_conns_walked() {
             Ok((conns, true)) => {
                 let entries = u64::try_from(conns.len()).unwrap_or(u64::MAX);

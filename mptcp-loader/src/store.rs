@@ -86,6 +86,12 @@ pub trait FirewallMaps {
     /// # Errors
     /// When the map cannot be written.
     fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError>;
+
+    /// Removes a token entry; `false` if it was not there.
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError>;
 }
 
 /// The kernel maps, taken out of the loaded object.
@@ -255,6 +261,10 @@ impl FirewallMaps for KernelMaps {
             .insert(token, entry, BPF_ANY)
             .map_err(LoaderError::map(MAP_TOKENS))
     }
+
+    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
+        delete(&mut self.tokens, token, MAP_TOKENS)
+    }
 }
 
 /// In-memory maps for tests.
@@ -304,5 +314,9 @@ impl FirewallMaps for MemoryMaps {
     fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError> {
         self.tokens.insert(*token, *entry);
         Ok(())
+    }
+
+    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
+        Ok(self.tokens.remove(token).is_some())
     }
 }

@@ -522,6 +522,9 @@ mod tests {
         fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError> {
             self.0.put_token(token, entry)
         }
+        fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
+            self.0.remove_token(token)
+        }
     }
 
     #[test]

@@ -42,13 +42,6 @@ fn tools() -> Tools {
 /// The address the client announces and joins from after the attack (path 2, like 198.18.2.1).
 const LATE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
 
-// Counters of the fast-path fix for issue 10, by name, so this file builds against a validator
-// without them (the counters then read 0).
-/// MP_CAPABLE with other keys on a subflow past its handshake, enforce mode: dropped.
-const CAPABLE_OTHER_KEYS_DROPPED: &str = "capable_other_keys_dropped";
-/// A FIN or RST not sent by the host marked a tracked subflow closing (nothing removed).
-const SUBFLOW_CLOSE_MARKED: &str = "aux_subflow_close_marked";
-
 /// The ADD_ADDR scenario with `attack` right before the forged ADD_ADDRs and a late endpoint
 /// after the positive control, validator in enforce mode on the server.
 fn run(test: &str, attack: Attack) -> Option<ValidatedRun> {
@@ -61,9 +54,9 @@ fn run(test: &str, attack: Attack) -> Option<ValidatedRun> {
 }
 
 /// A validator counter's change during the attack and its pause.
-fn attack_delta(r: &ValidatedRun, name: &str) -> i128 {
+fn attack_delta(r: &ValidatedRun, counter: Counter) -> i128 {
     r.outcome
-        .attack_stat_delta(name)
+        .attack_stat_delta(counter.name())
         .expect("the scenario read the validator's counters around the attack")
 }
 
@@ -167,9 +160,9 @@ fn blind_rst_does_not_let_forged_add_addrs_through() {
         "the server's stack accepted the blind RST\n{why}"
     );
     // It marked the subflow closing and removed nothing.
-    assert_eq!(attack_delta(&r, SUBFLOW_CLOSE_MARKED), 1, "{why}");
-    assert_eq!(attack_delta(&r, Counter::SubflowClosed.name()), 0, "{why}");
-    assert_eq!(attack_delta(&r, Counter::ConnClosed.name()), 0, "{why}");
+    assert_eq!(attack_delta(&r, Counter::SubflowCloseMarked), 1, "{why}");
+    assert_eq!(attack_delta(&r, Counter::SubflowClosed), 0, "{why}");
+    assert_eq!(attack_delta(&r, Counter::ConnClosed), 0, "{why}");
 }
 
 #[test]
@@ -183,10 +176,11 @@ fn foreign_mp_capable_does_not_let_forged_add_addrs_through() {
     // Counted as other keys and dropped before the server's stack; not a key conflict of the
     // handshake.
     assert_eq!(
-        attack_delta(&r, CAPABLE_OTHER_KEYS_DROPPED),
+        attack_delta(&r, Counter::CapableOtherKeysDropped),
         1,
-        "the foreign MP_CAPABLE was not counted as {CAPABLE_OTHER_KEYS_DROPPED}\n{why}"
+        "the foreign MP_CAPABLE was not counted as capable_other_keys_dropped\n{why}"
     );
+    assert_eq!(r.stats.get(Counter::CapableOtherKeysDropped), 1, "{why}");
     assert_eq!(
         o.attack_seen_by_server(),
         0,

@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn live_linux_vectors() {
-        // fixtures/linux-6.18-mptcp-mixed.pcap, connection 1 (protocol doc §7.4).
+        // tests/fixtures/linux-6.18-mptcp-mixed.pcap, connection 1 (protocol doc §7.4).
         let (ka, kb) = (k8("fdcf3c40bd104a60"), k8("060f78484ab985d8"));
         assert_eq!(
             token_and_idsn(&ka),

@@ -7,7 +7,7 @@ use crate::maps::{FlowKey, FAMILY_V4, FAMILY_V6};
 use crate::packet::*;
 use crate::testing::Frame;
 use crate::validate::add_addr_hmac_ok;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const ADD_ADDR_V4: [u8; 16] = [30, 16, 0x30, 1, 198, 18, 9, 9, 1, 2, 3, 4, 5, 6, 7, 8];
 const ECHO_V4: [u8; 8] = [30, 8, 0x31, 1, 198, 18, 9, 9];
@@ -205,22 +205,64 @@ fn replay(path: &str, flip: bool) -> (usize, usize, usize, HashMap<FlowKey, ([u8
     (valid, invalid, unknown, conns)
 }
 
+/// Every capture in the fixture directory (`tests/fixtures/`, or `$MPTCP_FIXTURES_DIR`, e.g. a
+/// new recording of `cargo xtask record-fixtures`) replays as its `.expected` file, tshark's
+/// reading of it, says: the keys of every connection are learned, every ADD_ADDR with an HMAC
+/// validates, and none does with one HMAC bit flipped.
 #[test]
 fn linux_captures_validate() {
-    let mixed = crate::testing::fixture("linux-6.18-mptcp-mixed.pcap");
-    let (valid, invalid, unknown, conns) = replay(&mixed, false);
-    assert_eq!((valid, invalid, unknown), (14, 0, 0));
-    let key_a = [0xfd, 0xcf, 0x3c, 0x40, 0xbd, 0x10, 0x4a, 0x60];
-    assert!(conns.values().any(|k| k.0 == key_a));
-    assert_eq!(replay(&mixed, true).1, 14);
-    // The second capture has no ADD_ADDR; its keys (checksum connection: MPC of 24 bytes) are learned.
-    let other = crate::testing::fixture("linux-6.18-mptcp-v6-backup-csum.pcap");
-    let (_, _, _, conns) = replay(&other, false);
-    let key_a = [0x53, 0x9a, 0x02, 0x90, 0x2a, 0x56, 0x1f, 0x75];
-    assert!(conns
-        .values()
-        .any(|k| k.0 == key_a && k.1 == [0xe1, 0xb7, 0x28, 0x21, 0x36, 0x96, 0x12, 0x35]));
-    assert!(conns.len() >= 2, "{conns:?}");
+    let captures = crate::testing::fixture_captures();
+    assert!(captures.len() >= 2, "{captures:?}");
+    for capture in &captures {
+        let path = crate::testing::fixture(capture);
+        let expected = crate::testing::fixture_expected(capture);
+        let (valid, invalid, unknown, conns) = replay(&path, false);
+        assert_eq!(
+            (valid, invalid, unknown),
+            (expected.add_addr_hmac, 0, 0),
+            "{capture}"
+        );
+        assert_eq!(replay(&path, true).1, expected.add_addr_hmac, "{capture}");
+        let learned: HashSet<_> = conns.values().copied().collect();
+        let want: HashSet<_> = expected.connections.iter().copied().collect();
+        assert_eq!(learned, want, "{capture}");
+    }
+}
+
+/// The checked-in captures hold what `docs/protocol.md` §7.4 and `tests/fixtures/README.md`
+/// quote (read from the repository whatever `$MPTCP_FIXTURES_DIR` says: a new recording has
+/// other keys).
+#[test]
+fn checked_in_captures_hold_the_documented_values() {
+    let dir = std::format!("{}/../tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let read = |name: &str| {
+        let path = std::format!("{dir}/{name}.expected");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        crate::testing::Expected::parse(&text).unwrap()
+    };
+    let mixed = read("linux-6.18-mptcp-mixed");
+    assert_eq!(
+        (mixed.add_addr_hmac, mixed.add_addr_echo, mixed.mp_join_syn),
+        (14, 12, 10)
+    );
+    assert_eq!(
+        mixed.connections[0],
+        (
+            [0xfd, 0xcf, 0x3c, 0x40, 0xbd, 0x10, 0x4a, 0x60],
+            [0x06, 0x0f, 0x78, 0x48, 0x4a, 0xb9, 0x85, 0xd8]
+        )
+    );
+    let (valid, ..) = replay(&std::format!("{dir}/linux-6.18-mptcp-mixed.pcap"), false);
+    assert_eq!(valid, 14);
+    let other = read("linux-6.18-mptcp-v6-backup-csum");
+    assert_eq!(
+        other.connections[0],
+        (
+            [0x53, 0x9a, 0x02, 0x90, 0x2a, 0x56, 0x1f, 0x75],
+            [0xe1, 0xb7, 0x28, 0x21, 0x36, 0x96, 0x12, 0x35]
+        )
+    );
+    assert_eq!(other.connections.len(), 3);
 }
 
 #[test]

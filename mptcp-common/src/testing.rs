@@ -146,18 +146,139 @@ impl Frame {
     }
 }
 
+/// Overrides the directory of the captures (`tests/fixtures/` of the repository by default).
+pub const FIXTURES_ENV: &str = "MPTCP_FIXTURES_DIR";
+
 /// Path of a capture: in `$MPTCP_FIXTURES_DIR` when that is set (the VM tests of
-/// `cargo xtask vm-test` run where the build tree does not exist), else in `../shared/fixtures`
-/// next to the repository.
+/// `cargo xtask vm-test` run where the build tree does not exist, and a fresh recording of
+/// `cargo xtask record-fixtures` can be tried this way), else in the repository's
+/// `tests/fixtures/`.
 #[must_use]
 pub fn fixture(name: &str) -> String {
-    match std::env::var("MPTCP_FIXTURES_DIR") {
+    match std::env::var(FIXTURES_ENV) {
         Ok(dir) if !dir.is_empty() => std::format!("{dir}/{name}"),
-        _ => std::format!(
-            "{}/../../shared/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ),
+        _ => std::format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")),
     }
+}
+
+/// The names of the `*.pcap` files in the fixture directory (see [`fixture`]), sorted.
+///
+/// # Panics
+/// If the directory cannot be read.
+#[must_use]
+pub fn fixture_captures() -> Vec<String> {
+    let dir = fixture("");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".pcap"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// What a capture holds, read by tshark (Wireshark's MPTCP dissector, not this project's
+/// parser) into `<capture stem>.expected` beside it by `cargo xtask record-fixtures`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Frames with an ADD_ADDR that carries an HMAC (E = 0).
+    pub add_addr_hmac: usize,
+    /// Frames with an ADD_ADDR echo (E = 1).
+    pub add_addr_echo: usize,
+    /// MP_JOIN SYNs (SYN without ACK).
+    pub mp_join_syn: usize,
+    /// Every MPTCP connection's keys as its MP_CAPABLE third ACK carries them: (sender's key,
+    /// receiver's key), that is (key A of the client, key B of the server), in order of appearance.
+    pub connections: Vec<([u8; 8], [u8; 8])>,
+}
+
+impl Expected {
+    /// Parses the `.expected` text: `#` comments, then `name value` lines
+    /// (`connection <key A hex> <key B hex>` once per connection).
+    ///
+    /// # Errors
+    /// On an unknown name or a malformed value, with the line.
+    pub fn parse(text: &str) -> Result<Expected, String> {
+        let key = |hex: &str| -> Option<[u8; 8]> {
+            let value = u64::from_str_radix(hex, 16).ok()?;
+            (hex.len() == 16).then(|| value.to_be_bytes())
+        };
+        let mut expected = Expected::default();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = || std::format!("bad line in the expected values: {line:?}");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let count = |field: &mut usize| -> Result<(), String> {
+                match words.as_slice() {
+                    [_, n] => n.parse().map(|n| *field = n).map_err(|_| bad()),
+                    _ => Err(bad()),
+                }
+            };
+            match words[0] {
+                "add_addr_hmac" => count(&mut expected.add_addr_hmac)?,
+                "add_addr_echo" => count(&mut expected.add_addr_echo)?,
+                "mp_join_syn" => count(&mut expected.mp_join_syn)?,
+                "connection" => match words.as_slice() {
+                    [_, a, b] => expected
+                        .connections
+                        .push((key(a).ok_or_else(bad)?, key(b).ok_or_else(bad)?)),
+                    _ => return Err(bad()),
+                },
+                _ => return Err(bad()),
+            }
+        }
+        Ok(expected)
+    }
+}
+
+/// The expected values of a capture (`foo.pcap` -> `foo.expected` in the same directory, see
+/// [`fixture`]).
+///
+/// # Panics
+/// If the file cannot be read or parsed.
+#[must_use]
+pub fn fixture_expected(capture: &str) -> Expected {
+    let stem = capture.strip_suffix(".pcap").unwrap_or(capture);
+    let path = fixture(&std::format!("{stem}.expected"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Expected::parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Set to `1` to make every test that cannot reach the kernel fail instead of skipping.
+pub const REQUIRE_ENV: &str = "MPTCP_TESTS_REQUIRE_BPF";
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// Whether a test that cannot run here must fail instead of skipping: in CI (`CI` set to
+/// anything but empty, `0` or `false`), or when `MPTCP_TESTS_REQUIRE_BPF` is set so. The one
+/// skip policy of every root-only test, in the `tests` crate and in the loader's own tests.
+#[must_use]
+pub fn skips_are_failures() -> bool {
+    env_flag("CI") || env_flag(REQUIRE_ENV)
+}
+
+/// The skip-or-fail gate of every root-only test: `true` when there are no `problems` (run the
+/// test). Otherwise prints `SKIP <test>: ...` and returns `false`, or panics when
+/// [`skips_are_failures`].
+///
+/// # Panics
+/// When there are problems and skips are failures.
+#[must_use]
+pub fn gate(test: &str, problems: &[String]) -> bool {
+    if problems.is_empty() {
+        return true;
+    }
+    let reasons = problems.join("; ");
+    assert!(
+        !skips_are_failures(),
+        "{test}: cannot run here, and in CI or with {REQUIRE_ENV}=1 that is a failure: {reasons}"
+    );
+    std::eprintln!("SKIP {test}: {reasons} (in CI, or with {REQUIRE_ENV}=1, this fails)");
+    false
 }
 
 /// Frames of a classic little-endian pcap with Ethernet link type.

@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn live_linux_tokens_and_idsns() {
-        // Protocol doc §7.4: connection 1 of fixtures/linux-6.18-mptcp-mixed.pcap.
+        // Protocol doc §7.4: connection 1 of tests/fixtures/linux-6.18-mptcp-mixed.pcap.
         let m = derive(&k8("fdcf3c40bd104a60"), &k8("060f78484ab985d8"));
         assert_eq!(m.token_a, 0x322a_76f3_u32.to_be_bytes());
         assert_eq!(m.token_b, 0x3ba6_4055_u32.to_be_bytes());

@@ -76,8 +76,8 @@ fn stats_without_a_run_says_so() {
 
 #[test]
 fn pin_dir_off_bpffs_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: needs root to get past the root check");
+    let problems = (!is_root()).then(|| "needs root to get past the root check".to_owned());
+    if !mptcp_common::testing::gate("pin_dir_off_bpffs_is_refused", problems.as_slice()) {
         return;
     }
     let line = error_line(&loader(&[

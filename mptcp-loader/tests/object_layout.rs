@@ -15,8 +15,13 @@ const MAP_DEF_LEN: usize = 28;
 
 #[test]
 fn shared_maps_match_the_object() {
-    if mptcp_loader::EBPF_OBJ.is_empty() {
-        eprintln!("skipped: the eBPF object was not built (AYA_BUILD_SKIP=1 or no bpf-linker)");
+    let stub = mptcp_loader::EBPF_OBJ.is_empty();
+    let problems = stub.then(|| {
+        "the eBPF object was not built (AYA_BUILD_SKIP=1 or no bpf-linker): the loader holds the \
+         empty stub"
+            .to_owned()
+    });
+    if !mptcp_common::testing::gate("shared_maps_match_the_object", problems.as_slice()) {
         return;
     }
     let elf = object::File::parse(mptcp_loader::EBPF_OBJ).expect("the eBPF object is an ELF file");

@@ -6,8 +6,13 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 #[test]
 fn program_and_map_names_exist() {
-    if mptcp_loader::EBPF_OBJ.is_empty() {
-        eprintln!("skipped: the eBPF object was not built (AYA_BUILD_SKIP=1 or no bpf-linker)");
+    let stub = mptcp_loader::EBPF_OBJ.is_empty();
+    let problems = stub.then(|| {
+        "the eBPF object was not built (AYA_BUILD_SKIP=1 or no bpf-linker): the loader holds the \
+         empty stub"
+            .to_owned()
+    });
+    if !mptcp_common::testing::gate("program_and_map_names_exist", problems.as_slice()) {
         return;
     }
     let elf = object::File::parse(mptcp_loader::EBPF_OBJ).expect("the eBPF object is an ELF file");

@@ -20,22 +20,29 @@ use std::{
 const BIN: &str = env!("CARGO_BIN_EXE_mptcp-loader");
 const METRICS_PORT: u16 = 9464;
 
+/// Root, the built object and ip/nsenter/ping; otherwise skips, or fails in CI and with
+/// `MPTCP_TESTS_REQUIRE_BPF=1` ([`mptcp_common::testing::gate`]).
 fn can_run(test: &str) -> bool {
+    let mut problems = Vec::new();
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["ip", "nsenter", "ping"].iter().all(|tool| {
-        Command::new(tool)
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push("not root".to_owned());
+    }
+    if mptcp_loader::EBPF_OBJ.is_empty() {
+        problems.push("the eBPF object was not built (the loader holds the empty stub)".to_owned());
+    }
+    for tool in ["ip", "nsenter", "ping"] {
+        let runs = Command::new(tool)
             .arg("-V")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .is_ok()
-    });
-    if mptcp_loader::EBPF_OBJ.is_empty() || !root || !tools {
-        eprintln!("{test}: skipped (needs root, ip/nsenter/ping and the built eBPF object)");
-        return false;
+            .is_ok();
+        if !runs {
+            problems.push(format!("`{tool}` is not installed"));
+        }
     }
-    true
+    mptcp_common::testing::gate(test, &problems)
 }
 
 fn sh(args: &[&str]) {

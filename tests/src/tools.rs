@@ -6,8 +6,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-/// `MPTCP_TESTS_REQUIRE_BPF=1` turns every skip into a failure (CI sets it).
-pub const REQUIRE_ENV: &str = "MPTCP_TESTS_REQUIRE_BPF";
+/// The one skip policy of every root-only test (also the loader's): `MPTCP_TESTS_REQUIRE_BPF=1`
+/// or `CI=true` turns every skip into a failure.
+pub use mptcp_common::testing::{gate, skips_are_failures, REQUIRE_ENV};
 /// Overrides the Python that runs the forger (default `/usr/bin/python3`; the script needs only
 /// the standard library).
 pub const PYTHON_ENV: &str = "MPTCP_FORGER_PYTHON";
@@ -103,29 +104,4 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Whether `MPTCP_TESTS_REQUIRE_BPF` asks for failures instead of skips.
-#[must_use]
-pub fn skips_are_failures() -> bool {
-    env::var(REQUIRE_ENV).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
-}
-
-/// The skip-or-fail gate: `true` when there are no `problems` (run the test). Otherwise prints
-/// `SKIP <test>: ...` and returns `false`, or panics when `MPTCP_TESTS_REQUIRE_BPF=1`.
-///
-/// # Panics
-/// When there are problems and skips are failures.
-#[must_use]
-pub fn gate(test: &str, problems: &[String]) -> bool {
-    if problems.is_empty() {
-        return true;
-    }
-    let reasons = problems.join("; ");
-    assert!(
-        !skips_are_failures(),
-        "{test}: cannot run ({REQUIRE_ENV}=1 forbids skipping): {reasons}"
-    );
-    eprintln!("SKIP {test}: {reasons} (set {REQUIRE_ENV}=1 to make this a failure)");
-    false
 }

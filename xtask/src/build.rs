@@ -28,21 +28,74 @@ pub fn run(_args: &Args) -> Result<()> {
 /// `cargo build --release -p mptcp-loader`; returns the path of the loader binary.
 pub fn build_loader() -> Result<PathBuf> {
     exec(cmd("cargo").args(["build", "--release", "--package", LOADER]))?;
-    let binary = loader_binary()?;
+    let binary = release_dir()?.join(loader_bin_name()?);
     if !binary.is_file() {
         bail!("the build succeeded but {} is not there", binary.display());
     }
     Ok(binary)
 }
 
-/// `<target dir>/release/<bin name>`, both read from `cargo metadata`.
-fn loader_binary() -> Result<PathBuf> {
-    let metadata = capture(cmd("cargo").args(["metadata", "--format-version", "1", "--no-deps"]))?;
-    let metadata: Value =
-        serde_json::from_str(&metadata).context("parsing `cargo metadata` output")?;
+/// The binaries of the tests crate that run the namespace lab.
+const TESTS: &str = "mptcp-tests";
+/// `mptcp-peer`: the MPTCP client and server every lab program starts inside the namespaces.
+pub const PEER: &str = "mptcp-peer";
+
+/// What [`build_lab`] built: the loader and the tests crate's binaries, all in one directory.
+pub struct Lab {
+    /// `<target dir>/release`, where the binaries are.
+    pub release_dir: PathBuf,
+}
+
+impl Lab {
+    /// The path of one of the tests crate's binaries.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.release_dir.join(name)
+    }
+}
+
+/// Builds everything a lab program of the tests crate runs: the loader (and through it the
+/// eBPF object), `mptcp-peer`, and the `programs` themselves (e.g. `mptcp-demo`). Those
+/// programs find the loader and `mptcp-peer` next to their own executable, so building only the
+/// program (`cargo run --bin mptcp-demo`) is not enough on a fresh clone.
+pub fn build_lab(programs: &[&str]) -> Result<Lab> {
+    let loader = build_loader()?;
+    let mut build = cmd("cargo");
+    build.args(["build", "--release", "--package", TESTS]);
+    for bin in std::iter::once(&PEER).chain(programs) {
+        build.args(["--bin", bin]);
+    }
+    exec(&mut build)?;
+    let lab = Lab {
+        release_dir: release_dir()?,
+    };
+    // The programs look for the loader next to themselves.
+    debug_assert_eq!(loader.parent(), Some(lab.release_dir.as_path()));
+    for bin in std::iter::once(&PEER).chain(programs) {
+        let path = lab.bin(bin);
+        if !path.is_file() {
+            bail!("the build succeeded but {} is not there", path.display());
+        }
+    }
+    Ok(lab)
+}
+
+/// `<target dir>/release`, the target directory read from `cargo metadata`.
+pub fn release_dir() -> Result<PathBuf> {
+    let metadata = metadata()?;
     let target_dir = metadata["target_directory"]
         .as_str()
         .context("`cargo metadata` has no target_directory")?;
+    Ok(PathBuf::from(target_dir).join("release"))
+}
+
+fn metadata() -> Result<Value> {
+    let metadata = capture(cmd("cargo").args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    serde_json::from_str(&metadata).context("parsing `cargo metadata` output")
+}
+
+/// The loader's binary name, read from `cargo metadata`.
+fn loader_bin_name() -> Result<String> {
+    let metadata = metadata()?;
     let package = metadata["packages"]
         .as_array()
         .and_then(|packages| packages.iter().find(|package| package["name"] == LOADER))
@@ -57,5 +110,5 @@ fn loader_binary() -> Result<PathBuf> {
         .and_then(|targets| targets.iter().find(is_bin))
         .and_then(|target| target["name"].as_str())
         .with_context(|| format!("{LOADER} has no binary target"))?;
-    Ok(PathBuf::from(target_dir).join("release").join(bin))
+    Ok(bin.to_owned())
 }

@@ -1,12 +1,15 @@
-//! `cargo xtask demo`: build, then run the tests crate's `mptcp-demo` binary as root.
+//! `cargo xtask demo`: build everything the demo runs, then run the tests crate's `mptcp-demo`
+//! binary as root.
 
 use anyhow::Result;
 
 use crate::{
-    build::build_loader,
+    build,
     exec::{cmd, ensure_root, exec},
     setup::{self, Scope},
 };
+
+const DEMO: &str = "mptcp-demo";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,18 +21,14 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     ensure_root("demo")?;
     setup::ensure(Scope::All, false)?;
-    build_loader()?;
-    exec(
-        cmd("cargo")
-            .args([
-                "run",
-                "--release",
-                "--package",
-                "mptcp-tests",
-                "--bin",
-                "mptcp-demo",
-            ])
-            .arg("--")
-            .args(&args.demo_args),
-    )
+    demo(&args.demo_args)
+}
+
+/// Builds the loader (with the eBPF object), `mptcp-peer` and `mptcp-demo`, then runs the demo
+/// with `demo_args`. `mptcp-demo` finds the loader and `mptcp-peer` next to its own executable.
+/// `cargo xtask test` runs this same function (after removing `mptcp-peer`), so a demo that
+/// does not build what it runs fails the tests.
+pub fn demo(demo_args: &[String]) -> Result<()> {
+    let lab = build::build_lab(&[DEMO])?;
+    exec(cmd(lab.bin(DEMO)).args(demo_args))
 }

@@ -295,13 +295,13 @@ fn seed_corpus(corpus: &Path) -> Result<Seeds> {
     Ok(seeds)
 }
 
-/// The `*.pcap` files in `$MPTCP_FIXTURES_DIR`, else in `../shared/fixtures`; none (with a
-/// warning) if that directory does not exist.
+/// The `*.pcap` files in `$MPTCP_FIXTURES_DIR`, else in the repository's `tests/fixtures/`;
+/// none (with a warning) if that directory does not exist.
 fn fixture_captures() -> Result<Vec<PathBuf>> {
     let dir = env::var_os("MPTCP_FIXTURES_DIR")
         .filter(|dir| !dir.is_empty())
         .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"),
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"),
             PathBuf::from,
         );
     if !dir.is_dir() {

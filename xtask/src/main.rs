@@ -10,6 +10,7 @@ mod build;
 mod demo;
 mod exec;
 mod fuzz;
+mod record;
 mod setup;
 mod test;
 mod vm;
@@ -38,6 +39,8 @@ enum Command {
     Test(test::Args),
     /// Build, then run the `mptcp-demo` binary of the tests crate (needs root).
     Demo(demo::Args),
+    /// Record the Linux MPTCP captures of `tests/fixtures/` again in a namespace (needs root).
+    RecordFixtures(record::Args),
     /// Run the `mptcp-bench` binary of the tests crate (needs root).
     Bench(bench::Args),
     /// Fuzz mptcp-common's parser and HMAC code with cargo-fuzz (libFuzzer, nightly).
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::RecordFixtures(args) => record::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::VmTest(args) => vm::run(&args),

@@ -31,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-scapy",
     "ethtool",
+    "iputils-ping", // the loader's `operations` tests
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

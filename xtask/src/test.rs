@@ -55,6 +55,19 @@ pub fn run(args: &Args) -> Result<()> {
         secs: build_start.elapsed().as_secs_f64(),
     });
 
+    // The demo exactly as `cargo xtask demo` runs it, with `mptcp-peer` removed first: on a
+    // fresh clone nothing else has built it yet, and the demo must build all it runs itself.
+    let demo_start = Instant::now();
+    let demo = remove_peer_binary().and_then(|()| crate::demo::demo(&[]));
+    if let Err(err) = &demo {
+        eprintln!("xtask test: step `demo` FAILED: {err:#}");
+    }
+    steps.push(Step {
+        name: "demo, as on a fresh clone",
+        ok: demo.is_ok(),
+        secs: demo_start.elapsed().as_secs_f64(),
+    });
+
     let mut integration = cargo_test(&["--package", "mptcp-tests", "--release"]);
     integration
         .args(["--", "--test-threads=1"])
@@ -65,9 +78,12 @@ pub fn run(args: &Args) -> Result<()> {
     if args.long {
         integration.env("MPTCP_DIFF_FRAMES", LONG_DIFF_FRAMES);
     }
-    if is_ci() && env::var_os("MPTCP_TESTS_REQUIRE_BPF").is_none() {
-        // In CI a skipped kernel test is a failure: the machine is known to support them.
-        integration.env("MPTCP_TESTS_REQUIRE_BPF", "1");
+    let mut loader_tests = cargo_test(&["--package", "mptcp-loader"]);
+    if is_ci() && env::var_os(REQUIRE_ENV).is_none() {
+        // In CI a skipped kernel test is a failure: the machine is known to support them. (The
+        // tests read `CI` themselves too; this says it on the command line as well.)
+        integration.env(REQUIRE_ENV, "1");
+        loader_tests.env(REQUIRE_ENV, "1");
     }
     // The benchmark once, with few repetitions, so it cannot rot; it asserts nothing about speed.
     let mut quick_bench = cmd("cargo");
@@ -99,10 +115,7 @@ pub fn run(args: &Args) -> Result<()> {
             "unit tests: mptcp-common",
             cargo_test(&["--package", "mptcp-common"]),
         ),
-        (
-            "unit tests: mptcp-loader",
-            cargo_test(&["--package", "mptcp-loader"]),
-        ),
+        ("tests: mptcp-loader", loader_tests),
         ("integration tests: mptcp-tests", integration),
         ("benchmark, quick run", quick_bench),
         ("flood benchmark, quick run", quick_flood),
@@ -148,6 +161,25 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The skip policy's variable (`mptcp_common::testing::REQUIRE_ENV`).
+const REQUIRE_ENV: &str = "MPTCP_TESTS_REQUIRE_BPF";
+
+/// Removes `<target>/release/mptcp-peer` if it is there, so that the next build must make it.
+fn remove_peer_binary() -> Result<()> {
+    let peer = crate::build::release_dir()?.join(crate::build::PEER);
+    match std::fs::remove_file(&peer) {
+        Ok(()) => {
+            eprintln!(
+                "xtask test: removed {} (the demo must build it)",
+                peer.display()
+            );
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(anyhow::Error::new(err).context(format!("removing {}", peer.display()))),
+    }
 }
 
 fn cargo_test(args: &[&str]) -> Command {

@@ -176,19 +176,27 @@ impl Workspace {
         })
     }
 
-    /// The captures the tests replay: `$MPTCP_FIXTURES_DIR`, else `../shared/fixtures`
-    /// next to the repository (where `mptcp_common::testing::fixture` looks by default).
+    /// The captures the tests replay, with their `.expected` files: `$MPTCP_FIXTURES_DIR`, else
+    /// the repository's `tests/fixtures/` (where `mptcp_common::testing::fixture` looks by
+    /// default).
     fn fixtures(&self) -> Result<Vec<PathBuf>> {
         let dir = env::var_os("MPTCP_FIXTURES_DIR")
-            .map_or_else(|| self.root.join("../shared/fixtures"), PathBuf::from);
+            .filter(|dir| !dir.is_empty())
+            .map_or_else(|| self.root.join("tests/fixtures"), PathBuf::from);
         let entries = fs::read_dir(&dir)
             .with_context(|| format!("reading the fixture directory {}", dir.display()))?;
         let mut pcaps: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "pcap"))
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "pcap" || ext == "expected")
+            })
             .collect();
-        if pcaps.is_empty() {
+        if !pcaps
+            .iter()
+            .any(|path| path.extension().is_some_and(|ext| ext == "pcap"))
+        {
             bail!("no .pcap fixtures in {}", dir.display());
         }
         pcaps.sort();

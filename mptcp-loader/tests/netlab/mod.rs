@@ -33,38 +33,45 @@ pub fn loader(args: &[&str]) -> Output {
         .expect("the mptcp-loader binary runs")
 }
 
-/// Whether the test can load the object here (root and the built object); says why not.
-pub fn can_load(test: &str) -> bool {
+/// What keeps a test that loads the eBPF object from running here: not root, or only the stub
+/// object (built without bpf-linker or with `AYA_BUILD_SKIP=1`). Empty when it can run.
+pub fn load_problems() -> Vec<String> {
+    let mut problems = Vec::new();
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if mptcp_loader::EBPF_OBJ.is_empty() || !root {
-        eprintln!("{test}: skipped (needs root and the built eBPF object)");
-        return false;
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push("not root".to_owned());
     }
-    true
+    if mptcp_loader::EBPF_OBJ.is_empty() {
+        problems.push(
+            "the eBPF object was not built (AYA_BUILD_SKIP=1 or no bpf-linker): the loader holds \
+             the empty stub"
+                .to_owned(),
+        );
+    }
+    problems
 }
 
-/// Whether the test can run here: root, the built object, and the tools; says why not.
+/// Whether the test can load the object here (root and the built object). When it cannot, it
+/// skips, or fails in CI and with `MPTCP_TESTS_REQUIRE_BPF=1` ([`mptcp_common::testing::gate`]).
+pub fn can_load(test: &str) -> bool {
+    mptcp_common::testing::gate(test, &load_problems())
+}
+
+/// Whether the test can run here: root, the built object, and `ip`, `nsenter` and `tools`.
+/// Skips or fails as [`can_load`].
 pub fn can_run(test: &str, tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let missing: Vec<&str> = ["ip", "nsenter"]
-        .iter()
-        .chain(tools)
-        .copied()
-        .filter(|tool| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .map_or(true, |s| !s.success())
-        })
-        .collect();
-    if mptcp_loader::EBPF_OBJ.is_empty() || !root || !missing.is_empty() {
-        eprintln!("{test}: skipped (needs root, the built eBPF object and {missing:?})");
-        return false;
+    let mut problems = load_problems();
+    for tool in ["ip", "nsenter"].iter().chain(tools) {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            problems.push(format!("`{tool}` is not installed"));
+        }
     }
-    true
+    mptcp_common::testing::gate(test, &problems)
 }
 
 /// Runs a command to completion; panics with its stderr when it fails.

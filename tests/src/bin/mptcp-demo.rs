@@ -148,6 +148,23 @@ fn run() -> Result<()> {
     };
     print_report(&outcome, stats.as_ref(), stop.as_ref());
     drop(lab);
+    if let (Some(stats), Mode::Enforce) = (&stats, args.mode) {
+        // The demo's point, checked: `cargo xtask test` runs the demo and relies on this.
+        let sent = u64::from(outcome.forged.sent);
+        let dropped = stats.get(Counter::AddAddrBadHmacDropped);
+        let reached = outcome.forged_seen_by_server();
+        if dropped < sent || reached > 0 {
+            bail!(
+                "{sent} forged ADD_ADDR(s) sent, {dropped} dropped by the validator, {reached} \
+                 seen by the server's tcpdump: the validator did not stop them"
+            );
+        }
+        println!();
+        println!(
+            "result: all {sent} forged ADD_ADDR(s) dropped by the validator, none reached the \
+             server's stack"
+        );
+    }
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! The idle sweep: forgets connections nobody has used for `--idle-timeout` seconds.
 //!
-//! The fast path removes a connection when its last subflow ends (RST, FIN from both ends) or it
-//! is fast-closed. A connection whose hosts vanished without either stays until the LRU evicts
-//! it, which on a quiet system is never. The sweep bounds that: a connection's last activity is
+//! The fast path removes a connection when the host itself ends its last subflow (its RST, or
+//! its SYN on the 4-tuple) or it is fast-closed, and the closed-subflow check
+//! ([`crate::closed`]) when the host's kernel confirms its last subflow closed. A connection
+//! whose hosts vanished without either, or one forwarded through this host (a gateway), stays
+//! until the LRU evicts it, which on a quiet system is never. The sweep bounds that: a connection's last activity is
 //! the latest of its subflows' `FlowRef::last_seen_s` and its `ConnState::learned_s` (seconds of
 //! CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`); once that is older than the timeout, its
 //! state and its subflows are removed. Subflows whose connection is gone (evicted) are removed

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use mptcp_common::maps::{MAX_CONNS, MAX_JOINS};
 
 use crate::{
+    closed::CLOSED_CHECK_INTERVAL_S,
     config::{check_report, PolicyArgs, PolicySource},
     conns::{conns_json, format_conns, read_conns},
     detach::print_detach,
@@ -88,6 +89,12 @@ pub struct RunArgs {
     /// tokens stay, so if it was alive after all its later joins fail open (join_state_missing).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
     pub idle_timeout: u32,
+    /// How often to ask the host's kernel (sock_diag) whether the subflows the fast path marked
+    /// closing (a FIN or RST it did not see this host send) still have a socket, and remove
+    /// those that do not (1..=3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = CLOSED_CHECK_INTERVAL_S,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub closed_check_interval: u64,
     /// On SIGINT/SIGTERM, leave the programs attached and the maps and links pinned (for an
     /// upgrade: the next `run` adopts them without a gap; `mptcp-loader detach` removes them).
     #[arg(long)]
@@ -209,6 +216,7 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
             )?;
             plan.sizes = MapSizes::for_limits(args.max_conns, args.max_joins);
             plan.idle_timeout_s = args.idle_timeout;
+            plan.closed_check_interval_s = args.closed_check_interval;
             plan.keep_attached = args.keep_attached;
             plan.pcap = args.pcap;
             if let Some(dir) = args.state_dir {

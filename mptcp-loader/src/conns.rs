@@ -30,6 +30,23 @@ pub struct SubflowView {
     pub flow: FlowKey,
     /// Seconds since its last sampled activity.
     pub idle_s: u32,
+    /// Why the fast path marked it closing (`rst`, `fin`), empty when it did not; the loader
+    /// removes it once the host's kernel confirms it closed.
+    pub closing: &'static str,
+}
+
+/// The closing marks of a subflow, in words.
+const fn closing_words(marks: u8) -> &'static str {
+    use mptcp_common::maps::{FIN_FROM_DST, FIN_FROM_SRC, RST_SEEN};
+    if marks & RST_SEEN != 0 {
+        "rst"
+    } else if marks & (FIN_FROM_SRC | FIN_FROM_DST) == FIN_FROM_SRC | FIN_FROM_DST {
+        "fin both ways"
+    } else if marks != 0 {
+        "fin one way"
+    } else {
+        ""
+    }
 }
 
 /// One tracked connection.
@@ -73,6 +90,7 @@ pub fn collect(
         by_conn.entry(flow.conn_id).or_default().push(SubflowView {
             flow: flow_ab,
             idle_s: age_s(now_s, flow.last_seen_s),
+            closing: closing_words(flow.closing),
         });
     }
     let mut views: Vec<ConnView> = conns
@@ -125,9 +143,14 @@ pub fn format_conns(views: &[ConnView], show_keys: bool) -> String {
         }
         out.push('\n');
         for f in &v.flows {
+            let closing = if f.closing.is_empty() {
+                String::new()
+            } else {
+                format!(", closing: {}", f.closing)
+            };
             let _ = writeln!(
                 out,
-                "    {}  (idle {})",
+                "    {}  (idle {}{closing})",
                 format_flow(&f.flow),
                 format_duration_s(u64::from(f.idle_s))
             );
@@ -164,6 +187,7 @@ pub fn conns_json(views: &[ConnView], show_keys: bool) -> Value {
                             "dst": addr(&f.flow.daddr),
                             "dport": u16::from_be_bytes(f.flow.dport),
                             "idle_s": f.idle_s,
+                            "closing": f.closing,
                         })
                     }).collect::<Vec<_>>(),
                 });

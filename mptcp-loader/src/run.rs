@@ -80,6 +80,8 @@ pub struct RunPlan {
     pub sizes: MapSizes,
     /// Seconds without a segment after which a connection is forgotten; 0 disables the sweep.
     pub idle_timeout_s: u32,
+    /// Seconds between two closed-subflow checks ([`crate::closed`]).
+    pub closed_check_interval_s: u64,
     /// On exit, leave the programs attached and everything pinned (for an upgrade) instead of
     /// detaching.
     pub keep_attached: bool,
@@ -131,6 +133,7 @@ impl RunPlan {
             pin_dir,
             sizes: MapSizes::default(),
             idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            closed_check_interval_s: CLOSED_CHECK_INTERVAL_S,
             keep_attached: false,
             pcap: None,
             events_max_bytes: DEFAULT_EVENTS_MAX_BYTES,
@@ -260,7 +263,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     });
     let mut log_timer = interval(Duration::from_secs(1));
     let mut closed_timer = {
-        let period = Duration::from_secs(CLOSED_CHECK_INTERVAL_S);
+        let period = Duration::from_secs(plan.closed_check_interval_s);
         let mut timer = interval_at(tokio::time::Instant::now() + period, period);
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         timer

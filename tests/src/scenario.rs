@@ -402,8 +402,14 @@ const CLIENT_HOLD: Duration = Duration::from_secs(120);
 /// Settling time around the forged window so stray segments are not attributed to it.
 const SETTLE: Duration = Duration::from_millis(300);
 /// Pause between the attack and the forged ADD_ADDRs: long enough for the validator to have
-/// acted on the attacker's segment (and the loader's event loop on its events).
-pub const ATTACK_SETTLE: Duration = Duration::from_millis(500);
+/// acted on the attacker's segment, and for the loader's closed-subflow check (every
+/// [`CLOSED_CHECK_INTERVAL`] in these runs) to have asked the kernel about a subflow the attack
+/// marked closing at least twice: it must find the socket open and keep the subflow.
+pub const ATTACK_SETTLE: Duration = Duration::from_millis(2500);
+/// `--closed-check-interval` of the validated runs, in seconds.
+pub const CLOSED_CHECK_INTERVAL: &str = "1";
+/// How long the kernel-confirmed removal of a closed connection may take in these runs.
+const CLOSED_REMOVAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the scenario in `lab`.
 ///
@@ -596,6 +602,9 @@ pub struct ValidatedRun {
     pub stats: ValidatorStats,
     /// How the loader ended (SIGINT).
     pub stop: StopReport,
+    /// Connections `conns` still listed once the connection had ended and the loader had had
+    /// [`CLOSED_REMOVAL_TIMEOUT`] to confirm it closed with the kernel.
+    pub conns_after_close: usize,
     /// Everything printed about the run: validator counters, server counter changes per phase,
     /// the forger's reports, captures, the loader's output. Added to failure messages.
     pub why: String,
@@ -612,13 +621,27 @@ pub struct ValidatedRun {
 pub fn run_validated(test: &str, tools: &Tools, mode: Mode, sc: &Scenario) -> Option<ValidatedRun> {
     let bin = loader_or_skip(test, tools.missing())?;
     let lab = Lab::new().expect("building the lab");
-    let validator = start_or_skip(test, &lab.server, &bin, &SERVER_IFACES, mode, &[])?;
+    let options = ["--closed-check-interval", CLOSED_CHECK_INTERVAL];
+    let validator = start_or_skip(test, &lab.server, &bin, &SERVER_IFACES, mode, &options)?;
     let outcome = match run_observed(&lab, tools, sc, Some(&validator)) {
         Ok(o) => o,
         Err(err) => panic!(
             "scenario failed: {err}\nloader output:\n{}",
             validator.log()
         ),
+    };
+    // The connection has ended: the loader removes it once the server's kernel has no socket
+    // for its subflows any more.
+    let started = std::time::Instant::now();
+    let conns_after_close = loop {
+        let left = match validator.conns(&lab.server) {
+            Ok(conns) => conns.as_array().map_or(usize::MAX, Vec::len),
+            Err(err) => panic!("mptcp-loader conns --json: {err}\n{}", validator.log()),
+        };
+        if left == 0 || started.elapsed() > CLOSED_REMOVAL_TIMEOUT {
+            break left;
+        }
+        thread::sleep(Duration::from_millis(200));
     };
     let stats = match validator.stats(&lab.server) {
         Ok(s) => s,
@@ -660,6 +683,7 @@ pub fn run_validated(test: &str, tools: &Tools, mode: Mode, sc: &Scenario) -> Op
     eprintln!("{why}");
     Some(ValidatedRun {
         outcome,
+        conns_after_close,
         stats,
         stop,
         why,

@@ -24,10 +24,23 @@ fn run_with_validator(test: &str, mode: Mode) -> Option<Run> {
     scenario::run_validated(test, &tools(), mode, &Scenario::default())
 }
 
+/// Once the connection has ended, the fast path (the server's own RSTs) or the loader's
+/// closed-subflow check (the server's kernel has no socket left) removed it.
+fn assert_ended_connection_forgotten(r: &Run) {
+    assert_eq!(
+        r.conns_after_close, 0,
+        "the ended connection is still tracked (loader_subflows_closed {}, aux_subflow_closed {})\n{}",
+        r.stats.json["loader_subflows_closed"],
+        r.stats.get(Counter::SubflowClosed),
+        r.why
+    );
+}
+
 /// What holds in both modes: genuine traffic unharmed, the loader exits cleanly on SIGINT.
 fn assert_genuine_traffic_unharmed(r: &Run) {
     let (o, why) = (&r.outcome, &r.why);
     o.assert_genuine_traffic(why);
+    assert_ended_connection_forgotten(r);
     assert!(
         r.stats.get(Counter::KeysLearned) >= 1,
         "the validator did not learn the keys\n{why}"

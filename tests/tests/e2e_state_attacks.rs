@@ -71,6 +71,13 @@ fn assert_connection_still_judged(r: &ValidatedRun) {
     let k = o.scenario.forged;
 
     assert_eq!(o.forged.sent, k, "{why}");
+    // The attacked subflow was marked closing, and the loader asked the kernel about it every
+    // second from then on: it stayed while the connection lived, and went once it had ended.
+    assert_eq!(
+        r.conns_after_close, 0,
+        "the ended connection is still tracked (loader_subflows_closed {})\n{why}",
+        r.stats.json["loader_subflows_closed"]
+    );
     assert_eq!(
         o.forged_seen_by_server(),
         0,

@@ -44,35 +44,20 @@ pub fn run(args: &Args) -> Result<()> {
     }];
 
     // The end-to-end tests run the loader binary itself: build it first and say where it is.
-    let build_start = Instant::now();
-    let loader = crate::build::build_loader();
-    if let Err(err) = &loader {
-        eprintln!("xtask test: step `build loader` FAILED: {err:#}");
-    }
-    steps.push(Step {
-        name: "build loader",
-        ok: loader.is_ok(),
-        secs: build_start.elapsed().as_secs_f64(),
-    });
+    let loader = timed(&mut steps, "build loader", crate::build::build_loader);
 
     // The demo exactly as `cargo xtask demo` runs it, with `mptcp-peer` removed first: on a
-    // fresh clone nothing else has built it yet, and the demo must build all it runs itself.
-    let demo_start = Instant::now();
-    let demo = remove_peer_binary().and_then(|()| crate::demo::demo(&[]));
-    if let Err(err) = &demo {
-        eprintln!("xtask test: step `demo` FAILED: {err:#}");
-    }
-    steps.push(Step {
-        name: "demo, as on a fresh clone",
-        ok: demo.is_ok(),
-        secs: demo_start.elapsed().as_secs_f64(),
+    // fresh clone nothing else has built it yet, and the demo must build all it runs itself
+    // (cargo links the binaries it was asked for into target/release again, and only those).
+    timed(&mut steps, "demo, as on a fresh clone", || {
+        remove_peer_binary().and_then(|()| crate::demo::demo(&[]))
     });
 
     let mut integration = cargo_test(&["--package", "mptcp-tests", "--release"]);
     integration
         .args(["--", "--test-threads=1"])
         .args(&args.test_args);
-    if let Ok(loader) = &loader {
+    if let Some(loader) = &loader {
         integration.env("MPTCP_LOADER_BIN", loader);
     }
     if args.long {
@@ -107,7 +92,7 @@ pub fn run(args: &Args) -> Result<()> {
         "mptcp-flood",
     ]);
     quick_flood.args(["--", "--quick", "--out", "target/bench-quick"]);
-    if let Ok(loader) = &loader {
+    if let Some(loader) = &loader {
         quick_flood.env("MPTCP_LOADER_BIN", loader);
     }
     let commands = [
@@ -134,20 +119,13 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     // The fuzz targets of mptcp-common, 20 s each (`cargo xtask fuzz` runs them longer).
-    let fuzz_start = Instant::now();
-    let fuzzed = if args.long {
-        crate::fuzz::ensure_cargo_fuzz()
-            .and_then(|_| crate::fuzz::fuzz(crate::fuzz::TARGETS, LONG_FUZZ_SECONDS))
-    } else {
-        crate::fuzz::ci()
-    };
-    if let Err(err) = &fuzzed {
-        eprintln!("xtask test: step `fuzz` FAILED: {err:#}");
-    }
-    steps.push(Step {
-        name: "fuzz: mptcp-common",
-        ok: fuzzed.is_ok(),
-        secs: fuzz_start.elapsed().as_secs_f64(),
+    timed(&mut steps, "fuzz: mptcp-common", || {
+        if args.long {
+            crate::fuzz::ensure_cargo_fuzz()
+                .and_then(|_| crate::fuzz::fuzz(crate::fuzz::TARGETS, LONG_FUZZ_SECONDS))
+        } else {
+            crate::fuzz::ci()
+        }
     });
 
     print_summary(&steps);
@@ -161,6 +139,26 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs one step, times it, says so when it fails, and adds it to `steps`; its value if it
+/// succeeded.
+fn timed<T>(
+    steps: &mut Vec<Step>,
+    name: &'static str,
+    work: impl FnOnce() -> Result<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    let result = work();
+    if let Err(err) = &result {
+        eprintln!("xtask test: step `{name}` FAILED: {err:#}");
+    }
+    steps.push(Step {
+        name,
+        ok: result.is_ok(),
+        secs: start.elapsed().as_secs_f64(),
+    });
+    result.ok()
 }
 
 /// The skip policy's variable (`mptcp_common::testing::REQUIRE_ENV`).

@@ -53,7 +53,8 @@ pub fn run(args: &Args) -> Result<()> {
         remove_peer_binary().and_then(|()| crate::demo::demo(&[]))
     });
 
-    let mut integration = cargo_test(&["--package", "mptcp-tests", "--release"]);
+    // --no-fail-fast: a failing test file must not hide the results of the ones after it.
+    let mut integration = cargo_test(&["--package", "mptcp-tests", "--release", "--no-fail-fast"]);
     integration
         .args(["--", "--test-threads=1"])
         .args(&args.test_args);

@@ -152,6 +152,9 @@ counters! {
     /// Auxiliary: an MP_JOIN SYN with another nonce on the 4-tuple of a pending join: the first
     /// nonce is kept, as Linux keeps its request socket.
     JoinSynPendingKept = "aux_join_syn_pending_kept",
+    /// Auxiliary: an ADD_ADDR was judged against its cached tag (`MPTCP_ADDTAGS`), without
+    /// computing the HMAC: a retransmission, or one more forgery naming the same address.
+    AddAddrTagCached = "aux_add_addr_tag_cached",
 }
 
 /// Number of counters (size of the per-CPU array).
@@ -187,6 +190,7 @@ impl Counter {
                 | Counter::SubflowCloseMarked
                 | Counter::TokenCollision
                 | Counter::JoinSynPendingKept
+                | Counter::AddAddrTagCached
         )
     }
 

@@ -35,6 +35,10 @@ pub const MAP_JOIN_RATE: &str = "MPTCP_JOINRATE";
 pub const MAP_DROP_EVENTS: &str = "MPTCP_DROPS";
 /// Per-CPU rate state (u64) of drop events.
 pub const MAP_EVENT_BUDGET: &str = "MPTCP_EVBUDGET";
+/// Tags already computed for ADD_ADDR messages ([`AddAddrTagKey`] -> the 8 tag bytes, LRU):
+/// a retransmitted ADD_ADDR, and a flood of forgeries naming one address, cost a lookup and
+/// an 8-byte compare instead of two SHA-256 compressions.
+pub const MAP_ADD_ADDR_TAGS: &str = "MPTCP_ADDTAGS";
 /// Per-CPU counters indexed by [`crate::counters::Counter`].
 pub const MAP_COUNTERS: &str = "MPTCP_COUNTERS";
 /// Ring buffer of [`KeyEvent`]s for the loader.
@@ -86,6 +90,8 @@ pub const MAX_IFACE_MODES: u32 = 256;
 pub const MAX_ALLOW_PREFIXES: u32 = 4096;
 /// Ports in the ADD_ADDR port allow list.
 pub const MAX_ALLOW_PORTS: u32 = 1024;
+/// ADD_ADDR tags cached ([`MAP_ADD_ADDR_TAGS`]): a few per connection that announces.
+pub const MAX_ADD_ADDR_TAGS: u32 = 16_384;
 /// Sources whose MP_JOIN SYN rate is tracked (LRU).
 pub const MAX_JOIN_RATE_SOURCES: u32 = 65_536;
 /// Drop events per second per CPU unless configured otherwise.
@@ -424,6 +430,29 @@ pub const JOB_JOIN_SYNACK: u8 = 2;
 /// `HmacJob::kind`: MP_JOIN third ACK, compare digest bytes 0..19.
 pub const JOB_JOIN_ACK: u8 = 3;
 
+/// Key of [`MAP_ADD_ADDR_TAGS`]: everything an ADD_ADDR's tag depends on. There is no nonce:
+/// the tag of (keys, address ID, address, port) never changes, so a cached tag is right for as
+/// long as the same keys are in the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AddAddrTagKey {
+    /// The announcer's key (the HMAC key is sender's key || receiver's key).
+    pub key_sender: [u8; 8],
+    /// The other host's key.
+    pub key_receiver: [u8; 8],
+    /// The announced address (IPv4 in bytes 0..4, the rest zero).
+    pub addr: [u8; 16],
+    /// The announced port, wire bytes (`[0, 0]` when absent).
+    pub port: [u8; 2],
+    /// Address ID.
+    pub id: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<AddAddrTagKey>() == 40);
+
 /// One HMAC check the XDP program has prepared for the current frame. The checks run last, from
 /// one place, on data in a per-CPU map value: every path of the parser then reaches the
 /// SHA-256 code in the same verifier state, so that code is verified a few times, not once per
@@ -461,8 +490,10 @@ pub struct HmacJob {
     pub initiator_role: u8,
     /// [`crate::counters::Counter`] code of the check's result, written when the job runs.
     pub outcome: u32,
+    /// For an ADD_ADDR: where its tag is cached once computed.
+    pub tag_key: AddAddrTagKey,
 }
-const _: () = assert!(core::mem::size_of::<HmacJob>() == 320);
+const _: () = assert!(core::mem::size_of::<HmacJob>() == 360);
 
 /// `TokenJob::op`: nothing to do.
 pub const TOKENS_NONE: u8 = 0;
@@ -512,7 +543,7 @@ pub struct HmacJobs {
     pub ifindex: u32,
 }
 // 3 jobs + token job (8+8+8+8+64+32) + note (24) + reason + ifindex: no implicit padding.
-const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 320 + 128 + 24 + 8);
+const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 360 + 128 + 24 + 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -524,6 +555,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TokenRef {}
     unsafe impl aya::Pod for super::JoinState {}
+    unsafe impl aya::Pod for super::AddAddrTagKey {}
     unsafe impl aya::Pod for super::JoinRateKey {}
     // Read by tests (each frame's final reason); no implicit padding (size asserted).
     unsafe impl aya::Pod for super::HmacJobs {}

@@ -34,14 +34,15 @@ use mptcp_common::{
     hmac::join_block,
     hmac::{add_addr_truncated, finish_into, join_synack_truncated, midstate_into, token_into},
     maps::{
-        Config, ConnState, DropEvent, FlowKey, FlowRef, HmacJob, HmacJobs, JoinRateKey, JoinState,
-        KeyEvent, Token, TokenRef, ACTIVITY_GRANULARITY_S, ACTIVITY_SAMPLE_ONE_IN,
-        ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, CONN_FLAG_KEY_CONFLICT, DROP_EVENTS_BYTES,
-        DROP_SNAP_LEN, FAMILY_V4, FLOW_ESTABLISHED, JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK,
-        JOB_NONE, JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID,
-        KEY_EVENTS_BYTES, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_CONNS, MAX_FLOWS,
-        MAX_IFACE_MODES, MAX_JOINS, MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR, ROLE_A,
-        ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
+        AddAddrTagKey, Config, ConnState, DropEvent, FlowKey, FlowRef, HmacJob, HmacJobs,
+        JoinRateKey, JoinState, KeyEvent, Token, TokenRef, ACTIVITY_GRANULARITY_S,
+        ACTIVITY_SAMPLE_ONE_IN, ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, CONN_FLAG_KEY_CONFLICT,
+        DROP_EVENTS_BYTES, DROP_SNAP_LEN, FAMILY_V4, FLOW_ESTABLISHED, JOB_ADD_ADDR, JOB_JOIN_ACK,
+        JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT,
+        JOIN_SYNACK_VALID, KEY_EVENTS_BYTES, MAX_ADD_ADDR_TAGS, MAX_ALLOW_PORTS,
+        MAX_ALLOW_PREFIXES, MAX_CONNS, MAX_FLOWS, MAX_IFACE_MODES, MAX_JOINS,
+        MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR, ROLE_A, ROLE_B, TOKENS_INSTALL,
+        TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
         parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join,
@@ -71,6 +72,9 @@ static MPTCP_FLOWS: LruHashMap<FlowKey, FlowRef> = LruHashMap::with_max_entries(
 static MPTCP_TOKENS: LruHashMap<Token, TokenRef> = LruHashMap::with_max_entries(MAX_TOKENS, 0);
 #[map]
 static MPTCP_JOINS: LruHashMap<FlowKey, JoinState> = LruHashMap::with_max_entries(MAX_JOINS, 0);
+#[map]
+static MPTCP_ADDTAGS: LruHashMap<AddAddrTagKey, [u8; 8]> =
+    LruHashMap::with_max_entries(MAX_ADD_ADDR_TAGS, 0);
 #[map]
 static MPTCP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 #[map]
@@ -734,6 +738,21 @@ fn prepare_add_addr<C: PacketCtx>(
         return Counter::MptcpOther;
     };
     load_keys(conn, announcer_role, job);
+    job.tag_key = AddAddrTagKey {
+        key_sender: job.key_sender,
+        key_receiver: job.key_receiver,
+        addr: add_addr.addr,
+        port: add_addr.port,
+        id: add_addr.id,
+        family: add_addr.family,
+        pad: [0; 4],
+    };
+    if let Some(tag) = MPTCP_ADDTAGS.get_ptr(&job.tag_key) {
+        // Seen before: a retransmission, or the same forgery again.
+        count(Counter::AddAddrTagCached);
+        // SAFETY: map value pointer from a successful lookup.
+        return add_addr_reason(unsafe { *tag } == add_addr.hmac, mode(ifindex));
+    }
     job.block = add_addr_block(&add_addr);
     job.expected[..8].copy_from_slice(&add_addr.hmac);
     job.conn_id = conn_id;
@@ -1064,7 +1083,11 @@ fn run_job(job: &mut HmacJob, mode: u32) {
     finish_into(&job.mid, &mut job.block, &mut job.digest);
     let digest = &job.digest;
     let outcome = match job.kind {
-        JOB_ADD_ADDR => add_addr_reason(add_addr_truncated(digest) == job.expected[..8], mode),
+        JOB_ADD_ADDR => {
+            let tag = add_addr_truncated(digest);
+            let _ = MPTCP_ADDTAGS.insert(&job.tag_key, &tag, BPF_ANY);
+            add_addr_reason(tag == job.expected[..8], mode)
+        }
         JOB_JOIN_SYNACK => {
             let ok = join_synack_truncated(digest) == job.expected[..8];
             if ok {

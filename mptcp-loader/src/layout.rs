@@ -14,12 +14,12 @@
 use mptcp_common::{
     counters::COUNTER_COUNT,
     maps::{
-        Config, ConnState, DropEvent, FlowKey, FlowRef, JoinRateKey, JoinState, KeyEvent, Token,
-        TokenRef, DROP_EVENTS_BYTES, KEY_EVENTS_BYTES, MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6,
-        MAP_CONFIG, MAP_CONNS, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_EVENT_BUDGET, MAP_FLOWS,
-        MAP_HMAC_JOBS, MAP_IFACE_MODES, MAP_JOINS, MAP_JOIN_RATE, MAP_KEY_EVENTS, MAP_SCRATCH,
-        MAP_TOKENS, MAP_WALK, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_IFACE_MODES,
-        MAX_JOIN_RATE_SOURCES,
+        AddAddrTagKey, Config, ConnState, DropEvent, FlowKey, FlowRef, JoinRateKey, JoinState,
+        KeyEvent, Token, TokenRef, DROP_EVENTS_BYTES, KEY_EVENTS_BYTES, MAP_ADD_ADDR_TAGS,
+        MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
+        MAP_DROP_EVENTS, MAP_EVENT_BUDGET, MAP_FLOWS, MAP_HMAC_JOBS, MAP_IFACE_MODES, MAP_JOINS,
+        MAP_JOIN_RATE, MAP_KEY_EVENTS, MAP_SCRATCH, MAP_TOKENS, MAP_WALK, MAX_ADD_ADDR_TAGS,
+        MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_IFACE_MODES, MAX_JOIN_RATE_SOURCES,
     },
 };
 
@@ -154,6 +154,13 @@ pub fn shared_maps(sizes: &MapSizes) -> Vec<MapLayout> {
             DROP_EVENTS_BYTES,
         ),
         map(MAP_EVENT_BUDGET, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1),
+        map(
+            MAP_ADD_ADDR_TAGS,
+            BPF_MAP_TYPE_LRU_HASH,
+            size::<AddAddrTagKey>(),
+            8,
+            MAX_ADD_ADDR_TAGS,
+        ),
     ]
 }
 

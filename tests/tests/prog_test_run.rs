@@ -1070,3 +1070,36 @@ fn drop_events_describe_each_drop_within_the_event_rate() {
     );
     assert_eq!(&join.flow.saddr[..4], &[198, 18, 0, 1]);
 }
+
+/// An ADD_ADDR's tag depends on the keys and the message only: computed once, then judged from
+/// the cache (`aux_add_addr_tag_cached`), a forgery repeated as cheaply as a retransmission, with
+/// the same verdicts.
+#[test]
+fn repeated_add_addrs_are_judged_from_the_tag_cache() {
+    let v = Validator::load(MODE_ENFORCE);
+    let base = Frame::v4(&mpc_ab());
+    v.run(&base.bytes());
+    let genuine = add_addr_from(true, 3, &[198, 18, 7, 7], Some(8080));
+    let mut forged = genuine.clone();
+    forged[17] ^= 0x40;
+    for _ in 0..10 {
+        assert_eq!(v.run(&base.with_opts(&forged).bytes()), XDP_DROP);
+    }
+    assert_eq!(v.run(&base.with_opts(&genuine).bytes()), XDP_PASS);
+    // The same message from the other host is another tag (the keys swap).
+    let from_b = add_addr_from(false, 3, &[198, 18, 7, 7], Some(8080));
+    assert_eq!(v.run(&base.reversed(&from_b).bytes()), XDP_PASS);
+    let mut forged_b = from_b.clone();
+    forged_b[17] ^= 0x40;
+    assert_eq!(v.run(&base.reversed(&forged_b).bytes()), XDP_DROP);
+    let c = v.counters();
+    assert_eq!(
+        (
+            c["add_addr_bad_hmac_dropped"],
+            c["add_addr_valid"],
+            c["aux_add_addr_tag_cached"]
+        ),
+        (11, 2, 11),
+        "{c:?}"
+    );
+}

@@ -155,6 +155,11 @@ counters! {
     /// Auxiliary: an ADD_ADDR was judged against its cached tag (`MPTCP_ADDTAGS`), without
     /// computing the HMAC: a retransmission, or one more forgery naming the same address.
     AddAddrTagCached = "aux_add_addr_tag_cached",
+    /// An HMAC check over the crypto budget (per CPU, per connection or per pending join; see
+    /// `Config::crypto_rate`), enforce mode: dropped without computing it.
+    CryptoBudgetDropped = "crypto_budget_dropped",
+    /// The same in monitor mode: passed and counted, not computed.
+    CryptoBudgetWouldDrop = "crypto_budget_would_drop",
 }
 
 /// Number of counters (size of the per-CPU array).
@@ -207,7 +212,8 @@ impl Counter {
             | Counter::AddAddrPolicyDropped
             | Counter::JoinSynRateLimitedDropped
             | Counter::UnknownConnDropped
-            | Counter::CapableOtherKeysDropped => 20,
+            | Counter::CapableOtherKeysDropped
+            | Counter::CryptoBudgetDropped => 20,
             Counter::AddAddrBadHmacWouldDrop
             | Counter::JoinSynUnknownTokenWouldDrop
             | Counter::JoinSynAckBadHmacWouldDrop
@@ -216,7 +222,8 @@ impl Counter {
             | Counter::AddAddrPolicyWouldDrop
             | Counter::JoinSynRateLimitedWouldDrop
             | Counter::UnknownConnWouldDrop
-            | Counter::CapableOtherKeysWouldDrop => 19,
+            | Counter::CapableOtherKeysWouldDrop
+            | Counter::CryptoBudgetWouldDrop => 19,
             Counter::AddAddrUnknownConn
             | Counter::JoinStateMissing
             | Counter::FastcloseUnknownConn => 18,

@@ -39,6 +39,8 @@ pub const MAP_EVENT_BUDGET: &str = "MPTCP_EVBUDGET";
 /// a retransmitted ADD_ADDR, and a flood of forgeries naming one address, cost a lookup and
 /// an 8-byte compare instead of two SHA-256 compressions.
 pub const MAP_ADD_ADDR_TAGS: &str = "MPTCP_ADDTAGS";
+/// Per-CPU GCRA state (u64) of the HMAC checks a CPU computes ([`Config::crypto_rate`]).
+pub const MAP_CRYPTO_BUDGET: &str = "MPTCP_CRYPTOBUD";
 /// Per-CPU counters indexed by [`crate::counters::Counter`].
 pub const MAP_COUNTERS: &str = "MPTCP_COUNTERS";
 /// Ring buffer of [`KeyEvent`]s for the loader.
@@ -240,8 +242,12 @@ pub struct ConnState {
     pub ready: u16,
     /// `CONN_FLAG_*` bits.
     pub flags: u16,
+    /// Always zero.
+    pub pad: u32,
+    /// GCRA state (theoretical arrival time, ns) of the connection's uncached ADD_ADDR checks.
+    pub crypto_tat: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 164);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 176);
 
 impl ConnState {
     /// Connection id used as the [`MAP_CONNS`] key: Key-A's wire bytes (64 random bits).
@@ -313,8 +319,10 @@ pub struct JoinState {
     pub addr_id: u8,
     /// `JOIN_*` bits.
     pub flags: u8,
+    /// HMAC checks this join has caused (at most [`JOIN_CHECKS_MAX`] with a budget on).
+    pub checks: u8,
     /// Always zero.
-    pub pad: [u8; 5],
+    pub pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<JoinState>() == 32);
 
@@ -350,10 +358,24 @@ pub struct Config {
     pub event_rate: u32,
     /// Burst of drop events allowed above the rate.
     pub event_burst: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// HMAC checks a CPU computes per second, beyond the tag cache (ADD_ADDR, join SYN/ACK and
+    /// third ACK), with a burst of a tenth of that; 0: no crypto budget at all, neither per CPU
+    /// nor per connection or join (see [`crate::validate::crypto_budget`]).
+    pub crypto_rate: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 32);
+
+/// The loader's default [`Config::crypto_rate`]: at about 0.7 us per check, at most 1.4% of a
+/// CPU (and about 2 000 in a burst).
+pub const DEFAULT_CRYPTO_RATE: u32 = 20_000;
+/// Uncached ADD_ADDR checks one connection may cause per second (with a budget on), and
+/// their burst: far above what a path manager announces, far below a flood.
+pub const CONN_CRYPTO_PER_S: u32 = 10;
+/// Burst of [`CONN_CRYPTO_PER_S`].
+pub const CONN_CRYPTO_BURST: u32 = 20;
+/// HMAC checks (SYN/ACK and third ACK together) one pending join may cause (with a budget
+/// on). Linux resets a join after one bad HMAC; this leaves room for retransmissions.
+pub const JOIN_CHECKS_MAX: u8 = 4;
 
 /// Key of [`MAP_JOIN_RATE`]: a source address.
 #[repr(C)]

@@ -162,6 +162,10 @@ impl Model {
     /// `egress`: the egress program then counts it as [`Counter::Egress`] and never drops),
     /// updating the state the same way. The ingress verdict is [`drops`] of it.
     pub fn classify(&mut self, frame: &[u8], ifindex: u32, egress: bool) -> Counter {
+        assert_eq!(
+            self.config.crypto_rate, 0,
+            "the model has no clock for crypto budgets"
+        );
         self.token_op = None;
         let reason = self.examine(frame, ifindex, egress);
         match self.token_op.take() {

@@ -116,6 +116,26 @@ pub fn unknown_conn_reason(pass_reason: Counter, unknown_conn: u32, mode: u32) -
     }
 }
 
+/// The reason for an HMAC check over the crypto budget.
+#[inline(always)]
+#[must_use]
+pub const fn crypto_budget_reason(mode: u32) -> Counter {
+    if mode == MODE_ENFORCE {
+        Counter::CryptoBudgetDropped
+    } else {
+        Counter::CryptoBudgetWouldDrop
+    }
+}
+
+/// The per-CPU crypto budget for `Config::crypto_rate` (`rate` > 0): interval between checks
+/// in ns, and the burst (a tenth of a second's worth).
+#[inline(always)]
+#[must_use]
+pub const fn crypto_budget(rate: u32) -> (u64, u64) {
+    let rate = if rate == 0 { 1 } else { rate as u64 };
+    (1_000_000_000 / rate, rate / 10)
+}
+
 /// Generic cell rate algorithm: with the theoretical arrival time `tat` of a flow limited to one
 /// event per `interval_ns` with `burst` extra events, whether an event at `now_ns` conforms, and
 /// the new `tat`. Unlike a token bucket it keeps one number per flow.
@@ -286,7 +306,7 @@ mod tests {
             assert_eq!(drops(*c), c.name().ends_with("_dropped"), "{c:?}");
             dropped += usize::from(drops(*c));
         }
-        assert_eq!(dropped, 9);
+        assert_eq!(dropped, 10);
     }
 
     #[test]

@@ -36,13 +36,13 @@ use mptcp_common::{
     maps::{
         AddAddrTagKey, Config, ConnState, DropEvent, FlowKey, FlowRef, HmacJob, HmacJobs,
         JoinRateKey, JoinState, KeyEvent, Token, TokenRef, ACTIVITY_GRANULARITY_S,
-        ACTIVITY_SAMPLE_ONE_IN, ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, CONN_FLAG_KEY_CONFLICT,
-        DROP_EVENTS_BYTES, DROP_SNAP_LEN, FAMILY_V4, FLOW_ESTABLISHED, JOB_ADD_ADDR, JOB_JOIN_ACK,
-        JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT,
-        JOIN_SYNACK_VALID, KEY_EVENTS_BYTES, MAX_ADD_ADDR_TAGS, MAX_ALLOW_PORTS,
-        MAX_ALLOW_PREFIXES, MAX_CONNS, MAX_FLOWS, MAX_IFACE_MODES, MAX_JOINS,
-        MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR, ROLE_A, ROLE_B, TOKENS_INSTALL,
-        TOKENS_NONE, TOKENS_REMOVE,
+        ACTIVITY_SAMPLE_ONE_IN, ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, CONN_CRYPTO_BURST,
+        CONN_CRYPTO_PER_S, CONN_FLAG_KEY_CONFLICT, DROP_EVENTS_BYTES, DROP_SNAP_LEN, FAMILY_V4,
+        FLOW_ESTABLISHED, JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID,
+        JOIN_CHECKS_MAX, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID,
+        KEY_EVENTS_BYTES, MAX_ADD_ADDR_TAGS, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_CONNS,
+        MAX_FLOWS, MAX_IFACE_MODES, MAX_JOINS, MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR,
+        ROLE_A, ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
         parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join,
@@ -50,9 +50,10 @@ use mptcp_common::{
     },
     validate::{
         add_addr_block, add_addr_policy_reason, add_addr_reason, capable_keys_reason,
-        capable_other_keys_reason, drops, end_flags, fastclose_reason, gcra, join_ack_reason,
-        join_state_fresh, join_syn_rate_reason, join_syn_reason, join_synack_reason,
-        options_reason, subflow_end_action, unknown_conn_reason, SubflowEnd,
+        capable_other_keys_reason, crypto_budget, crypto_budget_reason, drops, end_flags,
+        fastclose_reason, gcra, join_ack_reason, join_state_fresh, join_syn_rate_reason,
+        join_syn_reason, join_synack_reason, options_reason, subflow_end_action,
+        unknown_conn_reason, SubflowEnd,
     },
 };
 
@@ -103,6 +104,9 @@ static MPTCP_JOINRATE: LruHashMap<JoinRateKey, u64> =
     LruHashMap::with_max_entries(MAX_JOIN_RATE_SOURCES, 0);
 #[map]
 static MPTCP_DROPS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
+/// Per-CPU rate state of HMAC checks (GCRA theoretical arrival time).
+#[map]
+static MPTCP_CRYPTOBUD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU rate state of drop events (GCRA theoretical arrival time).
 #[map]
 static MPTCP_EVBUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -592,6 +596,8 @@ fn learn_keys<C: PacketCtx>(
         (*scratch).token_a = [0; 4];
         (*scratch).token_b = [0; 4];
         (*scratch).learned_s = (now / NS_PER_S) as u32;
+        (*scratch).pad = 0;
+        (*scratch).crypto_tat = 0;
         if MPTCP_CONNS.insert(&conn_id, &*scratch, BPF_NOEXIST).is_ok() {
             // Counted only here, where an entry is created: the loader derives the LRU
             // evictions from this, the removals and the entries left.
@@ -753,11 +759,77 @@ fn prepare_add_addr<C: PacketCtx>(
         // SAFETY: map value pointer from a successful lookup.
         return add_addr_reason(unsafe { *tag } == add_addr.hmac, mode(ifindex));
     }
+    // SAFETY: map value pointer from a successful lookup (`trusted_conn`).
+    if !crypto_conforms(unsafe { &raw mut (*conn).crypto_tat }) {
+        return crypto_budget_reason(mode(ifindex));
+    }
     job.block = add_addr_block(&add_addr);
     job.expected[..8].copy_from_slice(&add_addr.hmac);
     job.conn_id = conn_id;
     job.kind = JOB_ADD_ADDR;
     Counter::MptcpOther
+}
+
+/// Whether one more HMAC computation fits the crypto budget (`Config::crypto_rate`): the CPU's,
+/// and the connection's when `conn_tat` is not null. Spends it when it does. A racing CPU
+/// updating the same connection's state only makes its budget slightly looser. (A raw pointer,
+/// not an `Option`: the verifier rejects reading the unset pointer register of a `None`.)
+#[inline(never)]
+fn crypto_conforms(conn_tat: *mut u64) -> bool {
+    let rate = config().crypto_rate;
+    if rate == 0 {
+        return true;
+    }
+    let now = now_ns();
+    let conn_next = match (!conn_tat.is_null()).then_some(conn_tat) {
+        Some(tat) => {
+            // SAFETY: a field of a map value from a successful lookup.
+            let (ok, next) = gcra(
+                unsafe { *tat },
+                now,
+                NS_PER_S / u64::from(CONN_CRYPTO_PER_S),
+                u64::from(CONN_CRYPTO_BURST),
+            );
+            if !ok {
+                return false;
+            }
+            Some((tat, next))
+        }
+        None => None,
+    };
+    let Some(cpu_tat) = MPTCP_CRYPTOBUD.get_ptr_mut(0) else {
+        return true;
+    };
+    let (interval, burst) = crypto_budget(rate);
+    // SAFETY: per-CPU slot.
+    let (ok, next) = gcra(unsafe { *cpu_tat }, now, interval, burst);
+    if !ok {
+        return false;
+    }
+    // SAFETY: per-CPU slot; the connection's field as above.
+    unsafe {
+        *cpu_tat = next;
+        if let Some((tat, next)) = conn_next {
+            *tat = next;
+        }
+    }
+    true
+}
+
+/// Whether a pending join may cause one more HMAC check: at most `JOIN_CHECKS_MAX` each, and
+/// within the CPU's budget (both only with a budget on). Counts the check when it may.
+#[inline(always)]
+fn join_check_conforms(state: *mut JoinState) -> bool {
+    if config().crypto_rate == 0 {
+        return true;
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    if unsafe { (*state).checks } >= JOIN_CHECKS_MAX || !crypto_conforms(core::ptr::null_mut()) {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { (*state).checks += 1 };
+    true
 }
 
 /// Whether the policy lets an ADD_ADDR announce this address and port (wire bytes; port
@@ -869,7 +941,8 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 initiator_role: (token_ref.role & 1) ^ 1,
                 addr_id,
                 flags: 0,
-                pad: [0; 5],
+                checks: 0,
+                pad: [0; 4],
             };
             if MPTCP_JOINS.insert(&seg.flow, &state, BPF_ANY).is_err() {
                 count(Counter::MapInsertFailed);
@@ -900,6 +973,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 count(Counter::EgressJoinNonce);
                 return Counter::MptcpOther;
             }
+            let state_ptr = state;
             // SAFETY: map value pointer from a successful lookup.
             let state = unsafe { *state };
             let conn = match trusted_conn(state.conn_id) {
@@ -907,6 +981,9 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
                 Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
             };
+            if !join_check_conforms(state_ptr) {
+                return crypto_budget_reason(mode(jobs.ifindex));
+            }
             // HMAC(Key-B || Key-A, R-B || R-A): the responder is the sender.
             let job = &mut jobs.jobs[JOIN_JOB_SLOT];
             load_keys(conn, state.initiator_role ^ 1, job);
@@ -926,6 +1003,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             let Some(state) = fresh_join(&seg.flow) else {
                 return unknown(Counter::JoinStateMissing, jobs.ifindex);
             };
+            let state_ptr = state;
             // SAFETY: map value pointer from a successful lookup.
             let state = unsafe { *state };
             if state.flags & JOIN_HAVE_RESPONDER_NONCE == 0 {
@@ -936,6 +1014,9 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
                 Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
             };
+            if !join_check_conforms(state_ptr) {
+                return crypto_budget_reason(mode(jobs.ifindex));
+            }
             // HMAC(Key-A || Key-B, R-A || R-B): the initiator is the sender.
             let job = &mut jobs.jobs[JOIN_JOB_SLOT];
             load_keys(conn, state.initiator_role, job);

@@ -407,6 +407,7 @@ impl Firewall {
             mode: mode.config_value(),
             event_rate: DEFAULT_EVENT_RATE,
             event_burst: DEFAULT_EVENT_BURST,
+            crypto_rate: mptcp_common::maps::DEFAULT_CRYPTO_RATE,
             ..Config::default()
         };
         config

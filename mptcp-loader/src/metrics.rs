@@ -395,7 +395,7 @@ fn render_policy(out: &mut String, state: &PolicyState, name_of: impl Fn(u32) ->
         join_syn_burst,
         event_rate,
         event_burst,
-        pad: _,
+        crypto_rate,
     } = state.config;
     let flag = |on: bool| u64::from(on);
     let mut enforce = vec![(String::new(), flag(mode == MODE_ENFORCE))];
@@ -412,7 +412,7 @@ fn render_policy(out: &mut String, state: &PolicyState, name_of: impl Fn(u32) ->
         "1 where bad signalling is dropped, 0 where it is only counted (monitor): without label the global mode, with iface an interface's own mode.",
         &enforce,
     );
-    let single: [(&str, &str, u64); 7] = [
+    let single: [(&str, &str, u64); 8] = [
         (
             "mptcp_fw_policy_unknown_conn_drop",
             "1: signalling of unknown connections is dropped (fail-closed); 0: it passes.",
@@ -437,6 +437,11 @@ fn render_policy(out: &mut String, state: &PolicyState, name_of: impl Fn(u32) ->
             "mptcp_fw_policy_join_syn_burst",
             "MP_JOIN SYNs a source may send at once above the rate.",
             u64::from(join_syn_burst),
+        ),
+        (
+            "mptcp_fw_policy_crypto_rate",
+            "HMAC checks a CPU computes per second beyond the tag cache (0: no budget).",
+            u64::from(crypto_rate),
         ),
         (
             "mptcp_fw_policy_event_rate",

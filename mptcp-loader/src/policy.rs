@@ -309,7 +309,7 @@ impl Policy {
             join_syn_burst: join.burst,
             event_rate: self.drop_events.per_second,
             event_burst: self.drop_events.burst,
-            pad: 0,
+            crypto_rate: mptcp_common::maps::DEFAULT_CRYPTO_RATE,
         }
     }
 
@@ -1132,7 +1132,7 @@ mod tests {
                 join_syn_burst: 20,
                 event_rate: 5,
                 event_burst: 7,
-                pad: 0,
+                crypto_rate: mptcp_common::maps::DEFAULT_CRYPTO_RATE,
             }
         );
         // An empty allow list still turns the check on: nothing may be announced.

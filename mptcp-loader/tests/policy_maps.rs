@@ -104,7 +104,7 @@ fn policy_lands_in_the_kernel_maps_and_stale_entries_are_removed() {
             join_syn_burst: 20,
             event_rate: 5,
             event_burst: 6,
-            pad: 0,
+            crypto_rate: mptcp_common::maps::DEFAULT_CRYPTO_RATE,
         }
     );
     assert!(view.v4_allowed([198, 19, 255, 1]));

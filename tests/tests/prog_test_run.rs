@@ -19,7 +19,9 @@ use mptcp_common::{
 };
 use mptcp_tests::{
     bpf::{hex, BpfValidator as Validator, XDP_DROP, XDP_PASS},
-    mptcp_frames::{add_addr, hmac_sha256, mpc_third_ack, token, KEY_A, KEY_B},
+    mptcp_frames::{
+        add_addr, hmac_sha256, join_syn, join_synack, mpc_third_ack, token, KEY_A, KEY_B,
+    },
 };
 
 const CAPTURES: [&str; 2] = [
@@ -1100,6 +1102,83 @@ fn repeated_add_addrs_are_judged_from_the_tag_cache() {
             c["aux_add_addr_tag_cached"]
         ),
         (11, 2, 11),
+        "{c:?}"
+    );
+}
+
+/// With a crypto budget on (`Config::crypto_rate`), what a flood can make the fast path compute
+/// is bounded: per connection (uncached ADD_ADDRs), per pending join, per CPU. Over it, the
+/// segment is dropped without crypto (`crypto_budget_dropped`); a cached tag still judges.
+#[test]
+fn crypto_budgets_bound_what_a_flood_makes_the_fast_path_compute() {
+    let budget = |crypto_rate| Config {
+        mode: MODE_ENFORCE,
+        crypto_rate,
+        ..Config::default()
+    };
+    let mut v = Validator::load(MODE_ENFORCE);
+    // A per-CPU budget far above the connection's, which binds: about CONN_CRYPTO_BURST + 1.
+    set_config(&mut v, budget(1_000_000));
+    let base = Frame::v4(&mpc_ab());
+    v.run(&base.bytes());
+    let genuine = add_addr_from(true, 1, &[198, 18, 9, 1], None);
+    assert_eq!(v.run(&base.with_opts(&genuine).bytes()), XDP_PASS);
+    for i in 0..100u8 {
+        let mut forged = add_addr_from(true, 2, &[198, 18, 10, i], None);
+        forged[15] ^= 1;
+        assert_eq!(v.run(&base.with_opts(&forged).bytes()), XDP_DROP);
+    }
+    let c = v.counters();
+    let computed = c["add_addr_bad_hmac_dropped"];
+    assert_eq!(computed + c["crypto_budget_dropped"], 100, "{c:?}");
+    let burst = u64::from(mptcp_common::maps::CONN_CRYPTO_BURST);
+    assert!(
+        (burst - 1..=burst + 2).contains(&computed),
+        "{computed} computed: {c:?}"
+    );
+    // Its cached tag still judges the genuine announcement, budget or not.
+    assert_eq!(v.run(&base.with_opts(&genuine).bytes()), XDP_PASS);
+
+    // A pending join: JOIN_CHECKS_MAX third-ACK checks, then no more.
+    let mut sub = Frame::v4(&[]);
+    sub.ports = (40100, 10000);
+    let mut syn = sub.with_opts(&join_syn(2, &token(&KEY_B), &[1, 2, 3, 4]));
+    syn.flags = TCP_SYN;
+    v.run(&syn.bytes());
+    let mut synack = sub.reversed(&join_synack(
+        2,
+        &KEY_B,
+        &KEY_A,
+        &[5, 6, 7, 8],
+        &[1, 2, 3, 4],
+    ));
+    synack.flags = TCP_SYN | mptcp_common::packet::TCP_ACK;
+    v.run_egress(&synack.bytes());
+    let before = v.counters();
+    for _ in 0..10 {
+        let ack = sub.with_opts(&[&[30u8, 24, 0x10, 0][..], &[7u8; 20]].concat());
+        assert_eq!(v.run(&ack.bytes()), XDP_DROP);
+    }
+    let c = v.counters();
+    assert_eq!(
+        c["join_ack_bad_hmac_dropped"] - before["join_ack_bad_hmac_dropped"],
+        u64::from(mptcp_common::maps::JOIN_CHECKS_MAX),
+        "{c:?}"
+    );
+
+    // A per-CPU budget of 10 a second (a burst of 1): two checks, then none.
+    let mut v = Validator::load(MODE_ENFORCE);
+    set_config(&mut v, budget(10));
+    v.run(&base.bytes());
+    for i in 0..20u8 {
+        let mut forged = add_addr_from(true, 2, &[198, 18, 11, i], None);
+        forged[15] ^= 1;
+        assert_eq!(v.run(&base.with_opts(&forged).bytes()), XDP_DROP);
+    }
+    let c = v.counters();
+    assert_eq!(
+        (c["add_addr_bad_hmac_dropped"], c["crypto_budget_dropped"]),
+        (2, 18),
         "{c:?}"
     );
 }

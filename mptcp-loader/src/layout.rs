@@ -155,6 +155,7 @@ pub fn shared_maps(sizes: &MapSizes) -> Vec<MapLayout> {
             DROP_EVENTS_BYTES,
         ),
         map(MAP_EVENT_BUDGET, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1),
+        map(MAP_CRYPTO_BUDGET, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1),
         map(
             MAP_ADD_ADDR_TAGS,
             BPF_MAP_TYPE_LRU_HASH,

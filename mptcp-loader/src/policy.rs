@@ -1119,6 +1119,7 @@ mod tests {
             Config {
                 event_rate: DEFAULT_EVENT_RATE,
                 event_burst: DEFAULT_EVENT_BURST,
+                crypto_rate: mptcp_common::maps::DEFAULT_CRYPTO_RATE,
                 ..Config::default()
             }
         );

@@ -11,6 +11,12 @@ pub const PROG_XDP_INGRESS: &str = "mptcp_xdp_ingress";
 pub const PROG_TC_EGRESS: &str = "mptcp_tc_egress";
 /// Name of a trivial XDP program that only returns XDP_PASS: the benchmark baseline.
 pub const PROG_XDP_PASS_BASELINE: &str = "xdp_pass_baseline";
+/// Name of the benchmark's reference parser: a plain XDP parser (Ethernet, two VLAN tags, IPv4
+/// with any header length or the fixed IPv6 header, TCP, an option walk until kind 30, one
+/// per-CPU counter, XDP_PASS) and nothing more: the yardstick for what parsing costs.
+pub const PROG_XDP_PARSE_REFERENCE: &str = "xdp_parse_reference";
+/// The reference parser's per-CPU counter (u64): segments with a kind-30 option.
+pub const MAP_REFERENCE_COUNT: &str = "MPTCP_REFCOUNT";
 /// Connection state, keyed by connection id ([`ConnState`]).
 pub const MAP_CONNS: &str = "MPTCP_CONNS";
 /// Subflow 4-tuple -> connection id ([`FlowKey`] -> [`FlowRef`]).

@@ -276,6 +276,72 @@ pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+#[map]
+static MPTCP_REFCOUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Benchmark reference: a plain parser written the obvious way (see
+/// `mptcp_common::maps::PROG_XDP_PARSE_REFERENCE`), to measure the validator against.
+#[xdp]
+pub fn xdp_parse_reference(ctx: XdpContext) -> u32 {
+    if reference_parse(&Frame(&ctx)) == Some(true) {
+        if let Some(slot) = MPTCP_REFCOUNT.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            unsafe { *slot += 1 };
+        }
+    }
+    XDP_PASS
+}
+
+/// Whether the frame is TCP with a kind-30 option; `None` when it is not TCP or is cut short.
+#[inline(always)]
+fn reference_parse<C: PacketCtx>(frame: &Frame<C>) -> Option<bool> {
+    let mut off = 12;
+    let mut proto = u16::from_be_bytes(frame.load::<2>(off)?);
+    for _ in 0..2 {
+        if proto == 0x8100 || proto == 0x88a8 {
+            off += 4;
+            proto = u16::from_be_bytes(frame.load::<2>(off)?);
+        }
+    }
+    off += 2;
+    let tcp = if proto == 0x0800 {
+        let [version_ihl] = frame.load::<1>(off)?;
+        if frame.load::<1>(off + 9)? != [6] {
+            return None;
+        }
+        off + usize::from(version_ihl & 0x0f) * 4
+    } else if proto == 0x86dd {
+        if frame.load::<1>(off + 6)? != [6] {
+            return None;
+        }
+        off + 40
+    } else {
+        return None;
+    };
+    let [data_offset] = frame.load::<1>(tcp + 12)?;
+    let end = tcp + usize::from(data_offset >> 4) * 4;
+    let mut at = tcp + 20;
+    for _ in 0..40 {
+        if at >= end {
+            break;
+        }
+        let [kind] = frame.load::<1>(at)?;
+        match kind {
+            0 => break,
+            1 => at += 1,
+            30 => return Some(true),
+            _ => {
+                let [len] = frame.load::<1>(at + 1)?;
+                if len < 2 {
+                    return None;
+                }
+                at += usize::from(len);
+            }
+        }
+    }
+    Some(false)
+}
+
 #[inline(always)]
 fn process<C: PacketCtx, const EGRESS: bool>(ctx: &C) -> Counter {
     let Some(jobs) = MPTCP_HMAC_JOBS.get_ptr_mut(0) else {
@@ -753,16 +819,6 @@ fn prepare_add_addr<C: PacketCtx>(
         family: add_addr.family,
         pad: [0; 4],
     };
-    if let Some(tag) = MPTCP_ADDTAGS.get_ptr(&job.tag_key) {
-        // Seen before: a retransmission, or the same forgery again.
-        count(Counter::AddAddrTagCached);
-        // SAFETY: map value pointer from a successful lookup.
-        return add_addr_reason(unsafe { *tag } == add_addr.hmac, mode(ifindex));
-    }
-    // SAFETY: map value pointer from a successful lookup (`trusted_conn`).
-    if !crypto_conforms(unsafe { &raw mut (*conn).crypto_tat }) {
-        return crypto_budget_reason(mode(ifindex));
-    }
     job.block = add_addr_block(&add_addr);
     job.expected[..8].copy_from_slice(&add_addr.hmac);
     job.conn_id = conn_id;
@@ -816,13 +872,25 @@ fn crypto_conforms(conn_tat: *mut u64) -> bool {
     true
 }
 
-/// Whether a pending join may cause one more HMAC check: at most `JOIN_CHECKS_MAX` each, and
-/// within the CPU's budget (both only with a budget on). Counts the check when it may.
-#[inline(always)]
-fn join_check_conforms(state: *mut JoinState) -> bool {
+/// Whether a prepared check fits the crypto budget (`Config::crypto_rate`): the CPU's, and the
+/// connection's for an ADD_ADDR, or at most `JOIN_CHECKS_MAX` for a pending join. Spends it
+/// when it does. Decided here, where every job passes, rather than where each is prepared: the
+/// verifier then checks the budget code once, not once per parser path.
+#[inline(never)]
+fn job_within_budget(job: &HmacJob) -> bool {
     if config().crypto_rate == 0 {
         return true;
     }
+    if job.kind == JOB_ADD_ADDR {
+        return match MPTCP_CONNS.get_ptr_mut(&job.conn_id) {
+            // SAFETY: map value pointer from a successful lookup.
+            Some(conn) => crypto_conforms(unsafe { &raw mut (*conn).crypto_tat }),
+            None => crypto_conforms(core::ptr::null_mut()),
+        };
+    }
+    let Some(state) = MPTCP_JOINS.get_ptr_mut(&job.flow) else {
+        return crypto_conforms(core::ptr::null_mut());
+    };
     // SAFETY: map value pointer from a successful lookup.
     if unsafe { (*state).checks } >= JOIN_CHECKS_MAX || !crypto_conforms(core::ptr::null_mut()) {
         return false;
@@ -973,7 +1041,6 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 count(Counter::EgressJoinNonce);
                 return Counter::MptcpOther;
             }
-            let state_ptr = state;
             // SAFETY: map value pointer from a successful lookup.
             let state = unsafe { *state };
             let conn = match trusted_conn(state.conn_id) {
@@ -981,9 +1048,6 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
                 Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
             };
-            if !join_check_conforms(state_ptr) {
-                return crypto_budget_reason(mode(jobs.ifindex));
-            }
             // HMAC(Key-B || Key-A, R-B || R-A): the responder is the sender.
             let job = &mut jobs.jobs[JOIN_JOB_SLOT];
             load_keys(conn, state.initiator_role ^ 1, job);
@@ -1003,7 +1067,6 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             let Some(state) = fresh_join(&seg.flow) else {
                 return unknown(Counter::JoinStateMissing, jobs.ifindex);
             };
-            let state_ptr = state;
             // SAFETY: map value pointer from a successful lookup.
             let state = unsafe { *state };
             if state.flags & JOIN_HAVE_RESPONDER_NONCE == 0 {
@@ -1014,9 +1077,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
                 Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
             };
-            if !join_check_conforms(state_ptr) {
-                return crypto_budget_reason(mode(jobs.ifindex));
-            }
+
             // HMAC(Key-A || Key-B, R-A || R-B): the initiator is the sender.
             let job = &mut jobs.jobs[JOIN_JOB_SLOT];
             load_keys(conn, state.initiator_role, job);
@@ -1142,6 +1203,29 @@ fn run_jobs(jobs: &mut HmacJobs) -> Counter {
 #[inline(never)]
 fn run_job(job: &mut HmacJob, mode: u32) {
     if job.kind == JOB_NONE {
+        return;
+    }
+    if job.kind == JOB_ADD_ADDR {
+        if let Some(tag) = MPTCP_ADDTAGS.get_ptr(&job.tag_key) {
+            // Seen before: a retransmission, or the same forgery again.
+            count(Counter::AddAddrTagCached);
+            let carried = [
+                job.expected[0],
+                job.expected[1],
+                job.expected[2],
+                job.expected[3],
+                job.expected[4],
+                job.expected[5],
+                job.expected[6],
+                job.expected[7],
+            ];
+            // SAFETY: map value pointer from a successful lookup.
+            job.outcome = add_addr_reason(unsafe { *tag } == carried, mode) as u32;
+            return;
+        }
+    }
+    if !job_within_budget(job) {
+        job.outcome = crypto_budget_reason(mode) as u32;
         return;
     }
     if job.need_midstate != 0 {

@@ -18,9 +18,9 @@ use mptcp_common::{
         KeyEvent, Token, TokenRef, DROP_EVENTS_BYTES, KEY_EVENTS_BYTES, MAP_ADD_ADDR_TAGS,
         MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
         MAP_CRYPTO_BUDGET, MAP_DROP_EVENTS, MAP_EVENT_BUDGET, MAP_FLOWS, MAP_HMAC_JOBS,
-        MAP_IFACE_MODES, MAP_JOINS, MAP_JOIN_RATE, MAP_KEY_EVENTS, MAP_SCRATCH, MAP_TOKENS,
-        MAP_WALK, MAX_ADD_ADDR_TAGS, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_IFACE_MODES,
-        MAX_JOIN_RATE_SOURCES,
+        MAP_IFACE_MODES, MAP_JOINS, MAP_JOIN_RATE, MAP_KEY_EVENTS, MAP_REFERENCE_COUNT,
+        MAP_SCRATCH, MAP_TOKENS, MAP_WALK, MAX_ADD_ADDR_TAGS, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES,
+        MAX_IFACE_MODES, MAX_JOIN_RATE_SOURCES,
     },
 };
 
@@ -49,7 +49,8 @@ pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// Per-CPU scratch maps of the programs: used within one invocation only, so each run keeps its
 /// own (they are neither pinned nor shared).
-pub const PER_INVOCATION_MAPS: [&str; 3] = [MAP_SCRATCH, MAP_WALK, MAP_HMAC_JOBS];
+pub const PER_INVOCATION_MAPS: [&str; 4] =
+    [MAP_SCRATCH, MAP_WALK, MAP_HMAC_JOBS, MAP_REFERENCE_COUNT];
 
 /// What the kernel reports about a map, or what we expect of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -84,9 +84,10 @@ pub const JOIN_LIFETIME_NS: u64 = 30_000_000_000;
 /// from writing shared memory on every segment.
 pub const ACTIVITY_GRANULARITY_S: u32 = 1;
 /// Plain MPTCP data segments (DSS) refresh their subflow's activity on one segment in this many,
-/// chosen at random: the lookup costs about as much as the rest of the segment's processing, and
-/// a live subflow sends thousands of segments per idle timeout. Signalling segments always do.
-/// A power of two.
+/// chosen from the segment's sequence and acknowledgement numbers in the everyday shape
+/// (`packet::everyday`), at random otherwise: the lookup costs about as much as the rest of the
+/// segment's processing, and a live subflow sends thousands of segments per idle timeout.
+/// Signalling segments always do. A power of two.
 pub const ACTIVITY_SAMPLE_ONE_IN: u32 = 16;
 /// Size of the key-event ring buffer in bytes (a power of two, multiple of the page size).
 pub const KEY_EVENTS_BYTES: u32 = 256 * 1024;

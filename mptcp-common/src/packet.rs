@@ -303,6 +303,145 @@ pub fn classify_mptcp(len: u8, b2: u8, b3: u8, tcp_flags: u8) -> MptcpKind {
     }
 }
 
+/// `IPPROTO_UDP`.
+const IPPROTO_UDP: u8 = 17;
+/// `IPPROTO_ICMPV6`.
+const IPPROTO_ICMPV6: u8 = 58;
+/// TCP option kind: timestamps.
+const TCPOPT_TIMESTAMP: u8 = 8;
+/// The DSS subtype.
+const MPTCP_SUB_DSS: u8 = 0x2;
+
+/// What [`everyday`] decided about a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Everyday {
+    /// Not TCP (IPv4 without options, or IPv6 carrying UDP or ICMPv6).
+    NotTcp,
+    /// TCP without options, or with only Linux's timestamps (NOP NOP TS).
+    TcpNoMptcp,
+    /// Linux's data segment: timestamps, one DSS, NOP padding; `sample` when it is one of the
+    /// one in [`crate::maps::ACTIVITY_SAMPLE_ONE_IN`] that refresh their subflow's activity
+    /// ([`everyday_flow`] gives the subflow).
+    Dss {
+        /// Whether this segment refreshes its subflow's activity.
+        sample: bool,
+    },
+}
+
+impl Everyday {
+    /// The segment's reason, the one the general parser gives it.
+    #[must_use]
+    pub const fn reason(&self) -> Counter {
+        match self {
+            Everyday::NotTcp => Counter::NotTcp,
+            Everyday::TcpNoMptcp => Counter::TcpNoMptcp,
+            Everyday::Dss { .. } => Counter::MptcpOther,
+        }
+    }
+}
+
+/// The everyday shapes, decided from fixed offsets before the general parser: untagged
+/// Ethernet; IPv4 without options (not a fragment) or the fixed IPv6 header; TCP without any of
+/// `end_flags` (the flags that make a segment look at its subflow's end) and with no options,
+/// only NOP NOP TS, or NOP NOP TS then one DSS and NOP padding (the layout Linux writes).
+/// Anything else, or anything cut short, is `None`: the general parser decides. Wherever this
+/// gives an answer it is the one the general parser gives (a host test checks it).
+#[inline(always)]
+pub fn everyday<P: PacketView + ?Sized>(p: &P, end_flags: u8) -> Option<Everyday> {
+    let l4 = match be16(p.load(12)?) {
+        ETH_P_IP => {
+            let h: [u8; 20] = p.load(ETH_HLEN)?;
+            // Version 4, no options, not a fragment.
+            if h[0] != 0x45 || be16([h[6], h[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            if h[9] != IPPROTO_TCP {
+                return Some(Everyday::NotTcp);
+            }
+            ETH_HLEN + 20
+        }
+        ETH_P_IPV6 => {
+            let h: [u8; 40] = p.load(ETH_HLEN)?;
+            if h[0] >> 4 != 6 {
+                return None;
+            }
+            match h[6] {
+                IPPROTO_TCP => ETH_HLEN + 40,
+                IPPROTO_UDP | IPPROTO_ICMPV6 => return Some(Everyday::NotTcp),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    let t: [u8; 20] = p.load(l4)?;
+    if t[13] & end_flags != 0 {
+        return None;
+    }
+    let opts_len = usize::from(t[12] >> 4) * 4;
+    if opts_len == 20 {
+        return Some(Everyday::TcpNoMptcp);
+    }
+    let ts: [u8; 4] = p.load(l4 + 20)?;
+    if ts != [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, 10] || opts_len < 32 {
+        return None;
+    }
+    // The whole header must be in the frame (as the general parser requires).
+    p.load::<1>(l4 + opts_len - 1)?;
+    if opts_len == 32 {
+        return Some(Everyday::TcpNoMptcp);
+    }
+    let [kind, len, subtype] = p.load::<3>(l4 + 32)?;
+    let dss_end = 32 + usize::from(len);
+    if kind != TCPOPT_MPTCP || subtype >> 4 != MPTCP_SUB_DSS || len < 4 || dss_end > opts_len {
+        return None;
+    }
+    // At most three bytes of NOP padding after it.
+    if opts_len - dss_end > 3 {
+        return None;
+    }
+    let mut at = dss_end;
+    for _ in 0..3 {
+        if at < opts_len {
+            if p.load::<1>(l4 + at)? != [TCPOPT_NOP] {
+                return None;
+            }
+            at += 1;
+        }
+    }
+    // The sample is drawn from the sequence and acknowledgement numbers, already at hand: one
+    // of them moves with every segment (data one way, acknowledgements the other), and 1448-
+    // byte steps spread bits 7..11 evenly. A random-number helper call would cost more than
+    // the rest of the segment.
+    let moving = u32::from_be_bytes([t[4], t[5], t[6], t[7]])
+        .wrapping_add(u32::from_be_bytes([t[8], t[9], t[10], t[11]]));
+    let sample = (moving >> 7) & (crate::maps::ACTIVITY_SAMPLE_ONE_IN - 1) == 0;
+    Some(Everyday::Dss { sample })
+}
+
+/// The subflow of a segment [`everyday`] decided (untagged Ethernet, IPv4 without options or
+/// the fixed IPv6 header): built only for the sampled few that refresh their activity.
+#[inline(always)]
+pub fn everyday_flow<P: PacketView + ?Sized>(p: &P) -> Option<FlowKey> {
+    let mut flow = FlowKey::default();
+    let l4 = if be16(p.load(12)?) == ETH_P_IP {
+        let h: [u8; 20] = p.load(ETH_HLEN)?;
+        flow.family = FAMILY_V4;
+        flow.saddr[..4].copy_from_slice(&h[12..16]);
+        flow.daddr[..4].copy_from_slice(&h[16..20]);
+        ETH_HLEN + 20
+    } else {
+        let h: [u8; 40] = p.load(ETH_HLEN)?;
+        flow.family = FAMILY_V6;
+        flow.saddr.copy_from_slice(&h[8..24]);
+        flow.daddr.copy_from_slice(&h[24..40]);
+        ETH_HLEN + 40
+    };
+    let ports: [u8; 4] = p.load(l4)?;
+    flow.sport = [ports[0], ports[1]];
+    flow.dport = [ports[2], ports[3]];
+    Some(flow)
+}
+
 /// One step of the option walk.
 enum Step {
     /// Continue at this offset.

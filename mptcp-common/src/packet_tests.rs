@@ -8,6 +8,7 @@ use crate::packet::*;
 use crate::testing::Frame;
 use crate::validate::add_addr_hmac_ok;
 use std::collections::{HashMap, HashSet};
+use std::vec::Vec;
 
 const ADD_ADDR_V4: [u8; 16] = [30, 16, 0x30, 1, 198, 18, 9, 9, 1, 2, 3, 4, 5, 6, 7, 8];
 const ECHO_V4: [u8; 8] = [30, 8, 0x31, 1, 198, 18, 9, 9];
@@ -277,4 +278,88 @@ fn of_two_joins_the_last_is_judged_as_linux_acts_on_it() {
         Join::Syn { token, .. } => assert_eq!(token, [2, 2, 2, 2]),
         other => panic!("{other:?}"),
     }
+}
+
+/// The general parser's reason for a segment whose options ask for no state: `None` when its
+/// options carry something the fast path must look at (keys, a join, an ADD_ADDR, a fast close).
+fn general_reason(frame: &[u8], end_flags: u8) -> Option<Counter> {
+    let seg = match parse_tcp(frame) {
+        Ok(seg) => seg,
+        Err(reason) => return Some(reason),
+    };
+    if seg.opts_start >= seg.opts_end && seg.flags & end_flags == 0 {
+        return Some(Counter::TcpNoMptcp);
+    }
+    let opts = walk_options(frame, &seg);
+    match crate::validate::options_reason(&opts) {
+        core::ops::ControlFlow::Break(reason) => Some(reason),
+        core::ops::ControlFlow::Continue(reason) => {
+            let plain = opts.capable_keys.is_none()
+                && opts.join.is_none()
+                && opts.add_addrs[0].is_none()
+                && opts.fastclose.is_none();
+            plain.then_some(reason)
+        }
+    }
+}
+
+/// Wherever the everyday shortcut answers, the general parser gives the same reason (and a DSS
+/// segment's subflow is the one it parses): over the Linux captures, hand-made everyday frames,
+/// and every single-byte change of those in their first 96 bytes.
+#[test]
+fn everyday_shapes_agree_with_the_general_parser() {
+    let mut frames: Vec<Vec<u8>> = crate::testing::fixture_captures()
+        .iter()
+        .flat_map(|c| crate::testing::pcap_frames(&crate::testing::fixture(c)))
+        .collect();
+    let ts = [1u8, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let dss = [
+        30u8, 22, 0x20, 0x0d, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 1, 5, 0xa8,
+    ];
+    let with_dss: Vec<u8> = ts.iter().chain(dss.iter()).copied().collect();
+    for opts in [&[][..], &ts[..], &with_dss[..]] {
+        frames.push(Frame::v4(opts).bytes());
+        frames.push(Frame::v6(opts).bytes());
+    }
+    let mut answered = 0;
+    let mut seeds = frames.clone();
+    for frame in &frames {
+        for at in 0..frame.len().min(96) {
+            for value in [
+                0u8,
+                1,
+                2,
+                0x10,
+                0x45,
+                0xff,
+                frame[at] ^ 0x01,
+                frame[at] ^ 0x80,
+            ] {
+                let mut mutated = frame.clone();
+                mutated[at] = value;
+                seeds.push(mutated);
+            }
+        }
+        for cut in 0..frame.len() {
+            seeds.push(frame[..cut].to_vec());
+        }
+    }
+    for end_flags in [TCP_FIN | TCP_RST, TCP_FIN | TCP_RST | TCP_SYN] {
+        for frame in &seeds {
+            let Some(shape) = everyday(frame.as_slice(), end_flags) else {
+                continue;
+            };
+            answered += 1;
+            assert_eq!(
+                Some(shape.reason()),
+                general_reason(frame, end_flags),
+                "{shape:?} for {frame:02x?}"
+            );
+            if let Everyday::Dss { .. } = shape {
+                let flow = everyday_flow(frame.as_slice());
+                assert_eq!(flow, Some(parse_tcp(frame.as_slice()).unwrap().flow));
+            }
+        }
+    }
+    assert!(answered > 1000, "only {answered} frames took the shortcut");
 }

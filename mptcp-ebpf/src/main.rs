@@ -45,8 +45,9 @@ use mptcp_common::{
         ROLE_A, ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
-        parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key, read_join,
-        walk_options_in, Join, OptRef, PacketView, TcpSegment, WalkState, MAX_ADD_ADDRS,
+        everyday, everyday_flow, parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key,
+        read_join, walk_options_in, Everyday, Join, OptRef, PacketView, TcpSegment, WalkState,
+        MAX_ADD_ADDRS,
     },
     validate::{
         add_addr_block, add_addr_policy_reason, add_addr_reason, capable_keys_reason,
@@ -349,6 +350,10 @@ fn process<C: PacketCtx, const EGRESS: bool>(ctx: &C) -> Counter {
     };
     // SAFETY: per-CPU map value, used only by this invocation.
     let jobs = unsafe { &mut *jobs };
+    everyday_reason::<C, EGRESS>(ctx, jobs);
+    if jobs.reason != UNDECIDED {
+        return counter_from(jobs.reason);
+    }
     prepare::<C, EGRESS>(ctx, jobs);
     if jobs.tokens.op == TOKENS_NONE
         && jobs.jobs[0].kind == JOB_NONE
@@ -362,6 +367,27 @@ fn process<C: PacketCtx, const EGRESS: bool>(ctx: &C) -> Counter {
     // Left where the differential tests read each frame's reason.
     jobs.reason = reason as u32;
     reason
+}
+
+/// `HmacJobs::reason` before a frame's reason is known.
+const UNDECIDED: u32 = u32::MAX;
+
+/// Decides the everyday shapes (no options, timestamps, a DSS) from fixed offsets, with the
+/// sampled activity refresh of a DSS segment's subflow; leaves the reason in `jobs.reason`, or
+/// [`UNDECIDED`] for the general path. The result goes through map memory so that the general
+/// path after it is verified once, not once per shape.
+#[inline(never)]
+fn everyday_reason<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
+    jobs.reason = UNDECIDED;
+    let Some(shape) = everyday(&Frame(ctx), end_flags(EGRESS)) else {
+        return;
+    };
+    if shape == (Everyday::Dss { sample: true }) {
+        if let Some(flow) = everyday_flow(&Frame(ctx)) {
+            note_activity_of(&flow);
+        }
+    }
+    jobs.reason = shape.reason() as u32;
 }
 
 #[inline(always)]
@@ -516,7 +542,14 @@ fn lookup_flow(seg: &TcpSegment) -> Option<(*mut FlowRef, u8)> {
 /// only (`ACTIVITY_SAMPLE_ONE_IN`).
 #[inline(never)]
 fn note_activity(seg: &TcpSegment) {
-    let Some((flow, _)) = lookup_flow(seg) else {
+    note_activity_of(&seg.flow);
+}
+
+/// [`note_activity`] for the subflow of a segment going `flow`'s way.
+#[inline(never)]
+fn note_activity_of(flow: &FlowKey) {
+    let (key, _) = flow.canonical();
+    let Some(flow) = MPTCP_FLOWS.get_ptr_mut(&key) else {
         return;
     };
     let now_s = (now_ns() / NS_PER_S) as u32;

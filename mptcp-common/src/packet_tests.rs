@@ -235,9 +235,8 @@ fn linux_captures_validate() {
 /// other keys).
 #[test]
 fn checked_in_captures_hold_the_documented_values() {
-    let dir = std::format!("{}/../tests/fixtures", env!("CARGO_MANIFEST_DIR"));
     let read = |name: &str| {
-        let path = std::format!("{dir}/{name}.expected");
+        let path = crate::testing::checked_in_fixture(&std::format!("{name}.expected"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         crate::testing::Expected::parse(&text).unwrap()
     };
@@ -253,7 +252,10 @@ fn checked_in_captures_hold_the_documented_values() {
             [0x06, 0x0f, 0x78, 0x48, 0x4a, 0xb9, 0x85, 0xd8]
         )
     );
-    let (valid, ..) = replay(&std::format!("{dir}/linux-6.18-mptcp-mixed.pcap"), false);
+    let (valid, ..) = replay(
+        &crate::testing::checked_in_fixture("linux-6.18-mptcp-mixed.pcap"),
+        false,
+    );
     assert_eq!(valid, 14);
     let other = read("linux-6.18-mptcp-v6-backup-csum");
     assert_eq!(

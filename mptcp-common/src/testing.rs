@@ -157,8 +157,15 @@ pub const FIXTURES_ENV: &str = "MPTCP_FIXTURES_DIR";
 pub fn fixture(name: &str) -> String {
     match std::env::var(FIXTURES_ENV) {
         Ok(dir) if !dir.is_empty() => std::format!("{dir}/{name}"),
-        _ => std::format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")),
+        _ => checked_in_fixture(name),
     }
+}
+
+/// The path of a fixture checked into the repository (`tests/fixtures/`), whatever
+/// `$MPTCP_FIXTURES_DIR` says: for tests of values documented for those very files.
+#[must_use]
+pub fn checked_in_fixture(name: &str) -> String {
+    std::format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The names of the `*.pcap` files in the fixture directory (see [`fixture`]), sorted.

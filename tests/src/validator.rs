@@ -69,11 +69,14 @@ impl Mode {
 
 /// Where the loader binary is: `$MPTCP_LOADER_BIN`, else `mptcp-loader` next to the running
 /// executable or its parent directory (a test binary lives in `target/release/deps/`), else
-/// `<workspace>/target/release/mptcp-loader`. `None` when none exists.
+/// `<workspace>/target/release/mptcp-loader`. `None` when none exists. A relative
+/// `$MPTCP_LOADER_BIN` is taken from the workspace root, where it was most likely typed (cargo
+/// runs test binaries in their package's directory).
 #[must_use]
 pub fn locate_loader() -> Option<PathBuf> {
     if let Some(path) = env::var_os(LOADER_BIN_ENV) {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        return Some(path).filter(|p| p.is_file());
     }
     let mut candidates = Vec::new();
     if let Ok(exe) = env::current_exe() {

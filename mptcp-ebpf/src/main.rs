@@ -22,7 +22,7 @@ use core::ops::ControlFlow;
 use aya_ebpf::{
     bindings::{
         xdp_action::{XDP_DROP, XDP_PASS},
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
     },
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
@@ -260,7 +260,9 @@ fn drop_event(ctx: &XdpContext, reason: Counter) {
     count(Counter::DropEventSent);
 }
 
-/// The host's own segments: learn keys and nonces, never drop.
+/// The host's own segments: learn keys and nonces, never drop. Returns `TC_ACT_UNSPEC`
+/// (`TCX_NEXT` on a TCX link): no verdict, so the TCX programs after it and the classic clsact
+/// filters still run; `TC_ACT_OK` (`TCX_PASS`) would end the chain here.
 #[classifier]
 pub fn mptcp_tc_egress(ctx: TcContext) -> i32 {
     match process::<TcContext, true>(&ctx) {
@@ -268,7 +270,7 @@ pub fn mptcp_tc_egress(ctx: TcContext) -> i32 {
         _ => {}
     }
     count(Counter::Egress);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// Benchmark baseline: the cheapest possible XDP program.

@@ -21,6 +21,9 @@ use mptcp_common::{
 pub const XDP_DROP: u32 = 1;
 /// XDP_PASS.
 pub const XDP_PASS: u32 = 2;
+/// `TC_ACT_UNSPEC` (-1) as BPF_PROG_TEST_RUN reports it: what the egress program returns, so
+/// that the programs and filters after it still run.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 /// A freshly loaded copy of the object.
 pub struct BpfValidator {

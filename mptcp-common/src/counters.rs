@@ -162,8 +162,16 @@ counters! {
     CryptoBudgetWouldDrop = "crypto_budget_would_drop",
 }
 
-/// Number of counters (size of the per-CPU array).
+/// Number of counters: the slots of the per-CPU counter array in use.
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+/// Slots of the per-CPU counter array (`max_entries`), more than [`COUNTER_COUNT`]: a release
+/// that only appends counters keeps the array's layout, so it adopts the counters an earlier
+/// run left pinned instead of forcing a detach. Raising it changes that layout: the first
+/// restart onto such a release then needs `mptcp-loader detach`.
+pub const COUNTER_CAPACITY: u32 = 128;
+
+const _: () = assert!(COUNTER_COUNT <= COUNTER_CAPACITY, "raise COUNTER_CAPACITY");
 
 impl Counter {
     /// Whether a packet counted under this reason is reported as a drop event: dropped, or

@@ -30,7 +30,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use mptcp_common::{
-    counters::{Counter, COUNTER_COUNT},
+    counters::{Counter, COUNTER_CAPACITY},
     hmac::join_block,
     hmac::{add_addr_truncated, finish_into, join_synack_truncated, midstate_into, token_into},
     maps::{
@@ -78,7 +78,7 @@ static MPTCP_JOINS: LruHashMap<FlowKey, JoinState> = LruHashMap::with_max_entrie
 static MPTCP_ADDTAGS: LruHashMap<AddAddrTagKey, [u8; 8]> =
     LruHashMap::with_max_entries(MAX_ADD_ADDR_TAGS, 0);
 #[map]
-static MPTCP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+static MPTCP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CAPACITY, 0);
 #[map]
 static MPTCP_KEYEVENTS: RingBuf = RingBuf::with_byte_size(KEY_EVENTS_BYTES, 0);
 #[map]

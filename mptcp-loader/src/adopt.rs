@@ -17,7 +17,7 @@ use crate::{
     bpf_sys::{self, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
     errors::LoaderError,
     firewall::{AttachedMode, XdpAttach},
-    layout::{shared_map_names, MapLayout},
+    layout::{MapLayout, ObjectLayout},
     netlink,
     preflight::interface_name_of,
     state::{pinned_links, read_layout_hash, PinnedLinks, PinnedState},
@@ -40,7 +40,7 @@ pub struct Inventory {
     /// The layout record, if readable.
     pub layout_hash: Option<u64>,
     /// Every shared map and what the kernel says of its pin (`None`: not pinned).
-    pub maps: Vec<(&'static str, Option<MapLayout>)>,
+    pub maps: Vec<(String, Option<MapLayout>)>,
     /// Interfaces held by live links.
     pub ifaces: Vec<PinnedIface>,
     /// Link pins that hold nothing any more (interface gone) or are not links.
@@ -54,19 +54,19 @@ fn is_live_link(path: &Path, link_type: u32, ifindex: u32) -> bool {
         .is_ok_and(|d| d.link_type == link_type && d.ifindex == ifindex)
 }
 
-/// Takes stock of `dir` (reads only).
+/// Takes stock of `dir` (reads only), looking for the shared maps of `layout`.
 ///
 /// # Errors
 /// When the directory cannot be listed.
-pub fn take_inventory(dir: &Path) -> Result<Inventory, LoaderError> {
+pub fn take_inventory(dir: &Path, layout: &ObjectLayout) -> Result<Inventory, LoaderError> {
     let records = PinnedState::open(dir)
         .and_then(|state| state.ifaces())
         .unwrap_or_default();
     let mut inventory = Inventory {
         layout_hash: read_layout_hash(dir),
-        maps: shared_map_names()
-            .into_iter()
-            .map(|name| (name, pinned_map_layout(&dir.join(name), name)))
+        maps: layout
+            .names()
+            .map(|name| (name.to_owned(), pinned_map_layout(&dir.join(name), name)))
             .collect(),
         ..Inventory::default()
     };
@@ -108,15 +108,15 @@ pub fn take_inventory(dir: &Path) -> Result<Inventory, LoaderError> {
 }
 
 /// The kernel's view of the map pinned at `path`, if one is.
-fn pinned_map_layout(path: &Path, name: &'static str) -> Option<MapLayout> {
+fn pinned_map_layout(path: &Path, name: &str) -> Option<MapLayout> {
     let info = MapInfo::from_pin(path).ok()?;
-    Some(MapLayout {
+    Some(MapLayout::new(
         name,
-        map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
-        key_size: info.key_size(),
-        value_size: info.value_size(),
-        max_entries: info.max_entries(),
-    })
+        info.map_type().map_or(u32::MAX, |t| t as u32),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    ))
 }
 
 /// What a run does for one of its interfaces.

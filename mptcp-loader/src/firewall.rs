@@ -33,7 +33,7 @@ use mptcp_common::maps::{
 use crate::{
     bpf_sys::{self, LinkDetails, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
     errors::{verifier_log_tail, LoaderError},
-    layout::shared_map_names,
+    layout::ObjectLayout,
     map_sizes::MapSizes,
     netlink,
     preflight::interface_index,
@@ -301,10 +301,10 @@ impl Firewall {
     }
 
     /// Like [`Firewall::load_with`], but every map the programs of successive runs share
-    /// ([`crate::layout::shared_maps`]) is reopened from its pin in `dir` if it is there, and
+    /// (the object's [`ObjectLayout`]) is reopened from its pin in `dir` if it is there, and
     /// created and pinned there otherwise; links attached later are pinned in `dir` too.
-    /// Check the pinned layout first ([`crate::layout::check_pinned_layout`]): aya reuses a
-    /// pinned map as it finds it.
+    /// Check the pinned layout first ([`ObjectLayout::check_pinned`]): aya reuses a pinned map
+    /// as it finds it.
     ///
     /// # Errors
     /// As for [`Firewall::load_with`].
@@ -320,12 +320,16 @@ impl Firewall {
         if object.is_empty() {
             return Err(LoaderError::ObjectNotBuilt);
         }
+        let layout = match dir {
+            Some(_) => Some(ObjectLayout::parse(object)?),
+            None => None,
+        };
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes.entries() {
             loader.map_max_entries(name, entries);
         }
-        if let Some(dir) = dir {
-            for name in shared_map_names() {
+        if let (Some(dir), Some(layout)) = (dir, &layout) {
+            for name in layout.names() {
                 loader.map_pin_path(name, dir.join(name));
             }
         }

@@ -40,7 +40,7 @@ use crate::{
     install::{format_flow, install_event, parse_key_event, InstallOutcome},
     keys::{hex, token_and_idsn},
     latency::{LatencyStats, LatencySummary},
-    layout::{check_pinned_layout, layout_hash},
+    layout::ObjectLayout,
     loader_counters::{ConnMapTally, LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
     map_sizes::MapSizes,
     metrics::{self, MetricsSource},
@@ -197,7 +197,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         plan.policy.clone(),
     )?;
     if !adopting {
-        write_layout_hash(&pin_dir, layout_hash())?;
+        write_layout_hash(&pin_dir, ObjectLayout::embedded()?.hash())?;
     }
     let mut state = PinnedState::open_or_create(&pin_dir)?;
     let previous_run = state.run()?;
@@ -354,7 +354,8 @@ fn decide_steps(plan: &RunPlan, pin_dir: &mut PinDir) -> Result<Vec<Step>, Loade
     if !pin_dir.found_pins() {
         return plan_steps(pin_dir.path(), &requested, plan.xdp, &[]);
     }
-    let inventory = take_inventory(pin_dir.path())?;
+    let layout = ObjectLayout::embedded()?;
+    let inventory = take_inventory(pin_dir.path(), layout)?;
     for defunct in &inventory.defunct_links {
         log::warn!(
             "removing {}: its interface is gone, so it holds nothing any more",
@@ -370,7 +371,7 @@ fn decide_steps(plan: &RunPlan, pin_dir: &mut PinDir) -> Result<Vec<Step>, Loade
         pin_dir.clear()?;
         return plan_steps(pin_dir.path(), &requested, plan.xdp, &[]);
     }
-    check_pinned_layout(
+    layout.check_pinned(
         pin_dir.path(),
         inventory.layout_hash,
         &inventory.maps,

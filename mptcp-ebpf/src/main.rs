@@ -24,7 +24,7 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_UNSPEC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -184,7 +184,11 @@ impl<C: PacketCtx> PacketView for Frame<'_, C> {
     }
 }
 
-#[xdp]
+/// Multi-buffer aware (`xdp.frags`): drivers and MTUs that split a frame over several buffers
+/// (veth above about 3500 bytes, jumbo frames on most NICs) accept it in native mode. Parsing
+/// reads `data..data_end` only, the first buffer, where the headers are; a frame whose headers
+/// do not fit there is counted `truncated` and passes.
+#[xdp(frags)]
 pub fn mptcp_xdp_ingress(ctx: XdpContext) -> u32 {
     let reason = process::<XdpContext, false>(&ctx);
     count(reason);
@@ -228,7 +232,9 @@ fn drop_event(ctx: &XdpContext, reason: Counter) {
         count(Counter::DropEventLost);
         return;
     };
-    let frame_len = ctx.data_end() - ctx.data();
+    // The whole frame: in a multi-buffer frame data..data_end is only the first buffer.
+    // SAFETY: helper on this program's own context.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
     let snap_len = frame_len.min(DROP_SNAP_LEN);
     let e = entry.as_mut_ptr();
     // SAFETY: `e` is the reserved record; every field is written before submit. `jobs` and
@@ -246,11 +252,12 @@ fn drop_event(ctx: &XdpContext, reason: Counter) {
         (*e).token = note.token;
         (*e).announced_addr = note.addr;
         (*e).announced_port = note.port;
-        (*e).frame_len = frame_len as u16;
+        (*e).frame_len = frame_len.min(usize::from(u16::MAX)) as u16;
         (*e).pad2 = [0; 2];
-        // The snapshot: 1..=DROP_SNAP_LEN bytes. Written as mask-and-add (equal to snap_len for
-        // 1..=DROP_SNAP_LEN) because the verifier tracks the bounds of that arithmetic, not of
-        // comparisons LLVM may move to another register.
+        // The snapshot: 1..=DROP_SNAP_LEN bytes (bpf_xdp_load_bytes reads across buffers).
+        // Written as mask-and-add (equal to snap_len for 1..=DROP_SNAP_LEN) because the
+        // verifier tracks the bounds of that arithmetic, not of comparisons LLVM may move to
+        // another register.
         let len = ((snap_len as u32).wrapping_sub(1) & (DROP_SNAP_LEN as u32 - 1)) + 1;
         let copied =
             snap_len > 0 && bpf_xdp_load_bytes(ctx.ctx, 0, (&raw mut (*e).snap).cast(), len) == 0;

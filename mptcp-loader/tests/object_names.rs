@@ -28,7 +28,8 @@ fn program_and_map_names_exist() {
             .unwrap()
             .to_owned()
     };
-    assert_eq!(section_of(PROG_XDP_INGRESS), "xdp");
+    // Multi-buffer aware: aya loads it with BPF_F_XDP_HAS_FRAGS.
+    assert_eq!(section_of(PROG_XDP_INGRESS), "xdp.frags");
     assert_eq!(section_of(PROG_TC_EGRESS), "classifier");
     for map in PINNED_MAPS.iter().chain([&MAP_SCRATCH]) {
         assert_eq!(section_of(map), "maps", "map `{map}`");

@@ -13,7 +13,7 @@ use crate::{
     detach::print_detach,
     errors::LoaderError,
     events::{default_state_dir, follow_events, print_events, DEFAULT_EVENTS_MAX_BYTES},
-    firewall::{FilterMode, XdpAttach},
+    firewall::{EgressAttach, FilterMode, XdpAttach},
     map_sizes::{parse_map_limit, MapSizes},
     pins::default_pin_dir,
     preflight::{check_root, effective_uid, interface_index},
@@ -71,6 +71,11 @@ pub struct RunArgs {
     /// native: in the driver; skb: generic XDP; auto: native, else generic.
     #[arg(long = "xdp-mode", value_enum, default_value_t = XdpAttach::Auto)]
     pub xdp_mode: XdpAttach,
+    /// tcx: a TCX link (Linux >= 6.6); clsact: a clsact direct-action filter (priority 1,
+    /// handle 0x4d46), for kernels without TCX; auto: TCX if the kernel has it, else clsact. A
+    /// run that adopts an interface keeps the egress attachment it finds there.
+    #[arg(long = "egress-attach", value_enum, default_value_t = EgressAttach::Auto)]
+    pub egress_attach: EgressAttach,
     /// Where to pin the maps [default: /sys/fs/bpf/mptcp-fw/netns-<inode of this network namespace>].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
@@ -214,6 +219,7 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
                 args.pin_dir,
                 default_pin_dir,
             )?;
+            plan.egress = args.egress_attach;
             plan.sizes = MapSizes::for_limits(args.max_conns, args.max_joins);
             plan.idle_timeout_s = args.idle_timeout;
             plan.closed_check_interval_s = args.closed_check_interval;

@@ -3,7 +3,8 @@
 //! links (the kernel detaches a link when its last reference, the pin, goes) and forgets the
 //! interface's record; once no interface is left, it removes every pin (maps included) and the
 //! directory. It refuses while a run owns the directory: that run detaches on SIGINT/SIGTERM.
-//! No qdisc is involved: the egress program is a TCX link, not a filter under a clsact qdisc.
+//! An egress program attached as a clsact filter (kernels without TCX) has no pin: it is
+//! removed from the interface by netlink (the clsact qdisc stays).
 
 use std::{fs, io, path::Path};
 
@@ -26,6 +27,8 @@ pub struct Detached {
     pub xdp: Option<LinkIds>,
     /// The TCX link it had, if alive.
     pub tc: Option<LinkIds>,
+    /// Whether an `mptcp_tc_egress` clsact filter was removed from it.
+    pub filter_removed: bool,
 }
 
 /// What `detach` did.
@@ -137,16 +140,19 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> Result<DetachReport, Loade
             state.remove_iface(links.ifindex)?;
         }
         let name = interface_name_of(links.ifindex);
-        if let Some(name) = &name {
-            // Leftovers of loader versions that attached the egress program as a tc filter.
-            if let Err(e) = netlink::remove_stale_filters(name) {
+        // The clsact filter of a run without TCX, or leftovers of loader versions that
+        // attached the egress program as a tc filter.
+        let filter_removed = name.as_deref().is_some_and(|name| {
+            netlink::remove_stale_filters(name).unwrap_or_else(|e| {
                 log::warn!("{e}");
-            }
-        }
+                false
+            })
+        });
         detached.push(Detached {
             iface: name.unwrap_or_else(|| format!("if{}", links.ifindex)),
             xdp,
             tc,
+            filter_removed,
         });
     }
     drop(state);
@@ -168,11 +174,15 @@ pub fn print_detach(pin_dir: &Path, iface: Option<&str>) -> Result<(), LoaderErr
     let report = detach(pin_dir, iface)?;
     let ids = |l: Option<LinkIds>| l.map_or_else(|| "gone".to_owned(), |l| l.to_string());
     for d in &report.detached {
+        let egress = if d.tc.is_none() && d.filter_removed {
+            "clsact egress filter: removed".to_owned()
+        } else {
+            format!("TCX egress: {}", ids(d.tc))
+        };
         println!(
-            "detached from {} (XDP ingress: {}; TCX egress: {})",
+            "detached from {} (XDP ingress: {}; {egress})",
             d.iface,
             ids(d.xdp),
-            ids(d.tc)
         );
     }
     if report.removed_pins {

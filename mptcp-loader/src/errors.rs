@@ -147,10 +147,11 @@ pub enum LoaderError {
         prog_id: u32,
     },
 
-    /// The kernel attached XDP without a bpf_link (Linux < 5.9): it could not be pinned.
+    /// The kernel attached XDP without a bpf_link (Linux < 5.9: torvalds/linux@aa8d3a716b59): it
+    /// could not be pinned.
     #[error(
         "the kernel attached XDP to {iface} without a bpf_link, which cannot be pinned: \
-         mptcp-loader needs Linux >= 6.6 (XDP and TCX links)"
+         mptcp-loader needs Linux >= 5.9 (XDP links)"
     )]
     NoXdpLinks {
         /// Interface name.
@@ -183,9 +184,23 @@ pub enum LoaderError {
     /// Attaching the tc egress program failed (XDP on the same interface was undone).
     #[error(
         "could not attach the tc egress program to {iface} as a TCX link: {source}: it needs \
-         Linux >= 6.6; `bpftool net show dev {iface}` lists what is attached"
+         Linux >= 6.6 (else use `--egress-attach clsact`); `bpftool net show dev {iface}` lists \
+         what is attached"
     )]
     TcAttach {
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+
+    /// Attaching, finding or replacing the clsact egress filter failed.
+    #[error(
+        "could not attach the tc egress program to {iface} as a clsact filter (priority 1, \
+         handle 0x4d46): {source}: `tc filter show dev {iface} egress` lists what is there"
+    )]
+    ClsactAttach {
         /// Interface name.
         iface: String,
         /// aya's error.
@@ -523,6 +538,10 @@ mod tests {
                 source: ProgramError::NotLoaded,
             },
             LoaderError::TcDetach {
+                iface: "veth0".into(),
+                source: ProgramError::NotLoaded,
+            },
+            LoaderError::ClsactAttach {
                 iface: "veth0".into(),
                 source: ProgramError::NotLoaded,
             },

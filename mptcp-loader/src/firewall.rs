@@ -8,6 +8,13 @@
 //! there, so the programs stay attached when the loader exits or dies, and a later run reopens
 //! the links and swaps its own programs in atomically (`BPF_LINK_UPDATE`) instead of detaching
 //! and attaching again: no packet ever meets an interface without the firewall.
+//!
+//! Without TCX (Linux < 6.6), or with [`EgressAttach::Clsact`], the egress program is a clsact
+//! direct-action `cls_bpf` filter instead, at a fixed priority and handle
+//! ([`EGRESS_FILTER_PRIORITY`], [`EGRESS_FILTER_HANDLE`]). A filter has no link to pin, but it
+//! outlives the process that added it just the same; a later run finds it by netlink and
+//! replaces its program in place (`RTM_NEWTFILTER` on the same priority and handle, without
+//! `NLM_F_CREATE`: `cls_bpf` swaps the program under RCU).
 
 use std::{
     fmt, fs, io,
@@ -18,10 +25,14 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
-        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        tc::{
+            qdisc_add_clsact, NlOptions, SchedClassifierLink, SchedClassifierLinkId,
+            TcAttachOptions, TcError, TcHandle,
+        },
         xdp::{XdpLink, XdpLinkId},
         ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
+    util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
 use mptcp_common::maps::{
@@ -77,6 +88,43 @@ pub enum XdpAttach {
     #[default]
     Auto,
 }
+
+/// How to attach the egress program to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EgressAttach {
+    /// A TCX link (Linux >= 6.6, pinned like the XDP link).
+    Tcx,
+    /// A clsact direct-action `cls_bpf` filter over netlink, for kernels without TCX.
+    Clsact,
+    /// TCX if the kernel has it (>= 6.6), else clsact.
+    #[default]
+    Auto,
+}
+
+impl EgressAttach {
+    /// TCX or clsact: `Auto` chooses by the running kernel's version, as aya does.
+    #[must_use]
+    pub fn resolve(self) -> Self {
+        match self {
+            // TCX: torvalds/linux@e420bed02507 ("bpf: Add fd-based tcx multi-prog infra with
+            // link support"), first in 6.6. A kernel whose version cannot be read is taken as new.
+            Self::Auto
+                if KernelVersion::current().map_or(true, |v| v >= KernelVersion::new(6, 6, 0)) =>
+            {
+                Self::Tcx
+            }
+            Self::Auto => Self::Clsact,
+            chosen => chosen,
+        }
+    }
+}
+
+/// Priority of the clsact egress filter ([`EgressAttach::Clsact`]): first among the classic
+/// filters, so it sees what the host sends before a filter with a verdict; it gives none
+/// itself (`TC_ACT_UNSPEC`), so the filters after it still run.
+pub const EGRESS_FILTER_PRIORITY: u16 = 1;
+/// Handle of the clsact egress filter ("MF"); with the priority, how a later run finds it.
+pub const EGRESS_FILTER_HANDLE: u32 = 0x4d46;
 
 /// The mode an attachment ended up in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,19 +204,70 @@ impl fmt::Display for LinkIds {
     }
 }
 
-/// What is attached to one interface: two links, pinned or not.
+/// The egress side of an attachment.
+#[derive(Debug)]
+enum Egress {
+    /// A TCX link and where it is pinned (none when the firewall has no pin directory).
+    Tcx { link: FdLink, pin: Option<PathBuf> },
+    /// Our clsact filter ([`EGRESS_FILTER_PRIORITY`], [`EGRESS_FILTER_HANDLE`]).
+    Clsact,
+}
+
+/// What is attached to one interface: an XDP link and the egress link or filter.
 #[derive(Debug)]
 struct Attachment {
     iface: String,
     ifindex: u32,
     xdp_mode: AttachedMode,
     xdp: FdLink,
-    tc: FdLink,
-    /// Where the two links are pinned (none when the firewall has no pin directory).
+    /// Where the XDP link is pinned (none when the firewall has no pin directory).
     xdp_pin: Option<PathBuf>,
-    tc_pin: Option<PathBuf>,
+    tc: Egress,
     /// Taken over from an earlier run's pins: on an error path it is left attached as found.
     adopted: bool,
+}
+
+/// How the egress program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressIds {
+    /// A TCX link.
+    Tcx(LinkIds),
+    /// The clsact filter ([`EGRESS_FILTER_PRIORITY`], [`EGRESS_FILTER_HANDLE`]), running
+    /// program `prog`.
+    Clsact {
+        /// The program's id.
+        prog: u32,
+    },
+}
+
+impl EgressIds {
+    /// The id of the program attached.
+    #[must_use]
+    pub const fn prog(self) -> u32 {
+        match self {
+            Self::Tcx(ids) => ids.prog,
+            Self::Clsact { prog } => prog,
+        }
+    }
+
+    /// `TCX egress (link 13, prog 46` or `clsact egress filter (prio 1, handle 0x4d46, prog
+    /// 46`, without the closing parenthesis.
+    fn open(self) -> String {
+        match self {
+            Self::Tcx(ids) => format!("TCX egress ({ids}"),
+            Self::Clsact { prog } => format!(
+                "clsact egress filter (prio {EGRESS_FILTER_PRIORITY}, handle \
+                 {EGRESS_FILTER_HANDLE:#x}, prog {prog}"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for EgressIds {
+    /// `TCX egress (link 13, prog 46)`, `clsact egress filter (prio 1, handle 0x4d46, prog 46)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{})", self.open())
+    }
 }
 
 /// How one interface was attached.
@@ -178,8 +277,8 @@ pub struct InterfaceAttachment {
     pub xdp: AttachedMode,
     /// The XDP link.
     pub xdp_link: LinkIds,
-    /// The TCX egress link.
-    pub tc_link: LinkIds,
+    /// The egress link or filter.
+    pub egress: EgressIds,
     /// Whether `mptcp_tc_egress` netlink filters left by an older loader version were removed.
     pub stale_filters_removed: bool,
 }
@@ -189,8 +288,8 @@ impl fmt::Display for InterfaceAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ingress ({}), TCX egress ({})",
-            self.xdp, self.xdp_link, self.tc_link
+            "{} ingress ({}), {}",
+            self.xdp, self.xdp_link, self.egress
         )
     }
 }
@@ -236,8 +335,8 @@ pub struct AdoptedInterface {
     pub xdp: AttachedMode,
     /// The XDP link (same link id as before; the program id changes if replaced).
     pub xdp_link: LinkIds,
-    /// The TCX egress link.
-    pub tc_link: LinkIds,
+    /// The egress link (same link id as before) or filter.
+    pub egress: EgressIds,
     /// The XDP program's fate.
     pub xdp_programs: ProgramsOutcome,
     /// The tc program's fate.
@@ -250,11 +349,11 @@ impl fmt::Display for AdoptedInterface {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ingress ({}, {}), TCX egress ({}, {})",
+            "{} ingress ({}, {}), {}, {})",
             self.xdp,
             self.xdp_link,
             self.xdp_programs.describe(),
-            self.tc_link,
+            self.egress.open(),
             self.tc_programs.describe()
         )
     }
@@ -278,6 +377,8 @@ pub struct Firewall {
     attachments: Vec<Attachment>,
     /// Where links are pinned (the pin directory it was loaded with).
     link_dir: Option<PathBuf>,
+    /// How the egress program is attached to an interface attached anew.
+    egress: EgressAttach,
 }
 
 impl Firewall {
@@ -357,6 +458,7 @@ impl Firewall {
             ebpf,
             attachments: Vec::new(),
             link_dir: dir.map(Path::to_path_buf),
+            egress: EgressAttach::Auto,
         };
         firewall
             .xdp_mut()?
@@ -396,6 +498,12 @@ impl Firewall {
         typed_program(&mut self.ebpf, PROG_TC_EGRESS)
     }
 
+    /// How [`Firewall::attach`] (and [`Firewall::adopt`] when nothing egress is left) attach
+    /// the egress program; [`EgressAttach::Auto`] unless set.
+    pub fn set_egress_attach(&mut self, how: EgressAttach) {
+        self.egress = how;
+    }
+
     /// Writes the filter mode into the config map.
     ///
     /// # Errors
@@ -419,10 +527,11 @@ impl Firewall {
             .map_err(LoaderError::map(MAP_CONFIG))
     }
 
-    /// Attaches the XDP program (ingress) and the tc program (egress, as a TCX link) to `iface`,
-    /// pinning both links in the pin directory if the firewall was loaded with one. With
-    /// [`XdpAttach::Auto`] XDP tries native mode first. If the tc part fails, the XDP part is
-    /// undone: an interface has both or neither.
+    /// Attaches the XDP program (ingress) and the tc program (egress, as a TCX link or a clsact
+    /// filter, see [`Firewall::set_egress_attach`]) to `iface`, pinning the links in the pin
+    /// directory if the firewall was loaded with one. With [`XdpAttach::Auto`] XDP tries native
+    /// mode first. If the tc part fails, the XDP part is undone: an interface has both or
+    /// neither.
     ///
     /// # Errors
     /// [`LoaderError::InterfaceProtected`] when another firewall holds the interface,
@@ -443,31 +552,51 @@ impl Firewall {
             false
         });
         // On an error below, dropping the unpinned links detaches them again.
-        let tc = self.attach_tcx(iface)?;
         let xdp_link = link_ids(&xdp, iface)?;
-        let tc_link = link_ids(&tc, iface)?;
-        let (xdp, xdp_pin) = self.pin_link(xdp, &xdp_link_pin(ifindex))?;
-        let (tc, tc_pin) = match self.pin_link(tc, &tcx_link_pin(ifindex)) {
+        let (tc, egress) = match self.egress.resolve() {
+            EgressAttach::Clsact => {
+                let prog = self.attach_clsact(iface)?;
+                (Egress::Clsact, EgressIds::Clsact { prog })
+            }
+            _ => {
+                let link = self.attach_tcx(iface)?;
+                let ids = EgressIds::Tcx(link_ids(&link, iface)?);
+                (Egress::Tcx { link, pin: None }, ids)
+            }
+        };
+        let (xdp, xdp_pin) = match self.pin_link(xdp, &xdp_link_pin(ifindex)) {
             Ok(pinned) => pinned,
             Err(e) => {
-                unpin(xdp_pin.as_deref());
+                // A filter is not undone by dropping anything.
+                if matches!(tc, Egress::Clsact) {
+                    remove_clsact_filter(iface);
+                }
                 return Err(e);
             }
+        };
+        let tc = match tc {
+            Egress::Tcx { link, .. } => match self.pin_link(link, &tcx_link_pin(ifindex)) {
+                Ok((link, pin)) => Egress::Tcx { link, pin },
+                Err(e) => {
+                    unpin(xdp_pin.as_deref());
+                    return Err(e);
+                }
+            },
+            Egress::Clsact => Egress::Clsact,
         };
         self.attachments.push(Attachment {
             iface: iface.to_owned(),
             ifindex,
             xdp_mode,
             xdp,
-            tc,
             xdp_pin,
-            tc_pin,
+            tc,
             adopted: false,
         });
         Ok(InterfaceAttachment {
             xdp: xdp_mode,
             xdp_link,
-            tc_link,
+            egress,
             stale_filters_removed,
         })
     }
@@ -503,16 +632,7 @@ impl Firewall {
                 (link, pin, ProgramsOutcome::Attached)
             }
         };
-        let tc_result = match &links.tcx {
-            Some(path) => self
-                .adopt_link::<SchedClassifier>(iface, ifindex, path, swap)
-                .map(|(link, outcome)| (link, Some(path.clone()), outcome)),
-            None => self.attach_tcx(iface).and_then(|link| {
-                let (link, pin) = self.pin_link(link, &tcx_link_pin(ifindex))?;
-                Ok((link, pin, ProgramsOutcome::Attached))
-            }),
-        };
-        let (tc, tc_pin, tc_programs) = match tc_result {
+        let (tc, egress, tc_programs) = match self.adopt_egress(iface, links, swap) {
             Ok(tc) => tc,
             Err(e) => {
                 // An XDP link this call attached anew goes again; an adopted one stays pinned.
@@ -525,7 +645,7 @@ impl Firewall {
         let adopted = AdoptedInterface {
             xdp: mode,
             xdp_link: link_ids(&xdp, iface)?,
-            tc_link: link_ids(&tc, iface)?,
+            egress,
             xdp_programs,
             tc_programs,
         };
@@ -534,12 +654,80 @@ impl Firewall {
             ifindex,
             xdp_mode: mode,
             xdp,
-            tc,
             xdp_pin,
-            tc_pin,
+            tc,
             adopted: true,
         });
         Ok(adopted)
+    }
+
+    /// The egress half of [`Firewall::adopt`]: the pinned TCX link, else our clsact filter if
+    /// the interface has it, else attached anew as [`Firewall::set_egress_attach`] says.
+    fn adopt_egress(
+        &mut self,
+        iface: &str,
+        links: &PinnedLinks,
+        swap: ProgramSwap,
+    ) -> Result<(Egress, EgressIds, ProgramsOutcome), LoaderError> {
+        let ifindex = links.ifindex;
+        if let Some(path) = &links.tcx {
+            let (link, outcome) = self.adopt_link::<SchedClassifier>(iface, ifindex, path, swap)?;
+            let ids = EgressIds::Tcx(link_ids(&link, iface)?);
+            let pin = Some(path.clone());
+            return Ok((Egress::Tcx { link, pin }, ids, outcome));
+        }
+        let filter = clsact_filter(ifindex).map_err(|source| LoaderError::ClsactAttach {
+            iface: iface.to_owned(),
+            source: ProgramError::IOError(source),
+        })?;
+        if let Some(running) = filter {
+            let (prog, outcome) = self.adopt_clsact(iface, running, swap)?;
+            return Ok((Egress::Clsact, EgressIds::Clsact { prog }, outcome));
+        }
+        if self.egress.resolve() == EgressAttach::Clsact {
+            let prog = self.attach_clsact(iface)?;
+            return Ok((
+                Egress::Clsact,
+                EgressIds::Clsact { prog },
+                ProgramsOutcome::Attached,
+            ));
+        }
+        let link = self.attach_tcx(iface)?;
+        let ids = EgressIds::Tcx(link_ids(&link, iface)?);
+        let (link, pin) = self.pin_link(link, &tcx_link_pin(ifindex))?;
+        Ok((Egress::Tcx { link, pin }, ids, ProgramsOutcome::Attached))
+    }
+
+    /// Keeps our clsact filter on `iface`, which runs program `running`, or (unless `swap` is
+    /// [`ProgramSwap::IfDifferent`] and it runs our program) replaces its program in place:
+    /// `RTM_NEWTFILTER` on the same priority and handle without `NLM_F_CREATE`. Returns the
+    /// program id it runs now.
+    fn adopt_clsact(
+        &mut self,
+        iface: &str,
+        running: u32,
+        swap: ProgramSwap,
+    ) -> Result<(u32, ProgramsOutcome), LoaderError> {
+        let tc_error = |source| LoaderError::ClsactAttach {
+            iface: iface.to_owned(),
+            source,
+        };
+        let program = self.tc_egress_mut()?;
+        if swap == ProgramSwap::IfDifferent && same_program(running, program)? {
+            return Ok((running, ProgramsOutcome::Kept));
+        }
+        let filter = SchedClassifierLink::attached(
+            iface,
+            TcAttachType::Egress,
+            EGRESS_FILTER_PRIORITY,
+            TcHandle::from(EGRESS_FILTER_HANDLE),
+            None,
+        )
+        .map_err(|e| tc_error(ProgramError::IOError(e)))?;
+        let id = program.attach_to_link(filter).map_err(tc_error)?;
+        keep_filter(program, id).map_err(tc_error)?;
+        let prog = program.info().map_err(tc_error)?.id();
+        Ok((prog, ProgramsOutcome::Replaced))
     }
 
     /// Reopens the `P` link pinned at `path` for `iface` (interface `ifindex`) and, unless
@@ -646,6 +834,34 @@ impl Firewall {
             .map_err(tc_error)?;
         let link = program.take_link(id).map_err(tc_error)?;
         FdLink::try_from(link).map_err(|_| tc_error(ProgramError::NotAttached))
+    }
+
+    /// Attaches the egress classifier as our clsact direct-action filter
+    /// ([`EGRESS_FILTER_PRIORITY`], [`EGRESS_FILTER_HANDLE`]), adding a clsact qdisc if the
+    /// interface has none. Returns the program's id.
+    fn attach_clsact(&mut self, iface: &str) -> Result<u32, LoaderError> {
+        let tc_error = |source| LoaderError::ClsactAttach {
+            iface: iface.to_owned(),
+            source,
+        };
+        match qdisc_add_clsact(iface) {
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            result => result.map_err(|e| tc_error(e.into()))?,
+        }
+        let program = self.tc_egress_mut()?;
+        let id = program
+            .attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: EGRESS_FILTER_PRIORITY,
+                    handle: TcHandle::from(EGRESS_FILTER_HANDLE),
+                    classid: None,
+                }),
+            )
+            .map_err(tc_error)?;
+        keep_filter(program, id).map_err(tc_error)?;
+        Ok(program.info().map_err(tc_error)?.id())
     }
 
     /// Pins `link` as `name` in the pin directory, if there is one.
@@ -783,7 +999,8 @@ impl Drop for Firewall {
     }
 }
 
-/// Unpins and closes an interface's two links (tc first, the reverse of attaching).
+/// Unpins and closes an interface's links, or removes its clsact filter (tc first, the reverse
+/// of attaching).
 fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
     let Attachment {
         iface,
@@ -791,11 +1008,16 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
         xdp,
         tc,
         xdp_pin,
-        tc_pin,
         ..
     } = attachment;
+    let mut links = Vec::new();
+    match tc {
+        Egress::Tcx { link, pin } => links.push((link, pin)),
+        Egress::Clsact => remove_clsact_filter(&iface),
+    }
+    links.push((xdp, xdp_pin));
     let mut result = Ok(());
-    for (link, pin) in [(tc, tc_pin), (xdp, xdp_pin)] {
+    for (link, pin) in links {
         if let Some(pin) = pin {
             if let Err(e) = fs::remove_file(&pin) {
                 if e.kind() != io::ErrorKind::NotFound && result.is_ok() {
@@ -811,6 +1033,41 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
         }
     }
     result.map(|()| DetachedInterface { iface, ifindex })
+}
+
+/// Takes the clsact filter aya just attached (`id`) out of the program's links and forgets it:
+/// aya deletes a filter when its link is dropped, and ours must outlive this process (until
+/// `detach`, or a run's exit without `--keep-attached`, removes it).
+fn keep_filter(
+    program: &mut SchedClassifier,
+    id: SchedClassifierLinkId,
+) -> Result<(), ProgramError> {
+    std::mem::forget(program.take_link(id)?);
+    Ok(())
+}
+
+/// The program our clsact egress filter runs on interface `ifindex` (of this network
+/// namespace), if the filter is there.
+///
+/// # Errors
+/// When netlink fails.
+pub fn clsact_filter(ifindex: u32) -> io::Result<Option<u32>> {
+    Ok(netlink::egress_bpf_filters(ifindex)?
+        .into_iter()
+        .find(|f| {
+            f.priority == EGRESS_FILTER_PRIORITY
+                && f.handle == EGRESS_FILTER_HANDLE
+                && f.name == PROG_TC_EGRESS
+        })
+        .map(|f| f.prog_id))
+}
+
+/// Removes our clsact filter from `iface` (every `mptcp_tc_egress` filter of its egress hook);
+/// the clsact qdisc stays, other filters may use it.
+fn remove_clsact_filter(iface: &str) {
+    if let Err(e) = netlink::remove_stale_filters(iface) {
+        log::warn!("{e}");
+    }
 }
 
 /// Removes a pin, if any, ignoring errors (undoing a half-done attach).

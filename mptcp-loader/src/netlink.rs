@@ -1,9 +1,11 @@
 //! The little netlink aya does not offer: which XDP program an interface runs and in which
-//! mode (`IFLA_XDP`), for `status` and for telling who holds an interface; removing the
-//! `mptcp_tc_egress` netlink (`cls_bpf`) filters that loader versions before the TCX links
-//! attached, which outlive the process that added them; and whether a TCP socket with a given
-//! 4-tuple exists (`sock_diag`), for the closed-subflow check. Hand-written: each is one request
-//! over the same small socket wrapper, less than a netlink crate's dependency tree.
+//! mode (`IFLA_XDP`), for `status` and for telling who holds an interface; the `cls_bpf`
+//! filters on an interface's clsact egress hook (`RTM_GETTFILTER`), to find the egress filter
+//! an earlier run attached on a kernel without TCX; removing `mptcp_tc_egress` filters (ours in
+//! clsact mode, or leftovers of loader versions before the TCX links), which outlive the
+//! process that added them; and whether a TCP socket with a given 4-tuple exists (`sock_diag`),
+//! for the closed-subflow check. Hand-written: each is one request over the same small socket
+//! wrapper, less than a netlink crate's dependency tree.
 
 use std::{
     io,
@@ -141,9 +143,100 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Removes `mptcp_tc_egress` netlink filters from `iface`'s egress: leftovers of a loader version
-/// that attached the egress program as a `cls_bpf` filter (they outlive the process). Returns
-/// whether there were any.
+/// `struct tcmsg` size.
+const TCMSG_LEN: usize = 20;
+/// `RTM_GETTFILTER`.
+const RTM_GETTFILTER: u16 = 46;
+/// `TCA_KIND`, `TCA_OPTIONS`.
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+/// `TCA_BPF_NAME`, `TCA_BPF_ID` (inside `TCA_OPTIONS` of a `bpf` filter).
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_ID: u16 = 11;
+/// `tcm_parent` of the clsact egress hook: `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)`.
+pub const TC_PARENT_EGRESS: u32 = 0xffff_fff3;
+
+/// A `cls_bpf` filter on an interface's clsact egress hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BpfFilter {
+    /// Its priority (`tc filter ... prio`).
+    pub priority: u16,
+    /// Its handle.
+    pub handle: u32,
+    /// The name its loader gave the program (`TCA_BPF_NAME`).
+    pub name: String,
+    /// The id of the program it runs.
+    pub prog_id: u32,
+}
+
+/// The `cls_bpf` filters on the clsact egress hook of interface `ifindex` (none without a
+/// clsact qdisc).
+///
+/// # Errors
+/// When netlink fails.
+pub fn egress_bpf_filters(ifindex: u32) -> io::Result<Vec<BpfFilter>> {
+    let socket = Netlink::open(libc::NETLINK_ROUTE)?;
+    let mut body = vec![0u8; TCMSG_LEN];
+    body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    body[12..16].copy_from_slice(&TC_PARENT_EGRESS.to_ne_bytes());
+    let seq = 7;
+    let request = encode(
+        RTM_GETTFILTER,
+        request_flags(libc::NLM_F_REQUEST | libc::NLM_F_DUMP),
+        seq,
+        &body,
+    );
+    match socket.transact(&request, seq) {
+        Ok(replies) => Ok(replies.iter().filter_map(|r| bpf_filter_of(r)).collect()),
+        // No such interface or no clsact qdisc: no filter.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `bpf` filter an `RTM_NEWTFILTER` payload (`tcmsg` then attributes) describes, if it is
+/// one (a dump also lists each priority's classifier itself, with handle 0).
+fn bpf_filter_of(payload: &[u8]) -> Option<BpfFilter> {
+    if payload.len() < TCMSG_LEN {
+        return None;
+    }
+    let handle = u32_at(payload, 8);
+    let info = u32_at(payload, 16);
+    let mut kind = None;
+    let mut options = None;
+    for (attr, value) in attributes(&payload[TCMSG_LEN..]) {
+        match attr {
+            TCA_KIND => kind = Some(value),
+            TCA_OPTIONS => options = Some(value),
+            _ => {}
+        }
+    }
+    if handle == 0 || kind? != b"bpf\0" {
+        return None;
+    }
+    let mut name = None;
+    let mut prog_id = None;
+    for (attr, value) in attributes(options?) {
+        match attr {
+            TCA_BPF_NAME => {
+                let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+                name = Some(String::from_utf8_lossy(&value[..end]).into_owned());
+            }
+            TCA_BPF_ID if value.len() >= 4 => prog_id = Some(u32_at(value, 0)),
+            _ => {}
+        }
+    }
+    Some(BpfFilter {
+        priority: u16::try_from(info >> 16).expect("16 bits"),
+        handle,
+        name: name.unwrap_or_default(),
+        prog_id: prog_id?,
+    })
+}
+
+/// Removes `mptcp_tc_egress` netlink filters from `iface`'s egress: the one a run attached in
+/// clsact mode (kernels without TCX), or leftovers of a loader version that attached the egress
+/// program as a `cls_bpf` filter (they outlive the process). Returns whether there were any.
 ///
 /// # Errors
 /// When listing or deleting filters fails.
@@ -473,6 +566,37 @@ mod tests {
             "XDP_ATTACHED_NONE"
         );
         assert_eq!(XdpAttachMode::Skb.short(), "skb");
+    }
+
+    fn tfilter(handle: u32, kind: &[u8], name: &[u8], prog_id: u32) -> Vec<u8> {
+        let mut p = vec![0u8; TCMSG_LEN];
+        p[4..8].copy_from_slice(&7u32.to_ne_bytes());
+        p[8..12].copy_from_slice(&handle.to_ne_bytes());
+        p[12..16].copy_from_slice(&TC_PARENT_EGRESS.to_ne_bytes());
+        // Priority 1, protocol ETH_P_ALL in network order.
+        p[16..20].copy_from_slice(&((1u32 << 16) | 0x0300).to_ne_bytes());
+        p.extend(attribute(TCA_KIND, kind));
+        let mut options = attribute(TCA_BPF_NAME, name);
+        options.extend(attribute(TCA_BPF_ID, &prog_id.to_ne_bytes()));
+        p.extend(attribute(TCA_OPTIONS | 0x8000, &options));
+        p
+    }
+
+    #[test]
+    fn bpf_filters_are_read_from_a_filter_dump() {
+        assert_eq!(
+            bpf_filter_of(&tfilter(0x4d46, b"bpf\0", b"mptcp_tc_egress\0", 46)),
+            Some(BpfFilter {
+                priority: 1,
+                handle: 0x4d46,
+                name: "mptcp_tc_egress".into(),
+                prog_id: 46
+            })
+        );
+        // The priority's classifier itself (handle 0), and other kinds of filters.
+        assert_eq!(bpf_filter_of(&tfilter(0, b"bpf\0", b"x\0", 1)), None);
+        assert_eq!(bpf_filter_of(&tfilter(1, b"u32\0", b"x\0", 1)), None);
+        assert_eq!(bpf_filter_of(&[0; 8]), None);
     }
 
     #[test]

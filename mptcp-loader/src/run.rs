@@ -36,7 +36,7 @@ use crate::{
     events::{
         default_state_dir, parse_drop_event, ClockOffset, DropEventSink, DEFAULT_EVENTS_MAX_BYTES,
     },
-    firewall::{DetachedInterface, FilterMode, Firewall, ProgramSwap, XdpAttach},
+    firewall::{DetachedInterface, EgressAttach, FilterMode, Firewall, ProgramSwap, XdpAttach},
     install::{format_flow, install_event, parse_key_event, InstallOutcome},
     keys::{hex, token_and_idsn},
     latency::{LatencyStats, LatencySummary},
@@ -74,6 +74,8 @@ pub struct RunPlan {
     pub mode: FilterMode,
     /// How to attach XDP.
     pub xdp: XdpAttach,
+    /// How to attach the egress program where it is attached anew.
+    pub egress: EgressAttach,
     /// Where to pin the maps and links.
     pub pin_dir: PathBuf,
     /// Capacities of the hash maps.
@@ -129,6 +131,7 @@ impl RunPlan {
             interfaces: unique,
             mode,
             xdp,
+            egress: EgressAttach::Auto,
             state_dir: default_state_dir(&pin_dir),
             pin_dir,
             sizes: MapSizes::default(),
@@ -189,6 +192,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         pin_dir.keep();
     }
     let mut firewall = Firewall::load_pinned(EBPF_OBJ, &plan.sizes, pin_dir.path())?;
+    firewall.set_egress_attach(plan.egress);
     // The whole policy (mode included) is in the maps before the programs see a packet. When
     // adopting, the maps hold the earlier run's policy: only the differences are written.
     let mut policy = PolicyKeeper::start(
@@ -431,7 +435,7 @@ fn finish(
         let kept = firewall.release_all();
         for iface in &kept {
             println!(
-                "left {} attached (XDP ingress, TCX egress) through the links pinned under {}",
+                "left {} attached (XDP ingress, tc egress) through the links pinned under {}",
                 iface.iface,
                 pin_dir.path().display()
             );
@@ -534,9 +538,9 @@ async fn next_tick(timer: &mut Option<Interval>) {
     }
 }
 
-/// `detached from veth0 (XDP ingress, TCX egress)`.
+/// `detached from veth0 (XDP ingress, tc egress)`.
 fn detached_line(detached: &DetachedInterface) -> String {
-    format!("detached from {} (XDP ingress, TCX egress)", detached.iface)
+    format!("detached from {} (XDP ingress, tc egress)", detached.iface)
 }
 
 /// `loader counters: loader_sweeps=4 loader_conns_expired=1 (others 0)`.
@@ -949,7 +953,7 @@ mod tests {
             iface: "veth0".into(),
             ifindex: 3,
         });
-        assert_eq!(line, "detached from veth0 (XDP ingress, TCX egress)");
+        assert_eq!(line, "detached from veth0 (XDP ingress, tc egress)");
         let mut counters = LoaderCounters::default();
         assert_eq!(loader_summary_line(&counters), "loader counters: all 0");
         counters.add(LoaderCounter::ConnsExpired, 2);

@@ -15,7 +15,7 @@ use crate::{
     bpf_sys,
     errors::LoaderError,
     events::rfc3339,
-    firewall::LinkIds,
+    firewall::{clsact_filter, EgressIds, LinkIds, EGRESS_FILTER_HANDLE, EGRESS_FILTER_PRIORITY},
     netlink,
     pins::lock_owner,
     preflight::interface_name_of,
@@ -37,6 +37,8 @@ pub struct IfaceStatus {
     pub xdp_link: Option<LinkIds>,
     /// The pinned TCX egress link, if alive.
     pub tc_link: Option<LinkIds>,
+    /// Without a TCX link: the program our clsact egress filter runs, if it is there.
+    pub tc_filter: Option<u32>,
     /// `enforce` or `monitor`.
     pub mode: &'static str,
     /// Whether `mode` is the interface's own (else the global one).
@@ -119,6 +121,11 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, LoaderError> {
             }),
             xdp_link: live(links.xdp.as_deref()),
             tc_link: live(links.tcx.as_deref()),
+            tc_filter: links
+                .tcx
+                .is_none()
+                .then(|| clsact_filter(ifindex).ok().flatten())
+                .flatten(),
             mode: mode_name(own.unwrap_or(global)),
             own_mode: own.is_some(),
             attached_unix_ns: record.map(|r| r.attached_unix_ns),
@@ -192,16 +199,20 @@ pub fn format_status(report: &StatusReport, now_ns: u64) -> String {
     for i in &report.interfaces {
         let link =
             |l: Option<LinkIds>| l.map_or_else(|| "not attached".to_owned(), |l| l.to_string());
+        let egress = match (i.tc_link, i.tc_filter) {
+            (None, Some(prog)) => EgressIds::Clsact { prog }.to_string(),
+            (tcx, _) => format!("TCX egress ({})", link(tcx)),
+        };
         let _ = writeln!(
             out,
-            "interface:  {} (ifindex {}): {} mode{}; XDP ingress {} ({}); TCX egress ({}){}",
+            "interface:  {} (ifindex {}): {} mode{}; XDP ingress {} ({}); {}{}",
             i.name,
             i.ifindex,
             i.mode,
             if i.own_mode { "" } else { " (global)" },
             i.xdp_mode.as_deref().unwrap_or("?"),
             link(i.xdp_link),
-            link(i.tc_link),
+            egress,
             i.attached_unix_ns
                 .map(|t| format!("; attached since {}", since(now_ns, t)))
                 .unwrap_or_default()
@@ -234,6 +245,11 @@ pub fn status_json(report: &StatusReport, now_ns: u64) -> Value {
             "xdp_mode": i.xdp_mode,
             "xdp": link(i.xdp_link),
             "tc_egress": link(i.tc_link),
+            "tc_filter": i.tc_filter.map(|prog| json!({
+                "priority": EGRESS_FILTER_PRIORITY,
+                "handle": EGRESS_FILTER_HANDLE,
+                "prog_id": prog,
+            })),
             "mode": i.mode,
             "mode_source": if i.own_mode { "interface" } else { "global" },
             "attached_since": i.attached_unix_ns.map(rfc3339),
@@ -282,6 +298,7 @@ mod tests {
                 xdp_mode: Some("native".into()),
                 xdp_link: Some(LinkIds { link: 12, prog: 45 }),
                 tc_link: Some(LinkIds { link: 13, prog: 46 }),
+                tc_filter: None,
                 mode: "monitor",
                 own_mode: true,
                 attached_unix_ns: Some(1_000_000_000_000_000_000),

@@ -6,9 +6,12 @@
 #![allow(dead_code, reason = "each test file uses a part of it")]
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::MetadataExt as _,
-    path::PathBuf,
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Output, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -394,5 +397,77 @@ pub fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool)
     while !pred() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A test program of our own for the tc hooks, for tests that attach something beside the
+/// firewall: `r0 = TC_ACT_UNSPEC; exit` (no verdict), loaded with bpf(2) and counted by the
+/// kernel's run statistics (`aya::sys::enable_stats`).
+/// `BPF_PROG_LOAD`, `BPF_OBJ_PIN`.
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+/// `BPF_PROG_TYPE_SCHED_CLS`.
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i32> {
+    // SAFETY: attr is a zeroed 128-byte `union bpf_attr` with the fields of `cmd` filled in.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(i32::try_from(rc).unwrap())
+    }
+}
+
+/// One `struct bpf_insn` (code, dst_reg, no src_reg, no offset, imm) as its 8 bytes.
+fn insn(code: u8, dst: u8, imm: i32) -> u64 {
+    u64::from(code) | (u64::from(dst) << 8) | (u64::from(imm.cast_unsigned()) << 32)
+}
+
+/// Loads `r0 = -1 (TC_ACT_UNSPEC); exit` as a tc classifier called `name` and pins it at `pin`.
+pub fn load_probe(name: &str, pin: &Path) {
+    // BPF_ALU64 | BPF_MOV | BPF_K, then BPF_JMP | BPF_EXIT.
+    let insns = [insn(0xb7, 0, -1), insn(0x95, 0, 0)];
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len()].copy_from_slice(name.as_bytes());
+    let mut attr = [0u64; 16];
+    // prog_type, insn_cnt, insns, license; prog_name at byte 48.
+    attr[0] = u64::from(BPF_PROG_TYPE_SCHED_CLS) | (2 << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[6] = u64::from_ne_bytes(prog_name[..8].try_into().unwrap());
+    attr[7] = u64::from_ne_bytes(prog_name[8..].try_into().unwrap());
+    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr).expect("loading a two-instruction classifier");
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
+    let mut attr = [0u64; 16];
+    // pathname, bpf_fd.
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = u64::try_from(fd.as_raw_fd()).unwrap();
+    sys_bpf(BPF_OBJ_PIN, &mut attr).expect("pinning the probe");
+}
+
+/// How often the program pinned at `pin` ran (while run statistics are enabled).
+pub fn probe_runs(pin: &Path) -> u64 {
+    aya::programs::ProgramInfo::from_pin(pin)
+        .unwrap()
+        .run_count()
+}
+
+/// A bpffs directory for the test's own pins, removed on drop.
+pub struct PinGuard(pub PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

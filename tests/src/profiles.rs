@@ -5,11 +5,21 @@
 //!   sender would send; a positive control),
 //! - `add_addr_forged`: the same segments with a random, wrong HMAC (the ADD_ADDR attack),
 //! - `join_syn_random_token`: MP_JOIN SYNs naming random tokens (a blind-join flood),
-//! - `dss`: data segments with a DSS mapping (benign MPTCP traffic, a load baseline).
+//! - `dss`: data segments with a DSS mapping (benign MPTCP traffic, a load baseline),
+//! - `add_addr_random_address`: the pure ACKs of `add_addr_forged`, but with a random address ID,
+//!   a random address and a random HMAC in every packet: no two announce the same (ID, address),
+//!   so a receiver that caches the tags of the ADD_ADDRs it has checked never finds one there (the
+//!   ADD_ADDR attack against a tag cache),
+//! - `join_ack_forged`: MP_JOIN third ACKs (kind 30, length 24, subtype 1, then 20 random HMAC
+//!   bytes) on the connection's 4-tuple. Meant for the 4-tuple of a pending join: `src` is the
+//!   join's initiator, `seq` its ISN + 1, `ack` the responder's ISN + 1, the timestamps those of
+//!   the SYN and SYN/ACK ([`join_syn_config`] writes the SYN that opens such a join). On an
+//!   established subflow the same bytes are only a pure ACK to Linux.
 //!
-//! Every segment goes from `src` (host A) to `dst` (host B) of [`Connection`]. ADD_ADDR and DSS
-//! segments use its sequence numbers, so they are in window when they are fresh; the MP_JOIN
-//! SYNs only reuse the addresses and the destination port. A profile is one [`Template`]: fixed
+//! Every segment goes from `src` (host A) to `dst` (host B) of [`Connection`]. ADD_ADDR, third-ACK
+//! and DSS segments use its sequence numbers, so they are in window when they are fresh; the
+//! MP_JOIN SYNs only reuse the addresses and the destination port. The first four profiles are
+//! unchanged by the two later ones (same bytes, same pcap seeds). A profile is one [`Template`]: fixed
 //! bytes, random bytes and checksum slots. Rendered for trafgen, random bytes become `drnd()`
 //! and checksums `csumip()`/`csumtcp()`/`csumtcp6()`, recomputed for every packet sent;
 //! rendered into a pcap, they are drawn from a seeded generator and computed once per frame.
@@ -89,9 +99,11 @@ impl Connection {
 pub struct Settings {
     /// Frames per pcap.
     pub count: u32,
-    /// Address ID of the ADD_ADDRs, and of the MP_JOIN SYNs.
+    /// Address ID of the ADD_ADDRs, and of the MP_JOIN SYNs (`add_addr_random_address` draws
+    /// its own).
     pub addr_id: u8,
-    /// Address the ADD_ADDRs announce (IPv4 or IPv6, whatever the connection's family).
+    /// Address the ADD_ADDRs announce (IPv4 or IPv6, whatever the connection's family);
+    /// `add_addr_random_address` takes only its family.
     pub announce: IpAddr,
     /// Payload bytes of each DSS segment.
     pub dss_payload: u16,
@@ -126,15 +138,22 @@ pub enum Kind {
     JoinSynRandomToken,
     /// Data segments with a DSS mapping.
     Dss,
+    /// ADD_ADDR with a random address ID, address and HMAC (defeats a tag cache).
+    AddAddrRandomAddress,
+    /// MP_JOIN third ACK with a random HMAC.
+    JoinAckForged,
 }
 
 impl Kind {
-    /// Every profile, in the order files are written.
-    pub const ALL: [Kind; 4] = [
+    /// Every profile, in the order files are written. New profiles go last: a profile's pcap
+    /// seed depends on its position here.
+    pub const ALL: [Kind; 6] = [
         Kind::AddAddrValid,
         Kind::AddAddrForged,
         Kind::JoinSynRandomToken,
         Kind::Dss,
+        Kind::AddAddrRandomAddress,
+        Kind::JoinAckForged,
     ];
 
     /// File name without extension (`<stem>.cfg`, `<stem>.pcap`).
@@ -145,6 +164,8 @@ impl Kind {
             Kind::AddAddrForged => "add_addr_forged",
             Kind::JoinSynRandomToken => "join_syn_random_token",
             Kind::Dss => "dss",
+            Kind::AddAddrRandomAddress => "add_addr_random_address",
+            Kind::JoinAckForged => "join_ack_forged",
         }
     }
 
@@ -168,7 +189,26 @@ impl Kind {
                 "data segments with a DSS mapping (64-bit data ACK and DSN, as Linux sends \
                  them) and a payload: benign MPTCP traffic"
             }
+            Kind::AddAddrRandomAddress => {
+                "the pure ACKs of add_addr_forged with a random address ID, a random address and \
+                 8 random HMAC bytes in every packet: no (ID, address) repeats, so no cached tag \
+                 ever matches (the ADD_ADDR attack against a tag cache)"
+            }
+            Kind::JoinAckForged => {
+                "MP_JOIN third ACKs (kind 30, length 24, subtype 1) with 20 random HMAC bytes on \
+                 the 4-tuple of a pending join, in-window seq/ack and timestamps (a third-ACK \
+                 flood on a known 4-tuple)"
+            }
         }
+    }
+
+    /// Whether the profile carries an ADD_ADDR.
+    #[must_use]
+    pub fn is_add_addr(self) -> bool {
+        matches!(
+            self,
+            Kind::AddAddrValid | Kind::AddAddrForged | Kind::AddAddrRandomAddress
+        )
     }
 }
 
@@ -452,112 +492,117 @@ fn build(
     settings: &Settings,
     offset: u32,
 ) -> Result<Template, ProfileError> {
-    let v6 = match (conn.src.ip(), conn.dst.ip()) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => false,
-        (IpAddr::V6(_), IpAddr::V6(_)) => true,
-        _ => {
-            return Err(ProfileError::MixedFamilies {
-                src: conn.src,
-                dst: conn.dst,
-            })
-        }
-    };
-    let ts = |tsval: Piece| {
-        vec![
-            Piece::Bytes(
-                vec![NOP, NOP, 8, 10],
-                "NOP, NOP, timestamps (kind 8, length 10)",
-            ),
-            tsval,
-        ]
-    };
+    let v6 = family(conn)?;
     let mut options: Vec<Piece> = Vec::new();
     let mut payload: Vec<Piece> = Vec::new();
-    let (flags, sport, seq, ack, window): (u8, Piece, Piece, Piece, u16);
-    match kind {
-        Kind::AddAddrValid | Kind::AddAddrForged => {
-            flags = TCP_ACK;
-            if let Some((tsval, tsecr)) = conn.timestamps {
-                options.extend(ts(Piece::Bytes(
-                    [tsval.to_be_bytes(), tsecr.to_be_bytes()].concat(),
-                    "TSval, TSecr",
-                )));
-            }
+    let in_window = || Header {
+        flags: TCP_ACK,
+        sport: Piece::Bytes(conn.src.port().to_be_bytes().to_vec(), "source port"),
+        seq: Piece::Bytes(conn.seq.to_be_bytes().to_vec(), "sequence number"),
+        ack: Piece::Bytes(conn.ack.to_be_bytes().to_vec(), "acknowledgement number"),
+        window: conn.window,
+    };
+    let header = match kind {
+        Kind::AddAddrValid | Kind::AddAddrForged | Kind::AddAddrRandomAddress => {
+            options.extend(timestamps(conn));
             let (addr, right) = add_addr_parts(conn, settings);
             let len = 4 + u8::try_from(addr.len()).expect("address length") + 8;
-            options.push(Piece::Bytes(
-                vec![MPTCP_KIND, len, 0x30, settings.addr_id],
-                "MPTCP ADD_ADDR: kind 30, length, subtype 3 with E=0, address ID",
-            ));
-            options.push(Piece::Bytes(addr, "announced address (no port)"));
-            options.push(if kind == Kind::AddAddrValid {
-                Piece::Bytes(
-                    right.to_vec(),
-                    "truncated HMAC: HMAC-SHA256(key A || key B, id || address || 00 00)[24..32]",
-                )
-            } else {
-                Piece::Random {
+            if kind == Kind::AddAddrRandomAddress {
+                options.push(Piece::Bytes(
+                    vec![MPTCP_KIND, len, 0x30],
+                    "MPTCP ADD_ADDR: kind 30, length, subtype 3 with E=0",
+                ));
+                options.push(Piece::Random {
+                    len: 1,
+                    what: "address ID: random",
+                    avoid: None,
+                });
+                options.push(Piece::Random {
+                    len: addr.len(),
+                    what: "announced address (no port): random",
+                    avoid: None,
+                });
+                // The right tag depends on the random ID and address: a random one is wrong but
+                // for a 2^-64 chance.
+                options.push(Piece::Random {
                     len: 8,
                     what: "truncated HMAC: random, hence wrong",
-                    avoid: Some(right.to_vec()),
-                }
+                    avoid: None,
+                });
+            } else {
+                options.push(Piece::Bytes(
+                    vec![MPTCP_KIND, len, 0x30, settings.addr_id],
+                    "MPTCP ADD_ADDR: kind 30, length, subtype 3 with E=0, address ID",
+                ));
+                options.push(Piece::Bytes(addr, "announced address (no port)"));
+                options.push(if kind == Kind::AddAddrValid {
+                    Piece::Bytes(
+                        right.to_vec(),
+                        "truncated HMAC: HMAC-SHA256(key A || key B, id || address || 00 00)[24..32]",
+                    )
+                } else {
+                    Piece::Random {
+                        len: 8,
+                        what: "truncated HMAC: random, hence wrong",
+                        avoid: Some(right.to_vec()),
+                    }
+                });
+            }
+            in_window()
+        }
+        Kind::JoinAckForged => {
+            options.extend(timestamps(conn));
+            options.push(Piece::Bytes(
+                vec![MPTCP_KIND, 24, 0x10, 0x00],
+                "MPTCP MP_JOIN (third ACK): kind 30, length 24, subtype 1, reserved",
+            ));
+            // The right HMAC depends on both nonces, which the profile does not know: a random
+            // one is wrong but for a 2^-160 chance.
+            options.push(Piece::Random {
+                len: 20,
+                what: "sender's HMAC (160 bits): random, hence wrong",
+                avoid: None,
             });
-            sport = Piece::Bytes(conn.src.port().to_be_bytes().to_vec(), "source port");
-            seq = Piece::Bytes(conn.seq.to_be_bytes().to_vec(), "sequence number");
-            ack = Piece::Bytes(conn.ack.to_be_bytes().to_vec(), "acknowledgement number");
-            window = conn.window;
+            in_window()
         }
         Kind::JoinSynRandomToken => {
-            flags = TCP_SYN;
-            let mss: u16 = if v6 { 1440 } else { 1460 };
-            let [m1, m2] = mss.to_be_bytes();
-            options.push(Piece::Bytes(vec![2, 4, m1, m2], "MSS"));
-            options.push(Piece::Bytes(
-                vec![4, 2, 8, 10],
-                "SACK permitted, timestamps (kind 8, length 10)",
+            options.extend(join_syn_options(
+                v6,
+                settings.addr_id,
+                Piece::Random {
+                    len: 4,
+                    what: "TSval",
+                    avoid: None,
+                },
+                Piece::Random {
+                    len: 4,
+                    what: "token: random, so it names no connection of B",
+                    avoid: Some(token(&conn.key_b).to_vec()),
+                },
+                Piece::Random {
+                    len: 4,
+                    what: "sender's nonce",
+                    avoid: None,
+                },
             ));
-            options.push(Piece::Random {
-                len: 4,
-                what: "TSval",
-                avoid: None,
-            });
-            options.push(Piece::Bytes(vec![0; 4], "TSecr"));
-            options.push(Piece::Bytes(vec![NOP, 3, 3, 7], "NOP, window scale 7"));
-            options.push(Piece::Bytes(
-                vec![MPTCP_KIND, 12, 0x10, settings.addr_id],
-                "MPTCP MP_JOIN (SYN): kind 30, length 12, subtype 1, B=0, address ID",
-            ));
-            options.push(Piece::Random {
-                len: 4,
-                what: "token: random, so it names no connection of B",
-                avoid: Some(token(&conn.key_b).to_vec()),
-            });
-            options.push(Piece::Random {
-                len: 4,
-                what: "sender's nonce",
-                avoid: None,
-            });
-            sport = Piece::Random {
-                len: 2,
-                what: "source port",
-                avoid: None,
-            };
-            seq = Piece::Random {
-                len: 4,
-                what: "initial sequence number",
-                avoid: None,
-            };
-            ack = Piece::Bytes(vec![0; 4], "acknowledgement number");
-            window = 64_240;
+            Header {
+                flags: TCP_SYN,
+                sport: Piece::Random {
+                    len: 2,
+                    what: "source port",
+                    avoid: None,
+                },
+                seq: Piece::Random {
+                    len: 4,
+                    what: "initial sequence number",
+                    avoid: None,
+                },
+                ack: Piece::Bytes(vec![0; 4], "acknowledgement number"),
+                window: 64_240,
+            }
         }
         Kind::Dss => {
-            flags = TCP_ACK | TCP_PSH;
-            if let Some((tsval, tsecr)) = conn.timestamps {
-                options.extend(ts(Piece::Bytes(
-                    [tsval.to_be_bytes(), tsecr.to_be_bytes()].concat(),
-                    "TSval, TSecr",
-                )));
-            }
+            options.extend(timestamps(conn));
             let data_ack = idsn(&conn.key_b).wrapping_add(1);
             let dsn = idsn(&conn.key_a)
                 .wrapping_add(1)
@@ -577,15 +622,88 @@ fn build(
                 usize::from(settings.dss_payload),
                 "payload",
             ));
-            sport = Piece::Bytes(conn.src.port().to_be_bytes().to_vec(), "source port");
-            seq = Piece::Bytes(
-                conn.seq.wrapping_add(offset).to_be_bytes().to_vec(),
-                "sequence number",
-            );
-            ack = Piece::Bytes(conn.ack.to_be_bytes().to_vec(), "acknowledgement number");
-            window = conn.window;
+            Header {
+                flags: TCP_ACK | TCP_PSH,
+                seq: Piece::Bytes(
+                    conn.seq.wrapping_add(offset).to_be_bytes().to_vec(),
+                    "sequence number",
+                ),
+                ..in_window()
+            }
         }
+    };
+    assemble(conn, v6, kind.stem(), header, options, payload)
+}
+
+/// The fields of a TCP header that differ between profiles.
+struct Header {
+    flags: u8,
+    sport: Piece,
+    seq: Piece,
+    ack: Piece,
+    window: u16,
+}
+
+/// Whether `conn` is IPv6 (both ends of one family).
+fn family(conn: &Connection) -> Result<bool, ProfileError> {
+    match (conn.src.ip(), conn.dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => Ok(false),
+        (IpAddr::V6(_), IpAddr::V6(_)) => Ok(true),
+        _ => Err(ProfileError::MixedFamilies {
+            src: conn.src,
+            dst: conn.dst,
+        }),
     }
+}
+
+/// `NOP NOP TS` with the connection's timestamps, if it uses them.
+fn timestamps(conn: &Connection) -> Vec<Piece> {
+    conn.timestamps.map_or_else(Vec::new, |(tsval, tsecr)| {
+        vec![
+            Piece::Bytes(
+                vec![NOP, NOP, 8, 10],
+                "NOP, NOP, timestamps (kind 8, length 10)",
+            ),
+            Piece::Bytes(
+                [tsval.to_be_bytes(), tsecr.to_be_bytes()].concat(),
+                "TSval, TSecr",
+            ),
+        ]
+    })
+}
+
+/// The options of an MP_JOIN SYN as Linux writes them: MSS, SACK permitted, timestamps, window
+/// scale, MP_JOIN.
+fn join_syn_options(v6: bool, addr_id: u8, tsval: Piece, token: Piece, nonce: Piece) -> Vec<Piece> {
+    let mss: u16 = if v6 { 1440 } else { 1460 };
+    let [m1, m2] = mss.to_be_bytes();
+    vec![
+        Piece::Bytes(vec![2, 4, m1, m2], "MSS"),
+        Piece::Bytes(
+            vec![4, 2, 8, 10],
+            "SACK permitted, timestamps (kind 8, length 10)",
+        ),
+        tsval,
+        Piece::Bytes(vec![0; 4], "TSecr"),
+        Piece::Bytes(vec![NOP, 3, 3, 7], "NOP, window scale 7"),
+        Piece::Bytes(
+            vec![MPTCP_KIND, 12, 0x10, addr_id],
+            "MPTCP MP_JOIN (SYN): kind 30, length 12, subtype 1, B=0, address ID",
+        ),
+        token,
+        nonce,
+    ]
+}
+
+/// Ethernet, IP and TCP headers around `options` (padded with NOPs) and `payload`.
+fn assemble(
+    conn: &Connection,
+    v6: bool,
+    name: &str,
+    header: Header,
+    mut options: Vec<Piece>,
+    payload: Vec<Piece>,
+) -> Result<Template, ProfileError> {
     let options_len: usize = options.iter().map(Piece::len).sum();
     let pad = (4 - options_len % 4) % 4;
     if pad > 0 {
@@ -594,8 +712,7 @@ fn build(
     let options_len = options_len + pad;
     if options_len > 40 {
         return Err(ProfileError::TooLong(format!(
-            "{} needs {options_len} bytes of TCP options (at most 40)",
-            kind.stem()
+            "{name} needs {options_len} bytes of TCP options (at most 40)"
         )));
     }
     let payload_len: usize = payload.iter().map(Piece::len).sum();
@@ -606,7 +723,7 @@ fn build(
         Piece::Bytes(conn.dst_mac.to_vec(), "Ethernet destination"),
         Piece::Bytes(conn.src_mac.to_vec(), "Ethernet source"),
     ];
-    let too_long = || ProfileError::TooLong(format!("{} frame is too long", kind.stem()));
+    let too_long = || ProfileError::TooLong(format!("{name} frame is too long"));
     if v6 {
         let plen = u16::try_from(tcp_len).map_err(|_| too_long())?;
         pieces.push(Piece::Bytes(vec![0x86, 0xdd], "EtherType IPv6"));
@@ -639,15 +756,15 @@ fn build(
     if 14 + 40 + tcp_len > 1514 {
         return Err(too_long());
     }
-    pieces.push(sport);
+    pieces.push(header.sport);
     pieces.push(Piece::Bytes(
         conn.dst.port().to_be_bytes().to_vec(),
         "destination port",
     ));
-    pieces.push(seq);
-    pieces.push(ack);
+    pieces.push(header.seq);
+    pieces.push(header.ack);
     pieces.push(Piece::Bytes(
-        [&[doff << 4, flags][..], &window.to_be_bytes()].concat(),
+        [&[doff << 4, header.flags][..], &header.window.to_be_bytes()].concat(),
         "data offset, flags, window",
     ));
     pieces.push(Piece::TcpChecksum);
@@ -655,6 +772,74 @@ fn build(
     pieces.extend(options);
     pieces.extend(payload);
     Ok(Template { pieces, v6 })
+}
+
+/// The MP_JOIN SYN that opens a join from `conn.src` (port included) to `conn.dst`: the
+/// genuine token of B (so Linux answers with a SYN/ACK and keeps a request socket), address ID
+/// `settings.addr_id`, the initiator's nonce `nonce`, initial sequence number `conn.seq - 1`
+/// (so a third ACK of `conn` has the right sequence number) and TSval from `conn.timestamps`
+/// (0 without). Every byte but the IPv4 identification is fixed. Used with `join_ack_forged`:
+/// the flood's target is a join that Linux really has pending.
+///
+/// # Errors
+/// When `src` and `dst` are of different families.
+pub fn join_syn_template(
+    conn: &Connection,
+    settings: &Settings,
+    nonce: [u8; 4],
+) -> Result<Template, ProfileError> {
+    let v6 = family(conn)?;
+    let tsval = conn.timestamps.map_or(0, |(v, _)| v);
+    let options = join_syn_options(
+        v6,
+        settings.addr_id,
+        Piece::Bytes(tsval.to_be_bytes().to_vec(), "TSval"),
+        Piece::Bytes(
+            token(&conn.key_b).to_vec(),
+            "token of B: SHA-256(key B)[0..4], the connection to join",
+        ),
+        Piece::Bytes(nonce.to_vec(), "sender's nonce"),
+    );
+    let header = Header {
+        flags: TCP_SYN,
+        sport: Piece::Bytes(conn.src.port().to_be_bytes().to_vec(), "source port"),
+        seq: Piece::Bytes(
+            conn.seq.wrapping_sub(1).to_be_bytes().to_vec(),
+            "initial sequence number",
+        ),
+        ack: Piece::Bytes(vec![0; 4], "acknowledgement number"),
+        window: 64_240,
+    };
+    assemble(conn, v6, "join_syn", header, options, Vec::new())
+}
+
+/// The trafgen configuration of [`join_syn_template`]: one SYN that opens a join.
+///
+/// # Errors
+/// See [`join_syn_template`].
+pub fn join_syn_config(
+    conn: &Connection,
+    settings: &Settings,
+    nonce: [u8; 4],
+) -> Result<String, ProfileError> {
+    let t = join_syn_template(conn, settings, nonce)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "# mptcp-profiles: join_syn");
+    let _ = writeln!(
+        out,
+        "# One MP_JOIN SYN with the token of B ({}) and nonce {}: opens a join {} -> {} that \
+         join_ack_forged then floods.",
+        hex(&token(&conn.key_b)),
+        hex(&nonce),
+        conn.src,
+        conn.dst
+    );
+    let _ = writeln!(
+        out,
+        "# Run: trafgen --dev IFACE --conf join_syn.cfg --cpus 1 --num 1"
+    );
+    out.push_str(&t.trafgen());
+    Ok(out)
 }
 
 /// The pcap frames of `kind`: `settings.count` renderings of its template. DSS frames are
@@ -741,12 +926,33 @@ pub fn trafgen_config(
         hex(&conn.key_b),
         hex(&token(&conn.key_b))
     );
-    if matches!(kind, Kind::AddAddrValid | Kind::AddAddrForged) {
-        let _ = writeln!(
-            out,
-            "# Announces address ID {} = {} (no port).",
-            settings.addr_id, settings.announce
-        );
+    match kind {
+        Kind::AddAddrValid | Kind::AddAddrForged => {
+            let _ = writeln!(
+                out,
+                "# Announces address ID {} = {} (no port).",
+                settings.addr_id, settings.announce
+            );
+        }
+        Kind::AddAddrRandomAddress => {
+            let _ = writeln!(
+                out,
+                "# Announces a random address ID and a random {} address (no port) in every packet.",
+                if settings.announce.is_ipv6() {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                }
+            );
+        }
+        Kind::JoinAckForged => {
+            let _ = writeln!(
+                out,
+                "# The 4-tuple must be a pending join's: seq = the initiator's ISN + 1, ack = the \
+                 responder's ISN + 1, TSecr = the SYN/ACK's TSval."
+            );
+        }
+        Kind::JoinSynRandomToken | Kind::Dss => {}
     }
     let _ = writeln!(
         out,
@@ -898,6 +1104,63 @@ mod tests {
             .collect();
         assert_eq!(tokens.len(), joins.len(), "tokens differ");
         assert!(!tokens.contains(token(&KEY_B).as_slice()));
+
+        // Random address: every (ID, address) differs, so a tag cache never hits.
+        let random = frames(Kind::AddAddrRandomAddress, &c, &s).unwrap();
+        let mut announced = std::collections::BTreeSet::new();
+        for frame in &random {
+            let seg = parse_tcp(frame.as_slice()).unwrap();
+            assert_eq!((be32(&frame[38..]), be32(&frame[42..])), (c.seq, c.ack));
+            let opts = walk_options(frame.as_slice(), &seg);
+            let a = read_add_addr(frame.as_slice(), opts.add_addrs[0].unwrap()).unwrap();
+            let msg = [&[a.id][..], &a.addr[..4], &[0, 0]].concat();
+            let right = hmac_sha256(&c.key_a, &c.key_b, &msg);
+            assert_ne!(a.hmac, right[24..32]);
+            announced.insert((a.id, a.addr));
+        }
+        assert_eq!(announced.len(), random.len(), "(ID, address) pairs differ");
+    }
+
+    fn be32(b: &[u8]) -> u32 {
+        u32::from_be_bytes(b[..4].try_into().unwrap())
+    }
+
+    #[test]
+    fn join_third_acks_and_the_opening_syn() {
+        use mptcp_common::packet::{parse_tcp, read_join, walk_options, Join};
+        let c = Connection::example(false);
+        let s = settings(false);
+        let acks = frames(Kind::JoinAckForged, &c, &s).unwrap();
+        let mut hmacs = std::collections::BTreeSet::new();
+        for frame in &acks {
+            let seg = parse_tcp(frame.as_slice()).unwrap();
+            let fields = (be32(&frame[38..]), be32(&frame[42..]), seg.flags);
+            assert_eq!(fields, (c.seq, c.ack, TCP_ACK));
+            let opts = walk_options(frame.as_slice(), &seg);
+            let Some(Join::Ack { hmac }) = read_join(frame.as_slice(), opts.join.unwrap()) else {
+                panic!("not a third ACK");
+            };
+            hmacs.insert(hmac);
+        }
+        assert_eq!(hmacs.len(), acks.len(), "HMACs are random");
+        // NOP NOP TS, then the 24-byte MP_JOIN: 36 bytes of options.
+        assert_eq!(acks[0].len(), 14 + 20 + 20 + 36);
+
+        let syn = join_syn_template(&c, &s, [1, 2, 3, 4])
+            .unwrap()
+            .render(&mut SplitMix64::new(1));
+        let seg = parse_tcp(syn.as_slice()).unwrap();
+        assert_eq!((be32(&syn[38..]), seg.flags), (c.seq - 1, TCP_SYN));
+        let opts = walk_options(syn.as_slice(), &seg);
+        let Some(Join::Syn {
+            token: t, nonce, ..
+        }) = read_join(syn.as_slice(), opts.join.unwrap())
+        else {
+            panic!("not a join SYN");
+        };
+        assert_eq!((t, nonce), (token(&KEY_B), [1, 2, 3, 4]));
+        let cfg = join_syn_config(&c, &s, [1, 2, 3, 4]).unwrap();
+        assert!(!cfg.contains("drnd(4)"), "{cfg}");
     }
 
     #[test]

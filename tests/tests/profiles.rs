@@ -2,7 +2,9 @@
 //!
 //! - tshark decodes every pcap as intended: checksums good, MPTCP subtype, option lengths,
 //!   address ID, announced address, HMAC (right for `add_addr_valid`, wrong for
-//!   `add_addr_forged`), random tokens, DSS mapping; `tshark -V` names the subtypes;
+//!   `add_addr_forged`), random tokens, DSS mapping, a fresh (ID, address) and HMAC in every
+//!   `add_addr_random_address` frame, the 24-byte MP_JOIN of `join_ack_forged` with a fresh
+//!   160-bit HMAC in every frame; `tshark -V` names the subtypes;
 //! - trafgen compiles every `.cfg` and, written to a pcap, produces the same frames as ours
 //!   except where the profile says "random", with checksums tshark accepts.
 //!
@@ -59,6 +61,9 @@ const FIELDS: &[&str] = &[
     "tcp.options.mptcp.ipv6",
     "tcp.options.mptcp.addaddrtrunchmac",
     "tcp.options.mptcp.recvtok",
+    "tcp.options.mptcp.sendhmac",
+    "tcp.seq_raw",
+    "tcp.ack_raw",
     "tcp.options.mptcp.datalvllen",
     "tcp.len",
     "_ws.malformed",
@@ -127,6 +132,7 @@ fn check_decoded(kind: Kind, pcap: &Path, v6: bool) {
     let right_hmac = u64_of(&right[right.len() - 8..]);
     let mut hmacs = std::collections::BTreeSet::new();
     let mut tokens = std::collections::BTreeSet::new();
+    let mut announced = std::collections::BTreeSet::new();
     for row in &rows {
         let ctx = format!("{} {row:?}", pcap.display());
         if !v6 {
@@ -136,6 +142,42 @@ fn check_decoded(kind: Kind, pcap: &Path, v6: bool) {
         assert_eq!(row["_ws.malformed"], "", "malformed: {ctx}");
         let lens: Vec<&str> = row["tcp.option_len"].split(',').collect();
         match kind {
+            Kind::AddAddrRandomAddress => {
+                assert_eq!(row["tcp.flags"], "0x0010", "{ctx}");
+                assert_eq!(row["tcp.options.mptcp.subtype"], "3", "{ctx}");
+                assert_eq!(row["tcp.options.mptcp.echo"], "0", "{ctx}");
+                assert_eq!(row["tcp.seq_raw"], c.seq.to_string(), "{ctx}");
+                assert_eq!(row["tcp.ack_raw"], c.ack.to_string(), "{ctx}");
+                let (addr_field, len) = if v6 {
+                    ("tcp.options.mptcp.ipv6", "28")
+                } else {
+                    ("tcp.options.mptcp.ipv4", "16")
+                };
+                assert_eq!(lens, ["10", len], "{ctx}");
+                // The right HMAC of this frame's own ID and address.
+                let id: u8 = row["tcp.options.mptcp.addrid"].parse().expect("address ID");
+                let addr: IpAddr = row[addr_field].parse().expect("announced address");
+                let addr = match addr {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                let own = add_addr(&c.key_a, &c.key_b, id, &addr, None);
+                let hmac = &row["tcp.options.mptcp.addaddrtrunchmac"];
+                assert_ne!(*hmac, u64_of(&own[own.len() - 8..]), "{ctx}");
+                announced.insert((id, row[addr_field].clone()));
+                hmacs.insert(hmac.clone());
+            }
+            Kind::JoinAckForged => {
+                assert_eq!(row["tcp.flags"], "0x0010", "{ctx}");
+                assert_eq!(row["tcp.options.mptcp.subtype"], "1", "{ctx}");
+                assert_eq!(row["tcp.seq_raw"], c.seq.to_string(), "{ctx}");
+                assert_eq!(row["tcp.ack_raw"], c.ack.to_string(), "{ctx}");
+                // Timestamps (10), then the third ACK's MP_JOIN (24).
+                assert_eq!(lens, ["10", "24"], "{ctx}");
+                let hmac = &row["tcp.options.mptcp.sendhmac"];
+                assert_eq!(hmac.len(), 40, "160-bit HMAC in hex: {ctx}");
+                hmacs.insert(hmac.clone());
+            }
             Kind::AddAddrValid | Kind::AddAddrForged => {
                 assert_eq!(row["tcp.flags"], "0x0010", "{ctx}");
                 assert_eq!(row["tcp.options.mptcp.subtype"], "3", "{ctx}");
@@ -183,12 +225,25 @@ fn check_decoded(kind: Kind, pcap: &Path, v6: bool) {
         Kind::AddAddrValid => assert_eq!(hmacs.len(), 1),
         Kind::AddAddrForged => assert_eq!(hmacs.len(), rows.len(), "HMACs are random"),
         Kind::JoinSynRandomToken => assert_eq!(tokens.len(), rows.len(), "tokens are random"),
+        Kind::AddAddrRandomAddress => {
+            assert_eq!(hmacs.len(), rows.len(), "HMACs are random");
+            assert_eq!(
+                announced.len(),
+                rows.len(),
+                "(ID, address) pairs are random"
+            );
+        }
+        Kind::JoinAckForged => assert_eq!(hmacs.len(), rows.len(), "HMACs are random"),
         Kind::Dss => {}
     }
     let text = tshark_verbose(pcap);
     let subtype = match kind {
-        Kind::AddAddrValid | Kind::AddAddrForged => "Multipath TCP subtype: Add Address (3)",
-        Kind::JoinSynRandomToken => "Multipath TCP subtype: Join Connection (1)",
+        Kind::AddAddrValid | Kind::AddAddrForged | Kind::AddAddrRandomAddress => {
+            "Multipath TCP subtype: Add Address (3)"
+        }
+        Kind::JoinSynRandomToken | Kind::JoinAckForged => {
+            "Multipath TCP subtype: Join Connection (1)"
+        }
         Kind::Dss => "Multipath TCP subtype: Data Sequence Signal (2)",
     };
     assert_eq!(

@@ -6,8 +6,10 @@
 //!                [--addr-id N] [--announce IP] [--dss-payload N] [--seed N]
 //! ```
 //!
-//! Writes `add_addr_valid`, `add_addr_forged`, `join_syn_random_token` and `dss`, each as a
-//! trafgen configuration (`.cfg`) and a classic pcap (`.pcap`), into DIR. See
+//! Writes `add_addr_valid`, `add_addr_forged`, `join_syn_random_token`, `dss`,
+//! `add_addr_random_address` and `join_ack_forged`, each as a trafgen configuration (`.cfg`) and
+//! a classic pcap (`.pcap`), into DIR. `join_ack_forged` is meant for the 4-tuple of a pending
+//! MP_JOIN (give the join's `--src`, `--seq`, `--ack` and timestamps). See
 //! `mptcp_tests::profiles` and the README's "Traffic profiles" section.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
@@ -19,8 +21,9 @@ use mptcp_tests::profiles::{
 
 #[derive(Parser)]
 #[command(
-    about = "Write trafgen configurations and pcaps of valid and forged ADD_ADDRs, MP_JOIN SYNs \
-             with random tokens and DSS traffic for one MPTCP connection"
+    about = "Write trafgen configurations and pcaps of valid and forged ADD_ADDRs (one address, \
+             or a random address per packet), MP_JOIN SYNs with random tokens, MP_JOIN third ACKs \
+             with random HMACs and DSS traffic for one MPTCP connection"
 )]
 struct Args {
     /// Sender (host A) address and port: every profile is sent from here.
@@ -64,7 +67,7 @@ struct Args {
     /// Ethernet destination.
     #[arg(long, value_name = "MAC", value_parser = parse_mac, default_value = "02:00:00:00:01:02")]
     dst_mac: [u8; 6],
-    /// Address ID of the ADD_ADDRs and MP_JOINs.
+    /// Address ID of the ADD_ADDRs and MP_JOINs (add_addr_random_address draws its own).
     #[arg(long, default_value_t = 9)]
     addr_id: u8,
     /// Address the ADD_ADDRs announce [default: 198.18.3.66, or 2001:db8:3::66 on IPv6].
@@ -105,7 +108,7 @@ fn main() -> ExitCode {
     match profiles::write_all(&conn, &settings, &args.out) {
         Ok(files) => {
             for kind in Kind::ALL {
-                println!("{:<22} {}", kind.stem(), kind.summary());
+                println!("{:<24} {}", kind.stem(), kind.summary());
             }
             for file in files {
                 println!("wrote {}", file.display());

@@ -18,6 +18,20 @@
 //! make the receive path differ between "validator" and "kernel only". Replies to the client
 //! (RSTs, ACKs) are steered to CPU 0 with RPS. The receiver threads run SCHED_FIFO so that other
 //! tenants of a shared machine cannot delay them; their CPU time does not depend on that.
+//!
+//! The attacks ([`Attack`]): forged ADD_ADDRs into the victim connection at one address
+//! (`add_addr_forged`) and at a random (ID, address) per packet (`add_addr_random_address`, which
+//! no tag cache can answer), MP_JOIN SYNs with random tokens at its port, and MP_JOIN third ACKs
+//! with random HMACs on the 4-tuple of a join that the server really has pending
+//! (`join_ack_forged`). For the last, [`FloodLab::open_join`] sends, before each flood, one
+//! MP_JOIN SYN with the victim's genuine token from [`JOIN_ADDR`], an address no namespace holds:
+//! the server's kernel answers with a SYN/ACK and keeps a request socket, the validator (when
+//! attached) records the SYN's and the SYN/ACK's nonces, and the SYN/ACK reaches the client's
+//! veth, where a capture reads its sequence number and timestamp, and goes no further (its
+//! destination MAC [`JOIN_MAC`] is not the client's), so nothing answers it with a RST. The
+//! third ACKs then carry the right seq/ack and timestamps: Linux checks the first one's HMAC,
+//! resets the join, and answers every later one from the listener with a RST; the validator
+//! checks at most a pending join's budget of them and drops the rest without computing.
 
 pub mod cpu;
 pub mod endpoints;
@@ -76,26 +90,49 @@ pub const JOIN_NO_TOKEN: &str = "MPTcpExtMPJoinNoTokenFound";
 /// `TcpOutRsts`: RSTs the kernel sent.
 pub const OUT_RSTS: &str = "TcpOutRsts";
 
+/// `MPTcpExtMPJoinAckHMacFailure`: MP_JOIN third ACKs whose HMAC the kernel found wrong.
+pub const JOIN_ACK_HMAC_FAILURE: &str = "MPTcpExtMPJoinAckHMacFailure";
+/// The initiator address of the pending joins that `join_ack_forged` floods: in the client's
+/// path-1 subnet, held by no namespace. The server reaches it through a static neighbour entry
+/// pointing at [`JOIN_MAC`].
+pub const JOIN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 99);
+/// The MAC of [`JOIN_ADDR`]: not the client veth's, so the client's stack drops what the server
+/// sends there (a packet for another host) instead of answering it.
+pub const JOIN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x63];
+
 /// What the flood sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Attack {
     /// Forged ADD_ADDRs into the victim connection: right 4-tuple, in-window seq/ack, the
-    /// latest timestamps, wrong HMAC.
+    /// latest timestamps, one address, wrong HMAC.
     AddAddr,
+    /// The same with a random address ID, address and HMAC in every packet: every one misses
+    /// the validator's tag cache.
+    AddAddrRandom,
     /// MP_JOIN SYNs with random tokens at the victim's listening port.
     JoinSyn,
+    /// MP_JOIN third ACKs with random HMACs on the 4-tuple of a pending join of the victim
+    /// (see [`FloodLab::open_join`]).
+    JoinAck,
 }
 
 impl Attack {
-    /// Both, in report order.
-    pub const ALL: [Attack; 2] = [Attack::AddAddr, Attack::JoinSyn];
+    /// Every attack, in report order.
+    pub const ALL: [Attack; 4] = [
+        Attack::AddAddr,
+        Attack::AddAddrRandom,
+        Attack::JoinSyn,
+        Attack::JoinAck,
+    ];
 
     /// The profile trafgen sends.
     #[must_use]
     pub fn profile(self) -> Kind {
         match self {
             Attack::AddAddr => Kind::AddAddrForged,
+            Attack::AddAddrRandom => Kind::AddAddrRandomAddress,
             Attack::JoinSyn => Kind::JoinSynRandomToken,
+            Attack::JoinAck => Kind::JoinAckForged,
         }
     }
 
@@ -104,16 +141,41 @@ impl Attack {
     pub fn label(self) -> &'static str {
         match self {
             Attack::AddAddr => "forged ADD_ADDR (wrong HMAC)",
+            Attack::AddAddrRandom => "forged ADD_ADDR, random address",
             Attack::JoinSyn => "MP_JOIN SYN, random token",
+            Attack::JoinAck => "MP_JOIN third ACK, pending join",
         }
     }
 
-    /// The validator counter of the segments it drops.
+    /// The validator counters under which it drops these segments (their sum is its drop
+    /// count): a wrong HMAC or token, or over the crypto budget without computing.
     #[must_use]
-    pub fn validator_counter(self) -> Counter {
+    pub fn validator_counters(self) -> &'static [Counter] {
         match self {
-            Attack::AddAddr => Counter::AddAddrBadHmacDropped,
-            Attack::JoinSyn => Counter::JoinSynUnknownTokenDropped,
+            Attack::AddAddr | Attack::AddAddrRandom => {
+                &[Counter::AddAddrBadHmacDropped, Counter::CryptoBudgetDropped]
+            }
+            Attack::JoinSyn => &[Counter::JoinSynUnknownTokenDropped],
+            Attack::JoinAck => &[Counter::JoinAckBadHmacDropped, Counter::CryptoBudgetDropped],
+        }
+    }
+
+    /// Whether the attack is built to defeat the tag cache (a fresh tag per packet, or a check
+    /// the cache does not cover).
+    #[must_use]
+    pub fn defeats_cache(self) -> bool {
+        matches!(self, Attack::AddAddrRandom | Attack::JoinAck)
+    }
+
+    /// The target for validator / kernel CPU per forged packet: at most 1/3 for what
+    /// the cache answers and for join SYNs, at most 1 (never more than the kernel) for floods
+    /// that defeat the cache. `(bound, as written in reports)`.
+    #[must_use]
+    pub fn target(self) -> (f64, &'static str) {
+        if self.defeats_cache() {
+            (1.0, "<= 1")
+        } else {
+            (1.0 / 3.0, "<= 1/3")
         }
     }
 }
@@ -179,6 +241,9 @@ pub struct FloodLab {
     napi_before: BTreeSet<u32>,
     receiver_threads: BTreeSet<u32>,
     next_port: u16,
+    next_join_port: u16,
+    /// What [`FloodLab::attach`] last put in front of the server.
+    receiver: Receiver,
 }
 
 /// How the server's veths deliver packets to their NAPI thread.
@@ -203,6 +268,16 @@ pub struct Victim {
     pub control: Option<i128>,
 }
 
+/// A join the server has pending (SYN received, SYN/ACK sent, no third ACK yet), opened by
+/// [`FloodLab::open_join`].
+pub struct PendingJoin {
+    /// The join's subflow as its initiator sends on it: [`JOIN_ADDR`] -> the victim's server,
+    /// seq = ISN + 1, ack = the server's ISN + 1, TSecr = the SYN/ACK's TSval.
+    pub conn: Connection,
+    /// Its `join_ack_forged` trafgen configuration.
+    pub cfg: PathBuf,
+}
+
 /// One flood window.
 #[derive(Clone, Debug)]
 pub struct FloodWindow {
@@ -221,8 +296,11 @@ pub struct FloodWindow {
     pub stat: CpuStat,
     /// Kernel counters that moved on the server.
     pub kernel: Vec<(String, i128)>,
-    /// Segments the validator dropped (validator configuration only).
+    /// Segments the validator dropped, over the attack's [`Attack::validator_counters`]
+    /// (validator configuration only).
     pub validator_dropped: Option<u64>,
+    /// Every validator counter that moved (validator configuration only).
+    pub validator: Vec<(&'static str, u64)>,
 }
 
 impl FloodWindow {
@@ -295,6 +373,8 @@ impl FloodLab {
             napi_before,
             receiver_threads: BTreeSet::new(),
             next_port: 20_000,
+            next_join_port: 40_000,
+            receiver: Receiver::Kernel,
         };
         flood.arrange(delivery)?;
         flood.repin()?;
@@ -302,6 +382,19 @@ impl FloodLab {
     }
 
     fn arrange(&self, delivery: Delivery) -> Result<()> {
+        // The initiator of the pending joins: the server sends to it over path 1, the client's
+        // veth receives it as a frame for another host.
+        self.lab.server.ip(&[
+            "neigh",
+            "replace",
+            &JOIN_ADDR.to_string(),
+            "lladdr",
+            &JOIN_MAC.map(|b| format!("{b:02x}")).join(":"),
+            "dev",
+            PATH1.server_iface,
+            "nud",
+            "permanent",
+        ])?;
         let sender_mask = format!("{:x}", 1u32 << SENDER_CPU);
         for path in PATHS {
             self.lab
@@ -420,6 +513,7 @@ impl FloodLab {
                 Attached::Floor(proc)
             }
         };
+        self.receiver = receiver;
         self.repin()?;
         Ok(attached)
     }
@@ -443,6 +537,7 @@ impl FloodLab {
             }
             Attached::Floor(proc) => drop(proc),
         }
+        self.receiver = Receiver::Kernel;
         // The links go with the helper; wait until the interfaces show it.
         let deadline = Instant::now() + Duration::from_secs(5);
         for iface in SERVER_IFACES {
@@ -543,6 +638,148 @@ impl FloodLab {
         Ok(victim)
     }
 
+    /// Opens a join of the victim connection that the server keeps pending: one MP_JOIN SYN
+    /// with the victim's token (address ID 9, a fixed nonce) from [`JOIN_ADDR`] and a fresh port
+    /// to the victim's server, sent by trafgen on path 1. The server's kernel must count it
+    /// (`MPTcpExtMPJoinSynRx` +1) and answer with a SYN/ACK, read from a capture on the client's
+    /// veth; nothing answers that SYN/ACK, so the server keeps the join pending (and, with the
+    /// validator attached, so does the validator: it saw the SYN with a known token and the
+    /// SYN/ACK's nonce on egress). Writes the join's `join_ack_forged` configuration: third ACKs
+    /// with the right seq/ack and timestamps and random HMACs.
+    ///
+    /// # Errors
+    /// When the SYN is not counted or no SYN/ACK comes back (three tries, each from a new port).
+    pub fn open_join(&mut self, victim: &Victim) -> Result<PendingJoin> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = self.join_port();
+            match self.try_join(victim, port)? {
+                Ok(join) => return Ok(join),
+                Err(why) => last = why,
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        Err(LabError::Unexpected {
+            process: "server kernel".into(),
+            request: format!("a pending MP_JOIN from {JOIN_ADDR} to {}", victim.conn.dst),
+            line: last,
+        })
+    }
+
+    fn join_port(&mut self) -> u16 {
+        self.next_join_port = self.next_join_port.wrapping_add(1).max(40_000);
+        self.next_join_port
+    }
+
+    /// A join's subflow before its SYN/ACK is known (ack 0, TSecr 0), and its folder.
+    fn join_conn(victim: &Victim, port: u16) -> Result<(Connection, PathBuf)> {
+        let dir = victim.dir.join(format!("join-{port}"));
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let isn = 0x4a01_0000u32.wrapping_add(u32::from(port).wrapping_mul(7919));
+        let tsval = 3_000_000u32.wrapping_add(u32::from(port));
+        let conn = Connection {
+            src: SocketAddr::V4(SocketAddrV4::new(JOIN_ADDR, port)),
+            dst: victim.conn.dst,
+            src_mac: JOIN_MAC,
+            dst_mac: victim.conn.dst_mac,
+            seq: isn.wrapping_add(1),
+            ack: 0,
+            window: 502,
+            timestamps: Some((tsval, 0)),
+            key_a: victim.conn.key_a,
+            key_b: victim.conn.key_b,
+        };
+        Ok((conn, dir))
+    }
+
+    /// Writes the `join_ack_forged` configuration of `conn` into `dir`.
+    fn write_join_ack(conn: &Connection, dir: &Path) -> Result<PathBuf> {
+        let cfg = dir.join(format!("{}.cfg", Kind::JoinAckForged.stem()));
+        let text = profiles::trafgen_config(Kind::JoinAckForged, conn, &join_settings())
+            .map_err(profile_err)?;
+        std::fs::write(&cfg, text).map_err(io_err(format!("writing {}", cfg.display())))?;
+        Ok(cfg)
+    }
+
+    /// One attempt of [`FloodLab::open_join`]: `Ok(Err(why))` when the server did not open it.
+    fn try_join(
+        &mut self,
+        victim: &Victim,
+        port: u16,
+    ) -> Result<std::result::Result<PendingJoin, String>> {
+        let (mut conn, dir) = Self::join_conn(victim, port)?;
+        let nonce = (0x5eed_0000u32 | u32::from(port)).to_be_bytes();
+        let syn_cfg = dir.join("join_syn.cfg");
+        let syn = profiles::join_syn_config(&conn, &join_settings(), nonce).map_err(profile_err)?;
+        std::fs::write(&syn_cfg, syn).map_err(io_err(format!("writing {}", syn_cfg.display())))?;
+        let pcap = dir.join("join.pcap");
+        let capture = Capture::start(
+            &self.lab.client,
+            PATH1.client_iface,
+            &pcap,
+            &format!("tcp and host {JOIN_ADDR} and port {port}"),
+        )?;
+        let before = self.lab.server.counters()?;
+        let mut one = self.trafgen(&syn_cfg, 1000, 1)?;
+        one.wait_exit(Duration::from_secs(10))?;
+        thread::sleep(Duration::from_millis(200));
+        let opened = self
+            .lab
+            .server
+            .counters()?
+            .delta(&before, mib::MP_JOIN_SYN_RX);
+        let report = capture.stop()?;
+        let bytes = std::fs::read(&report.path)
+            .map_err(io_err(format!("reading {}", report.path.display())))?;
+        let synack = read_pcap(&bytes)?
+            .iter()
+            .filter_map(|f| parse_segment(f))
+            .find(|seg| {
+                seg.src == PATH1.server_addr
+                    && seg.sport == victim.conn.dst.port()
+                    && seg.dport == port
+                    && seg.flags & 0x12 == 0x12
+            });
+        let Some(synack) = synack else {
+            return Ok(Err(format!(
+                "no SYN/ACK to {JOIN_ADDR}:{port} ({} frames captured; {} moved by {opened})",
+                report.frames,
+                mib::MP_JOIN_SYN_RX
+            )));
+        };
+        if opened != 1 {
+            return Ok(Err(format!(
+                "{} moved by {opened}, expected 1",
+                mib::MP_JOIN_SYN_RX
+            )));
+        }
+        conn.ack = synack.seq.wrapping_add(1);
+        let tsval = conn.timestamps.map_or(0, |(v, _)| v);
+        conn.timestamps = Some((tsval, synack.ts.map_or(0, |(v, _)| v)));
+        let cfg = Self::write_join_ack(&conn, &dir)?;
+        Ok(Ok(PendingJoin { conn, cfg }))
+    }
+
+    /// The trafgen configuration that floods `victim` with `attack`: the victim's own
+    /// profile, or for [`Attack::JoinAck`] that of a join opened for it now. Behind the
+    /// XDP_DROP floor nothing reaches the server, so no join can be opened: the third ACKs then
+    /// go to the 4-tuple of a join never sent (the same frames but for seq/ack and TSecr), which
+    /// XDP_DROP drops unread like any other.
+    ///
+    /// # Errors
+    /// When the join cannot be opened.
+    pub fn attack_cfg(&mut self, victim: &Victim, attack: Attack) -> Result<PathBuf> {
+        match attack {
+            Attack::JoinAck if self.receiver.passes_traffic() => Ok(self.open_join(victim)?.cfg),
+            Attack::JoinAck => {
+                let port = self.join_port();
+                let (conn, dir) = Self::join_conn(victim, port)?;
+                Self::write_join_ack(&conn, &dir)
+            }
+            _ => Ok(victim.cfg(attack.profile())),
+        }
+    }
+
     /// Starts trafgen on the client's path-1 interface: `count` packets of `cfg` at `rate`
     /// packets per second, one process on the sender CPU, SCHED_FIFO.
     ///
@@ -559,9 +796,12 @@ impl FloodLab {
         self.lab.client.spawn("trafgen", "chrt", &args)
     }
 
-    fn validator_count(attached: &Attached, ns: &Netns, counter: Counter) -> Result<Option<u64>> {
+    fn validator_counts(attached: &Attached, ns: &Netns) -> Result<Option<Vec<u64>>> {
         match attached {
-            Attached::Validator(v) => Ok(Some(v.stats(ns)?.get(counter))),
+            Attached::Validator(v) => {
+                let stats = v.stats(ns)?;
+                Ok(Some(Counter::ALL.iter().map(|c| stats.get(*c)).collect()))
+            }
             _ => Ok(None),
         }
     }
@@ -571,7 +811,7 @@ impl FloodLab {
     /// # Errors
     /// When trafgen fails or a counter cannot be read.
     pub fn flood(
-        &self,
+        &mut self,
         victim: &Victim,
         attached: &Attached,
         attack: Attack,
@@ -587,10 +827,10 @@ impl FloodLab {
             PATH1.client_iface
         );
         let count = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
-        let counter = attack.validator_counter();
+        let cfg = self.attack_cfg(victim, attack)?;
         let (k0, v0) = (
             self.lab.server.counters()?,
-            Self::validator_count(attached, &self.lab.server, counter)?,
+            Self::validator_counts(attached, &self.lab.server)?,
         );
         let (rx0, drops0) = (
             read_u64(&self.lab.server, &rx_path)?,
@@ -601,7 +841,7 @@ impl FloodLab {
             CpuStat::read(RECEIVER_CPU),
             Instant::now(),
         );
-        let mut trafgen = self.trafgen(&victim.cfg(attack.profile()), rate, count)?;
+        let mut trafgen = self.trafgen(&cfg, rate, count)?;
         let status = trafgen.wait_exit(duration * 3 + Duration::from_secs(10))?;
         // Let the receiver finish what is queued.
         thread::sleep(Duration::from_millis(50));
@@ -622,12 +862,34 @@ impl FloodLab {
             read_u64(&self.lab.client, &drop_path)?,
         );
         let k1 = self.lab.server.counters()?;
-        let v1 = Self::validator_count(attached, &self.lab.server, counter)?;
-        let kernel = [mib::TCP_IN_SEGS, OUT_RSTS, JOIN_NO_TOKEN, mib::ADD_ADDR]
-            .iter()
-            .map(|name| ((*name).to_owned(), k1.delta(&k0, name)))
-            .filter(|(_, d)| *d != 0)
-            .collect();
+        let v1 = Self::validator_counts(attached, &self.lab.server)?;
+        let kernel = [
+            mib::TCP_IN_SEGS,
+            OUT_RSTS,
+            JOIN_NO_TOKEN,
+            mib::ADD_ADDR,
+            JOIN_ACK_HMAC_FAILURE,
+        ]
+        .iter()
+        .map(|name| ((*name).to_owned(), k1.delta(&k0, name)))
+        .filter(|(_, d)| *d != 0)
+        .collect();
+        let moved: Vec<(Counter, u64)> = match (v0, v1) {
+            (Some(a), Some(b)) => Counter::ALL
+                .iter()
+                .zip(a.iter().zip(&b))
+                .map(|(c, (a, b))| (*c, b.saturating_sub(*a)))
+                .filter(|(_, d)| *d != 0)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let validator_dropped = matches!(attached, Attached::Validator(_)).then(|| {
+            moved
+                .iter()
+                .filter(|(c, _)| attack.validator_counters().contains(c))
+                .map(|(_, d)| *d)
+                .sum::<u64>()
+        });
         Ok(FloodWindow {
             sent: count,
             ring_drops: drops1.saturating_sub(drops0),
@@ -636,7 +898,8 @@ impl FloodLab {
             cpu_ns: cpu1.saturating_sub(cpu0),
             stat: stat1.since(&stat0),
             kernel,
-            validator_dropped: v0.zip(v1).map(|(a, b)| b.saturating_sub(a)),
+            validator_dropped,
+            validator: moved.into_iter().map(|(c, d)| (c.name(), d)).collect(),
         })
     }
 
@@ -667,6 +930,10 @@ impl FloodLab {
         duration: Duration,
         flood: Option<(&Victim, Attack, u32)>,
     ) -> Result<Transfer> {
+        let flood = match flood {
+            Some((victim, attack, rate)) => Some((self.attack_cfg(victim, attack)?, rate)),
+            None => None,
+        };
         let port = self.port();
         let addr = SocketAddrV4::new(PATH1.server_addr, port);
         let mut server = self.lab.server.spawn(
@@ -683,10 +950,10 @@ impl FloodLab {
         let client_before = self.lab.client.counters()?;
         let lead = Duration::from_millis(500);
         let mut trafgen = match flood {
-            Some((victim, attack, rate)) => {
+            Some((cfg, rate)) => {
                 let secs = (duration + lead * 3).as_secs_f64();
                 let count = (f64::from(rate) * secs).round() as u64;
-                let t = self.trafgen(&victim.cfg(attack.profile()), rate, count)?;
+                let t = self.trafgen(&cfg, rate, count)?;
                 thread::sleep(lead);
                 Some(t)
             }
@@ -772,6 +1039,21 @@ impl Victim {
             .server
             .wait_for_prefix("RECEIVED", Duration::from_secs(10));
         let _ = self.client.wait_exit(Duration::from_secs(10));
+    }
+}
+
+/// What the join profiles are written with.
+fn join_settings() -> Settings {
+    Settings {
+        count: 16,
+        ..Settings::default()
+    }
+}
+
+fn profile_err(e: profiles::ProfileError) -> LabError {
+    LabError::Io {
+        what: format!("writing the join's profiles: {e}"),
+        source: std::io::Error::other(e.to_string()),
     }
 }
 

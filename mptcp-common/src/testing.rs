@@ -162,10 +162,17 @@ pub fn fixture(name: &str) -> String {
 }
 
 /// The path of a fixture checked into the repository (`tests/fixtures/`), whatever
-/// `$MPTCP_FIXTURES_DIR` says: for tests of values documented for those very files.
+/// `$MPTCP_FIXTURES_DIR` says: for tests of values documented for those very files. Where the
+/// build tree does not exist (`cargo xtask vm-test` copies only the test binaries and the
+/// checked-in fixtures into the VM), the fixture directory is the copy.
 #[must_use]
 pub fn checked_in_fixture(name: &str) -> String {
-    std::format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    let in_tree = std::format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    if std::path::Path::new(&in_tree).exists() {
+        in_tree
+    } else {
+        fixture(name)
+    }
 }
 
 /// The names of the `*.pcap` files in the fixture directory (see [`fixture`]), sorted.

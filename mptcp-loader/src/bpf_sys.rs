@@ -32,7 +32,12 @@ pub struct LinkDetails {
     pub ifindex: u32,
 }
 
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+/// The `bpf(2)` system call with `attr` as its `union bpf_attr` (128 bytes, zeroed but for the
+/// fields of `cmd`); returns what the kernel returned (a descriptor for the commands that make one).
+///
+/// # Errors
+/// The kernel's error.
+pub fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     // SAFETY: attr is a zero-initialised 128-byte buffer, larger than the union members used.
     let rc = unsafe {
         libc::syscall(

@@ -5,8 +5,9 @@
 
 #![allow(dead_code, reason = "each test file uses a part of it")]
 
+use mptcp_loader::bpf_sys::sys_bpf;
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
@@ -409,23 +410,6 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 /// `BPF_PROG_TYPE_SCHED_CLS`.
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i32> {
-    // SAFETY: attr is a zeroed 128-byte `union bpf_attr` with the fields of `cmd` filled in.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(i32::try_from(rc).unwrap())
-    }
-}
-
 /// One `struct bpf_insn` (code, dst_reg, no src_reg, no offset, imm) as its 8 bytes.
 fn insn(code: u8, dst: u8, imm: i32) -> u64 {
     u64::from(code) | (u64::from(dst) << 8) | (u64::from(imm.cast_unsigned()) << 32)
@@ -447,7 +431,7 @@ pub fn load_probe(name: &str, pin: &Path) {
     attr[7] = u64::from_ne_bytes(prog_name[8..].try_into().unwrap());
     let fd = sys_bpf(BPF_PROG_LOAD, &mut attr).expect("loading a two-instruction classifier");
     // SAFETY: the kernel just returned this descriptor to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).unwrap()) };
     let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
     let mut attr = [0u64; 16];
     // pathname, bpf_fd.

@@ -96,7 +96,9 @@ impl Tools {
     }
 }
 
-fn succeeds(program: &str, args: &[&str]) -> bool {
+/// Whether `program args` runs and exits 0 (its output discarded).
+#[must_use]
+pub fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
         .stdin(Stdio::null())

@@ -45,7 +45,7 @@ use mptcp_tests::{
     capture::Capture,
     peers::{PeerClient, PeerServer},
     teardown,
-    tools::Tools,
+    tools::{succeeds, Tools},
     Netns,
 };
 
@@ -372,16 +372,6 @@ fn tshark(pcap: &Path, filter: &str, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn succeeds(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// `6.18` of `6.18.44-...` (the running kernel, as in the capture names).

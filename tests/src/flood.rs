@@ -34,7 +34,7 @@
 //! checks at most a pending join's budget of them and drops the rest without computing.
 
 pub mod cpu;
-pub mod endpoints;
+pub use mptcp_lab::endpoints;
 pub mod xdp;
 
 use std::{

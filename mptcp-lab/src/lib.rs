@@ -25,11 +25,16 @@
 pub mod counters;
 pub mod endpoints;
 pub mod error;
+pub mod forge_add_addr;
+pub mod forge_join;
 pub mod lab;
 pub mod mptcp_frames;
 pub mod netns;
 pub mod proc;
+pub mod storm;
+pub mod stream;
 pub mod teardown;
+pub mod wire;
 
 pub use error::{LabError, Result};
 pub use lab::Lab;

@@ -29,7 +29,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "netsniff-ng", // trafgen
     "iproute2",
-    "python3-scapy",
     "ethtool",
     "iputils-ping", // the loader's `operations` tests
 ];

@@ -3,7 +3,7 @@
 //! Builds the lab, starts `mptcp-loader run --mode enforce` on the server's two interfaces,
 //! runs a genuine MPTCP transfer (whose ADD_ADDR must pass), injects forged ADD_ADDRs (which
 //! must be dropped), and prints what the kernel and the validator counted. Ctrl-C tears the lab
-//! down. Needs root, iproute2, tcpdump, nsenter and python3 (`cargo xtask setup`).
+//! down. Needs root, iproute2, tcpdump and nsenter (`cargo xtask setup`).
 //!
 //! ```text
 //! mptcp-demo [--loader PATH] [--mode enforce|monitor] [--no-validator]

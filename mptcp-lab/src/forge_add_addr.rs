@@ -611,7 +611,10 @@ mod tests {
         assert_eq!((conn.snd_nxt, conn.rcv_nxt), (Some(111), Some(901)));
         assert_eq!((conn.tsval, conn.tsecr), (Some(6), Some(70)));
         assert_eq!(conn.keys, Some(([1; 8], [2; 8])));
-        assert_eq!((conn.mac_client, conn.mac_server), (Some([1; 6]), Some([2; 6])));
+        assert_eq!(
+            (conn.mac_client, conn.mac_server),
+            (Some([1; 6]), Some([2; 6]))
+        );
         // The server's data moves rcv_nxt; its ack of more data moves snd_nxt.
         conn.observe(&target, &seg(s, c, 901, 131, TCP_ACK, 50, Some((80, 6))));
         assert_eq!((conn.snd_nxt, conn.rcv_nxt), (Some(131), Some(951)));

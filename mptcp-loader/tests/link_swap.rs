@@ -71,8 +71,8 @@ fn swap(test: &str, tag: &str, iface: &str, addrs: (&str, &str), how: EgressAtta
         "/sys/fs/bpf/mptcp-fw/test-swap-{tag}-{}",
         std::process::id()
     ));
-    let netns_path = format!("/run/netns/{}", ns.name);
-    let ns_name = ns.name.clone();
+    let netns_path = format!("/run/netns/{}", ns.name());
+    let ns_name = ns.name().to_owned();
     let dir_for_thread = pin_path.clone();
     let iface = iface.to_owned();
     let outcome = std::thread::spawn(move || {

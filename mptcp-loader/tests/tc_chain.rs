@@ -62,7 +62,7 @@ fn programs_attached_after_the_firewall_still_see_egress_traffic() {
     let tc = |args: &[&str]| {
         output_ok(
             Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", ns.name))
+                .arg(format!("--net=/run/netns/{}", ns.name()))
                 .arg("tc")
                 .args(args),
         )
@@ -86,8 +86,8 @@ fn programs_attached_after_the_firewall_still_see_egress_traffic() {
 
     // The TCX program: attached last, from a thread inside the namespace (interface names and
     // TCX links resolve there); it stays attached while the thread holds it.
-    let netns_path = format!("/run/netns/{}", ns.name);
-    let ns_name = ns.name.clone();
+    let netns_path = format!("/run/netns/{}", ns.name());
+    let ns_name = ns.name().to_owned();
     let seen = std::thread::spawn(move || {
         let netns = File::open(&netns_path).unwrap();
         // SAFETY: setns on a namespace fd we own; it changes this thread only.

@@ -59,7 +59,9 @@ use mptcp_common::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use crate::{
     mptcp_frames::{add_addr, mpc_third_ack},
-    wire::{ipv4_frame, random_bytes, sniffed, timestamps_option, PacketSocket, Segment, Sniffed},
+    wire::{
+        ipv4_frame, later, random_bytes, sniffed, timestamps_option, PacketSocket, Segment, Sniffed,
+    },
 };
 
 /// Default sequence offset of the state-changing segments: half the sequence space away from
@@ -104,20 +106,6 @@ pub struct Target {
     pub server: Ipv4Addr,
     /// Server port.
     pub port: u16,
-}
-
-/// True if sequence number `a` is after `b` (mod 2^32).
-fn seq_after(a: u32, b: u32) -> bool {
-    let d = a.wrapping_sub(b);
-    d != 0 && d < 0x8000_0000
-}
-
-/// The later of two sequence numbers.
-fn later(current: Option<u32>, candidate: u32) -> Option<u32> {
-    match current {
-        Some(c) if !seq_after(candidate, c) => Some(c),
-        _ => Some(candidate),
-    }
 }
 
 /// What has been learned about the connection's initial subflow, from the client's side.
@@ -554,6 +542,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::seq_after;
 
     #[test]
     fn sequence_numbers_compare_mod_2_32() {

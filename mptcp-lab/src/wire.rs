@@ -335,26 +335,47 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-/// The TSval and TSecr of the timestamps option in `options`, if any.
-fn find_timestamps(options: &[u8]) -> Option<(u32, u32)> {
-    let mut i = 0;
-    while i < options.len() {
-        match options[i] {
+/// The options (kind, length and body) in the option bytes of a TCP header; NOPs are skipped,
+/// and the walk ends at End of Option List or at an option whose length does not fit.
+pub fn tcp_options(mut opts: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || loop {
+        match *opts.first()? {
             TCPOPT_EOL => return None,
-            TCPOPT_NOP => i += 1,
-            kind => {
-                let len = usize::from(*options.get(i + 1)?);
-                if len < 2 || i + len > options.len() {
+            TCPOPT_NOP => opts = &opts[1..],
+            _ => {
+                let len = usize::from(*opts.get(1)?);
+                if len < 2 || len > opts.len() {
                     return None;
                 }
-                if kind == TCPOPT_TIMESTAMP && len == 10 {
-                    return Some((be32(options, i + 2)?, be32(options, i + 6)?));
-                }
-                i += len;
+                let (opt, rest) = opts.split_at(len);
+                opts = rest;
+                return Some(opt);
             }
         }
+    })
+}
+
+/// The TSval and TSecr of the timestamps option in `options`, if any.
+fn find_timestamps(options: &[u8]) -> Option<(u32, u32)> {
+    tcp_options(options)
+        .find(|o| o[0] == TCPOPT_TIMESTAMP && o.len() == 10)
+        .and_then(|o| Some((be32(o, 2)?, be32(o, 6)?)))
+}
+
+/// True if sequence number `a` is after `b` (mod 2^32).
+#[must_use]
+pub fn seq_after(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < 0x8000_0000
+}
+
+/// The later of two sequence numbers (`current` may be unknown yet).
+#[must_use]
+pub fn later(current: Option<u32>, candidate: u32) -> Option<u32> {
+    match current {
+        Some(c) if !seq_after(candidate, c) => Some(c),
+        _ => Some(candidate),
     }
-    None
 }
 
 /// Reads an untagged Ethernet + IPv4 + TCP frame, `wire_len` bytes long on the wire (`frame` may
@@ -477,6 +498,22 @@ mod tests {
         big.truncate(256);
         assert_eq!(sniffed(&big, wire).unwrap().payload, 3000);
         assert_eq!(sniffed(&bytes[..30], bytes.len()), None);
+    }
+
+    #[test]
+    fn sequence_space_wraps() {
+        assert!(seq_after(5, u32::MAX - 5));
+        assert_eq!(later(Some(u32::MAX - 1), 3), Some(3));
+        assert_eq!(later(Some(3), u32::MAX - 1), Some(3));
+    }
+
+    #[test]
+    fn options_walk_skips_nops_and_stops_at_eol_or_a_bad_length() {
+        let opts = [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9, 30, 3, 0x10, 0, 30, 4];
+        let walked: Vec<&[u8]> = tcp_options(&opts).collect();
+        assert_eq!(walked, [&opts[2..12], &opts[12..15]]);
+        assert_eq!(find_timestamps(&opts), Some((7, 9)));
+        assert_eq!(tcp_options(&[2, 1, 0]).count(), 0);
     }
 
     #[test]

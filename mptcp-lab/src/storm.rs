@@ -215,6 +215,8 @@ pub struct Trickle {
     quiet: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     worker: Option<JoinHandle<io::Result<TcpStream>>>,
+    /// The connection once the sending thread has handed it back: open until dropped.
+    held: Option<TcpStream>,
 }
 
 impl Trickle {
@@ -244,6 +246,7 @@ impl Trickle {
             quiet,
             sent,
             worker: Some(worker),
+            held: None,
         })
     }
 
@@ -269,8 +272,7 @@ impl Trickle {
             let conn = worker
                 .join()
                 .map_err(|_| io::Error::other("the sending thread panicked"))??;
-            // Hold the connection until the Trickle is dropped.
-            self.worker = Some(thread::spawn(move || Ok(conn)));
+            self.held = Some(conn);
         }
         Ok(self.sent())
     }

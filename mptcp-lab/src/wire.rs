@@ -27,9 +27,6 @@ const TCPOPT_TIMESTAMP: u8 = 8;
 /// A burst of GSO frames must not overflow the sniffer's queue while it parses.
 const SNIFF_RCVBUF: libc::c_int = 64 << 20;
 
-/// Prints `line` on stdout at once: the lab reads its peers' output line by line.
-pub use crate::endpoints::say;
-
 /// `N` random bytes from the kernel (`getrandom(2)`).
 ///
 /// # Panics

@@ -426,15 +426,7 @@ impl PrivateApt {
             .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
             .with_context(|| format!("apt-get download left no .deb for {package}"))?;
 
-        unpack_deb(
-            &deb,
-            &scratch,
-            &[
-                "./boot/vmlinuz-*",
-                "./boot/config-*",
-                "./lib/modules/*/modules.dep",
-            ],
-        )?;
+        unpack_deb(&deb, &scratch, &["./boot/vmlinuz-*", "./boot/config-*"])?;
         fs::create_dir_all(&image.dir)
             .with_context(|| format!("creating {}", image.dir.display()))?;
         for entry in fs::read_dir(scratch.join("boot"))? {
@@ -451,24 +443,8 @@ impl PrivateApt {
             bail!("{package} has no /boot/vmlinuz-*");
         }
 
-        // The modules, dependencies first, then decompressed under their plain names.
-        let release_dir = fs::read_dir(scratch.join("lib/modules"))
-            .ok()
-            .and_then(|mut dirs| dirs.next())
-            .and_then(Result::ok)
-            .map(|entry| entry.path())
-            .with_context(|| format!("{package} has no /lib/modules/*/modules.dep"))?;
-        let dep_file = release_dir.join("modules.dep");
-        let deps = fs::read_to_string(&dep_file)
-            .with_context(|| format!("reading {}", dep_file.display()))?;
-        let modules = module_load_order(&deps, MODULES);
-        let release = release_dir.file_name().unwrap_or_default().to_string_lossy();
-        let patterns: Vec<String> = modules
-            .iter()
-            .map(|module| format!("./lib/modules/{release}/{module}"))
-            .collect();
-        let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
-        unpack_deb(&deb, &scratch, &patterns)?;
+        // The modules and, from their `depends=` entries, the modules they need: the package
+        // has no modules.dep (depmod writes it on installation).
         let unpacked = image.dir.join("modules.partial");
         if unpacked.exists() {
             fs::remove_dir_all(&unpacked)
@@ -476,32 +452,48 @@ impl PrivateApt {
         }
         fs::create_dir_all(&unpacked)
             .with_context(|| format!("creating {}", unpacked.display()))?;
-        for (index, module) in modules.iter().enumerate() {
-            let source = release_dir.join(module);
-            let name = module_name(module);
-            let target = unpacked.join(format!("{index:02}-{name}.ko"));
-            let decompressor = match module.rsplit_once('.').map(|(_, ext)| ext) {
-                Some("xz") => Some("xz"),
-                Some("zst") => Some("zstd"),
-                _ => None,
-            };
-            match decompressor {
-                Some(program) => {
-                    let output = cmd(program)
-                        .arg("-dc")
-                        .arg(&source)
-                        .output()
-                        .with_context(|| format!("could not start {program}"))?;
-                    if !output.status.success() {
-                        bail!("{program} -dc {} failed: {}", source.display(), output.status);
-                    }
-                    fs::write(&target, output.stdout)
-                        .with_context(|| format!("writing {}", target.display()))?;
+        let mut depends: Vec<(String, Vec<String>)> = Vec::new();
+        let mut wanted: Vec<String> = MODULES.iter().map(|name| (*name).to_owned()).collect();
+        while !wanted.is_empty() {
+            let patterns: Vec<String> = wanted
+                .iter()
+                .map(|name| format!("./lib/modules/*/{name}.ko*"))
+                .collect();
+            let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+            // A module built into this kernel is not in the package; tar then fails, so
+            // extract one at a time and skip those it does not find.
+            for (name, pattern) in wanted.iter().zip(&patterns) {
+                if unpack_deb(&deb, &scratch, &[pattern]).is_err() {
+                    eprintln!("vm-test: {package} has no module {name} (built in?)");
+                    depends.push((name.clone(), Vec::new()));
                 }
-                None => {
-                    fs::rename(&source, &target)
-                        .with_context(|| format!("moving {}", source.display()))?;
+            }
+            for path in files_under(&scratch.join("lib"))? {
+                let name = module_name(&path.to_string_lossy()).replace('-', "_");
+                if depends.iter().any(|(known, _)| *known == name) {
+                    continue;
                 }
+                let ko = unpacked.join(format!("{name}.ko"));
+                decompress_module(&path, &ko)?;
+                let needs = module_depends(&fs::read(&ko)?);
+                depends.push((name, needs));
+            }
+            fs::remove_dir_all(scratch.join("lib"))?;
+            wanted = depends
+                .iter()
+                .flat_map(|(_, needs)| needs)
+                .filter(|need| !depends.iter().any(|(known, _)| known == *need))
+                .cloned()
+                .collect();
+            wanted.sort();
+            wanted.dedup();
+        }
+        let mut modules = 0;
+        for (index, name) in module_load_order(&depends).iter().enumerate() {
+            let ko = unpacked.join(format!("{name}.ko"));
+            if ko.is_file() {
+                fs::rename(&ko, unpacked.join(format!("{index:02}-{name}.ko")))?;
+                modules += 1;
             }
         }
         fs::rename(&unpacked, image.modules())
@@ -510,7 +502,7 @@ impl PrivateApt {
         eprintln!(
             "vm-test: ok  kernel image {} and {} module(s)",
             image.vmlinuz().display(),
-            modules.len()
+            modules
         );
         Ok(())
     }
@@ -519,10 +511,7 @@ impl PrivateApt {
 /// `dpkg-deb --fsys-tarfile DEB | tar -x -C DIR --wildcards PATTERNS`.
 fn unpack_deb(deb: &Path, dir: &Path, patterns: &[&str]) -> Result<()> {
     let mut unpack = cmd("dpkg-deb");
-    unpack
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped());
+    unpack.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
     let mut untar = cmd("tar");
     untar
         .arg("-x")
@@ -553,26 +542,77 @@ fn module_name(path: &str) -> &str {
     file.split_once(".ko").map_or(file, |(name, _)| name)
 }
 
-/// The paths (relative to `/lib/modules/<release>/`) of `wanted` and the modules they depend
-/// on, in an order `insmod` can follow, read from `modules.dep` (`path: dependency...`, each
-/// line listing every module its own module needs, the last one to be loaded first). Modules
-/// built into the kernel are not in it and need nothing.
-fn module_load_order(modules_dep: &str, wanted: &[&str]) -> Vec<String> {
-    let mut order: Vec<String> = Vec::new();
-    for name in wanted {
-        let Some((path, deps)) = modules_dep
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(path, _)| module_name(path) == *name)
-        else {
-            // Built in (`=y`), or not configured at all: the test that needs it will say so.
-            continue;
-        };
-        for module in deps.split_whitespace().rev().chain([path]) {
-            if !order.iter().any(|known| known == module) {
-                order.push(module.to_owned());
+/// Every file below `dir`.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
             }
         }
+    }
+    Ok(files)
+}
+
+/// Writes the module `source` (`.ko`, `.ko.xz` or `.ko.zst`) uncompressed to `target`, for
+/// busybox's insmod.
+fn decompress_module(source: &Path, target: &Path) -> Result<()> {
+    let name = source.to_string_lossy();
+    let program = match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        _ => {
+            return fs::rename(source, target)
+                .with_context(|| format!("moving {}", source.display()));
+        }
+    };
+    let output = cmd(program)
+        .arg("-dc")
+        .arg(source)
+        .output()
+        .with_context(|| format!("could not start {program}"))?;
+    if !output.status.success() {
+        bail!("{program} -dc {name} failed: {}", output.status);
+    }
+    fs::write(target, output.stdout).with_context(|| format!("writing {}", target.display()))
+}
+
+/// The modules a module needs: its `.modinfo` string `depends=a,b` (NUL-separated strings).
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|byte| *byte == 0)
+        .find_map(|field| field.strip_prefix(b"depends="))
+        .map(|list| {
+            String::from_utf8_lossy(list)
+                .split(',')
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The modules in an order `insmod` can follow: each after those it depends on.
+fn module_load_order(depends: &[(String, Vec<String>)]) -> Vec<String> {
+    fn visit(name: &str, depends: &[(String, Vec<String>)], order: &mut Vec<String>) {
+        if order.iter().any(|known| known == name) {
+            return;
+        }
+        // Dependencies first; a cycle cannot occur (the kernel refuses to build one).
+        if let Some((_, needs)) = depends.iter().find(|(known, _)| known == name) {
+            for need in needs {
+                visit(need, depends, order);
+            }
+        }
+        order.push(name.to_owned());
+    }
+    let mut order = Vec::new();
+    for (name, _) in depends {
+        visit(name, depends, &mut order);
     }
     order
 }
@@ -688,7 +728,9 @@ fn python_stdlib(python: &Path) -> Result<Vec<PathBuf>> {
 fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Result<Vec<u8>> {
     let read = |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
     let mut archive = Cpio::default();
-    for dir in ["proc", "sys", "tmp", "run", "root", "sbin", "usr/bin", "usr/sbin"] {
+    for dir in [
+        "proc", "sys", "tmp", "run", "root", "sbin", "usr/bin", "usr/sbin",
+    ] {
         archive.dir(dir);
     }
     // iproute2 keeps named namespaces in /var/run/netns, the tests look in /run/netns.
@@ -711,8 +753,8 @@ fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Re
     let mut python_files = Vec::new();
     for name in LAB_PROGRAMS {
         let path = system_program(name)?;
-        let resolved = fs::canonicalize(&path)
-            .with_context(|| format!("resolving {}", path.display()))?;
+        let resolved =
+            fs::canonicalize(&path).with_context(|| format!("resolving {}", path.display()))?;
         archive.file(&in_archive(&resolved), 0o755, &read(&resolved)?);
         if resolved != path {
             archive.symlink(&in_archive(&path), &resolved.display().to_string());
@@ -738,9 +780,7 @@ fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Re
     // directory, compiled in).
     let scripts = workspace.root.join("tests/scripts");
     let mut script_count = 0;
-    for entry in
-        fs::read_dir(&scripts).with_context(|| format!("reading {}", scripts.display()))?
-    {
+    for entry in fs::read_dir(&scripts).with_context(|| format!("reading {}", scripts.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|ext| ext == "py") {
             archive.file(&in_archive(&path), 0o755, &read(&path)?);
@@ -1256,7 +1296,22 @@ fn print_summary(outcomes: &[Outcome], elapsed: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use super::{printable, Cpio};
+    use super::{module_depends, module_load_order, module_name, printable, Cpio};
+
+    #[test]
+    fn modules_load_after_what_they_depend_on() {
+        let ko = b"\x7fELF...\0license=GPL\0depends=libcrc32c,nf_conntrack\0retpoline=Y\0";
+        assert_eq!(module_depends(ko), ["libcrc32c", "nf_conntrack"]);
+        assert!(module_depends(b"\0depends=\0name=veth\0").is_empty());
+        assert_eq!(module_name("kernel/net/sched/cls_bpf.ko.xz"), "cls_bpf");
+        let depends = vec![
+            ("a".to_owned(), vec!["b".to_owned(), "c".to_owned()]),
+            ("b".to_owned(), vec!["c".to_owned()]),
+            ("c".to_owned(), vec![]),
+            ("d".to_owned(), vec![]),
+        ];
+        assert_eq!(module_load_order(&depends), ["c", "b", "a", "d"]);
+    }
 
     #[test]
     fn printable_drops_escapes_and_line_ends() {

@@ -73,9 +73,14 @@ const PYTHON_UNUSED: &[&str] = &[
 ];
 
 /// Kernel modules the lab needs where Debian builds them as modules (their dependencies come
-/// along, from `modules.dep`): `veth` for the lab's links, `sch_ingress` and `cls_bpf` for the
-/// clsact egress filter `run` uses below 6.6.
-const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf"];
+/// along): `veth` for the lab's links, `sch_ingress` and `cls_bpf` for the clsact egress filter
+/// `run` uses below 6.6, `tcp_diag` and `mptcp_diag` for `sock_diag` (`ss -ti`, which the join
+/// test reads per-subflow bytes from, and the loader's closed-subflow check). The VM has no
+/// modprobe to load them on demand.
+const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "tcp_diag", "mptcp_diag"];
+
+/// The file in a kernel's `modules/` that lists the [`MODULES`] it was unpacked for.
+const MODULES_WANTED: &str = "wanted";
 
 /// The end-to-end tests the VM runs, as (test target, the one test of it): the real MPTCP
 /// stack in two namespaces with `mptcp-loader run --mode enforce`. `e2e_add_addr`: a genuine
@@ -282,13 +287,16 @@ impl KernelImage {
         self.dir.join("vmlinuz")
     }
 
-    /// Written last (renamed into place), so its presence means the download is complete.
+    /// Renamed into place last, with the [`MODULES_WANTED`] list: the download is complete and
+    /// has the modules this version of the command needs.
     fn modules(&self) -> PathBuf {
         self.dir.join("modules")
     }
 
     fn is_cached(&self) -> bool {
-        self.vmlinuz().is_file() && self.modules().is_dir()
+        self.vmlinuz().is_file()
+            && fs::read_to_string(self.modules().join(MODULES_WANTED))
+                .is_ok_and(|wanted| wanted == MODULES.join(" "))
     }
 }
 
@@ -495,6 +503,10 @@ impl PrivateApt {
                 fs::rename(&ko, unpacked.join(format!("{index:02}-{name}.ko")))?;
                 modules += 1;
             }
+        }
+        fs::write(unpacked.join(MODULES_WANTED), MODULES.join(" "))?;
+        if image.modules().exists() {
+            fs::remove_dir_all(image.modules())?;
         }
         fs::rename(&unpacked, image.modules())
             .with_context(|| format!("moving {}", unpacked.display()))?;
@@ -832,6 +844,7 @@ fn write_kernel_initramfs(path: &Path, common: &[u8], image: &KernelImage) -> Re
         .with_context(|| format!("reading {}", image.modules().display()))?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "ko"))
         .collect();
     modules.sort();
     for module in &modules {

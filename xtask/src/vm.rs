@@ -42,6 +42,7 @@ const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "iproute2",
+    "iputils-ping",
     "tcpdump",
     "util-linux",
     "python3-minimal",
@@ -52,7 +53,7 @@ const HOST_PACKAGES: &[&str] = &[
 /// The host programs the end-to-end lab runs, copied into the VM at their host paths with
 /// their shared libraries (python3 with its standard library): the tests find them on `PATH`
 /// (python3 at `/usr/bin/python3`, the tests' default).
-const LAB_PROGRAMS: &[&str] = &["ip", "ss", "tcpdump", "nsenter", "python3"];
+const LAB_PROGRAMS: &[&str] = &["ip", "ss", "tc", "ping", "tcpdump", "nsenter", "python3"];
 
 /// Directories of Python's standard library the lab's scripts never import: left out of the
 /// VM to keep the initramfs small.
@@ -82,17 +83,59 @@ const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "tcp_diag", "mptcp_
 /// The file in a kernel's `modules/` that lists the [`MODULES`] it was unpacked for.
 const MODULES_WANTED: &str = "wanted";
 
-/// The end-to-end tests the VM runs, as (test target, the one test of it): the real MPTCP
-/// stack in two namespaces with `mptcp-loader run --mode enforce`. `e2e_add_addr`: a genuine
-/// transfer whose `ADD_ADDR` and join pass, forged `ADD_ADDRs` dropped, a right-HMAC control
-/// accepted. `e2e_join`: the validator on both hosts, genuine joins both ways carry data,
-/// blind `MP_JOIN` SYNs and third ACKs with a bad HMAC dropped.
-const E2E: &[(&str, &str)] = &[
-    (
-        "e2e_add_addr",
-        "enforce_drops_forged_add_addr_and_passes_genuine",
-    ),
-    ("e2e_join", "joins_with_validator_enforcing_on_both_hosts"),
+/// A test the VM runs as a step of its own (named after its target), with
+/// `MPTCP_TESTS_REQUIRE_BPF=1` so that a missing piece fails rather than skips.
+struct LabTest {
+    package: &'static str,
+    /// The test target; its executable is `/<target>` in the VM.
+    target: &'static str,
+    /// The one test of the target the step runs.
+    test: &'static str,
+    /// Needs MPTCP in the kernel (Debian 11's 5.10 has none): skipped, and said so, without.
+    mptcp: bool,
+}
+
+/// The lab, in the order the steps run. `run` itself first, with plain traffic (no MPTCP
+/// needed): `clsact_egress`, the egress program as a clsact filter (what `run` picks below
+/// 6.6) that outlives a killed run, is adopted by the next without a gap, and goes with
+/// SIGTERM or `detach`; `link_swap`, that filter and the pinned XDP link keep their place while
+/// the next run swaps their programs; `restart`, `--keep-attached`, `detach` and the refusals.
+/// Then the end-to-end lab, the real MPTCP stack in two namespaces with `mptcp-loader run
+/// --mode enforce`: `e2e_add_addr`, a genuine transfer whose `ADD_ADDR` and join pass, forged
+/// `ADD_ADDRs` dropped, a right-HMAC control accepted; `e2e_join`, the validator on both hosts,
+/// genuine joins both ways carry data, blind `MP_JOIN` SYNs and third ACKs with a bad HMAC
+/// dropped.
+const LAB_TESTS: &[LabTest] = &[
+    LabTest {
+        package: "mptcp-loader",
+        target: "clsact_egress",
+        test: "a_clsact_egress_filter_survives_a_killed_run_and_is_adopted",
+        mptcp: false,
+    },
+    LabTest {
+        package: "mptcp-loader",
+        target: "link_swap",
+        test: "an_adopted_clsact_filter_keeps_its_place_while_its_program_is_swapped",
+        mptcp: false,
+    },
+    LabTest {
+        package: "mptcp-loader",
+        target: "restart",
+        test: "keep_attached_detach_and_the_refusals",
+        mptcp: false,
+    },
+    LabTest {
+        package: "mptcp-tests",
+        target: "e2e_add_addr",
+        test: "enforce_drops_forged_add_addr_and_passes_genuine",
+        mptcp: true,
+    },
+    LabTest {
+        package: "mptcp-tests",
+        target: "e2e_join",
+        test: "joins_with_validator_enforcing_on_both_hosts",
+        mptcp: true,
+    },
 ];
 
 /// busybox-static's binary; its applets are linked at boot by `busybox --install -s`.
@@ -120,6 +163,8 @@ const LIST_MAX_AGE: Duration = Duration::from_hours(24);
 const MARK_INIT: &str = "mptcp-vm: init:";
 const MARK_STEP: &str = "mptcp-vm: step";
 const MARK_RESULT: &str = "mptcp-vm: result:";
+/// A step's result when it could not run on this kernel (not a failure).
+const SKIPPED: &str = "skipped";
 
 /// The test that shows whether the programs load at all (it loads them once and sends two
 /// frames); the rest of the suite runs only if it passes.
@@ -174,7 +219,7 @@ pub struct Args {
     /// Run only the `load` step and the end-to-end lab, not `suite` and `bench`.
     #[arg(long)]
     lab_only: bool,
-    /// Instead of the three steps, run the test executable with these arguments after
+    /// Instead of the steps, run the `prog_test_run` executable with these arguments after
     /// `--test-threads=1`, e.g. a name filter.
     #[arg(last = true)]
     test_flags: Vec<String>,
@@ -631,11 +676,13 @@ fn module_load_order(depends: &[(String, Vec<String>)]) -> Vec<String> {
 
 // ---- The initramfs ------------------------------------------------------------------------
 
-/// The executables the VM runs, each at `/<name>`: the test targets [`TEST`] and [`E2E`],
-/// [`BENCH`], the loader and `mptcp-peer`.
+/// The executables the VM runs, each at `/<name>`: the test targets [`TEST`] and
+/// [`LAB_TESTS`], [`BENCH`], the loader and `mptcp-peer`.
 struct Executables {
     /// (name, path on the host).
     all: Vec<(String, PathBuf)>,
+    /// The loader on the host: the loader's tests run it from there (compiled in).
+    loader: PathBuf,
 }
 
 /// The loader's and the peer's names in the VM; the init script points the tests at them.
@@ -643,22 +690,35 @@ const LOADER: &str = "mptcp-loader";
 const PEER: &str = crate::build::PEER;
 
 /// `cargo build` of the loader (which builds the eBPF object), then `cargo test --no-run` for
-/// the test targets, which builds the crate's binaries too; returns the executables cargo
-/// reports.
+/// the test targets of each package, which builds the tests crate's binaries too; returns the
+/// executables cargo reports.
 fn build_executables() -> Result<Executables> {
     let loader = build::build_loader()?;
-    let mut command = cmd("cargo");
-    command.args(["test", "--package", "mptcp-tests", "--release"]);
-    for target in std::iter::once(TEST).chain(E2E.iter().map(|(target, _)| *target)) {
-        command.args(["--test", target]);
+    let mut artifacts: Vec<Value> = Vec::new();
+    for package in ["mptcp-tests", "mptcp-loader"] {
+        let mut command = cmd("cargo");
+        command.args(["test", "--package", package, "--release"]);
+        let targets = LAB_TESTS
+            .iter()
+            .filter(|test| test.package == package)
+            .map(|test| test.target);
+        let targets: Vec<&str> = if package == "mptcp-tests" {
+            std::iter::once(TEST).chain(targets).collect()
+        } else {
+            targets.collect()
+        };
+        for target in targets {
+            command.args(["--test", target]);
+        }
+        command.args(["--no-run", "--message-format=json-render-diagnostics"]);
+        let messages = exec_stdout(&mut command)?;
+        artifacts.extend(
+            messages
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|message| message["reason"] == "compiler-artifact"),
+        );
     }
-    command.args(["--no-run", "--message-format=json-render-diagnostics"]);
-    let messages = exec_stdout(&mut command)?;
-    let artifacts: Vec<Value> = messages
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .collect();
     let executable = |name: &str| {
         artifacts
             .iter()
@@ -666,14 +726,14 @@ fn build_executables() -> Result<Executables> {
             .find_map(|artifact| artifact["executable"].as_str().map(PathBuf::from))
             .with_context(|| format!("cargo reported no executable for the target {name}"))
     };
-    let mut all = vec![(LOADER.to_owned(), loader)];
+    let mut all = vec![(LOADER.to_owned(), loader.clone())];
     for name in [TEST, BENCH, PEER]
         .into_iter()
-        .chain(E2E.iter().map(|(target, _)| *target))
+        .chain(LAB_TESTS.iter().map(|test| test.target))
     {
         all.push((name.to_owned(), executable(name)?));
     }
-    Ok(Executables { all })
+    Ok(Executables { all, loader })
 }
 
 /// The shared libraries `ldd` lists for `exe`, loader included (none for a static binary).
@@ -760,6 +820,8 @@ fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Re
         archive.file(name, 0o755, &read(path)?);
         elves.push(path.clone());
     }
+    // Where the loader's tests look for it (`CARGO_BIN_EXE_mptcp-loader`, compiled in).
+    archive.symlink(&in_archive(&executables.loader), &format!("/{LOADER}"));
 
     // The lab programs at their host paths (symlinks resolved, and kept as symlinks).
     let mut python_files = Vec::new();
@@ -866,10 +928,10 @@ fn write_kernel_initramfs(path: &Path, common: &[u8], image: &KernelImage) -> Re
 ///
 /// Without test arguments the steps are: `load`, the one test [`PROBE`]; `suite`, all the
 /// others; `bench`, [`BENCH`] `--quick` (all programs load and run); then one step per
-/// [`E2E`] test, the end-to-end lab, with `MPTCP_TESTS_REQUIRE_BPF=1` so that a missing piece
-/// fails rather than skips. When `load` fails (the verifier rejects the programs, and then
-/// every test fails the same way after the same minute of emulated verification) the others
-/// are skipped. `--lab-only` leaves out `suite` and `bench`.
+/// [`LAB_TESTS`] test, those that need MPTCP skipped (and said so) on a kernel without it. When
+/// `load` fails (the verifier rejects the programs, and then every test fails the same way
+/// after the same minute of emulated verification) the others are skipped. `--lab-only` leaves
+/// out `suite` and `bench`.
 /// With test arguments there is one step, `suite`, with those arguments.
 fn init_script(args: &Args) -> String {
     let test = format!("/{TEST} --test-threads=1");
@@ -885,12 +947,25 @@ fn init_script(args: &Args) -> String {
              MPTCP_TESTS_REQUIRE_BPF=1"
         )
         .unwrap();
-        for (target, name) in E2E {
-            writeln!(
-                steps,
-                "    step {target} /{target} --test-threads=1 --nocapture --exact {name}"
-            )
-            .unwrap();
+        for LabTest {
+            target,
+            test,
+            mptcp,
+            ..
+        } in LAB_TESTS
+        {
+            let run =
+                format!("step {target} /{target} --test-threads=1 --nocapture --exact {test}");
+            if *mptcp {
+                writeln!(
+                    steps,
+                    "    if [ -e /proc/sys/net/mptcp/enabled ]; then {run}; \
+                     else skip {target} \"this kernel has no MPTCP\"; fi"
+                )
+                .unwrap();
+            } else {
+                writeln!(steps, "    {run}").unwrap();
+            }
         }
         steps + "fi\n"
     } else {
@@ -935,6 +1010,10 @@ step() {{
         verdict=FAIL
     fi
     return "$code"
+}}
+skip() {{
+    echo "{MARK_STEP} $1: start"
+    echo "{MARK_STEP} $1: {SKIPPED} ($2)"
 }}
 {steps}echo "{MARK_RESULT} $verdict"
 poweroff -f
@@ -1194,7 +1273,7 @@ fn boot(
             match console.steps.iter().find(|step| {
                 step.result
                     .as_ref()
-                    .is_some_and(|(result, _)| result != "ok")
+                    .is_some_and(|(result, _)| result != "ok" && !result.starts_with(SKIPPED))
             }) {
                 Some(step) if step.name == "load" => {
                     "the programs do not load (step `load` failed, `suite` skipped)".to_owned()

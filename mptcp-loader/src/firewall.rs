@@ -746,7 +746,7 @@ impl Firewall {
     {
         let old = open_link(path, P::LINK_TYPE, ifindex)?;
         let old_prog = link_ids(&old, iface)?.prog;
-        let program: &mut P = typed_program(&mut self.ebpf, P::NAME)?;
+        let program: &mut P = typed_program(&mut self.ebpf, P::object_name())?;
         if swap == ProgramSwap::IfDifferent && same_program(old_prog, program)? {
             return Ok((old, ProgramsOutcome::Kept));
         }
@@ -1156,6 +1156,12 @@ trait OurProgram {
     fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::LinkId, ProgramError>;
     fn take_link(&mut self, id: Self::LinkId) -> Result<Self::Link, ProgramError>;
 
+    /// The program of the object this kernel loads for it: [`Self::NAME`] (the XDP one has a
+    /// twin for older kernels, see [`xdp_ingress_program`]).
+    fn object_name() -> &'static str {
+        Self::NAME
+    }
+
     /// The tag of the loaded program.
     fn tag(&self) -> Result<u64, LoaderError> {
         self.info()
@@ -1173,6 +1179,9 @@ impl OurProgram for Xdp {
     type Link = XdpLink;
     type LinkId = XdpLinkId;
 
+    fn object_name() -> &'static str {
+        xdp_ingress_program()
+    }
     fn info(&self) -> Result<ProgramInfo, ProgramError> {
         Xdp::info(self)
     }

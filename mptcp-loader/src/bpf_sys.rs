@@ -36,13 +36,13 @@ pub fn kernel_has_xdp_frags() -> bool {
     attr[1] = insns.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
     attr[5] = BPF_F_XDP_HAS_FRAGS << 32;
-    match sys_bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => {
+    match sys_bpf(BPF_PROG_LOAD, &mut attr).map(i32::try_from) {
+        Ok(Ok(fd)) => {
             // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
             true
         }
-        Err(_) => false,
+        _ => false,
     }
 }
 
@@ -189,4 +189,33 @@ pub fn wait_link_gone(id: u32) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     log::warn!("link {id} is still held by another process; it goes when that one closes it");
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::util::KernelVersion;
+
+    use super::kernel_has_xdp_frags;
+
+    /// The probe answers what the kernel's version says: multi-buffer XDP came with 5.18.
+    #[test]
+    fn the_frags_probe_agrees_with_the_kernel_version() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let problems: Vec<String> = if root {
+            Vec::new()
+        } else {
+            vec!["not root (loading a BPF program needs root)".to_owned()]
+        };
+        if !mptcp_common::testing::gate("the_frags_probe_agrees_with_the_kernel_version", &problems)
+        {
+            return;
+        }
+        let version = KernelVersion::current().expect("the kernel version");
+        assert_eq!(
+            kernel_has_xdp_frags(),
+            version >= KernelVersion::new(5, 18, 0),
+            "kernel {version:?}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask vm-test`: the `BPF_PROG_TEST_RUN` suite and the end-to-end lab on Debian's older
+//! `cargo xtask vm-test`: the `BPF_PROG_TEST_RUN` suite, `run` and the end-to-end lab on Debian's older
 //! kernels, under qemu.
 //!
 //! For each kernel series it finds Debian's newest image package of that series through a

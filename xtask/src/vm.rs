@@ -1,5 +1,5 @@
-//! `cargo xtask vm-test`: the `BPF_PROG_TEST_RUN` suite, `run` and the end-to-end lab on Debian's older
-//! kernels, under qemu.
+//! `cargo xtask vm-test`: the `BPF_PROG_TEST_RUN` suite, `run` and the end-to-end lab on
+//! Debian's older kernels, under qemu.
 //!
 //! For each kernel series it finds Debian's newest image package of that series through a
 //! private apt configuration under `target/vm/` (the machine's own apt sources are left alone),

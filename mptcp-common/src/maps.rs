@@ -6,6 +6,9 @@ use crate::hmac::Midstate;
 
 /// Name of the XDP ingress program in the eBPF object.
 pub const PROG_XDP_INGRESS: &str = "mptcp_xdp_ingress";
+/// The same program without `xdp.frags` and the 5.18 helpers, for older kernels (the loader
+/// picks one of the two; both are `mptcp_xdp_ingre` to the kernel, which keeps 15 characters).
+pub const PROG_XDP_INGRESS_SINGLE_BUFFER: &str = "mptcp_xdp_ingress_single_buffer";
 /// Name of the tc (clsact) egress program: learns what the host itself sends (its MP_CAPABLE
 /// keys, the nonces of its MP_JOIN SYN and SYN/ACK). It never drops.
 pub const PROG_TC_EGRESS: &str = "mptcp_tc_egress";

@@ -190,10 +190,24 @@ impl<C: PacketCtx> PacketView for Frame<'_, C> {
 /// do not fit there is counted `truncated` and passes.
 #[xdp(frags)]
 pub fn mptcp_xdp_ingress(ctx: XdpContext) -> u32 {
-    let reason = process::<XdpContext, false>(&ctx);
+    xdp_ingress::<true>(&ctx)
+}
+
+/// The same program for kernels before 5.18, which refuse `xdp.frags` and have neither
+/// `bpf_xdp_get_buff_len` nor `bpf_xdp_load_bytes`: the loader loads this one where the kernel
+/// rejects the frags flag (`mptcp_loader::xdp_ingress_program`). A frame is then one buffer.
+#[xdp]
+pub fn mptcp_xdp_ingress_single_buffer(ctx: XdpContext) -> u32 {
+    xdp_ingress::<false>(&ctx)
+}
+
+/// `FRAGS`: the program is loaded multi-buffer aware, and the kernel has the 5.18 helpers.
+#[inline(always)]
+fn xdp_ingress<const FRAGS: bool>(ctx: &XdpContext) -> u32 {
+    let reason = process::<XdpContext, false>(ctx);
     count(reason);
     if reason.is_event() {
-        drop_event(&ctx, reason);
+        drop_event::<FRAGS>(ctx, reason);
     }
     if drops(reason) {
         XDP_DROP
@@ -205,7 +219,7 @@ pub fn mptcp_xdp_ingress(ctx: XdpContext) -> u32 {
 /// Queues a record of a dropped or would-drop frame for the loader (the frame's first bytes
 /// included), within the per-CPU event rate, and counts what happened to it.
 #[inline(never)]
-fn drop_event(ctx: &XdpContext, reason: Counter) {
+fn drop_event<const FRAGS: bool>(ctx: &XdpContext, reason: Counter) {
     let Some(config) = MPTCP_CONFIG.get(0) else {
         return;
     };
@@ -233,8 +247,12 @@ fn drop_event(ctx: &XdpContext, reason: Counter) {
         return;
     };
     // The whole frame: in a multi-buffer frame data..data_end is only the first buffer.
-    // SAFETY: helper on this program's own context.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    let frame_len = if FRAGS {
+        // SAFETY: helper on this program's own context.
+        (unsafe { bpf_xdp_get_buff_len(ctx.ctx) }) as usize
+    } else {
+        ctx.data_end() - ctx.data()
+    };
     let snap_len = frame_len.min(DROP_SNAP_LEN);
     let e = entry.as_mut_ptr();
     // SAFETY: `e` is the reserved record; every field is written before submit. `jobs` and
@@ -259,12 +277,36 @@ fn drop_event(ctx: &XdpContext, reason: Counter) {
         // verifier tracks the bounds of that arithmetic, not of comparisons LLVM may move to
         // another register.
         let len = ((snap_len as u32).wrapping_sub(1) & (DROP_SNAP_LEN as u32 - 1)) + 1;
-        let copied =
-            snap_len > 0 && bpf_xdp_load_bytes(ctx.ctx, 0, (&raw mut (*e).snap).cast(), len) == 0;
+        let copied = snap_len > 0
+            && if FRAGS {
+                bpf_xdp_load_bytes(ctx.ctx, 0, (&raw mut (*e).snap).cast(), len) == 0
+            } else {
+                copy_single_buffer(ctx, &mut (*e).snap, len as usize)
+            };
         (*e).snap_len = if copied { len as u16 } else { 0 };
     }
     entry.submit(0);
     count(Counter::DropEventSent);
+}
+
+/// The first `len` bytes of a single-buffer frame into `snap`: `bpf_xdp_load_bytes` for
+/// kernels without it. Returns false if the frame is shorter.
+#[inline(always)]
+fn copy_single_buffer(ctx: &XdpContext, snap: &mut [u8; DROP_SNAP_LEN], len: usize) -> bool {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    for (i, byte) in snap.iter_mut().enumerate() {
+        if i >= len {
+            break;
+        }
+        // As in `Frame::load`: keeps the `p + 1 > end` form the verifier learns a range from.
+        let p = core::hint::black_box(data + i);
+        if p + 1 > end {
+            return false;
+        }
+        // SAFETY: p is inside the frame, checked just above.
+        *byte = unsafe { *(p as *const u8) };
+    }
+    true
 }
 
 /// The host's own segments: learn keys and nonces, never drop. Returns `TC_ACT_UNSPEC`

@@ -14,6 +14,38 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_LINK_GET_FD_BY_ID`.
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
+/// `BPF_PROG_LOAD`.
+const BPF_PROG_LOAD: libc::c_long = 5;
+/// `BPF_PROG_TYPE_XDP`.
+const BPF_PROG_TYPE_XDP: u64 = 6;
+/// `BPF_F_XDP_HAS_FRAGS` (5.18): the program handles multi-buffer frames.
+const BPF_F_XDP_HAS_FRAGS: u64 = 1 << 5;
+
+/// Whether the kernel loads multi-buffer aware XDP programs (`BPF_F_XDP_HAS_FRAGS`, with
+/// `bpf_xdp_get_buff_len` and `bpf_xdp_load_bytes`, all 5.18): loads `r0 = XDP_PASS; exit`
+/// with the flag. Older kernels reject the unknown flag before verifying anything.
+#[must_use]
+pub fn kernel_has_xdp_frags() -> bool {
+    // mov64 r0, 2 (XDP_PASS); exit
+    let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    let mut attr = [0u64; 16];
+    // u32 prog_type, u32 insn_cnt; u64 insns; u64 license; u32 log_level, u32 log_size;
+    // u64 log_buf; u32 kern_version, u32 prog_flags.
+    attr[0] = BPF_PROG_TYPE_XDP | (insns.len() as u64) << 32;
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[5] = BPF_F_XDP_HAS_FRAGS << 32;
+    match sys_bpf(BPF_PROG_LOAD, &mut attr).map(i32::try_from) {
+        Ok(Ok(fd)) => {
+            // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            true
+        }
+        _ => false,
+    }
+}
+
 /// `bpf_link_type` values we look at.
 pub const BPF_LINK_TYPE_XDP: u32 = 6;
 /// `BPF_LINK_TYPE_TCX`.
@@ -157,4 +189,33 @@ pub fn wait_link_gone(id: u32) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     log::warn!("link {id} is still held by another process; it goes when that one closes it");
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::util::KernelVersion;
+
+    use super::kernel_has_xdp_frags;
+
+    /// The probe answers what the kernel's version says: multi-buffer XDP came with 5.18.
+    #[test]
+    fn the_frags_probe_agrees_with_the_kernel_version() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let problems: Vec<String> = if root {
+            Vec::new()
+        } else {
+            vec!["not root (loading a BPF program needs root)".to_owned()]
+        };
+        if !mptcp_common::testing::gate("the_frags_probe_agrees_with_the_kernel_version", &problems)
+        {
+            return;
+        }
+        let version = KernelVersion::current().expect("the kernel version");
+        assert_eq!(
+            kernel_has_xdp_frags(),
+            version >= KernelVersion::new(5, 18, 0),
+            "kernel {version:?}"
+        );
+    }
 }

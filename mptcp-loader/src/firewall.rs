@@ -38,7 +38,7 @@ use aya::{
 use mptcp_common::maps::{
     Config, DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
     MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS, MODE_ENFORCE, MODE_MONITOR,
-    PROG_TC_EGRESS, PROG_XDP_INGRESS,
+    PROG_TC_EGRESS, PROG_XDP_INGRESS, PROG_XDP_INGRESS_SINGLE_BUFFER,
 };
 
 use crate::{
@@ -425,6 +425,7 @@ impl Firewall {
             Some(_) => Some(ObjectLayout::parse(object)?),
             None => None,
         };
+        lift_memlock_limit();
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes.entries() {
             loader.map_max_entries(name, entries);
@@ -435,7 +436,7 @@ impl Firewall {
             }
         }
         let mut ebpf = loader.load(object).map_err(|source| match source {
-            EbpfError::ProgramError(source) => program_load_error(PROG_XDP_INGRESS, source),
+            EbpfError::ProgramError(source) => program_load_error(xdp_ingress_program(), source),
             EbpfError::MapError(MapError::CreateError { name, io_error }) => {
                 let entries = sizes
                     .entries()
@@ -463,7 +464,7 @@ impl Firewall {
         firewall
             .xdp_mut()?
             .load()
-            .map_err(|e| program_load_error(PROG_XDP_INGRESS, e))?;
+            .map_err(|e| program_load_error(xdp_ingress_program(), e))?;
         firewall
             .tc_egress_mut()?
             .load()
@@ -482,12 +483,12 @@ impl Firewall {
         &mut self.ebpf
     }
 
-    /// The XDP program.
+    /// The XDP program: [`xdp_ingress_program`] of the object.
     ///
     /// # Errors
-    /// When the object has no XDP program named [`PROG_XDP_INGRESS`].
+    /// When the object has no XDP program of that name.
     pub fn xdp_mut(&mut self) -> Result<&mut Xdp, LoaderError> {
-        typed_program(&mut self.ebpf, PROG_XDP_INGRESS)
+        typed_program(&mut self.ebpf, xdp_ingress_program())
     }
 
     /// The tc egress program.
@@ -745,7 +746,7 @@ impl Firewall {
     {
         let old = open_link(path, P::LINK_TYPE, ifindex)?;
         let old_prog = link_ids(&old, iface)?.prog;
-        let program: &mut P = typed_program(&mut self.ebpf, P::NAME)?;
+        let program: &mut P = typed_program(&mut self.ebpf, P::object_name())?;
         if swap == ProgramSwap::IfDifferent && same_program(old_prog, program)? {
             return Ok((old, ProgramsOutcome::Kept));
         }
@@ -1155,6 +1156,12 @@ trait OurProgram {
     fn attach_to_link(&mut self, link: Self::Link) -> Result<Self::LinkId, ProgramError>;
     fn take_link(&mut self, id: Self::LinkId) -> Result<Self::Link, ProgramError>;
 
+    /// The program of the object this kernel loads for it: [`Self::NAME`] (the XDP one has a
+    /// twin for older kernels, see [`xdp_ingress_program`]).
+    fn object_name() -> &'static str {
+        Self::NAME
+    }
+
     /// The tag of the loaded program.
     fn tag(&self) -> Result<u64, LoaderError> {
         self.info()
@@ -1172,6 +1179,9 @@ impl OurProgram for Xdp {
     type Link = XdpLink;
     type LinkId = XdpLinkId;
 
+    fn object_name() -> &'static str {
+        xdp_ingress_program()
+    }
     fn info(&self) -> Result<ProgramInfo, ProgramError> {
         Xdp::info(self)
     }
@@ -1231,6 +1241,44 @@ fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderEr
             iface: iface.to_owned(),
         },
     }
+}
+
+/// Kernels before 5.11 charge maps and programs to `RLIMIT_MEMLOCK` (64 KiB for a service by
+/// default, far below the maps' size): lift it, as libbpf does. Later kernels charge the
+/// memory cgroup instead.
+fn lift_memlock_limit() {
+    if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)) {
+        return;
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::warn!(
+            "could not lift RLIMIT_MEMLOCK ({}): map creation may fail on this kernel",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The XDP ingress program of the object this kernel loads: [`PROG_XDP_INGRESS`], multi-buffer
+/// aware, where the kernel has multi-buffer XDP (5.18); else [`PROG_XDP_INGRESS_SINGLE_BUFFER`],
+/// which older kernels load (they reject the frags flag). Probed once per process.
+#[must_use]
+pub fn xdp_ingress_program() -> &'static str {
+    static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        if crate::bpf_sys::kernel_has_xdp_frags() {
+            PROG_XDP_INGRESS
+        } else {
+            log::info!(
+                "this kernel has no multi-buffer XDP (5.18): loading {PROG_XDP_INGRESS_SINGLE_BUFFER}"
+            );
+            PROG_XDP_INGRESS_SINGLE_BUFFER
+        }
+    })
 }
 
 /// Whether program `prog_id` is an `mptcp_xdp_ingress` (the kernel keeps 15 bytes of a name).

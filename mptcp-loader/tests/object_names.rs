@@ -1,7 +1,9 @@
 //! The embedded eBPF object defines the programs and maps the loader looks up by name
 //! (`mptcp_common::maps` constants). Parses the ELF only: needs no root.
 
-use mptcp_common::maps::{MAP_SCRATCH, PINNED_MAPS, PROG_TC_EGRESS, PROG_XDP_INGRESS};
+use mptcp_common::maps::{
+    MAP_SCRATCH, PINNED_MAPS, PROG_TC_EGRESS, PROG_XDP_INGRESS, PROG_XDP_INGRESS_SINGLE_BUFFER,
+};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 #[test]
@@ -30,6 +32,8 @@ fn program_and_map_names_exist() {
     };
     // Multi-buffer aware: aya loads it with BPF_F_XDP_HAS_FRAGS.
     assert_eq!(section_of(PROG_XDP_INGRESS), "xdp.frags");
+    // Its twin for kernels before 5.18, which reject the frags flag.
+    assert_eq!(section_of(PROG_XDP_INGRESS_SINGLE_BUFFER), "xdp");
     assert_eq!(section_of(PROG_TC_EGRESS), "classifier");
     for map in PINNED_MAPS.iter().chain([&MAP_SCRATCH]) {
         assert_eq!(section_of(map), "maps", "map `{map}`");

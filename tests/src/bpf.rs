@@ -13,9 +13,10 @@ use mptcp_common::{
     maps::{
         Config, ConnState, FlowKey, FlowRef, HmacJobs, JoinState, Token, TokenRef, MAP_CONFIG,
         MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_HMAC_JOBS, MAP_JOINS, MAP_TOKENS, PROG_TC_EGRESS,
-        PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE,
+        PROG_XDP_PASS_BASELINE,
     },
 };
+use mptcp_loader::firewall::xdp_ingress_program;
 
 /// XDP_DROP.
 pub const XDP_DROP: u32 = 1;
@@ -62,7 +63,7 @@ impl BpfValidator {
             loader.map_max_entries(name, *entries);
         }
         let mut ebpf = loader.load(mptcp_loader::EBPF_OBJ).expect("load object");
-        for name in [PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE] {
+        for name in [xdp_ingress_program(), PROG_XDP_PASS_BASELINE] {
             let prog: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
             prog.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
@@ -97,7 +98,7 @@ impl BpfValidator {
     /// # Panics
     /// If BPF_PROG_TEST_RUN fails.
     pub fn run(&self, frame: &[u8]) -> u32 {
-        self.test_run::<Xdp>(PROG_XDP_INGRESS, frame)
+        self.test_run::<Xdp>(xdp_ingress_program(), frame)
     }
 
     /// Runs the tc egress program on `frame`; returns its action.

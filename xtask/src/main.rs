@@ -45,7 +45,8 @@ enum Command {
     Bench(bench::Args),
     /// Fuzz mptcp-common's parser and HMAC code with cargo-fuzz (libFuzzer, nightly).
     Fuzz(fuzz::Args),
-    /// Run the `BPF_PROG_TEST_RUN` tests on Debian's 6.1 and 6.12 kernels under qemu.
+    /// Run the `BPF_PROG_TEST_RUN` tests, `run` and the MPTCP lab on Debian's 5.10, 6.1 and 6.12
+    /// kernels under qemu.
     VmTest(vm::Args),
 }
 

@@ -22,14 +22,15 @@ use mptcp_common::{
     hmac::{join_block, midstate, Midstate},
     maps::{
         Config, ConnState, FlowKey, FlowRef, JoinState, TokenRef, MAP_CONFIG, MAP_CONNS, MAP_FLOWS,
-        MAP_JOINS, MAP_TOKENS, MODE_ENFORCE, PROG_TC_EGRESS, PROG_XDP_INGRESS,
-        PROG_XDP_PARSE_REFERENCE, PROG_XDP_PASS_BASELINE,
+        MAP_JOINS, MAP_TOKENS, MODE_ENFORCE, PROG_TC_EGRESS, PROG_XDP_PARSE_REFERENCE,
+        PROG_XDP_PASS_BASELINE,
     },
     packet::{TCP_ACK, TCP_SYN},
     sha256::Block,
     testing::Frame,
     validate::add_addr_block,
 };
+use mptcp_loader::firewall::xdp_ingress_program;
 use mptcp_tests::mptcp_frames::{
     add_addr, dss, join_ack, join_syn, join_synack, mpc_third_ack, timestamps, token, KEY_A, KEY_B,
 };
@@ -100,7 +101,7 @@ fn main() -> anyhow::Result<()> {
         None => mptcp_loader::EBPF_OBJ.to_vec(),
     };
     let mut ebpf = EbpfLoader::new().load(&object)?;
-    for name in [PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE] {
+    for name in [xdp_ingress_program(), PROG_XDP_PASS_BASELINE] {
         let prog: &mut Xdp = ebpf.program_mut(name).expect(name).try_into()?;
         prog.load()?;
     }
@@ -306,7 +307,7 @@ fn main() -> anyhow::Result<()> {
             }
             prog.push(ns_per_packet(
                 &ebpf,
-                PROG_XDP_INGRESS,
+                xdp_ingress_program(),
                 &class.frame,
                 args.repeat,
                 class.expect,
@@ -360,7 +361,11 @@ fn not_sampled(mut frame: Vec<u8>) -> Vec<u8> {
 }
 
 fn run_once(ebpf: &Ebpf, frame: &[u8], expect: u32) {
-    let prog: &Xdp = ebpf.program(PROG_XDP_INGRESS).unwrap().try_into().unwrap();
+    let prog: &Xdp = ebpf
+        .program(xdp_ingress_program())
+        .unwrap()
+        .try_into()
+        .unwrap();
     let mut opts = TestRunOptions::default();
     opts.data_in = Some(frame);
     let r = prog.test_run(opts).expect("test_run");
@@ -419,7 +424,11 @@ fn generic_array(
 /// Learning a new connection changes state, so it is timed one run at a time (repeat = 1) with
 /// fresh keys each time: the MP_CAPABLE third ACK plus the inline token derivation.
 fn learn_new_connections(ebpf: &Ebpf, n: u32) -> f64 {
-    let prog: &Xdp = ebpf.program(PROG_XDP_INGRESS).unwrap().try_into().unwrap();
+    let prog: &Xdp = ebpf
+        .program(xdp_ingress_program())
+        .unwrap()
+        .try_into()
+        .unwrap();
     let mut total = Duration::ZERO;
     for i in 0..n {
         let mut key_a = KEY_A;
@@ -466,7 +475,7 @@ fn first_sight_add_addrs(
         opt[15] ^= 1;
         let frame = initial.with_opts(&[timestamps(), opt].concat()).bytes();
         base += time(PROG_XDP_PASS_BASELINE, &frame, XDP_PASS);
-        prog += time(PROG_XDP_INGRESS, &frame, XDP_DROP);
+        prog += time(xdp_ingress_program(), &frame, XDP_DROP);
     }
     let per = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(n);
     (
@@ -501,7 +510,11 @@ struct Verifier {
 
 fn verifier_stats(ebpf: &Ebpf) -> anyhow::Result<Vec<Verifier>> {
     let mut out = Vec::new();
-    for name in [PROG_XDP_INGRESS, PROG_TC_EGRESS, PROG_XDP_PASS_BASELINE] {
+    for name in [
+        xdp_ingress_program(),
+        PROG_TC_EGRESS,
+        PROG_XDP_PASS_BASELINE,
+    ] {
         let info = ebpf.program(name).unwrap().info()?;
         out.push(Verifier {
             name,

@@ -5,8 +5,8 @@
 //! private apt configuration under `target/vm/` (the machine's own apt sources are left alone),
 //! downloads it once and keeps only its `vmlinuz` and the few modules the lab needs ([`MODULES`]).
 //! One initramfs serves every kernel: busybox, the test executables, `mptcp-bench`, the loader,
-//! `mptcp-peer`, the host's lab programs ([`LAB_PROGRAMS`], Python's standard library included),
-//! the lab's scripts, their shared libraries, the fixture captures and an init script that
+//! `mptcp-peer`, the host's lab programs ([`LAB_PROGRAMS`]), their shared libraries, the
+//! fixture captures and an init script that
 //! mounts proc, sysfs, devtmpfs and bpffs, loads the modules, runs the steps (see
 //! [`init_script`]) and prints a verdict line; each kernel's modules follow it as a second cpio
 //! archive in the same file. qemu-system-x86_64 boots it under software emulation (no KVM,
@@ -45,33 +45,13 @@ const HOST_PACKAGES: &[&str] = &[
     "iputils-ping",
     "tcpdump",
     "util-linux",
-    "python3-minimal",
     "xz-utils",
     "zstd",
 ];
 
 /// The host programs the end-to-end lab runs, copied into the VM at their host paths with
-/// their shared libraries (python3 with its standard library): the tests find them on `PATH`
-/// (python3 at `/usr/bin/python3`, the tests' default).
-const LAB_PROGRAMS: &[&str] = &["ip", "ss", "tc", "ping", "tcpdump", "nsenter", "python3"];
-
-/// Directories of Python's standard library the lab's scripts never import: left out of the
-/// VM to keep the initramfs small.
-const PYTHON_UNUSED: &[&str] = &[
-    "test",
-    "tests",
-    "idlelib",
-    "tkinter",
-    "turtledemo",
-    "ensurepip",
-    "lib2to3",
-    "pydoc_data",
-    "distutils",
-    "site-packages",
-    "dist-packages",
-    "sqlite3",
-    "venv",
-];
+/// their shared libraries: the tests find them on `PATH`.
+const LAB_PROGRAMS: &[&str] = &["ip", "ss", "tc", "ping", "tcpdump", "nsenter"];
 
 /// Kernel modules the lab needs where Debian builds them as modules (their dependencies come
 /// along): `veth` for the lab's links, `sch_ingress` and `cls_bpf` for the clsact egress filter
@@ -758,42 +738,13 @@ fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Where a lab program is on the host: the system directories only, so that a shim earlier on
-/// `PATH` (pyenv's python3) is not taken for the program.
+/// `PATH` is not taken for the program.
 fn system_program(name: &str) -> Result<PathBuf> {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()
         .map(|dir| Path::new(dir).join(name))
         .find(|path| path.is_file())
         .with_context(|| format!("`{name}` is not installed on this machine"))
-}
-
-/// The files of Python's standard library the VM gets: sources, their bytecode for this
-/// Python (compiling under emulation is slow) and extension modules, without
-/// [`PYTHON_UNUSED`].
-fn python_stdlib(python: &Path) -> Result<Vec<PathBuf>> {
-    let stdlib = capture(cmd(python).args([
-        "-c",
-        "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-    ]))?;
-    let mut files = Vec::new();
-    let mut dirs = vec![PathBuf::from(stdlib.trim())];
-    while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                if !PYTHON_UNUSED.contains(&name.as_str()) && !name.starts_with("config-") {
-                    dirs.push(path);
-                }
-            } else if kind.is_file() && !name.contains(".opt-") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 /// The part of the initramfs every kernel shares, as a finished cpio archive.
@@ -824,7 +775,6 @@ fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Re
     archive.symlink(&in_archive(&executables.loader), &format!("/{LOADER}"));
 
     // The lab programs at their host paths (symlinks resolved, and kept as symlinks).
-    let mut python_files = Vec::new();
     for name in LAB_PROGRAMS {
         let path = system_program(name)?;
         let resolved =
@@ -833,33 +783,7 @@ fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Re
         if resolved != path {
             archive.symlink(&in_archive(&path), &resolved.display().to_string());
         }
-        if *name == "python3" {
-            python_files = python_stdlib(&resolved)?;
-        }
         elves.push(resolved);
-    }
-    for file in &python_files {
-        let is_extension = file.extension().is_some_and(|ext| ext == "so");
-        archive.file(
-            &in_archive(file),
-            if is_extension { 0o755 } else { 0o644 },
-            &read(file)?,
-        );
-        if is_extension {
-            elves.push(file.clone());
-        }
-    }
-
-    // The lab's scripts where the test executables look for them (the tests crate's
-    // directory, compiled in).
-    let scripts = workspace.root.join("tests/scripts");
-    let mut script_count = 0;
-    for entry in fs::read_dir(&scripts).with_context(|| format!("reading {}", scripts.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "py") {
-            archive.file(&in_archive(&path), 0o755, &read(&path)?);
-            script_count += 1;
-        }
     }
 
     let mut libraries = Vec::new();
@@ -879,13 +803,10 @@ fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Re
     }
     let bytes = archive.finish();
     eprintln!(
-        "vm-test: ok  initramfs ({} KiB: busybox, {} executables, {}, {} Python files, {} \
-         scripts, {} libraries, {} fixtures)",
+        "vm-test: ok  initramfs ({} KiB: busybox, {} executables, {}, {} libraries, {} fixtures)",
         bytes.len() >> 10,
         executables.all.len(),
         LAB_PROGRAMS.join(" "),
-        python_files.len(),
-        script_count,
         libraries.len(),
         fixtures.len()
     );

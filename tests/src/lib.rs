@@ -30,6 +30,7 @@ pub mod counters;
 pub mod error;
 pub mod flood;
 pub mod forger;
+pub mod gateways;
 pub mod join_forger;
 pub mod join_scenario;
 pub mod lab;

@@ -16,7 +16,7 @@ use mptcp_tests::{
     join_scenario::{StreamClient, StreamServer},
     netns::Netns,
     scenario::wait_for_counters,
-    tools::{gate, Tools},
+    tools::Tools,
     validator::{loader_or_skip, start_or_skip, Mode, Validator},
 };
 use serde_json::Value;
@@ -172,9 +172,6 @@ fn without_the_store_gateway_2_drops_the_genuine_join() {
     let Some(bin) = loader_or_skip(test, missing()) else {
         return;
     };
-    if gate(test, &missing()) {
-        return;
-    }
     let lab = GatewayLab::new().expect("building the lab");
     let Some(gw1) = start_gateway(test, &lab.gw1, &bin, &GW1_IFACES, &[]) else {
         return;

@@ -13,6 +13,8 @@
 //! | `mptcp_fw_map_entries` / `mptcp_fw_map_max_entries` | gauge | `map`: BPF map name |
 //! | `mptcp_fw_install_latency_microseconds` | gauge | `stat`: min, median, p99, max |
 //! | `mptcp_fw_connections_installed_total` | counter | |
+//! | `mptcp_fw_store_connected`, `mptcp_fw_store_caught_up`, `mptcp_fw_store_queued` | gauge | (runs with `--store`) |
+//! | `mptcp_fw_store_replication_delay_microseconds` | gauge | `stat`: min, median, p99, max |
 //! | `mptcp_fw_policy_enforce` | gauge | none (global), or `iface` (per-interface mode) |
 //! | `mptcp_fw_policy_*` | gauge | the other settings of `MPTCP_CONFIG` |
 //!
@@ -380,10 +382,51 @@ pub fn render(
             ],
         );
     }
+    if let Some(store) = &report.store {
+        render_store(&mut out, store);
+    }
     if let Some(state) = policy {
         render_policy(&mut out, state, name_of);
     }
     out
+}
+
+/// The shared store's gauges (its counters are among the loader's).
+fn render_store(out: &mut String, store: &crate::shared_store::status::StoreState) {
+    for (name, help, value) in [
+        (
+            "mptcp_fw_store_connected",
+            "1 while the loader is connected to the shared store (--store).",
+            store.connected,
+        ),
+        (
+            "mptcp_fw_store_caught_up",
+            "1 once the loader has read every connection in the store since it last connected.",
+            store.caught_up,
+        ),
+        (
+            "mptcp_fw_store_queued",
+            "Publications to the store queued and not yet written (how far publishing lags).",
+            store.queued,
+        ),
+    ] {
+        family(out, name, "gauge", help, &[(String::new(), value)]);
+    }
+    let r = store.replication;
+    if r.count > 0 {
+        family(
+            out,
+            "mptcp_fw_store_replication_delay_microseconds",
+            "gauge",
+            "Time from a peer's fast path seeing a connection's keys to this host's maps holding them (median and p99 over the last 100000; across hosts it includes their clock difference).",
+            &[
+                (label("stat", "min"), r.min_us),
+                (label("stat", "median"), r.median_us),
+                (label("stat", "p99"), r.p99_us),
+                (label("stat", "max"), r.max_us),
+            ],
+        );
+    }
 }
 
 fn render_policy(out: &mut String, state: &PolicyState, name_of: impl Fn(u32) -> String) {
@@ -486,6 +529,7 @@ mod tests {
                 max_us: 9,
             }),
             live: true,
+            store: None,
         }
     }
 

@@ -49,13 +49,13 @@ use crate::{
     },
     policy::{Policy, PolicyKeeper},
     preflight::{check_root, effective_uid, interface_index, interface_name},
+    shared_store::{keeper::StoreKeeper, StoreOptions},
     state::{
         unix_now_ns, version_bytes, write_layout_hash, IfaceRecord, PinnedState, RunState,
         RUN_FLAG_KEEP_ATTACHED,
     },
     stats::{counter_total, format_summary_line, read_loader_counters_at},
     store::{FirewallMaps as _, KernelMaps},
-    shared_store::{keeper::StoreKeeper, StoreOptions},
     sweep::{sweep_interval, sweep_maps_into, SweepOutcome, MAX_SWEEP_INTERVAL_S},
     EBPF_OBJ,
 };
@@ -658,7 +658,10 @@ impl MapKeeper {
             return;
         };
         let timeout = Duration::from_secs(options.catch_up_timeout_s);
-        if !store.catch_up(&mut self.maps, &mut self.counters, timeout).await {
+        if !store
+            .catch_up(&mut self.maps, &mut self.counters, timeout)
+            .await
+        {
             log::warn!(
                 "no catch-up from the store within {} s (--store-catch-up-timeout): attaching with what this host's maps hold; joins of connections learned only by peers are judged without their keys until the store answers",
                 timeout.as_secs()

@@ -186,22 +186,48 @@ impl GatewayLab {
         let path2 = CLIENT_PATH2.to_string();
         self.client.ip(&["route", "add", "default", "via", &gw1])?;
         self.client.ip(&[
-            "rule", "add", "from", &path2, "table", CLIENT_PATH2_TABLE, "pref", "100",
+            "rule",
+            "add",
+            "from",
+            &path2,
+            "table",
+            CLIENT_PATH2_TABLE,
+            "pref",
+            "100",
         ])?;
         self.client.ip(&[
-            "route", "add", "default", "via", &gw2, "dev", CLIENT_GW2.a_iface, "table",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw2,
+            "dev",
+            CLIENT_GW2.a_iface,
+            "table",
             CLIENT_PATH2_TABLE,
         ])?;
         // Server: each client network through its gateway.
         self.server.ip(&[
-            "route", "add", "198.18.1.0/24", "via", &SERVER_GW1.b_addr.to_string(),
+            "route",
+            "add",
+            "198.18.1.0/24",
+            "via",
+            &SERVER_GW1.b_addr.to_string(),
         ])?;
         self.server.ip(&[
-            "route", "add", "198.18.2.0/24", "via", &SERVER_GW2.b_addr.to_string(),
+            "route",
+            "add",
+            "198.18.2.0/24",
+            "via",
+            &SERVER_GW2.b_addr.to_string(),
         ])?;
         // Gateway 2 reaches the server's path-1 address over path 2.
         self.gw2.ip(&[
-            "route", "add", "198.18.3.0/24", "via", &SERVER_GW2.a_addr.to_string(),
+            "route",
+            "add",
+            "198.18.3.0/24",
+            "via",
+            &SERVER_GW2.a_addr.to_string(),
         ])?;
         // The forgers' addresses: answers to them go to the client's interface.
         for (gw, link, forger) in [
@@ -209,29 +235,71 @@ impl GatewayLab {
             (&self.gw2, &CLIENT_GW2, FORGER_PATH2),
         ] {
             gw.ip(&[
-                "neigh", "replace", &forger.to_string(), "lladdr", link.a_mac, "dev", link.b_iface,
-                "nud", "permanent",
+                "neigh",
+                "replace",
+                &forger.to_string(),
+                "lladdr",
+                link.a_mac,
+                "dev",
+                link.b_iface,
+                "nud",
+                "permanent",
             ])?;
         }
         self.client.sysctl("net.ipv4.ip_forward", "0")?;
         for ns in [&self.client, &self.server] {
-            ns.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"])?;
+            ns.ip(&[
+                "mptcp",
+                "limits",
+                "set",
+                "subflows",
+                "4",
+                "add_addr_accepted",
+                "4",
+            ])?;
         }
         self.client.ip(&[
-            "mptcp", "endpoint", "add", &path2, "id", SUBFLOW_ENDPOINT_ID, "dev",
-            CLIENT_GW2.a_iface, "subflow",
+            "mptcp",
+            "endpoint",
+            "add",
+            &path2,
+            "id",
+            SUBFLOW_ENDPOINT_ID,
+            "dev",
+            CLIENT_GW2.a_iface,
+            "subflow",
         ])?;
         Ok(())
     }
 
     fn all(&self) -> [&Netns; 5] {
-        [&self.client, &self.gw1, &self.gw2, &self.server, &self.store_ns]
+        [
+            &self.client,
+            &self.gw1,
+            &self.gw2,
+            &self.server,
+            &self.store_ns,
+        ]
     }
 
     fn link(&self, a: &Netns, b: &Netns, l: &Link) -> Result<()> {
         run_checked(std::process::Command::new("ip").args([
-            "link", "add", l.a_iface, "address", l.a_mac, "netns", a.name(), "type", "veth",
-            "peer", "name", l.b_iface, "address", l.b_mac, "netns", b.name(),
+            "link",
+            "add",
+            l.a_iface,
+            "address",
+            l.a_mac,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            l.b_iface,
+            "address",
+            l.b_mac,
+            "netns",
+            b.name(),
         ]))?;
         for (ns, iface, addr) in [(a, l.a_iface, l.a_addr), (b, l.b_iface, l.b_addr)] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
@@ -252,8 +320,17 @@ impl GatewayLab {
     pub fn announce_join_port(&self) -> Result<()> {
         self.client
             .ip(&[
-                "mptcp", "endpoint", "add", &CLIENT_PATH2.to_string(), "id", SIGNAL_ENDPOINT_ID,
-                "dev", CLIENT_GW2.a_iface, "signal", "port", &CLIENT_JOIN_PORT.to_string(),
+                "mptcp",
+                "endpoint",
+                "add",
+                &CLIENT_PATH2.to_string(),
+                "id",
+                SIGNAL_ENDPOINT_ID,
+                "dev",
+                CLIENT_GW2.a_iface,
+                "signal",
+                "port",
+                &CLIENT_JOIN_PORT.to_string(),
             ])
             .map(drop)
     }
@@ -304,7 +381,15 @@ fn forger_path(l: &Link) -> LabPath {
 
 fn ns_neigh(ns: &Netns, iface: &str, addr: Ipv4Addr, mac: &str) -> Result<()> {
     ns.ip(&[
-        "neigh", "replace", &addr.to_string(), "lladdr", mac, "dev", iface, "nud", "permanent",
+        "neigh",
+        "replace",
+        &addr.to_string(),
+        "lladdr",
+        mac,
+        "dev",
+        iface,
+        "nud",
+        "permanent",
     ])
     .map(drop)
 }
@@ -401,12 +486,47 @@ impl StoreServer {
     /// # Errors
     /// When signalling fails.
     pub fn kill(mut self) -> Result<()> {
-        self.proc.stop(libc::SIGKILL, Duration::from_secs(5)).map(drop)
+        self.proc
+            .stop(libc::SIGKILL, Duration::from_secs(5))
+            .map(drop)
     }
 
     /// Everything it printed.
     #[must_use]
     pub fn log(&self) -> String {
         self.proc.log()
+    }
+
+    /// The keys (hex, both of each connection) of every connection hash in the store, read with
+    /// `redis-cli` (the password through the environment, not argv).
+    ///
+    /// # Errors
+    /// When redis-cli fails.
+    pub fn keys_in_store(&self, lab: &GatewayLab) -> Result<Vec<String>> {
+        let password = std::fs::read_to_string(&self.password_file).map_err(LabError::io(
+            format!("reading {}", self.password_file.display()),
+        ))?;
+        let cli = |args: &[&str]| {
+            let mut cmd = lab.store_ns.command("redis-cli");
+            cmd.env("REDISCLI_AUTH", password.trim())
+                .args([
+                    "-h",
+                    &STORE_GW1.a_addr.to_string(),
+                    "-p",
+                    &STORE_PORT.to_string(),
+                ])
+                .args(args);
+            run_checked(&mut cmd)
+        };
+        let mut keys = Vec::new();
+        for hash in cli(&["--scan", "--pattern", "mptcp:conn:*"])?.lines() {
+            for field in ["a", "b"] {
+                let key = cli(&["HGET", hash.trim(), field])?;
+                if !key.trim().is_empty() {
+                    keys.push(key.trim().to_owned());
+                }
+            }
+        }
+        Ok(keys)
     }
 }

@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
-    counters::mib,
-    gateways::{self, GatewayLab, StoreServer, GW1_IFACES, GW2_IFACES, SERVER},
-    join_scenario::{StreamClient, StreamServer},
+    counters::{mib, Counters},
+    forger::{Forger, HmacKind},
+    gateways::{
+        self, GatewayLab, StoreServer, CLIENT_PATH1, CLIENT_PATH2, GW1_IFACES, GW2_IFACES, SERVER,
+    },
+    join_forger::{AckHmac, JoinForger},
+    join_scenario::{StreamClient, StreamServer, ACK_HMAC_FAILURE, NO_TOKEN_FOUND},
     netns::Netns,
     scenario::wait_for_counters,
     tools::Tools,
@@ -57,113 +61,304 @@ fn start_gateway(
     start_or_skip(test, ns, bin, ifaces, Mode::Enforce, &options)
 }
 
-fn stats_json(v: &Validator, ns: &Netns) -> Value {
-    let mut cmd = std::process::Command::new("nsenter");
-    cmd.arg(format!("--net={}", ns.path().display()))
-        .arg("--")
-        .arg(mptcp_tests::validator::locate_loader().expect("loader"))
-        .args(["stats", "--json"]);
+fn stats_json(ns: &Netns) -> Value {
+    let loader = mptcp_tests::validator::locate_loader().expect("the loader binary");
+    let mut cmd = ns.net_only_command(loader);
+    cmd.args(["stats", "--json"]);
     let out = mptcp_tests::proc::run_checked(&mut cmd).expect("stats --json");
-    let _ = v;
     serde_json::from_str(out.trim()).expect("stats JSON")
 }
 
 fn counter(stats: &Value, name: &str) -> u64 {
-    stats[name].as_u64().unwrap_or_else(|| panic!("no {name} in {stats}"))
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
 }
 
-/// What one run saw.
-struct Joins {
-    /// The client-initiated join completed (the server counted its third ACK).
-    client_join: bool,
-    /// The server-initiated join completed (the client counted its third ACK).
-    server_join: bool,
-    /// How long after the connection the client's join completed.
+/// One MPTCP connection from the client through gateway 1, with its joins through gateway 2.
+struct Connection {
+    server: StreamServer,
+    client: StreamClient,
+    started: Instant,
+    srv0: Counters,
+    cli0: Counters,
+}
+
+/// When the joins completed, after the connection was opened.
+struct Joined {
     client_join_after: Option<Duration>,
-    gw1: Value,
-    gw2: Value,
-    logs: String,
+    server_join_after: Option<Duration>,
 }
 
-/// Connects through gateway 1, announces the client's port endpoint, and waits up to `wait`
-/// for both joins through gateway 2.
-fn connect_and_join(lab: &GatewayLab, wait: Duration, gw: (&Validator, &Validator)) -> Joins {
-    let tools = tools();
-    let mut server = StreamServer::start(&lab.server, &tools.python, SERVER).expect("server");
-    let srv0 = lab.server.counters().expect("server counters");
-    let cli0 = lab.client.counters().expect("client counters");
-    let started = Instant::now();
-    let mut client = StreamClient::start(&lab.client, &tools.python, SERVER).expect("client");
-    server.wait_accepted().expect("accepted");
-    lab.announce_join_port().expect("announce");
-    client.send(1_000).expect("send");
-    let client_join = wait_for_counters(
-        || lab.server.counters(),
-        &srv0,
-        &[(mib::MP_JOIN_ACK_RX, 1)],
-        wait,
-    )
-    .expect("server counters");
-    let client_join_after = client_join.then(|| started.elapsed());
-    let server_join = wait_for_counters(
-        || lab.client.counters(),
-        &cli0,
-        &[(mib::MP_JOIN_ACK_RX, 1)],
-        wait.saturating_sub(started.elapsed()),
-    )
-    .expect("client counters");
-    if client_join && server_join {
-        client.send(100_000).expect("send more");
+impl Connection {
+    /// Connects (through gw1) and announces the client's port endpoint (the server then joins
+    /// it through gw2; the client's own join through gw2 starts at once).
+    fn open(lab: &GatewayLab) -> Connection {
+        let tools = tools();
+        let mut server = StreamServer::start(&lab.server, &tools.python, SERVER).expect("server");
+        let srv0 = lab.server.counters().expect("server counters");
+        let cli0 = lab.client.counters().expect("client counters");
+        let started = Instant::now();
+        let mut client = StreamClient::start(&lab.client, &tools.python, SERVER).expect("client");
+        server.wait_accepted().expect("accepted");
+        lab.announce_join_port().expect("announce");
+        client.send(1_000).expect("send");
+        Connection {
+            server,
+            client,
+            started,
+            srv0,
+            cli0,
+        }
     }
-    let gw1 = stats_json(gw.0, &lab.gw1);
-    let gw2 = stats_json(gw.1, &lab.gw2);
-    let _ = client.close();
-    let _ = server.finish();
-    Joins {
-        client_join,
-        server_join,
-        client_join_after,
+
+    /// Waits up to `wait` for both joins.
+    fn wait_joins(&mut self, lab: &GatewayLab, wait: Duration) -> Joined {
+        let deadline = self.started + wait;
+        let wait_for = |ns: &Netns, base: &Counters| {
+            wait_for_counters(
+                || ns.counters(),
+                base,
+                &[(mib::MP_JOIN_ACK_RX, 1)],
+                deadline.saturating_duration_since(Instant::now()),
+            )
+            .expect("counters")
+            .then(|| self.started.elapsed())
+        };
+        // The server counts the client's join's third ACK, the client the server's.
+        let client_join_after = wait_for(&lab.server, &self.srv0);
+        let server_join_after = wait_for(&lab.client, &self.cli0);
+        Joined {
+            client_join_after,
+            server_join_after,
+        }
+    }
+
+    /// Sends 100 kB more, closes, and checks that everything arrived.
+    fn finish(mut self) {
+        self.client
+            .send(100_000)
+            .expect("send on the live connection");
+        let sent = self.client.close().expect("closing");
+        let received = self.server.finish().expect("server end");
+        assert_eq!(sent, received, "bytes lost");
+    }
+}
+
+/// Both gateways with the store; `None` when the test cannot run here.
+struct StoreRun {
+    lab: GatewayLab,
+    store: Option<StoreServer>,
+    gw1: Validator,
+    gw2: Validator,
+    bin: std::path::PathBuf,
+}
+
+fn start_with_store(test: &str) -> Option<StoreRun> {
+    let bin = loader_or_skip(test, missing())?;
+    let lab = GatewayLab::new().expect("building the lab");
+    let store = StoreServer::start(&lab).expect("starting redis-server");
+    let gw1 = start_store_gateway(test, &lab, &store, &bin, 1)?;
+    let gw2 = start_store_gateway(test, &lab, &store, &bin, 2)?;
+    Some(StoreRun {
+        lab,
+        store: Some(store),
         gw1,
         gw2,
-        logs: format!(
-            "gw1 loader:\n{}\ngw2 loader:\n{}",
-            gw.0.log(),
-            gw.1.log()
-        ),
-    }
+        bin,
+    })
+}
+
+/// Starts gateway `which`'s loader with the store.
+fn start_store_gateway(
+    test: &str,
+    lab: &GatewayLab,
+    store: &StoreServer,
+    bin: &std::path::Path,
+    which: usize,
+) -> Option<Validator> {
+    let urls = GatewayLab::store_urls();
+    let (ns, ifaces) = if which == 1 {
+        (&lab.gw1, &GW1_IFACES)
+    } else {
+        (&lab.gw2, &GW2_IFACES)
+    };
+    let options = store_options(&urls[which - 1], store, &format!("gw{which}"));
+    start_gateway(test, ns, bin, ifaces, &options)
+}
+
+fn delta(after: &Value, before: &Value, name: &str) -> u64 {
+    counter(after, name) - counter(before, name)
 }
 
 #[test]
-fn with_the_store_gateway_2_passes_the_genuine_joins() {
-    let test = "with_the_store_gateway_2_passes_the_genuine_joins";
-    let Some(bin) = loader_or_skip(test, missing()) else {
+fn with_the_store_genuine_joins_pass_and_forgeries_drop_on_both_gateways() {
+    let test = "with_the_store_genuine_joins_pass_and_forgeries_drop_on_both_gateways";
+    // Debug logging: the check below that no key is ever logged covers every line.
+    std::env::set_var("RUST_LOG", "info,mptcp_loader=debug");
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: loader2,
+        ..
+    }) = start_with_store(test)
+    else {
         return;
     };
-    let lab = GatewayLab::new().expect("building the lab");
-    let store = StoreServer::start(&lab).expect("starting redis-server");
-    let [url1, url2] = GatewayLab::store_urls();
-    let Some(gw1) = start_gateway(test, &lab.gw1, &bin, &GW1_IFACES, &store_options(&url1, &store, "gw1")) else {
-        return;
+    let store = store.expect("store");
+    let tools = tools();
+    // The forgers sniff the client's side from the start (they read the keys of the
+    // handshake off the wire, as an on-path attacker could, for their third ACKs).
+    let mut join_forger2 = JoinForger::start(
+        &lab.client,
+        &tools.python,
+        &GatewayLab::forger_path2(),
+        CLIENT_PATH1,
+        SERVER,
+    )
+    .expect("join forger on path 2");
+    let mut join_forger1 = JoinForger::start(
+        &lab.client,
+        &tools.python,
+        &GatewayLab::forger_path1(),
+        CLIENT_PATH1,
+        SERVER,
+    )
+    .expect("join forger on path 1");
+    let [c1, c2] = GatewayLab::client_ifaces();
+    let script = &tools.forger_script;
+    let mut add_addr1 = Forger::start(&lab.client, &tools.python, script, c1, CLIENT_PATH1, SERVER)
+        .expect("ADD_ADDR forger on path 1");
+    let mut add_addr2 = Forger::start(&lab.client, &tools.python, script, c2, CLIENT_PATH2, SERVER)
+        .expect("ADD_ADDR forger on path 2");
+
+    let mut conn = Connection::open(&lab);
+    let joined = conn.wait_joins(&lab, Duration::from_secs(10));
+    let gw1 = stats_json(&lab.gw1);
+    let gw2 = stats_json(&lab.gw2);
+    let why = |gw1: &Value, gw2: &Value| {
+        format!(
+            "gw1: {gw1}\ngw2: {gw2}\ngw1 loader:\n{}\ngw2 loader:\n{}",
+            loader1.log(),
+            loader2.log()
+        )
     };
-    let Some(gw2) = start_gateway(test, &lab.gw2, &bin, &GW2_IFACES, &store_options(&url2, &store, "gw2")) else {
-        return;
-    };
-    let run = connect_and_join(&lab, Duration::from_secs(10), (&gw1, &gw2));
-    let why = format!("gw1: {}\ngw2: {}\n{}", run.gw1, run.gw2, run.logs);
+    let w = why(&gw1, &gw2);
     eprintln!(
-        "with the store: client join after {:?}; gw2 join SYNs dropped as unknown: {}; gw2 store applied: {}",
-        run.client_join_after,
-        counter(&run.gw2, Counter::JoinSynUnknownTokenDropped.name()),
-        counter(&run.gw2, "loader_store_applied")
+        "with the store: client join after {:?}, server join after {:?}; gw2 dropped {} join SYN(s) as unknown; gw2 installed {} connection(s) from the store",
+        joined.client_join_after,
+        joined.server_join_after,
+        counter(&gw2, Counter::JoinSynUnknownTokenDropped.name()),
+        counter(&gw2, "loader_store_applied")
     );
-    assert!(run.client_join, "the client's join through gw2 did not complete\n{why}");
-    assert!(run.server_join, "the server's join through gw2 did not complete\n{why}");
-    assert!(counter(&run.gw1, "loader_store_published") >= 1, "{why}");
-    assert!(counter(&run.gw2, "loader_store_applied") >= 1, "{why}");
-    // gw2 validated the joins with the keys it got from the store.
-    assert!(counter(&run.gw2, Counter::JoinAckValid.name()) >= 1, "{why}");
-    assert!(counter(&run.gw2, Counter::JoinSynAckValid.name()) >= 1, "{why}");
-    drop(store);
+    assert!(
+        joined.client_join_after.is_some(),
+        "the client's join through gw2 did not complete\n{w}"
+    );
+    assert!(
+        joined.server_join_after.is_some(),
+        "the server's join through gw2 did not complete\n{w}"
+    );
+    assert!(counter(&gw1, "loader_store_published") >= 1, "{w}");
+    assert!(counter(&gw2, "loader_store_applied") >= 1, "{w}");
+    assert_eq!(gw2["store"]["connected"], true, "{w}");
+    // gw2 judged both joins with the keys it got from the store; the genuine ADD_ADDR passed
+    // wherever it went; nothing genuine was dropped for a bad HMAC.
+    assert!(counter(&gw2, Counter::JoinAckValid.name()) >= 1, "{w}");
+    assert!(counter(&gw2, Counter::JoinSynAckValid.name()) >= 1, "{w}");
+    let valid = Counter::AddAddrValid.name();
+    assert!(counter(&gw1, valid) + counter(&gw2, valid) >= 1, "{w}");
+    for stats in [&gw1, &gw2] {
+        for dropped in [
+            Counter::JoinAckBadHmacDropped,
+            Counter::JoinSynAckBadHmacDropped,
+            Counter::AddAddrBadHmacDropped,
+        ] {
+            assert_eq!(
+                counter(stats, dropped.name()),
+                0,
+                "genuine traffic dropped\n{w}"
+            );
+        }
+    }
+
+    // Forgeries, on both paths.
+    let srv0 = lab.server.counters().expect("server counters");
+    let blind2 = join_forger2
+        .syn_unknown_token(5)
+        .expect("blind joins via gw2");
+    let blind1 = join_forger1
+        .syn_unknown_token(5)
+        .expect("blind joins via gw1");
+    let bad_acks = join_forger2
+        .join(AckHmac::Bad, 2)
+        .expect("bad third ACKs via gw2");
+    let announced = |last| std::net::Ipv4Addr::new(198, 18, 7, last);
+    let bad_add1 = add_addr1
+        .inject(HmacKind::Bad, 9, announced(7), 5)
+        .expect("forged ADD_ADDRs via gw1");
+    let bad_add2 = add_addr2
+        .inject(HmacKind::Bad, 9, announced(8), 5)
+        .expect("forged ADD_ADDRs via gw2");
+    std::thread::sleep(Duration::from_millis(300));
+    let gw1f = stats_json(&lab.gw1);
+    let gw2f = stats_json(&lab.gw2);
+    let srv1 = lab.server.counters().expect("server counters");
+    let w = why(&gw1f, &gw2f);
+    eprintln!(
+        "forged: blind join SYNs {} via gw1 and {} via gw2, bad third ACKs {} via gw2, bad ADD_ADDRs {} via gw1 and {} via gw2",
+        blind1.syns, blind2.syns, bad_acks.acks, bad_add1.sent, bad_add2.sent
+    );
+    let unknown = Counter::JoinSynUnknownTokenDropped.name();
+    assert_eq!(delta(&gw2f, &gw2, unknown), u64::from(blind2.syns), "{w}");
+    assert_eq!(delta(&gw1f, &gw1, unknown), u64::from(blind1.syns), "{w}");
+    assert!(
+        bad_acks.acks >= 1,
+        "no SYN/ACK for the forged handshakes: {bad_acks:?}\n{w}"
+    );
+    let bad_ack = Counter::JoinAckBadHmacDropped.name();
+    assert_eq!(delta(&gw2f, &gw2, bad_ack), u64::from(bad_acks.acks), "{w}");
+    let bad_hmac = Counter::AddAddrBadHmacDropped.name();
+    assert_eq!(
+        delta(&gw1f, &gw1, bad_hmac),
+        u64::from(bad_add1.sent),
+        "{w}"
+    );
+    assert_eq!(
+        delta(&gw2f, &gw2, bad_hmac),
+        u64::from(bad_add2.sent),
+        "{w}"
+    );
+    // None of them reached the server's stack.
+    for name in [NO_TOKEN_FOUND, ACK_HMAC_FAILURE, mib::ADD_ADDR] {
+        assert_eq!(
+            srv1.delta(&srv0, name),
+            0,
+            "{name} moved on the server\n{w}"
+        );
+    }
+    join_forger1.quit();
+    join_forger2.quit();
+    add_addr1.quit();
+    add_addr2.quit();
+    conn.finish();
+
+    // Keys are secrets: no line either loader printed (at debug level) holds one.
+    let keys = store.keys_in_store(&lab).expect("reading the store");
+    assert!(!keys.is_empty(), "no connection hash in the store");
+    let log1 = loader1.stop(&lab.gw1).expect("stopping gw1").log;
+    let log2 = loader2.stop(&lab.gw2).expect("stopping gw2").log;
+    for key in &keys {
+        for (gw, log) in [("gw1", &log1), ("gw2", &log2)] {
+            assert!(!log.contains(key.as_str()), "{gw}'s log holds key material");
+        }
+    }
+    eprintln!(
+        "checked {} key(s) against {} log lines: none logged",
+        keys.len(),
+        log1.lines().count() + log2.lines().count()
+    );
 }
 
 #[test]
@@ -179,11 +374,26 @@ fn without_the_store_gateway_2_drops_the_genuine_join() {
     let Some(gw2) = start_gateway(test, &lab.gw2, &bin, &GW2_IFACES, &[]) else {
         return;
     };
+    let mut conn = Connection::open(&lab);
     // Long enough for the client's SYN retransmissions at 1 s and 3 s.
-    let run = connect_and_join(&lab, Duration::from_secs(4), (&gw1, &gw2));
-    let why = format!("gw1: {}\ngw2: {}\n{}", run.gw1, run.gw2, run.logs);
-    let dropped = counter(&run.gw2, Counter::JoinSynUnknownTokenDropped.name());
+    let joined = conn.wait_joins(&lab, Duration::from_secs(4));
+    let stats = stats_json(&lab.gw2);
+    let w = format!(
+        "gw2: {stats}\ngw1 loader:\n{}\ngw2 loader:\n{}",
+        gw1.log(),
+        gw2.log()
+    );
+    let dropped = counter(&stats, Counter::JoinSynUnknownTokenDropped.name());
     eprintln!("without the store: gw2 dropped {dropped} genuine join SYN(s) as blind joins");
-    assert!(!run.client_join, "the join completed without the store?\n{why}");
-    assert!(dropped >= 2, "{why}");
+    assert!(
+        joined.client_join_after.is_none(),
+        "the join completed without the store?\n{w}"
+    );
+    assert!(
+        joined.server_join_after.is_none(),
+        "the join completed without the store?\n{w}"
+    );
+    assert!(dropped >= 2, "{w}");
+    // The connection itself lives on over path 1.
+    conn.finish();
 }

@@ -191,7 +191,11 @@ mod tests {
         assert!(apply_closed(&mut maps, &c).unwrap());
         assert_eq!(maps.conns.len(), 1);
         assert_eq!(maps.tokens.len(), 2);
-        assert_eq!(maps.flows.len(), 0, "both test connections share one 4-tuple");
+        assert_eq!(
+            maps.flows.len(),
+            0,
+            "both test connections share one 4-tuple"
+        );
         // A close for keys this host holds differently touches nothing.
         assert!(!apply_closed(&mut maps, &shared([7; 8], [9; 8])).unwrap());
         assert_eq!(maps.conns.len(), 1);

@@ -38,7 +38,11 @@ impl StoreKeeper {
     ///
     /// # Errors
     /// A bad option ([`LoaderError::Store`]) or the pin.
-    pub fn start(options: &StoreOptions, ttl_s: u64, pin_dir: &PinDir) -> Result<Self, LoaderError> {
+    pub fn start(
+        options: &StoreOptions,
+        ttl_s: u64,
+        pin_dir: &PinDir,
+    ) -> Result<Self, LoaderError> {
         let store = SharedStore::start(options, ttl_s)?;
         let (pin, _) = open_or_create_pinned_array(pin_dir, PIN_STORE_STATE, 1)?;
         let mut keeper = Self {
@@ -210,15 +214,21 @@ impl StoreKeeper {
                 return;
             }
         };
-        let first_flow: std::collections::HashMap<u64, _> =
-            flows.iter().rev().map(|(key, f)| (f.conn_id, (*key, f.src_role))).collect();
+        let first_flow: std::collections::HashMap<u64, _> = flows
+            .iter()
+            .rev()
+            .map(|(key, f)| (f.conn_id, (*key, f.src_role)))
+            .collect();
         let clock = ClockOffset::now();
         let mut queued = 0u64;
         for (id, state) in &conns {
             let Some(event) = event_of(*id, state, first_flow.get(id).copied()) else {
                 continue;
             };
-            if self.store.publish_learned(&event, clock.unix_ns(monotonic_now_ns())) {
+            if self
+                .store
+                .publish_learned(&event, clock.unix_ns(monotonic_now_ns()))
+            {
                 queued += 1;
             } else {
                 counters.add(LoaderCounter::StorePublishFailed, 1);

@@ -12,9 +12,7 @@ use redis::{
 };
 use tokio::sync::mpsc;
 
-use super::record::{
-    Op, SharedConn, StreamEntry, CONN_KEY_PREFIX, EVENTS_STREAM, STREAM_MAX_LEN,
-};
+use super::record::{Op, SharedConn, StreamEntry, CONN_KEY_PREFIX, EVENTS_STREAM, STREAM_MAX_LEN};
 
 /// How long one `XREAD` waits for new entries before it is sent again.
 const READ_BLOCK_MS: u64 = 1_000;

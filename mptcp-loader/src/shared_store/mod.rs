@@ -116,7 +116,10 @@ impl StoreOptions {
         let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
         // The process-wide rustls provider; an earlier install (a second store) is fine. ring
         // rather than aws-lc-rs (which needs cmake to build): no post-quantum key exchange.
-        #[allow(deprecated, reason = "ring has no post-quantum key exchange; see above")]
+        #[allow(
+            deprecated,
+            reason = "ring has no post-quantum key exchange; see above"
+        )]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = match (&self.ca_file, tls) {
             (Some(path), true) => {
@@ -156,7 +159,11 @@ pub fn default_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
-    format!("{host}/{}/{}", std::process::id(), crate::state::unix_now_ns())
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        crate::state::unix_now_ns()
+    )
 }
 
 /// The loop's end of the store: publishes, receives, and counts.
@@ -215,12 +222,18 @@ impl SharedStore {
     /// Queues a connection this host's fast path learned; `false` when the queue is full (the
     /// store is away for long; it is published again at the next reconnection).
     pub fn publish_learned(&self, event: &KeyEvent, seen_unix_ns: u64) -> bool {
-        self.queue(Op::Learn, SharedConn::from_event(event, &self.id, seen_unix_ns))
+        self.queue(
+            Op::Learn,
+            SharedConn::from_event(event, &self.id, seen_unix_ns),
+        )
     }
 
     /// Queues the end of a connection (seen on evidence, so peers forget it too).
     pub fn publish_closed(&self, event: &KeyEvent, seen_unix_ns: u64) -> bool {
-        self.queue(Op::Close, SharedConn::from_event(event, &self.id, seen_unix_ns))
+        self.queue(
+            Op::Close,
+            SharedConn::from_event(event, &self.id, seen_unix_ns),
+        )
     }
 
     fn queue(&self, op: Op, conn: SharedConn) -> bool {

@@ -272,12 +272,18 @@ mod tests {
     #[test]
     fn round_trips_through_fields() {
         let c = conn();
-        assert_eq!(SharedConn::from_fields(&as_map(c.fields())), Some(c.clone()));
+        assert_eq!(
+            SharedConn::from_fields(&as_map(c.fields())),
+            Some(c.clone())
+        );
         let entry = StreamEntry {
             op: Op::Close,
             conn: c,
         };
-        assert_eq!(StreamEntry::from_fields(&as_map(entry.fields())), Some(entry));
+        assert_eq!(
+            StreamEntry::from_fields(&as_map(entry.fields())),
+            Some(entry)
+        );
     }
 
     #[test]

@@ -122,7 +122,11 @@ mod tests {
             },
             ..StoreState::default()
         };
-        assert!(state.line().contains("median 150 µs, p99 200 µs"), "{}", state.line());
+        assert!(
+            state.line().contains("median 150 µs, p99 200 µs"),
+            "{}",
+            state.line()
+        );
         assert_eq!(state.to_json()["replication_delay_us"]["p99"], 200);
     }
 }

@@ -7,7 +7,10 @@
 //! Root only; needs the loader binary (`$MPTCP_LOADER_BIN`) and redis-server. Run with
 //! `cargo test -p mptcp-tests --release --test two_gateways -- --test-threads=1 --nocapture`.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
 
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
@@ -94,14 +97,22 @@ impl Connection {
     /// Connects (through gw1) and announces the client's port endpoint (the server then joins
     /// it through gw2; the client's own join through gw2 starts at once).
     fn open(lab: &GatewayLab) -> Connection {
+        Connection::open_to(lab, SERVER, true)
+    }
+
+    /// [`Connection::open`] to another port of the server; `announce`: add the client's
+    /// signal endpoint (once per lab).
+    fn open_to(lab: &GatewayLab, to: SocketAddrV4, announce: bool) -> Connection {
         let tools = tools();
-        let mut server = StreamServer::start(&lab.server, &tools.python, SERVER).expect("server");
+        let mut server = StreamServer::start(&lab.server, &tools.python, to).expect("server");
         let srv0 = lab.server.counters().expect("server counters");
         let cli0 = lab.client.counters().expect("client counters");
         let started = Instant::now();
-        let mut client = StreamClient::start(&lab.client, &tools.python, SERVER).expect("client");
+        let mut client = StreamClient::start(&lab.client, &tools.python, to).expect("client");
         server.wait_accepted().expect("accepted");
-        lab.announce_join_port().expect("announce");
+        if announce {
+            lab.announce_join_port().expect("announce");
+        }
         client.send(1_000).expect("send");
         Connection {
             server,
@@ -396,4 +407,140 @@ fn without_the_store_gateway_2_drops_the_genuine_join() {
     assert!(dropped >= 2, "{w}");
     // The connection itself lives on over path 1.
     conn.finish();
+}
+
+/// A second server port, for a connection opened while something is down.
+const SERVER_B: SocketAddrV4 = SocketAddrV4::new(*SERVER.ip(), 10_001);
+
+/// Waits (up to 15 s: the client retransmits a join SYN after 1, 3, 7 s...) for the
+/// client-initiated join of a connection opened while gw2 could not know its keys.
+fn join_b_after(lab: &GatewayLab, conn: &mut Connection) -> Option<Duration> {
+    conn.wait_joins(lab, Duration::from_secs(15))
+        .client_join_after
+}
+
+#[test]
+fn a_gateway_loader_killed_and_restarted_loses_nothing() {
+    let test = "a_gateway_loader_killed_and_restarted_loses_nothing";
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: mut loader2,
+        bin,
+    }) = start_with_store(test)
+    else {
+        return;
+    };
+    let store = store.expect("store");
+    let mut conn_a = Connection::open(&lab);
+    let joined = conn_a.wait_joins(&lab, Duration::from_secs(10));
+    assert!(joined.client_join_after.is_some(), "{}", loader2.log());
+
+    // SIGKILL: the programs stay attached through their pinned links and keep enforcing with
+    // what the pinned maps hold; nothing installs the peers' connections meanwhile.
+    // SAFETY: kill(2) on the loader's own pid.
+    unsafe { libc::kill(i32::try_from(loader2.pid()).expect("pid"), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        loader2.exit_status().expect("status").is_some(),
+        "gw2's loader still runs"
+    );
+    let before = stats_json(&lab.gw2);
+    let mut blind = JoinForger::start(
+        &lab.client,
+        &tools().python,
+        &GatewayLab::forger_path2(),
+        CLIENT_PATH1,
+        SERVER,
+    )
+    .expect("join forger");
+    let forged = blind.syn_unknown_token(5).expect("blind joins");
+    let mut conn_b = Connection::open_to(&lab, SERVER_B, false);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let down = stats_json(&lab.gw2);
+    let unknown = Counter::JoinSynUnknownTokenDropped.name();
+    let dropped_while_down = delta(&down, &before, unknown);
+    eprintln!(
+        "gw2's loader down: {dropped_while_down} join SYN(s) dropped as unknown ({} forged, the rest genuine ones of the new connection)",
+        forged.syns
+    );
+    // No window: the forged SYNs were dropped without a loader.
+    assert!(dropped_while_down > u64::from(forged.syns), "{down}");
+
+    // Restart: adopts the pins, catches up from the store (the new connection's keys), then
+    // the client's next SYN retransmission passes.
+    let loader2 = start_store_gateway(test, &lab, &store, &bin, 2).expect("restarting gw2");
+    let after_b = join_b_after(&lab, &mut conn_b);
+    let up = stats_json(&lab.gw2);
+    eprintln!(
+        "after the restart: the new connection's join completed {after_b:?} after it was opened; store state {}",
+        up["store"]
+    );
+    assert!(
+        after_b.is_some(),
+        "the join did not complete after the restart\n{}\n{}",
+        up,
+        loader2.log()
+    );
+    assert_eq!(up["store"]["caught_up"], true, "{up}");
+    assert!(loader2.log().contains("without a gap"), "{}", loader2.log());
+    blind.quit();
+    // The connection that lived through it carries data to the end.
+    conn_a.finish();
+    conn_b.finish();
+    drop(loader1);
+}
+
+#[test]
+fn the_store_killed_and_restarted_loses_nothing() {
+    let test = "the_store_killed_and_restarted_loses_nothing";
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: loader2,
+        ..
+    }) = start_with_store(test)
+    else {
+        return;
+    };
+    let mut conn_a = Connection::open(&lab);
+    let joined = conn_a.wait_joins(&lab, Duration::from_secs(10));
+    assert!(joined.client_join_after.is_some(), "{}", loader2.log());
+
+    store.expect("store").kill().expect("killing redis-server");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = stats_json(&lab.gw2);
+    let mut conn_b = Connection::open_to(&lab, SERVER_B, false);
+    std::thread::sleep(Duration::from_millis(2_000));
+    let down = stats_json(&lab.gw2);
+    let dropped = delta(&down, &before, Counter::JoinSynUnknownTokenDropped.name());
+    eprintln!(
+        "store down: gw2 store state {}; gw2 dropped {dropped} join SYN(s) of the new connection (fail-closed)",
+        down["store"]
+    );
+    assert_eq!(down["store"]["connected"], false, "{down}");
+    assert!(counter(&down, "loader_store_disconnects") >= 1, "{down}");
+
+    // A new, empty store: the loaders reconnect and publish what they track again.
+    let store = StoreServer::start(&lab).expect("restarting redis-server");
+    let after_b = join_b_after(&lab, &mut conn_b);
+    let up = stats_json(&lab.gw2);
+    let up1 = stats_json(&lab.gw1);
+    eprintln!(
+        "store back: the new connection's join completed {after_b:?} after it was opened; gw1 published {} in all; gw2 store state {}",
+        counter(&up1, "loader_store_published"),
+        up["store"]
+    );
+    assert!(
+        after_b.is_some(),
+        "no join after the store came back\n{up}\n{up1}\n{}\n{}",
+        loader1.log(),
+        loader2.log()
+    );
+    assert_eq!(up["store"]["connected"], true, "{up}");
+    conn_a.finish();
+    conn_b.finish();
+    drop(store);
 }

@@ -32,6 +32,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-scapy",
     "ethtool",
     "iputils-ping", // the loader's `operations` tests
+    "redis-server", // the shared store of the two-gateway lab (tests/tests/two_gateways.rs)
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -23,6 +23,7 @@ use mptcp_tests::{
     join_scenario::{StreamClient, StreamServer, ACK_HMAC_FAILURE, NO_TOKEN_FOUND},
     netns::Netns,
     scenario::wait_for_counters,
+    storm::{HoldingServer, Storm},
     tools::Tools,
     validator::{loader_or_skip, start_or_skip, Mode, Validator},
 };
@@ -543,4 +544,64 @@ fn the_store_killed_and_restarted_loses_nothing() {
     conn_a.finish();
     conn_b.finish();
     drop(store);
+}
+
+/// Connections of the storm, and how fast they are opened.
+const STORM_CONNS: u32 = 2_000;
+const STORM_PER_SECOND: u32 = 1_000;
+
+#[test]
+fn replication_delay_under_a_connection_storm() {
+    let test = "replication_delay_under_a_connection_storm";
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: loader2,
+        ..
+    }) = start_with_store(test)
+    else {
+        return;
+    };
+    let python = tools().python;
+    let to = SocketAddrV4::new(*SERVER.ip(), 10_002);
+    let mut holder = HoldingServer::start(&lab.server, &python, to).expect("holding server");
+    // Every storm connection also joins through gw2 (the client's subflow endpoint).
+    let (storm, took) = Storm::open(
+        &lab.client,
+        &python,
+        to,
+        STORM_CONNS,
+        STORM_PER_SECOND,
+        Duration::from_secs(120),
+    )
+    .expect("the storm");
+    // Room for the joins whose first SYN lost the race (retransmitted after 1 s).
+    std::thread::sleep(Duration::from_secs(3));
+    let gw1 = stats_json(&lab.gw1);
+    let gw2 = stats_json(&lab.gw2);
+    let delay = &gw2["store"]["replication_delay_us"];
+    let unknown = counter(&gw2, Counter::JoinSynUnknownTokenDropped.name());
+    let acks = counter(&gw2, Counter::JoinAckValid.name());
+    eprintln!(
+        "storm: {STORM_CONNS} connections through gw1 in {:.2} s (asked {STORM_PER_SECOND}/s), accepted {}; gw1 published {}; gw2 installed {} (already known {}), replication delay µs {delay}; gw2: {acks} joins validated (join_ack_valid), {unknown} join SYNs dropped as unknown (a join SYN that arrived before its keys)",
+        took.as_secs_f64(),
+        holder.accepted().expect("accepted"),
+        counter(&gw1, "loader_store_published"),
+        counter(&gw2, "loader_store_applied"),
+        counter(&gw2, "loader_store_already_known"),
+    );
+    let w = format!("gw1: {gw1}\ngw2: {gw2}");
+    assert!(
+        counter(&gw2, "loader_store_applied") >= u64::from(STORM_CONNS),
+        "{w}\n{}",
+        loader2.log()
+    );
+    assert!(
+        delay["count"].as_u64().unwrap_or(0) >= u64::from(STORM_CONNS),
+        "{w}"
+    );
+    assert_eq!(counter(&gw2, "loader_store_apply_failed"), 0, "{w}");
+    storm.close().expect("closing the storm");
+    drop((loader1, store));
 }

@@ -77,22 +77,20 @@ impl StoreOptions {
     /// # Errors
     /// [`LoaderError::Store`] for a URL the client does not understand.
     pub fn address(&self) -> Result<String, LoaderError> {
-        let info = self.url.as_str().into_connection_info().map_err(|e| {
+        Ok(self.connection_info()?.addr().to_string())
+    }
+
+    fn connection_info(&self) -> Result<redis::ConnectionInfo, LoaderError> {
+        self.url.as_str().into_connection_info().map_err(|e| {
             store_error(format!(
                 "cannot read the URL ({:?}): use redis://[user@]HOST[:PORT][/DB] or rediss://...",
                 e.kind()
             ))
-        })?;
-        Ok(info.addr().to_string())
+        })
     }
 
     fn client(&self) -> Result<redis::Client, LoaderError> {
-        let info = self.url.as_str().into_connection_info().map_err(|e| {
-            store_error(format!(
-                "cannot read the URL ({:?}): use redis://[user@]HOST[:PORT][/DB] or rediss://...",
-                e.kind()
-            ))
-        })?;
+        let info = self.connection_info()?;
         let info = match &self.password_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -257,5 +255,36 @@ impl SharedStore {
 impl Drop for SharedStore {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_never_shows_credentials() {
+        let options = StoreOptions::new("redis://fw:s3cret@198.18.5.2:6380/1");
+        let address = options.address().unwrap();
+        assert_eq!(address, "198.18.5.2:6380");
+        let bad = StoreOptions::new("http://198.18.5.2").address().unwrap_err();
+        assert!(bad.to_string().contains("redis://"), "{bad}");
+    }
+
+    #[test]
+    fn option_problems_are_named() {
+        let dir = std::env::temp_dir().join(format!("mptcp-store-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let mut options = StoreOptions::new("redis://198.18.5.2");
+        options.password_file = Some(empty);
+        let err = options.client().unwrap_err().to_string();
+        assert!(err.contains("--store-password-file") && err.contains("empty"), "{err}");
+        options.password_file = None;
+        options.ca_file = Some(dir.join("ca.pem"));
+        let err = options.client().unwrap_err().to_string();
+        assert!(err.contains("rediss://"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -74,8 +74,8 @@ loader_counters! {
     /// Peers' connections that could not be installed (a map error, other keys under the same
     /// Key-A here, or evicted at once).
     StoreApplyFailed = "loader_store_apply_failed",
-    /// Ends of connections seen by a peer, applied here.
-    StoreClosesApplied = "loader_store_closes_applied",
+    /// Connection hashes whose TTL this loader refreshed (connections active here).
+    StoreRefreshed = "loader_store_refreshed",
     /// Times the connection to the store failed (or could not be made).
     StoreDisconnects = "loader_store_disconnects",
 }

@@ -804,6 +804,9 @@ impl MapKeeper {
                 log::warn!("idle sweep failed (retried at the next one): {e}");
             }
         }
+        if let Some(store) = &mut self.store {
+            store.refresh_active(&self.maps, &mut self.counters);
+        }
         self.publish_counters();
     }
 

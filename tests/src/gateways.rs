@@ -27,14 +27,17 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
+    counters::{mib, Counters},
     error::{LabError, Result},
+    join_scenario::{StreamClient, StreamServer},
     lab::LabPath,
     netns::Netns,
     proc::{run_checked, Proc},
+    scenario::wait_for_counters,
     teardown,
 };
 
@@ -528,5 +531,125 @@ impl StoreServer {
             }
         }
         Ok(keys)
+    }
+}
+
+/// `run` options that point a gateway's loader at the store (with the lab's password file and
+/// an id), and a 600 s idle timeout (so its sweep, and the TTL refresh after it, run in a
+/// minute's test).
+#[must_use]
+pub fn store_options(url: &str, store: &StoreServer, id: &str) -> Vec<String> {
+    vec![
+        "--store".into(),
+        url.into(),
+        "--store-password-file".into(),
+        store.password_file().display().to_string(),
+        "--store-id".into(),
+        id.into(),
+        "--idle-timeout".into(),
+        "600".into(),
+    ]
+}
+
+/// `mptcp-loader stats --json` of the run in `ns`.
+///
+/// # Errors
+/// When the loader is not found, the command fails or its output is no JSON.
+pub fn stats_json(ns: &Netns) -> Result<serde_json::Value> {
+    let loader = crate::validator::locate_loader()
+        .ok_or_else(|| LabError::parse("the loader binary", "not found"))?;
+    let mut cmd = ns.net_only_command(loader);
+    cmd.args(["stats", "--json"]);
+    let out = run_checked(&mut cmd)?;
+    serde_json::from_str(out.trim())
+        .map_err(|e| LabError::parse("`mptcp-loader stats --json` output", e.to_string()))
+}
+
+/// A counter of [`stats_json`]'s output.
+#[must_use]
+pub fn counter(stats: &serde_json::Value, name: &str) -> Option<u64> {
+    stats[name].as_u64()
+}
+
+/// One MPTCP connection from the client through gateway 1, with its joins through gateway 2.
+pub struct Connection {
+    server: StreamServer,
+    client: StreamClient,
+    started: Instant,
+    srv0: Counters,
+    cli0: Counters,
+}
+
+/// When the joins completed, after the connection was opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Joined {
+    /// The client's join (the server counted its third ACK).
+    pub client_join_after: Option<Duration>,
+    /// The server's join (the client counted its third ACK).
+    pub server_join_after: Option<Duration>,
+}
+
+impl Connection {
+    /// Connects to `to` (through gw1) and sends a little; `announce`: add the client's signal
+    /// endpoint (once per lab), so the server joins it through gw2. The client's own join
+    /// through gw2 starts at once.
+    ///
+    /// # Errors
+    /// When a peer fails.
+    pub fn open(
+        lab: &GatewayLab,
+        python: &Path,
+        to: SocketAddrV4,
+        announce: bool,
+    ) -> Result<Connection> {
+        let mut server = StreamServer::start(&lab.server, python, to)?;
+        let srv0 = lab.server.counters()?;
+        let cli0 = lab.client.counters()?;
+        let started = Instant::now();
+        let mut client = StreamClient::start(&lab.client, python, to)?;
+        server.wait_accepted()?;
+        if announce {
+            lab.announce_join_port()?;
+        }
+        client.send(1_000)?;
+        Ok(Connection {
+            server,
+            client,
+            started,
+            srv0,
+            cli0,
+        })
+    }
+
+    /// Waits until `wait` after the connection was opened for both joins.
+    ///
+    /// # Errors
+    /// When the counters cannot be read.
+    pub fn wait_joins(&mut self, lab: &GatewayLab, wait: Duration) -> Result<Joined> {
+        let deadline = self.started + wait;
+        let wait_for = |ns: &Netns, base: &Counters| -> Result<Option<Duration>> {
+            let done = wait_for_counters(
+                || ns.counters(),
+                base,
+                &[(mib::MP_JOIN_ACK_RX, 1)],
+                deadline.saturating_duration_since(Instant::now()),
+            )?;
+            Ok(done.then(|| self.started.elapsed()))
+        };
+        Ok(Joined {
+            client_join_after: wait_for(&lab.server, &self.srv0)?,
+            server_join_after: wait_for(&lab.client, &self.cli0)?,
+        })
+    }
+
+    /// Sends 100 kB more, closes; returns (bytes sent, bytes the server received).
+    ///
+    /// # Errors
+    /// When a peer fails.
+    pub fn finish(mut self) -> Result<(u64, u64)> {
+        self.client.send(100_000)?;
+        let sent = self.client.close()?;
+        let received = self.server.finish()?;
+        Ok((sent, received))
     }
 }

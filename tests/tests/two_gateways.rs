@@ -7,22 +7,19 @@
 //! Root only; needs the loader binary (`$MPTCP_LOADER_BIN`) and redis-server. Run with
 //! `cargo test -p mptcp-tests --release --test two_gateways -- --test-threads=1 --nocapture`.
 
-use std::{
-    net::SocketAddrV4,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddrV4, time::Duration};
 
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
-    counters::{mib, Counters},
+    counters::mib,
     forger::{Forger, HmacKind},
     gateways::{
-        self, GatewayLab, StoreServer, CLIENT_PATH1, CLIENT_PATH2, GW1_IFACES, GW2_IFACES, SERVER,
+        self, store_options, GatewayLab, Joined, StoreServer, CLIENT_PATH1, CLIENT_PATH2,
+        GW1_IFACES, GW2_IFACES, SERVER,
     },
     join_forger::{AckHmac, JoinForger},
-    join_scenario::{StreamClient, StreamServer, ACK_HMAC_FAILURE, NO_TOKEN_FOUND},
+    join_scenario::{ACK_HMAC_FAILURE, NO_TOKEN_FOUND},
     netns::Netns,
-    scenario::wait_for_counters,
     storm::{HoldingServer, Storm},
     tools::Tools,
     validator::{loader_or_skip, start_or_skip, Mode, Validator},
@@ -39,21 +36,6 @@ fn missing() -> Vec<String> {
     missing
 }
 
-/// `run` options that point a gateway's loader at the store.
-fn store_options(url: &str, store: &StoreServer, id: &str) -> Vec<String> {
-    vec![
-        "--store".into(),
-        url.into(),
-        "--store-password-file".into(),
-        store.password_file().display().to_string(),
-        "--store-id".into(),
-        id.into(),
-        // Debug: the store's per-connection lines, so the key-hex check below sees them too.
-        "--idle-timeout".into(),
-        "600".into(),
-    ]
-}
-
 fn start_gateway(
     test: &str,
     ns: &Netns,
@@ -66,93 +48,33 @@ fn start_gateway(
 }
 
 fn stats_json(ns: &Netns) -> Value {
-    let loader = mptcp_tests::validator::locate_loader().expect("the loader binary");
-    let mut cmd = ns.net_only_command(loader);
-    cmd.args(["stats", "--json"]);
-    let out = mptcp_tests::proc::run_checked(&mut cmd).expect("stats --json");
-    serde_json::from_str(out.trim()).expect("stats JSON")
+    gateways::stats_json(ns).expect("stats --json")
 }
 
 fn counter(stats: &Value, name: &str) -> u64 {
-    stats[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    gateways::counter(stats, name).unwrap_or_else(|| panic!("no {name} in {stats}"))
 }
 
-/// One MPTCP connection from the client through gateway 1, with its joins through gateway 2.
-struct Connection {
-    server: StreamServer,
-    client: StreamClient,
-    started: Instant,
-    srv0: Counters,
-    cli0: Counters,
-}
-
-/// When the joins completed, after the connection was opened.
-struct Joined {
-    client_join_after: Option<Duration>,
-    server_join_after: Option<Duration>,
-}
+/// [`gateways::Connection`], failing the test on an error.
+struct Connection(gateways::Connection);
 
 impl Connection {
-    /// Connects (through gw1) and announces the client's port endpoint (the server then joins
-    /// it through gw2; the client's own join through gw2 starts at once).
     fn open(lab: &GatewayLab) -> Connection {
         Connection::open_to(lab, SERVER, true)
     }
 
-    /// [`Connection::open`] to another port of the server; `announce`: add the client's
-    /// signal endpoint (once per lab).
     fn open_to(lab: &GatewayLab, to: SocketAddrV4, announce: bool) -> Connection {
-        let tools = tools();
-        let mut server = StreamServer::start(&lab.server, &tools.python, to).expect("server");
-        let srv0 = lab.server.counters().expect("server counters");
-        let cli0 = lab.client.counters().expect("client counters");
-        let started = Instant::now();
-        let mut client = StreamClient::start(&lab.client, &tools.python, to).expect("client");
-        server.wait_accepted().expect("accepted");
-        if announce {
-            lab.announce_join_port().expect("announce");
-        }
-        client.send(1_000).expect("send");
-        Connection {
-            server,
-            client,
-            started,
-            srv0,
-            cli0,
-        }
+        Connection(
+            gateways::Connection::open(lab, &tools().python, to, announce).expect("connecting"),
+        )
     }
 
-    /// Waits up to `wait` for both joins.
     fn wait_joins(&mut self, lab: &GatewayLab, wait: Duration) -> Joined {
-        let deadline = self.started + wait;
-        let wait_for = |ns: &Netns, base: &Counters| {
-            wait_for_counters(
-                || ns.counters(),
-                base,
-                &[(mib::MP_JOIN_ACK_RX, 1)],
-                deadline.saturating_duration_since(Instant::now()),
-            )
-            .expect("counters")
-            .then(|| self.started.elapsed())
-        };
-        // The server counts the client's join's third ACK, the client the server's.
-        let client_join_after = wait_for(&lab.server, &self.srv0);
-        let server_join_after = wait_for(&lab.client, &self.cli0);
-        Joined {
-            client_join_after,
-            server_join_after,
-        }
+        self.0.wait_joins(lab, wait).expect("waiting for the joins")
     }
 
-    /// Sends 100 kB more, closes, and checks that everything arrived.
-    fn finish(mut self) {
-        self.client
-            .send(100_000)
-            .expect("send on the live connection");
-        let sent = self.client.close().expect("closing");
-        let received = self.server.finish().expect("server end");
+    fn finish(self) {
+        let (sent, received) = self.0.finish().expect("closing");
         assert_eq!(sent, received, "bytes lost");
     }
 }

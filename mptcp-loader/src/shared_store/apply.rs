@@ -74,34 +74,6 @@ pub fn apply_learned(
     })
 }
 
-/// Forgets a connection a peer saw end: its entry, the subflow it was learned on and both
-/// tokens where they still name it. Returns whether the connection was there.
-///
-/// # Errors
-/// When a map cannot be read or written.
-pub fn apply_closed(maps: &mut impl FirewallMaps, conn: &SharedConn) -> Result<bool, LoaderError> {
-    let id = ConnState::id_of(&conn.key_a);
-    match maps.conn(id)? {
-        Some(state) if state.key_a == conn.key_a && state.key_b == conn.key_b => {}
-        _ => return Ok(false),
-    }
-    let removed = maps.remove_conn(id)?;
-    let (flow_key, _) = conn.flow.canonical();
-    if maps.flow(&flow_key)?.is_some_and(|f| f.conn_id == id) {
-        maps.remove_flow(&flow_key)?;
-    }
-    for key in [&conn.key_a, &conn.key_b] {
-        let token = token_and_idsn(key).0;
-        if maps
-            .token(&token)?
-            .is_some_and(|t| u64::from_ne_bytes(t.conn_id) == id)
-        {
-            maps.remove_token(&token)?;
-        }
-    }
-    Ok(removed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,26 +150,5 @@ mod tests {
         assert_eq!(maps.conns[&id].key_b, [3; 8]);
         assert_eq!(maps.conns[&id].ready, 0);
         assert!(maps.flows.is_empty() && maps.tokens.is_empty());
-    }
-
-    #[test]
-    fn a_close_removes_what_the_learn_installed() {
-        let mut maps = MemoryMaps::default();
-        let c = shared([1; 8], [2; 8]);
-        apply_learned(&mut maps, &c, 5, 5).unwrap();
-        // Another connection's token stays even if it collides with nothing of ours.
-        let other = shared([7; 8], [8; 8]);
-        apply_learned(&mut maps, &other, 5, 5).unwrap();
-        assert!(apply_closed(&mut maps, &c).unwrap());
-        assert_eq!(maps.conns.len(), 1);
-        assert_eq!(maps.tokens.len(), 2);
-        assert_eq!(
-            maps.flows.len(),
-            0,
-            "both test connections share one 4-tuple"
-        );
-        // A close for keys this host holds differently touches nothing.
-        assert!(!apply_closed(&mut maps, &shared([7; 8], [9; 8])).unwrap());
-        assert_eq!(maps.conns.len(), 1);
     }
 }

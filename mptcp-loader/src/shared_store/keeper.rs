@@ -8,7 +8,7 @@ use aya::maps::{Array, MapData};
 use mptcp_common::maps::{ConnState, KeyEvent};
 
 use super::{
-    apply::{apply_closed, apply_learned, Applied},
+    apply::{apply_learned, Applied},
     link::FromStore,
     status::{StoreState, PIN_STORE_STATE},
     SharedStore, StoreOptions,
@@ -28,6 +28,8 @@ use crate::{
 /// The store, its counters' owner's view of it, and its pinned state.
 pub struct StoreKeeper {
     store: SharedStore,
+    /// CLOCK_MONOTONIC seconds of the last TTL refresh.
+    refreshed_s: u32,
     state: StoreState,
     replication: LatencyStats,
     pin: Array<MapData, StoreState>,
@@ -47,6 +49,7 @@ impl StoreKeeper {
         let (pin, _) = open_or_create_pinned_array(pin_dir, PIN_STORE_STATE, 1)?;
         let mut keeper = Self {
             store,
+            refreshed_s: 0,
             state: StoreState::default(),
             replication: LatencyStats::default(),
             pin,
@@ -187,16 +190,6 @@ impl StoreKeeper {
                     }
                 }
             }
-            FromStore::Closed(conn) => match apply_closed(maps, &conn) {
-                Ok(_) => counters.add(LoaderCounter::StoreClosesApplied, 1),
-                Err(e) => {
-                    counters.add(LoaderCounter::StoreApplyFailed, 1);
-                    log::warn!(
-                        "could not remove connection token-A {} closed at a peer: {e}",
-                        hex(&conn.token_a())
-                    );
-                }
-            },
             FromStore::Published { count } => counters.add(LoaderCounter::StorePublished, count),
             FromStore::PublishFailed { count } => {
                 counters.add(LoaderCounter::StorePublishFailed, count);
@@ -237,6 +230,38 @@ impl StoreKeeper {
         if queued > 0 {
             log::info!("store: publishing the {queued} connection(s) this host tracks");
         }
+    }
+
+    /// Refreshes the TTL of the hash of every connection with activity here since the last
+    /// refresh (called after each idle sweep), so the store keeps what some box still uses.
+    pub fn refresh_active(&mut self, maps: &KernelMaps, counters: &mut LoaderCounters) {
+        let now_s = monotonic_now_s();
+        let (conns, flows) = match (maps.all_conns(), maps.all_flows()) {
+            (Ok(c), Ok(f)) => (c, f),
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("could not read the maps to refresh the store's TTLs: {e}");
+                return;
+            }
+        };
+        let mut latest: std::collections::HashMap<u64, u32> =
+            conns.iter().map(|(id, s)| (*id, s.learned_s)).collect();
+        for (_, flow) in &flows {
+            if let Some(seen) = latest.get_mut(&flow.conn_id) {
+                *seen = (*seen).max(flow.last_seen_s);
+            }
+        }
+        let mut refreshed = 0;
+        for (id, state) in &conns {
+            if latest[id] >= self.refreshed_s {
+                if self.store.touch(&state.key_a, &state.key_b) {
+                    refreshed += 1;
+                } else {
+                    counters.add(LoaderCounter::StorePublishFailed, 1);
+                }
+            }
+        }
+        counters.add(LoaderCounter::StoreRefreshed, refreshed);
+        self.refreshed_s = now_s;
     }
 
     fn set_connected(&mut self, connected: bool) {

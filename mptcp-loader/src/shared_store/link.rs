@@ -1,4 +1,4 @@
-//! The connection to Redis: one task that publishes this loader's learns and closes, catches up
+//! The connection to Redis: one task that publishes this loader's learns and TTL refreshes, catches up
 //! from the hashes on every (re)connection, and follows the stream for the peers' records. It
 //! talks to the loop only through two channels, so a slow or dead store never blocks the loop
 //! that installs this host's own keys.
@@ -42,8 +42,6 @@ pub enum FromStore {
         /// Read from the stream as it was published (its delay is a replication delay).
         live: bool,
     },
-    /// A peer saw a connection end.
-    Closed(SharedConn),
     /// The catch-up after a connection is done: `conns` hashes were read.
     CaughtUp {
         /// Hashes read (this loader's own included).
@@ -155,15 +153,12 @@ async fn session(
     let read = async {
         loop {
             for entry in read_after(&mut reader, &mut last_id).await? {
-                if entry.conn.origin == config.id {
+                if entry.conn.origin == config.id || entry.op != Op::Learn {
                     continue;
                 }
-                let message = match entry.op {
-                    Op::Learn => FromStore::Learned {
-                        conn: entry.conn,
-                        live: true,
-                    },
-                    Op::Close => FromStore::Closed(entry.conn),
+                let message = FromStore::Learned {
+                    conn: entry.conn,
+                    live: true,
                 };
                 if incoming.send(message).await.is_err() {
                     return Ok(());
@@ -245,7 +240,7 @@ async fn catch_up(
 }
 
 /// Writes a batch in one round trip: per learn the hash (with its TTL) and a stream entry, per
-/// close the hash's removal and a stream entry.
+/// touch the hash's TTL.
 async fn publish(
     conn: &mut MultiplexedConnection,
     batch: &[StreamEntry],
@@ -263,8 +258,9 @@ async fn publish(
                 pipe.ignore();
                 pipe.cmd("EXPIRE").arg(&key).arg(ttl_s).ignore();
             }
-            Op::Close => {
-                pipe.cmd("DEL").arg(&key).ignore();
+            Op::Touch => {
+                pipe.cmd("EXPIRE").arg(&key).arg(ttl_s).ignore();
+                continue;
             }
         }
         pipe.cmd("XADD")

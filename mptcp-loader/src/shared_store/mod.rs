@@ -10,7 +10,7 @@
 //! attaches and enforces.
 //!
 //! The interface to the loop is narrow: [`SharedStore::publish_learned`] /
-//! [`SharedStore::publish_closed`] on the way out, [`SharedStore::next`] on the way in (one
+//! [`SharedStore::touch`] on the way out, [`SharedStore::next`] on the way in (one
 //! [`link::FromStore`] at a time, applied by the loop with [`apply::apply_learned`]). Key
 //! material crosses it but is never logged: [`record::SharedConn`]'s `Debug` shows the token
 //! only, and the URL (which may hold a password) is never printed, only its host and port.
@@ -226,12 +226,14 @@ impl SharedStore {
         )
     }
 
-    /// Queues the end of a connection (seen on evidence, so peers forget it too).
-    pub fn publish_closed(&self, event: &KeyEvent, seen_unix_ns: u64) -> bool {
-        self.queue(
-            Op::Close,
-            SharedConn::from_event(event, &self.id, seen_unix_ns),
-        )
+    /// Queues a TTL refresh of a connection still active here.
+    pub fn touch(&self, key_a: &[u8; 8], key_b: &[u8; 8]) -> bool {
+        let event = KeyEvent {
+            key_a: *key_a,
+            key_b: *key_b,
+            ..KeyEvent::default()
+        };
+        self.queue(Op::Touch, SharedConn::from_event(&event, &self.id, 0))
     }
 
     fn queue(&self, op: Op, conn: SharedConn) -> bool {
@@ -267,7 +269,9 @@ mod tests {
         let options = StoreOptions::new("redis://fw:s3cret@198.18.5.2:6380/1");
         let address = options.address().unwrap();
         assert_eq!(address, "198.18.5.2:6380");
-        let bad = StoreOptions::new("http://198.18.5.2").address().unwrap_err();
+        let bad = StoreOptions::new("http://198.18.5.2")
+            .address()
+            .unwrap_err();
         assert!(bad.to_string().contains("redis://"), "{bad}");
     }
 
@@ -280,7 +284,10 @@ mod tests {
         let mut options = StoreOptions::new("redis://198.18.5.2");
         options.password_file = Some(empty);
         let err = options.client().unwrap_err().to_string();
-        assert!(err.contains("--store-password-file") && err.contains("empty"), "{err}");
+        assert!(
+            err.contains("--store-password-file") && err.contains("empty"),
+            "{err}"
+        );
         options.password_file = None;
         options.ca_file = Some(dir.join("ca.pem"));
         let err = options.client().unwrap_err().to_string();

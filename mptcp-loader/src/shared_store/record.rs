@@ -7,8 +7,10 @@
 //!
 //! In Redis a connection is one hash, [`conn_key`], named by the token of Key-A (a value that
 //! travels in clear in every MP_JOIN SYN towards A, so the name gives nothing away), with the
-//! fields of [`SharedConn::fields`]; every learn or close is also one entry of the stream
-//! [`EVENTS_STREAM`] with the same fields and [`FIELD_OP`].
+//! fields of [`SharedConn::fields`]; every learn is also one entry of the stream
+//! [`EVENTS_STREAM`] with the same fields and [`FIELD_OP`]. Ends of connections are not shared:
+//! a connection idle on one box may be busy on another, so each box's idle sweep judges its own
+//! traffic, and a hash lives as long as some box keeps refreshing its TTL ([`Op::Touch`]).
 
 use std::collections::HashMap;
 
@@ -18,7 +20,7 @@ use crate::keys::{hex, token_and_idsn};
 
 /// Prefix of the per-connection hashes.
 pub const CONN_KEY_PREFIX: &str = "mptcp:conn:";
-/// The stream every loader appends its learns and closes to, and reads the others' from.
+/// The stream every loader appends its learns to, and reads the others' from.
 pub const EVENTS_STREAM: &str = "mptcp:events";
 /// Entries the stream keeps (approximately: `XADD MAXLEN ~`): a loader that falls further
 /// behind than this catches up from the hashes instead.
@@ -37,13 +39,13 @@ pub const FIELD_SEEN: &str = "t";
 /// Stream field: [`Op`].
 pub const FIELD_OP: &str = "op";
 
-/// What a stream entry says.
+/// What a publication does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// A connection was learned.
+    /// A connection was learned: its hash, and a stream entry.
     Learn,
-    /// A connection ended (on evidence: its hosts closed it), so peers forget it too.
-    Close,
+    /// A connection is still active here: its hash's TTL starts again (no stream entry).
+    Touch,
 }
 
 impl Op {
@@ -52,14 +54,14 @@ impl Op {
     pub const fn as_str(self) -> &'static str {
         match self {
             Op::Learn => "learn",
-            Op::Close => "close",
+            Op::Touch => "touch",
         }
     }
 
     fn parse(s: &[u8]) -> Option<Op> {
         match s {
             b"learn" => Some(Op::Learn),
-            b"close" => Some(Op::Close),
+            b"touch" => Some(Op::Touch),
             _ => None,
         }
     }
@@ -277,7 +279,7 @@ mod tests {
             Some(c.clone())
         );
         let entry = StreamEntry {
-            op: Op::Close,
+            op: Op::Learn,
             conn: c,
         };
         assert_eq!(

@@ -285,6 +285,13 @@ mod tests {
                 ("loader_conns_evicted", 0),
                 ("loader_subflows_closed", 0),
                 ("loader_conns_closed", 0),
+                ("loader_store_published", 0),
+                ("loader_store_publish_failed", 0),
+                ("loader_store_applied", 0),
+                ("loader_store_already_known", 0),
+                ("loader_store_apply_failed", 0),
+                ("loader_store_refreshed", 0),
+                ("loader_store_disconnects", 0),
             ]
         );
     }

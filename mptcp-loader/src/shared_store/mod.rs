@@ -40,7 +40,7 @@ pub const PUBLISH_QUEUE: usize = 65_536;
 const INCOMING_QUEUE: usize = 4_096;
 
 /// The `--store*` options.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// `redis://[user@]host[:port][/db]` or `rediss://...` (TLS). A password in the URL works
     /// but shows in `ps`: prefer `password_file`.
@@ -54,6 +54,19 @@ pub struct StoreOptions {
     pub id: Option<String>,
     /// Seconds to wait for the catch-up before attaching anyway (with what the maps hold).
     pub catch_up_timeout_s: u64,
+}
+
+// By hand: the URL may hold a password, so `{:?}` shows only where the store is.
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("address", &self.address().unwrap_or_default())
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("id", &self.id)
+            .field("catch_up_timeout_s", &self.catch_up_timeout_s)
+            .finish()
+    }
 }
 
 /// Default `--store-catch-up-timeout`.

@@ -413,6 +413,8 @@ impl Drop for GatewayLab {
 pub struct StoreServer {
     proc: Proc,
     password_file: PathBuf,
+    /// With TLS: the CA that signed its certificate.
+    ca_file: Option<PathBuf>,
 }
 
 /// Whether `redis-server` is installed (`cargo xtask setup` installs it).
@@ -432,6 +434,20 @@ impl StoreServer {
     /// # Errors
     /// When it does not start.
     pub fn start(lab: &GatewayLab) -> Result<StoreServer> {
+        StoreServer::start_with(lab, false)
+    }
+
+    /// [`StoreServer::start`] with TLS only (no plain port): a throw-away CA (made with
+    /// `openssl` in the work directory) signs a certificate for both store addresses; clients
+    /// need no certificate of their own.
+    ///
+    /// # Errors
+    /// When openssl or redis-server fails.
+    pub fn start_tls(lab: &GatewayLab) -> Result<StoreServer> {
+        StoreServer::start_with(lab, true)
+    }
+
+    fn start_with(lab: &GatewayLab, tls: bool) -> Result<StoreServer> {
         let password_file = lab.work_dir.join("store-password");
         if !password_file.exists() {
             let mut bytes = [0u8; 16];
@@ -447,25 +463,54 @@ impl StoreServer {
         }
         let password = std::fs::read_to_string(&password_file)
             .map_err(LabError::io(format!("reading {}", password_file.display())))?;
+        let ca_file = if tls {
+            Some(make_certificates(&lab.work_dir)?)
+        } else {
+            None
+        };
+        let port_args: Vec<String> = if tls {
+            let file = |name: &str| lab.work_dir.join(name).display().to_string();
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                STORE_PORT.to_string(),
+                "--tls-cert-file".into(),
+                file("store.pem"),
+                "--tls-key-file".into(),
+                file("store.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]
+        } else {
+            vec!["--port".into(), STORE_PORT.to_string()]
+        };
+        let mut args = vec![
+            "--bind".to_owned(),
+            STORE_GW1.a_addr.to_string(),
+            STORE_GW2.a_addr.to_string(),
+        ];
+        args.extend(port_args);
         // The password goes in through stdin (a config file read from "-"), not argv.
         let mut proc = lab.store_ns.spawn(
             "redis-server",
             "redis-server",
             &[
-                "--bind".to_owned(),
-                STORE_GW1.a_addr.to_string(),
-                STORE_GW2.a_addr.to_string(),
-                "--port".to_owned(),
-                STORE_PORT.to_string(),
-                "--save".to_owned(),
-                String::new(),
-                "--appendonly".to_owned(),
-                "no".to_owned(),
-                "--dir".to_owned(),
-                lab.work_dir.display().to_string(),
-                // Then the rest of the configuration from stdin.
-                "-".to_owned(),
-            ],
+                args,
+                vec![
+                    "--save".to_owned(),
+                    String::new(),
+                    "--appendonly".to_owned(),
+                    "no".to_owned(),
+                    "--dir".to_owned(),
+                    lab.work_dir.display().to_string(),
+                    // Then the rest of the configuration from stdin.
+                    "-".to_owned(),
+                ],
+            ]
+            .concat(),
         )?;
         proc.send_line(&format!("requirepass {}", password.trim()))?;
         proc.close_stdin();
@@ -475,7 +520,14 @@ impl StoreServer {
         Ok(StoreServer {
             proc,
             password_file,
+            ca_file,
         })
+    }
+
+    /// The CA file (for `--store-ca-file`) of a TLS store.
+    #[must_use]
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// The 0600 file holding the password (for `--store-password-file`).
@@ -534,21 +586,110 @@ impl StoreServer {
     }
 }
 
+/// A throw-away CA and a certificate for both store addresses, in `dir` (`ca.pem`,
+/// `store.pem`, `store.key`); returns the CA file.
+fn make_certificates(dir: &Path) -> Result<PathBuf> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let ext = dir.join("store-ext.cnf");
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=IP:{},IP:{}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            STORE_GW1.a_addr, STORE_GW2.a_addr
+        ),
+    )
+    .map_err(LabError::io(format!("writing {}", ext.display())))?;
+    let openssl = |args: &[String]| run_checked(std::process::Command::new("openssl").args(args));
+    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    openssl(
+        &[
+            s(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ]),
+            vec![
+                "-keyout".into(),
+                file("ca.key"),
+                "-out".into(),
+                file("ca.pem"),
+            ],
+            s(&["-days", "1", "-subj", "/CN=mptcp-lab store CA"]),
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            s(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ]),
+            vec![
+                "-keyout".into(),
+                file("store.key"),
+                "-out".into(),
+                file("store.csr"),
+            ],
+            s(&["-subj", "/CN=mptcp-lab store"]),
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            s(&["x509", "-req", "-days", "1", "-in"]),
+            vec![
+                file("store.csr"),
+                "-CA".into(),
+                file("ca.pem"),
+                "-CAkey".into(),
+                file("ca.key"),
+                "-CAcreateserial".into(),
+                "-out".into(),
+                file("store.pem"),
+                "-extfile".into(),
+                ext.display().to_string(),
+            ],
+        ]
+        .concat(),
+    )?;
+    Ok(dir.join("ca.pem"))
+}
+
 /// `run` options that point a gateway's loader at the store (with the lab's password file and
 /// an id), and a 600 s idle timeout (so its sweep, and the TTL refresh after it, run in a
 /// minute's test).
 #[must_use]
 pub fn store_options(url: &str, store: &StoreServer, id: &str) -> Vec<String> {
-    vec![
-        "--store".into(),
-        url.into(),
-        "--store-password-file".into(),
-        store.password_file().display().to_string(),
-        "--store-id".into(),
-        id.into(),
-        "--idle-timeout".into(),
-        "600".into(),
+    let url = match store.ca_file() {
+        Some(_) => url.replacen("redis://", "rediss://", 1),
+        None => url.to_owned(),
+    };
+    let ca = store
+        .ca_file()
+        .map(|ca| vec!["--store-ca-file".to_owned(), ca.display().to_string()])
+        .unwrap_or_default();
+    [
+        ca,
+        vec![
+            "--store".into(),
+            url.into(),
+            "--store-password-file".into(),
+            store.password_file().display().to_string(),
+            "--store-id".into(),
+            id.into(),
+            "--idle-timeout".into(),
+            "600".into(),
+        ],
     ]
+    .concat()
 }
 
 /// `mptcp-loader stats --json` of the run in `ns`.

@@ -89,9 +89,19 @@ struct StoreRun {
 }
 
 fn start_with_store(test: &str) -> Option<StoreRun> {
+    start_with_store_tls(test, false)
+}
+
+/// [`start_with_store`], the store speaking TLS only when `tls`.
+fn start_with_store_tls(test: &str, tls: bool) -> Option<StoreRun> {
     let bin = loader_or_skip(test, missing())?;
     let lab = GatewayLab::new().expect("building the lab");
-    let store = StoreServer::start(&lab).expect("starting redis-server");
+    let store = if tls {
+        StoreServer::start_tls(&lab)
+    } else {
+        StoreServer::start(&lab)
+    }
+    .expect("starting redis-server");
     let gw1 = start_store_gateway(test, &lab, &store, &bin, 1)?;
     let gw2 = start_store_gateway(test, &lab, &store, &bin, 2)?;
     Some(StoreRun {
@@ -526,4 +536,44 @@ fn replication_delay_under_a_connection_storm() {
     assert_eq!(counter(&gw2, "loader_store_apply_failed"), 0, "{w}");
     storm.close().expect("closing the storm");
     drop((loader1, store));
+}
+
+#[test]
+fn the_store_over_tls_carries_the_keys() {
+    let test = "the_store_over_tls_carries_the_keys";
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: loader2,
+        ..
+    }) = start_with_store_tls(test, true)
+    else {
+        return;
+    };
+    assert!(store.as_ref().and_then(StoreServer::ca_file).is_some());
+    let mut conn = Connection::open(&lab);
+    let joined = conn.wait_joins(&lab, Duration::from_secs(10));
+    let gw2 = stats_json(&lab.gw2);
+    let w = format!(
+        "gw2: {gw2}\ngw1 loader:\n{}\ngw2 loader:\n{}",
+        loader1.log(),
+        loader2.log()
+    );
+    eprintln!(
+        "store over TLS: client join after {:?}, server join after {:?}; gw2 store state {}",
+        joined.client_join_after, joined.server_join_after, gw2["store"]
+    );
+    assert_eq!(gw2["store"]["connected"], true, "{w}");
+    assert!(counter(&gw2, "loader_store_applied") >= 1, "{w}");
+    assert!(joined.client_join_after.is_some(), "{w}");
+    assert!(joined.server_join_after.is_some(), "{w}");
+    assert!(
+        loader1
+            .log()
+            .contains("sharing learned connections through the store at 198.18.5.2:6379"),
+        "{w}"
+    );
+    conn.finish();
+    drop(store);
 }

@@ -417,14 +417,19 @@ pub struct StoreServer {
     ca_file: Option<PathBuf>,
 }
 
-/// Whether `redis-server` is installed (`cargo xtask setup` installs it).
+/// What the store needs and is missing: `redis-server` and `redis-cli` (package
+/// redis-server), `openssl` for the TLS store (`cargo xtask setup` installs both).
 #[must_use]
 pub fn redis_missing() -> Vec<String> {
-    if crate::tools::succeeds("redis-server", &["--version"]) {
-        Vec::new()
-    } else {
-        vec!["redis-server is not installed (cargo xtask setup installs it)".to_owned()]
-    }
+    [
+        ("redis-server", "--version"),
+        ("redis-cli", "--version"),
+        ("openssl", "version"),
+    ]
+    .iter()
+    .filter(|(program, arg)| !crate::tools::succeeds(program, &[arg]))
+    .map(|(program, _)| format!("{program} is not installed (cargo xtask setup installs it)"))
+    .collect()
 }
 
 impl StoreServer {

@@ -33,6 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "iputils-ping", // the loader's `operations` tests
     "redis-server", // the shared store of the two-gateway lab (tests/tests/two_gateways.rs)
+    "openssl",      // the throw-away CA of that lab's TLS store
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -577,3 +577,64 @@ fn the_store_over_tls_carries_the_keys() {
     conn.finish();
     drop(store);
 }
+
+#[test]
+fn a_gateway_that_lost_its_maps_gets_them_back_from_the_store() {
+    let test = "a_gateway_that_lost_its_maps_gets_them_back_from_the_store";
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: loader2,
+        bin,
+    }) = start_with_store(test)
+    else {
+        return;
+    };
+    let store = store.expect("store");
+    let tools = tools();
+    let [c1, _] = GatewayLab::client_ifaces();
+    let mut add_addr1 = Forger::start(
+        &lab.client,
+        &tools.python,
+        &tools.forger_script,
+        c1,
+        CLIENT_PATH1,
+        SERVER,
+    )
+    .expect("ADD_ADDR forger on path 1");
+    let mut conn = Connection::open(&lab);
+    assert!(conn
+        .wait_joins(&lab, Duration::from_secs(10))
+        .client_join_after
+        .is_some());
+    // A stop that detaches and removes the pins: gateway 1's maps, and the keys it learned
+    // itself, are gone.
+    let stopped = loader1.stop(&lab.gw1).expect("stopping gw1");
+    assert!(stopped.still_attached.is_empty(), "{}", stopped.log);
+    let loader1 = start_store_gateway(test, &lab, &store, &bin, 1).expect("restarting gw1");
+    let gw1 = stats_json(&lab.gw1);
+    let w = format!("gw1: {gw1}\ngw1 loader:\n{}", loader1.log());
+    // Back from the store (its own record, under the same --store-id), before it attached.
+    assert!(counter(&gw1, "loader_store_applied") >= 1, "{w}");
+    let forged = add_addr1
+        .inject(HmacKind::Bad, 9, std::net::Ipv4Addr::new(198, 18, 7, 9), 5)
+        .expect("forged ADD_ADDRs via gw1");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = stats_json(&lab.gw1);
+    eprintln!(
+        "gw1 restarted without its maps: {} connection(s) installed from the store; {} forged ADD_ADDR(s) sent, {} dropped",
+        counter(&gw1, "loader_store_applied"),
+        forged.sent,
+        counter(&after, Counter::AddAddrBadHmacDropped.name())
+    );
+    assert_eq!(
+        counter(&after, Counter::AddAddrBadHmacDropped.name()),
+        u64::from(forged.sent),
+        "{after}\n{}",
+        loader1.log()
+    );
+    add_addr1.quit();
+    conn.finish();
+    drop((loader2, store));
+}

@@ -122,7 +122,7 @@ async fn session(
     // The stream's end before the hashes are read: whatever is published meanwhile is read
     // from the stream as well (installing twice is harmless), so nothing falls in between.
     let mut last_id = stream_end(&mut reader).await?;
-    let conns = catch_up(&mut reader, &config.id, incoming).await?;
+    let conns = catch_up(&mut reader, incoming).await?;
     if incoming.send(FromStore::CaughtUp { conns }).await.is_err() {
         return Ok(());
     }
@@ -188,11 +188,11 @@ async fn stream_end(conn: &mut MultiplexedConnection) -> RedisResult<String> {
         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()))
 }
 
-/// Reads every connection hash and hands the peers' ones to the loop; returns how many hashes
-/// it read.
+/// Reads every connection hash and hands it to the loop; returns how many hashes it read. This
+/// loader's own are included: with a fixed `--store-id`, a run that lost its maps (a reboot)
+/// gets back what it had learned itself; installing what the maps hold already changes nothing.
 async fn catch_up(
     conn: &mut MultiplexedConnection,
-    own_id: &str,
     incoming: &mpsc::Sender<FromStore>,
 ) -> RedisResult<u64> {
     let pattern = format!("{CONN_KEY_PREFIX}*");
@@ -219,15 +219,11 @@ async fn catch_up(
                 let Some(c) = SharedConn::from_fields(&fields) else {
                     continue;
                 };
-                if c.origin != own_id
-                    && incoming
-                        .send(FromStore::Learned {
-                            conn: c,
-                            live: false,
-                        })
-                        .await
-                        .is_err()
-                {
+                let message = FromStore::Learned {
+                    conn: c,
+                    live: false,
+                };
+                if incoming.send(message).await.is_err() {
                     return Ok(read);
                 }
             }

@@ -204,6 +204,13 @@ fn with_the_store_genuine_joins_pass_and_forgeries_drop_on_both_gateways() {
         joined.server_join_after.is_some(),
         "the server's join through gw2 did not complete\n{w}"
     );
+    // On a gateway the MP_CAPABLE third ACK passes XDP on the way in and the egress program on
+    // the way out (forwarded, not the host's own): learned once, then seen again.
+    eprintln!(
+        "gw1: keys_learned {}, keys_known {}",
+        counter(&gw1, Counter::KeysLearned.name()),
+        counter(&gw1, Counter::KeysKnown.name())
+    );
     assert!(counter(&gw1, "loader_store_published") >= 1, "{w}");
     assert!(counter(&gw2, "loader_store_applied") >= 1, "{w}");
     assert_eq!(gw2["store"]["connected"], true, "{w}");

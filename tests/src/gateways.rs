@@ -685,7 +685,7 @@ pub fn store_options(url: &str, store: &StoreServer, id: &str) -> Vec<String> {
         ca,
         vec![
             "--store".into(),
-            url.into(),
+            url,
             "--store-password-file".into(),
             store.password_file().display().to_string(),
             "--store-id".into(),

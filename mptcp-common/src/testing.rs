@@ -1,5 +1,6 @@
-//! Test support shared by the host tests and the BPF_PROG_TEST_RUN tests (feature `testing`):
-//! a frame builder that writes raw TCP options, and a reader for the fixture captures.
+//! Test support shared by the host tests, the BPF_PROG_TEST_RUN tests and the lab's forgers
+//! (feature `testing`): a frame builder that writes raw TCP options, and a reader for the fixture
+//! captures.
 
 use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCPOPT_NOP, TCP_ACK};
 use std::string::String;
@@ -8,6 +9,8 @@ use std::vec::Vec;
 /// Builds Ethernet / [VLAN] / IPv4 or IPv6 / TCP frames with raw option bytes.
 #[derive(Clone, Debug)]
 pub struct Frame {
+    /// Ethernet destination and source.
+    pub macs: ([u8; 6], [u8; 6]),
     /// VLAN tags, outermost first (written as 802.1Q).
     pub vlans: Vec<u16>,
     /// IPv6 instead of IPv4.
@@ -26,6 +29,12 @@ pub struct Frame {
     pub tcp_opts: Vec<u8>,
     /// TCP flags.
     pub flags: u8,
+    /// TCP sequence number.
+    pub seq: u32,
+    /// TCP acknowledgement number.
+    pub ack: u32,
+    /// TCP window.
+    pub window: u16,
     /// TCP payload.
     pub payload: Vec<u8>,
 }
@@ -41,6 +50,7 @@ impl Frame {
     #[must_use]
     pub fn v4(opts: &[u8]) -> Self {
         Frame {
+            macs: ([0; 6], [0; 6]),
             vlans: Vec::new(),
             v6: false,
             src: addr4([198, 18, 0, 1]),
@@ -50,6 +60,9 @@ impl Frame {
             v6_ext: Vec::new(),
             tcp_opts: opts.to_vec(),
             flags: TCP_ACK,
+            seq: 1,
+            ack: 1,
+            window: 0xffff,
             payload: Vec::new(),
         }
     }
@@ -94,7 +107,9 @@ impl Frame {
     /// The frame's bytes (checksums are left zero: the XDP program does not read them).
     #[must_use]
     pub fn bytes(&self) -> Vec<u8> {
-        let mut f = std::vec![0u8; 12];
+        let mut f = Vec::with_capacity(64);
+        f.extend_from_slice(&self.macs.0);
+        f.extend_from_slice(&self.macs.1);
         for tag in &self.vlans {
             f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
             f.extend_from_slice(&tag.to_be_bytes());
@@ -102,14 +117,17 @@ impl Frame {
         let mut tcp = Vec::new();
         tcp.extend_from_slice(&self.ports.0.to_be_bytes());
         tcp.extend_from_slice(&self.ports.1.to_be_bytes());
-        tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        tcp.extend_from_slice(&self.seq.to_be_bytes());
+        tcp.extend_from_slice(&self.ack.to_be_bytes());
         let mut opts = self.tcp_opts.clone();
         while !opts.len().is_multiple_of(4) {
             opts.push(TCPOPT_NOP);
         }
         let doff = u8::try_from((20 + opts.len()) / 4).expect("TCP options too long");
         tcp.push(doff << 4);
-        tcp.extend_from_slice(&[self.flags, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.push(self.flags);
+        tcp.extend_from_slice(&self.window.to_be_bytes());
+        tcp.extend_from_slice(&[0, 0, 0, 0]);
         tcp.extend_from_slice(&opts);
         tcp.extend_from_slice(&self.payload);
         if self.v6 {
@@ -144,6 +162,73 @@ impl Frame {
         f.extend_from_slice(&tcp);
         f
     }
+
+    /// Where the IP header and the TCP header start in [`Frame::bytes`].
+    fn l3_l4_offsets(&self) -> (usize, usize) {
+        let l3 = 14 + 4 * self.vlans.len();
+        let l4 = if self.v6 {
+            l3 + 40 + self.v6_ext.iter().map(|(_, b)| b.len() + 2).sum::<usize>()
+        } else {
+            l3 + 20 + self.ip_opts.len()
+        };
+        (l3, l4)
+    }
+
+    /// The frame's bytes with the IPv4 header checksum and the TCP checksum filled in: what a
+    /// receiving Linux stack accepts.
+    #[must_use]
+    pub fn wire_bytes(&self) -> Vec<u8> {
+        let mut f = self.bytes();
+        let (l3, l4) = self.l3_l4_offsets();
+        let tcp_len = u32::try_from(f.len() - l4).expect("frame too long");
+        let mut pseudo = Vec::with_capacity(40);
+        if self.v6 {
+            pseudo.extend_from_slice(&f[l3 + 8..l3 + 40]);
+            pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_TCP]);
+        } else {
+            let ip_sum = internet_checksum(&[&f[l3..l4]]);
+            f[l3 + 10..l3 + 12].copy_from_slice(&ip_sum.to_be_bytes());
+            pseudo.extend_from_slice(&f[l3 + 12..l3 + 20]);
+            pseudo.extend_from_slice(&[0, IPPROTO_TCP]);
+            let len16 = u16::try_from(tcp_len).expect("IPv4 segment too long");
+            pseudo.extend_from_slice(&len16.to_be_bytes());
+        }
+        let tcp_sum = internet_checksum(&[&pseudo, &f[l4..]]);
+        f[l4 + 16..l4 + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+        f
+    }
+
+    /// The TCP segment of [`Frame::wire_bytes`] alone (header, options, payload; checksum over
+    /// the IP pseudo-header): what a raw IP socket sends, the kernel adding the IP header.
+    #[must_use]
+    pub fn tcp_segment(&self) -> Vec<u8> {
+        let (_, l4) = self.l3_l4_offsets();
+        self.wire_bytes().split_off(l4)
+    }
+}
+
+/// RFC 1071 Internet checksum over the concatenation of `parts` (each of even length but the
+/// last).
+#[must_use]
+pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut odd: Option<u8> = None;
+    for part in parts {
+        for &byte in *part {
+            match odd.take() {
+                Some(high) => sum += u64::from(u16::from_be_bytes([high, byte])),
+                None => odd = Some(byte),
+            }
+        }
+    }
+    if let Some(high) = odd {
+        sum += u64::from(u16::from_be_bytes([high, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).expect("folded to 16 bits")
 }
 
 /// Overrides the directory of the captures (`tests/fixtures/` of the repository by default).

@@ -40,7 +40,7 @@ fn ping(ns: &Netns, count: u32) {
 fn tc(ns: &Netns, args: &[&str]) -> String {
     output_ok(
         Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(format!("--net=/run/netns/{}", ns.name()))
             .arg("tc")
             .args(args),
     )

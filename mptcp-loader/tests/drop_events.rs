@@ -4,45 +4,25 @@
 //! prints as it grows, and one frame in the pcap file, which tshark decodes as an MP_JOIN with
 //! the forged token.
 //!
-//! Needs root, `ip`, `nsenter`, `python3`, `tshark` and the built eBPF object; skipped
+//! Needs root, `ip`, `nsenter`, `tshark` and the built eBPF object; skipped
 //! otherwise. The namespaces are deleted whatever happens.
 
 mod netlab;
 
 use std::{process::Command, time::Duration};
 
-use netlab::{can_run, eventually, output_ok, start_run, veth, Netns, Proc, BIN};
+use netlab::{
+    can_run, eventually, output_ok, send_join_syns, start_run, veth, JoinSyn, Netns, Proc, BIN,
+};
 
 const CLIENT: &str = "198.18.96.1";
 const SERVER: &str = "198.18.96.2";
-
-/// Sends `count` TCP SYNs carrying an MP_JOIN option with `token` (raw socket: the kernel adds
-/// the IP header; the TCP checksum is computed here).
-const JOIN_SYN_PY: &str = r#"
-import os, socket, struct, sys
-src, dst, token, count = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), int(sys.argv[4])
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-for i in range(count):
-    option = bytes([30, 12, 0x10, 2]) + token + os.urandom(4)
-    tcp = struct.pack("!HHIIBBHHH", 40000 + i, 10000, 1000 + i, 0, (20 + 12) // 4 << 4, 0x02, 65535, 0, 0) + option
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
-    s.sendto(tcp, (dst, 0))
-print("SENT", count, flush=True)
-"#;
 
 #[test]
 fn drops_are_recorded_as_json_lines_and_pcap_frames() {
     if !can_run(
         "drops_are_recorded_as_json_lines_and_pcap_frames",
-        &["python3", "tshark"],
+        &["tshark"],
     ) {
         return;
     }
@@ -78,11 +58,15 @@ fn drops_are_recorded_as_json_lines_and_pcap_frames() {
     });
 
     let token = "deadbeef";
-    output_ok(
-        client_ns
-            .exec("python3")
-            .args(["-c", JOIN_SYN_PY, CLIENT, SERVER, token, "3"]),
-    );
+    let syns: Vec<JoinSyn> = (0..3)
+        .map(|i| JoinSyn {
+            sport: 40000 + i,
+            seq: 1000 + u32::from(i),
+            payload: 0,
+        })
+        .collect();
+    let token_bytes = u32::from_str_radix(token, 16).unwrap().to_be_bytes();
+    send_join_syns(&client_ns, CLIENT, SERVER, token_bytes, &syns);
     eventually("3 dropped join SYNs", Duration::from_secs(15), || {
         server_ns.counter("join_syn_unknown_token_dropped") == 3
     });

@@ -3,80 +3,35 @@
 //! (`BPF_F_XDP_HAS_FRAGS`; without it `bpf_link_create` fails with ERANGE). A client namespace
 //! and a server namespace joined by a veth pair at MTU 9000 (198.18.101.0/24); `run --xdp-mode
 //! native --mode enforce` protects the server's end. Genuine traffic in 9000-byte frames passes:
-//! pings of 8000 bytes, and a real MPTCP transfer (Python sockets with IPPROTO_MPTCP) whose data
-//! segments fill the MTU. Forged traffic is dropped: blind MP_JOIN SYNs, one of them carrying
+//! pings of 8000 bytes, and a real MPTCP transfer (the lab's IPPROTO_MPTCP sockets, opened in
+//! the namespaces) whose data segments fill the MTU. Forged traffic is dropped: blind MP_JOIN SYNs, one of them carrying
 //! 8000 bytes of payload (a multi-buffer frame, parsed in its first buffer); its drop event
 //! gives the whole frame's length and a snapshot tshark decodes (`bpf_xdp_load_bytes` across
 //! buffers), and the server's stack never sees either.
 //!
-//! Needs root, `ip`, `nsenter`, `ping`, `python3`, `tshark` and the built eBPF object; skipped
+//! Needs root, `ip`, `nsenter`, `ping`, `tshark` and the built eBPF object; skipped
 //! otherwise. The namespaces are deleted whatever happens.
 
 mod netlab;
 
-use std::{process::Command, time::Duration};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
-use netlab::{can_run, eventually, output_ok, start_run, veth, Netns, Proc};
+use mptcp_lab::{
+    endpoints::{self, Amount},
+    storm::HoldingServer,
+};
+use netlab::{can_run, eventually, output_ok, send_join_syns, start_run, veth, JoinSyn, Netns};
 
 const CLIENT: &str = "198.18.101.1";
 const SERVER: &str = "198.18.101.2";
-const PORT: &str = "10000";
+const PORT: u16 = 10000;
 /// Bytes of the MPTCP transfer.
 const TRANSFER: u64 = 4 << 20;
-
-/// Sends one TCP SYN carrying an MP_JOIN option with `token` and `payload` bytes of data (raw
-/// socket: the kernel adds the IP header; the TCP checksum is computed here).
-const JOIN_SYN_PY: &str = r#"
-import os, socket, struct, sys
-src, dst, token, sport, payload = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-option = bytes([30, 12, 0x10, 2]) + token + os.urandom(4)
-tcp = struct.pack("!HHIIBBHHH", sport, 10000, 1000, 0, (20 + 12) // 4 << 4, 0x02, 65535, 0, 0) + option + b"j" * payload
-pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
-tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
-s.sendto(tcp, (dst, 0))
-print("SENT", flush=True)
-"#;
-
-/// An MPTCP listener that counts what it receives.
-const SERVER_PY: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("LISTENING", flush=True)
-c, _ = s.accept()
-total = 0
-while True:
-    data = c.recv(1 << 20)
-    if not data:
-        break
-    total += len(data)
-print("RECEIVED", total, flush=True)
-"#;
-
-/// An MPTCP client sending `n` bytes at once.
-const CLIENT_PY: &str = r#"
-import socket, sys
-c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-c.connect((sys.argv[1], int(sys.argv[2])))
-c.sendall(b"m" * int(sys.argv[3]))
-c.close()
-print("SENT", flush=True)
-"#;
 
 #[test]
 fn native_xdp_at_mtu_9000_passes_genuine_and_drops_forged_frames() {
     let test = "native_xdp_at_mtu_9000_passes_genuine_and_drops_forged_frames";
-    if !can_run(test, &["ping", "python3", "tshark"]) {
+    if !can_run(test, &["ping", "tshark"]) {
         return;
     }
     let client_ns = Netns::new("jc");
@@ -117,24 +72,25 @@ fn native_xdp_at_mtu_9000_passes_genuine_and_drops_forged_frames() {
         "-q", "-c", "5", "-i", "0.05", "-W", "2", "-M", "do", "-s", "8000", SERVER,
     ]));
     // Genuine: an MPTCP transfer in segments that fill the MTU.
-    let mut server = Proc::spawn("MPTCP server", {
-        let mut cmd = server_ns.exec("python3");
-        cmd.args(["-c", SERVER_PY, SERVER, PORT]);
-        cmd
-    });
-    server.wait_for("LISTENING", Duration::from_secs(10), |l| l == "LISTENING");
+    let server_addr = SocketAddr::new(SERVER.parse().unwrap(), PORT);
+    let server = server_ns
+        .enter(|| HoldingServer::start(server_addr))
+        .unwrap()
+        .expect("the MPTCP server listens");
     let data_before = server_ns.counter("mptcp_other");
-    output_ok(client_ns.exec("python3").args([
-        "-c",
-        CLIENT_PY,
-        SERVER,
-        PORT,
-        &TRANSFER.to_string(),
-    ]));
-    let received = server.wait_for("RECEIVED", Duration::from_secs(30), |l| {
-        l.starts_with("RECEIVED ")
+    client_ns
+        .enter(|| {
+            let mut conn = endpoints::connect_quietly(server_addr, Duration::from_secs(30))?;
+            endpoints::write_amount(&mut conn, Amount::Bytes(TRANSFER))?;
+            // Closed at once, like any sender: the kernel still delivers what is queued.
+            conn.shutdown(std::net::Shutdown::Write)
+        })
+        .unwrap()
+        .expect("the MPTCP transfer");
+    eventually("the server to see the end", Duration::from_secs(30), || {
+        server.counts().closed == 1
     });
-    assert_eq!(received, format!("RECEIVED {TRANSFER}"));
+    assert_eq!(server.counts().bytes, TRANSFER);
     let data_segments = server_ns.counter("mptcp_other") - data_before;
     assert!(
         server_ns.counter("keys_learned") >= 1,
@@ -148,16 +104,14 @@ fn native_xdp_at_mtu_9000_passes_genuine_and_drops_forged_frames() {
 
     // Forged: blind MP_JOIN SYNs, one in a single buffer, one of 8066 bytes.
     let token = "feedf00d";
-    for (sport, payload) in [("41000", "0"), ("41001", "8000")] {
-        output_ok(client_ns.exec("python3").args([
-            "-c",
-            JOIN_SYN_PY,
-            CLIENT,
-            SERVER,
-            token,
+    let token_bytes = u32::from_str_radix(token, 16).unwrap().to_be_bytes();
+    for (sport, payload) in [(41000, 0), (41001, 8000)] {
+        let syn = JoinSyn {
             sport,
+            seq: 1000,
             payload,
-        ]));
+        };
+        send_join_syns(&client_ns, CLIENT, SERVER, token_bytes, &[syn]);
     }
     eventually("2 dropped join SYNs", Duration::from_secs(15), || {
         server_ns.counter("join_syn_unknown_token_dropped") == 2

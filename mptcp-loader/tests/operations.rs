@@ -7,163 +7,78 @@
 //! deleted at the end whatever happens. Needs root, `ip`, `nsenter`, `ping`, bpffs on
 //! /sys/fs/bpf and the built eBPF object; skipped otherwise.
 
+mod netlab;
+
 use std::{
     fs::{self, File},
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_mptcp-loader");
+use mptcp_lab::wire::PacketSocket;
+use netlab::{veth, Netns};
+
 const METRICS_PORT: u16 = 9464;
 
 /// Root, the built object and ip/nsenter/ping; otherwise skips, or fails in CI and with
 /// `MPTCP_TESTS_REQUIRE_BPF=1` ([`mptcp_common::testing::gate`]).
 fn can_run(test: &str) -> bool {
-    let mut problems = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        problems.push("not root".to_owned());
-    }
-    if mptcp_loader::EBPF_OBJ.is_empty() {
-        problems.push("the eBPF object was not built (the loader holds the empty stub)".to_owned());
-    }
-    for tool in ["ip", "nsenter", "ping"] {
-        let runs = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !runs {
-            problems.push(format!("`{tool}` is not installed"));
-        }
-    }
-    mptcp_common::testing::gate(test, &problems)
+    netlab::can_run(test, &["ping"])
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two namespaces joined by a veth pair; removed (with the pair) on drop.
+/// Two namespaces of the lab joined by a veth pair; removed (with the pair) on drop.
 struct Lab {
-    a: String,
-    b: String,
+    a: Netns,
+    b: Netns,
     dir: PathBuf,
 }
 
 const VETH_A: &str = "mfwops-a";
+const VETH_B: &str = "mfwops-b";
 const ADDR_A: &str = "198.18.91.1";
 
 impl Lab {
     fn new(tag: &str) -> Self {
         let pid = std::process::id();
         let lab = Self {
-            a: format!("mfwops-{tag}-a-{pid}"),
-            b: format!("mfwops-{tag}-b-{pid}"),
+            a: Netns::new(&format!("ops-{tag}-a")),
+            b: Netns::new(&format!("ops-{tag}-b")),
             dir: std::env::temp_dir().join(format!("mptcp-fw-ops-{tag}-{pid}")),
         };
         fs::create_dir_all(&lab.dir).unwrap();
-        sh(&["ip", "netns", "add", &lab.a]);
-        sh(&["ip", "netns", "add", &lab.b]);
-        sh(&[
-            "ip", "-n", &lab.a, "link", "add", VETH_A, "type", "veth", "peer", "name", "mfwops-b",
-            "netns", &lab.b,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &lab.a,
-            "addr",
-            "add",
-            "198.18.91.1/24",
-            "dev",
-            VETH_A,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &lab.b,
-            "addr",
-            "add",
-            "198.18.91.2/24",
-            "dev",
-            "mfwops-b",
-        ]);
-        for (ns, dev) in [
-            (&lab.a, VETH_A),
-            (&lab.b, "mfwops-b"),
-            (&lab.a, "lo"),
-            (&lab.b, "lo"),
-        ] {
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
+        veth(&lab.a, VETH_A, ADDR_A, &lab.b, VETH_B, "198.18.91.2");
         lab
     }
 
     /// `mptcp-loader ARGS` in namespace A (network namespace only: bpffs stays visible).
     fn loader(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.a))
-            .arg("--")
-            .arg(BIN)
-            .args(args)
-            .env("RUST_LOG", "info");
+        let mut cmd = self.a.loader();
+        cmd.args(args);
         cmd
     }
 
     /// Runs `f` on a thread inside namespace A (sockets it opens live there).
     fn in_a<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        in_netns(&self.a, f)
+        self.a.enter(f).unwrap()
     }
 
     /// Sends raw Ethernet frames out of namespace B's end of the veth pair: they reach A's
     /// XDP program. Paced, so the veth's XDP ring never overflows.
     fn send_from_b(&self, frames: &[Vec<u8>]) {
-        in_netns(&self.b, || {
-            // SAFETY: plain socket(2); the fd is owned right away.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-            // SAFETY: a fresh fd nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: a NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(c"mfwops-b".as_ptr()) };
-            assert_ne!(ifindex, 0);
-            // SAFETY: sockaddr_ll is plain data; all-zero is a valid start.
-            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            to.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
-            to.sll_ifindex = i32::try_from(ifindex).unwrap();
-            to.sll_halen = 6;
-            for frame in frames {
-                // SAFETY: valid buffer and address of the sizes given.
-                let sent = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const to).cast(),
-                        u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
-                    )
-                };
-                assert_eq!(
-                    usize::try_from(sent).ok(),
-                    Some(frame.len()),
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        });
+        self.b
+            .enter(|| {
+                let tx = PacketSocket::sender(VETH_B)?;
+                for frame in frames {
+                    tx.send(frame)?;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                std::io::Result::Ok(())
+            })
+            .unwrap()
+            .expect("sending frames out of B");
     }
 
     fn scrape(&self, port: u16) -> std::io::Result<String> {
@@ -178,36 +93,12 @@ impl Lab {
     }
 
     fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip")
-            .args(["-n", &self.a, "link", "show", VETH_A])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("xdp")
+        self.a.ip(&["link", "show", VETH_A]).contains("xdp")
     }
-}
-
-/// Runs `f` on a thread inside network namespace `ns` (sockets it opens live there).
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let ns = File::open(&path).unwrap();
-                // SAFETY: a valid namespace fd; setns changes only this thread.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap()
-    })
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -340,9 +231,11 @@ fn a_real_run_is_scraped_and_reloads_its_policy_on_sighup() {
     )));
 
     // Traffic through the veth: ICMP is counted as not_tcp by the XDP program.
-    sh(&[
-        "ip", "netns", "exec", &lab.b, "ping", "-c", "3", "-i", "0.2", "-W", "1", ADDR_A,
-    ]);
+    netlab::output_ok(
+        lab.b
+            .exec("ping")
+            .args(["-c", "3", "-i", "0.2", "-W", "1", ADDR_A]),
+    );
     let text = run.wait_for("not_tcp >= 3", || {
         let text = lab.scrape(METRICS_PORT).ok()?;
         (sample(&text, "mptcp_fw_packets_total{reason=\"not_tcp\"}")? >= 3).then_some(text)

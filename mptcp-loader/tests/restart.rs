@@ -1,20 +1,22 @@
 //! Restarting without a gap, against the real kernel and the real Linux MPTCP stack.
 //!
 //! A client namespace and a server namespace joined by a veth pair (198.18.92.0/24); `run`
-//! protects the server's end in enforce mode. A real MPTCP connection (Python sockets with
-//! IPPROTO_MPTCP) carries data; the ADD_ADDR forger of `tests/scripts/forge_add_addr.py` sniffs
-//! its keys and sequence numbers on the client side and injects ADD_ADDRs with a wrong HMAC.
+//! protects the server's end in enforce mode. A real MPTCP connection (the lab's peers,
+//! IPPROTO_MPTCP sockets opened in the namespaces) carries data; the lab's ADD_ADDR forger
+//! (`mptcp_lab::forge_add_addr`) sniffs its keys and sequence numbers on the client side and
+//! injects ADD_ADDRs with a wrong HMAC.
 //! The loader is SIGKILLed mid-traffic; the programs stay attached through their pinned links,
 //! the forged ADD_ADDRs are still dropped, the connection's keys stay in the pinned map; a new
 //! `run` adopts all that while the XDP program on the interface never changes, and keeps
 //! counting.
 //!
-//! Needs root, `ip`, `nsenter`, `python3` and the built eBPF object; skipped otherwise. The
+//! Needs root, `ip`, `nsenter` and the built eBPF object; skipped otherwise. The
 //! namespaces (and whatever the loader pinned for them) are deleted whatever happens.
 
 mod netlab;
 
 use std::{
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -24,70 +26,35 @@ use std::{
     time::Duration,
 };
 
-use netlab::{can_run, eventually, start_run, veth, Netns, Proc};
+use mptcp_lab::{
+    forge_add_addr::{AddAddrForger, HmacKind, Target},
+    storm::{HoldingServer, Trickle},
+};
+use netlab::{can_run, eventually, start_run, veth, Netns};
 
 const CLIENT: &str = "198.18.92.1";
 const SERVER: &str = "198.18.92.2";
-const PORT: &str = "10000";
+const PORT: u16 = 10000;
 
-/// An MPTCP listener that counts what it receives.
-const SERVER_PY: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("LISTENING", flush=True)
-c, _ = s.accept()
-print("ACCEPTED", flush=True)
-total = 0
-while True:
-    data = c.recv(65536)
-    if not data:
-        break
-    total += len(data)
-    print("RECEIVED", total, flush=True)
-"#;
+/// The client sends 1000 bytes every 300 ms (quiet gaps let the forger inject with the latest
+/// sequence numbers).
+const CLIENT_CHUNK: usize = 1000;
+const CLIENT_PERIOD: Duration = Duration::from_millis(300);
 
-/// An MPTCP client sending 1000 bytes every 300 ms (quiet gaps let the forger inject with the
-/// latest sequence numbers).
-const CLIENT_PY: &str = r#"
-import socket, sys, time
-c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-c.connect((sys.argv[1], int(sys.argv[2])))
-print("CONNECTED", flush=True)
-while True:
-    c.sendall(b"x" * 1000)
-    time.sleep(0.3)
-"#;
-
-fn forger_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/forge_add_addr.py")
-}
-
-/// Bytes the server has received so far (its last `RECEIVED n` line).
-fn received(server: &Proc) -> u64 {
-    server
-        .log()
-        .lines()
-        .filter_map(|l| l.strip_prefix("RECEIVED "))
-        .next_back()
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-fn inject_bad(forger: &mut Proc, id: u8, count: u32) {
-    forger.send_line(&format!("inject bad {id} 198.18.93.{id} {count}"));
-    let answer = forger.wait_for("an answer to inject", Duration::from_secs(30), |l| {
-        l.starts_with("SENT ") || l.starts_with("ERR ")
-    });
-    assert!(answer.starts_with("SENT "), "{answer}");
+fn inject_bad(forger: &AddAddrForger, id: u8, count: u32) {
+    let addr = Ipv4Addr::new(198, 18, 93, id);
+    let answer = forger.inject(HmacKind::Bad, id, addr, count, Duration::from_millis(20));
+    assert!(
+        answer.as_ref().is_ok_and(|a| a.starts_with("SENT ")),
+        "{answer:?}"
+    );
 }
 
 #[test]
 fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
     if !can_run(
         "sigkill_and_restart_keep_the_firewall_and_its_connections",
-        &["python3"],
+        &[],
     ) {
         return;
     }
@@ -96,26 +63,26 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
     veth(&client_ns, "c0", CLIENT, &server_ns, "s0", SERVER);
 
     let mut run = start_run(&server_ns, &["--iface", "s0", "--mode", "enforce"]);
-    let mut server = Proc::spawn("server", {
-        let mut cmd = server_ns.exec("python3");
-        cmd.args(["-c", SERVER_PY, SERVER, PORT]);
-        cmd
-    });
-    server.wait_for("LISTENING", Duration::from_secs(10), |l| l == "LISTENING");
-    let mut forger = Proc::spawn("forger", {
-        let mut cmd = client_ns.exec("python3");
-        cmd.arg(forger_script()).args([
-            "--iface", "c0", "--client", CLIENT, "--server", SERVER, "--port", PORT,
-        ]);
-        cmd
-    });
-    forger.wait_for("READY", Duration::from_secs(10), |l| l == "READY");
-    let mut client = Proc::spawn("client", {
-        let mut cmd = client_ns.exec("python3");
-        cmd.args(["-c", CLIENT_PY, SERVER, PORT]);
-        cmd
-    });
-    client.wait_for("CONNECTED", Duration::from_secs(10), |l| l == "CONNECTED");
+    let server_addr = SocketAddr::new(SERVER.parse().unwrap(), PORT);
+    let server = server_ns
+        .enter(|| HoldingServer::start(server_addr))
+        .unwrap()
+        .expect("the MPTCP server listens");
+    let target = Target {
+        client: CLIENT.parse().unwrap(),
+        server: SERVER.parse().unwrap(),
+        port: PORT,
+    };
+    let forger = client_ns
+        .enter(|| AddAddrForger::start("c0", target))
+        .unwrap()
+        .expect("the forger sniffs c0");
+    let client = client_ns
+        .enter(|| Trickle::connect(server_addr, CLIENT_CHUNK, CLIENT_PERIOD))
+        .unwrap()
+        .expect("the MPTCP client connects");
+    // Bytes the server has received so far.
+    let received = || server.counts().bytes;
 
     // The connection is tracked, its midstates installed by the first run.
     let mut conns = serde_json::Value::Null;
@@ -140,7 +107,7 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
     // Watch the interface's XDP program from the SIGKILL until the new run has adopted it.
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = {
-        let (watching, ns) = (Arc::clone(&watching), server_ns.name.clone());
+        let (watching, ns) = (Arc::clone(&watching), server_ns.name().to_owned());
         thread::spawn(move || {
             let mut seen = Vec::new();
             while watching.load(Ordering::Relaxed) {
@@ -152,7 +119,7 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
         })
     };
 
-    let received_before_kill = received(&server);
+    let received_before_kill = received();
     run.signal(libc::SIGKILL);
     assert_eq!(run.wait_exit(Duration::from_secs(15)), None, "killed");
     drop(run);
@@ -179,7 +146,7 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
     // Forged ADD_ADDRs while no loader runs: dropped before the server's stack sees them.
     let dropped_before = server_ns.counter("add_addr_bad_hmac_dropped");
     let add_addr_before = server_ns.netstat("MPTcpExt", "AddAddr");
-    inject_bad(&mut forger, 7, 3);
+    inject_bad(&forger, 7, 3);
     eventually("3 more drops", Duration::from_secs(15), || {
         server_ns.counter("add_addr_bad_hmac_dropped") == dropped_before + 3
     });
@@ -222,13 +189,13 @@ fn sigkill_and_restart_keep_the_firewall_and_its_connections() {
     );
 
     // It keeps counting, and the data keeps flowing.
-    inject_bad(&mut forger, 8, 2);
+    inject_bad(&forger, 8, 2);
     eventually("2 more drops", Duration::from_secs(15), || {
         server_ns.counter("add_addr_bad_hmac_dropped") == dropped_before + 5
     });
     assert_eq!(server_ns.netstat("MPTcpExt", "AddAddr"), add_addr_before);
     eventually("more data at the server", Duration::from_secs(15), || {
-        received(&server) > received_before_kill + 2000
+        received() > received_before_kill + 2000
     });
     // The events queued while no loader ran waited in the pinned ring buffer.
     let mut events = Vec::new();

@@ -15,7 +15,7 @@
 
 mod netlab;
 
-use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command};
 
 use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
 use mptcp_common::maps::PROG_TC_EGRESS;
@@ -62,7 +62,7 @@ fn programs_attached_after_the_firewall_still_see_egress_traffic() {
     let tc = |args: &[&str]| {
         output_ok(
             Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", ns.name))
+                .arg(format!("--net=/run/netns/{}", ns.name()))
                 .arg("tc")
                 .args(args),
         )
@@ -86,43 +86,36 @@ fn programs_attached_after_the_firewall_still_see_egress_traffic() {
 
     // The TCX program: attached last, from a thread inside the namespace (interface names and
     // TCX links resolve there); it stays attached while the thread holds it.
-    let netns_path = format!("/run/netns/{}", ns.name);
-    let ns_name = ns.name.clone();
-    let seen = std::thread::spawn(move || {
-        let netns = File::open(&netns_path).unwrap();
-        // SAFETY: setns on a namespace fd we own; it changes this thread only.
-        assert_eq!(
-            unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        let mut probe = SchedClassifier::from_pin(&tcx_pin).unwrap();
-        probe
-            .attach_with_options(
-                "c0",
-                TcAttachType::Egress,
-                TcAttachOptions::TcxOrder(LinkOrder::last()),
-            )
-            .unwrap();
-        let (_, programs) = SchedClassifier::query_tcx("c0", TcAttachType::Egress).unwrap();
-        let tcx_order = programs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
-            .collect();
-        let (tcx_before, classic_before) = (runs(&tcx_pin), runs(&classic_pin));
-        output_ok(
-            Command::new("ip")
-                .args(["netns", "exec", &ns_name, "ping", "-q", "-c"])
-                .arg(PINGS.to_string())
-                .args(["-i", "0.05", "-W", "2", PEER]),
-        );
-        Seen {
-            tcx_order,
-            tcx_probe: runs(&tcx_pin) - tcx_before,
-            classic_probe: runs(&classic_pin) - classic_before,
-        }
-    })
-    .join()
-    .unwrap();
+    let ns_name = ns.name().to_owned();
+    let seen = ns
+        .enter(move || {
+            let mut probe = SchedClassifier::from_pin(&tcx_pin).unwrap();
+            probe
+                .attach_with_options(
+                    "c0",
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::last()),
+                )
+                .unwrap();
+            let (_, programs) = SchedClassifier::query_tcx("c0", TcAttachType::Egress).unwrap();
+            let tcx_order = programs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                .collect();
+            let (tcx_before, classic_before) = (runs(&tcx_pin), runs(&classic_pin));
+            output_ok(
+                Command::new("ip")
+                    .args(["netns", "exec", &ns_name, "ping", "-q", "-c"])
+                    .arg(PINGS.to_string())
+                    .args(["-i", "0.05", "-W", "2", PEER]),
+            );
+            Seen {
+                tcx_order,
+                tcx_probe: runs(&tcx_pin) - tcx_before,
+                classic_probe: runs(&classic_pin) - classic_before,
+            }
+        })
+        .unwrap();
     let firewall = ns.counter("egress") - egress_before;
     run.stop(libc::SIGTERM);
     eprintln!(

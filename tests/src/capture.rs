@@ -385,25 +385,7 @@ fn parse_segment(frame: &[u8]) -> Option<Segment<'_>> {
     })
 }
 
-/// The options (kind, length and body) in the option bytes of a TCP header; NOPs are skipped,
-/// and the walk ends at End of Option List or at an option whose length does not fit.
-pub fn tcp_options(mut opts: &[u8]) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || loop {
-        match *opts.first()? {
-            0 => return None,
-            1 => opts = &opts[1..],
-            _ => {
-                let len = usize::from(*opts.get(1)?);
-                if len < 2 || len > opts.len() {
-                    return None;
-                }
-                let (opt, rest) = opts.split_at(len);
-                opts = rest;
-                return Some(opt);
-            }
-        }
-    })
-}
+pub use mptcp_lab::wire::tcp_options;
 
 /// Decodes one kind-30 option if it is a v1 ADD_ADDR (length table of RFC 8684 §3.4.1).
 fn decode_add_addr(opt: &[u8]) -> Option<AddAddrSeen> {

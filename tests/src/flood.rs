@@ -34,7 +34,7 @@
 //! checks at most a pending join's budget of them and drops the rest without computing.
 
 pub mod cpu;
-pub mod endpoints;
+pub use mptcp_lab::endpoints;
 pub mod xdp;
 
 use std::{
@@ -46,9 +46,10 @@ use std::{
 };
 
 use mptcp_common::counters::Counter;
+use mptcp_lab::wire::{later, sniffed};
 
 use crate::{
-    capture::{read_pcap, tcp_options, Capture},
+    capture::{read_pcap, Capture},
     counters::mib,
     error::{LabError, Result},
     lab::{Lab, PATH1, PATHS, SERVER_IFACES},
@@ -733,11 +734,10 @@ impl FloodLab {
             .map_err(io_err(format!("reading {}", report.path.display())))?;
         let synack = read_pcap(&bytes)?
             .iter()
-            .filter_map(|f| parse_segment(f))
+            .filter_map(|f| sniffed(f, f.len()))
             .find(|seg| {
-                seg.src == PATH1.server_addr
-                    && seg.sport == victim.conn.dst.port()
-                    && seg.dport == port
+                seg.src == (PATH1.server_addr, victim.conn.dst.port())
+                    && seg.dst.1 == port
                     && seg.flags & 0x12 == 0x12
             });
         let Some(synack) = synack else {
@@ -755,7 +755,7 @@ impl FloodLab {
         }
         conn.ack = synack.seq.wrapping_add(1);
         let tsval = conn.timestamps.map_or(0, |(v, _)| v);
-        conn.timestamps = Some((tsval, synack.ts.map_or(0, |(v, _)| v)));
+        conn.timestamps = Some((tsval, synack.timestamps.map_or(0, |(v, _)| v)));
         let cfg = Self::write_join_ack(&conn, &dir)?;
         Ok(Ok(PendingJoin { conn, cfg }))
     }
@@ -1057,73 +1057,6 @@ fn profile_err(e: profiles::ProfileError) -> LabError {
     }
 }
 
-/// `a` later than `b` in sequence space.
-fn seq_after(a: u32, b: u32) -> bool {
-    let d = a.wrapping_sub(b);
-    d != 0 && d < 0x8000_0000
-}
-
-fn later(current: Option<u32>, candidate: u32) -> Option<u32> {
-    match current {
-        Some(c) if !seq_after(candidate, c) => Some(c),
-        _ => Some(candidate),
-    }
-}
-
-/// One IPv4 TCP segment's fields the snapshot needs.
-struct Segment {
-    src: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    window: u16,
-    payload: u32,
-    ts: Option<(u32, u32)>,
-    keys: Option<([u8; 8], [u8; 8])>,
-}
-
-fn parse_segment(frame: &[u8]) -> Option<Segment> {
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    if *ip.get(9)? != 6 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    let src = Ipv4Addr::new(*ip.get(12)?, *ip.get(13)?, *ip.get(14)?, *ip.get(15)?);
-    let tcp = ip.get(ihl..)?;
-    let be16 = |o: usize| Some(u16::from_be_bytes([*tcp.get(o)?, *tcp.get(o + 1)?]));
-    let be32 = |o: usize| Some(u32::from_be_bytes(tcp.get(o..o + 4)?.try_into().ok()?));
-    let doff = usize::from(tcp.get(12)? >> 4) * 4;
-    let mut seg = Segment {
-        src,
-        sport: be16(0)?,
-        dport: be16(2)?,
-        seq: be32(4)?,
-        ack: be32(8)?,
-        flags: *tcp.get(13)?,
-        window: be16(14)?,
-        payload: u32::try_from(total.saturating_sub(ihl + doff)).ok()?,
-        ts: None,
-        keys: None,
-    };
-    for opt in tcp_options(tcp.get(20..doff)?) {
-        let (kind, len, body) = (opt[0], opt.len(), &opt[2..]);
-        if kind == 8 && len == 10 {
-            let v = u32::from_be_bytes(body[..4].try_into().ok()?);
-            let e = u32::from_be_bytes(body[4..8].try_into().ok()?);
-            seg.ts = Some((v, e));
-        } else if kind == 30 && matches!(len, 20 | 22 | 24) && body[0] >> 4 == 0 {
-            seg.keys = Some((body[2..10].try_into().ok()?, body[10..18].try_into().ok()?));
-        }
-    }
-    Some(seg)
-}
-
 /// Follows the initial subflow `client -> server` through captured frames (both directions) and
 /// returns it as the client sends on it at the end: its latest sequence, acknowledgement,
 /// window and timestamps, and both MP_CAPABLE keys (`None` without them). `macs` are the
@@ -1142,9 +1075,9 @@ pub fn victim_connection(
     let (mut tsval, mut tsecr) = (None, None);
     let (mut sport, mut window) = (0, 0);
     let mut keys = None;
-    for seg in frames.iter().filter_map(|f| parse_segment(f)) {
-        let to_server = seg.src == client && seg.dport == server.port();
-        let to_client = seg.src == *server.ip() && seg.sport == server.port();
+    for seg in frames.iter().filter_map(|f| sniffed(f, f.len())) {
+        let to_server = seg.src.0 == client && seg.dst.1 == server.port();
+        let to_client = seg.src == (*server.ip(), server.port());
         if !(to_server || to_client) {
             continue;
         }
@@ -1154,24 +1087,24 @@ pub fn victim_connection(
             .wrapping_add(u32::from(seg.flags & SYN != 0))
             .wrapping_add(u32::from(seg.flags & FIN != 0));
         if to_server {
-            sport = seg.sport;
+            sport = seg.src.1;
             window = seg.window;
             snd_nxt = later(snd_nxt, end);
             if seg.flags & ACK != 0 {
                 rcv_nxt = later(rcv_nxt, seg.ack);
             }
-            if let Some((v, _)) = seg.ts {
+            if let Some((v, _)) = seg.timestamps {
                 tsval = later(tsval, v);
             }
             if keys.is_none() {
-                keys = seg.keys;
+                keys = seg.capable_keys;
             }
         } else {
             rcv_nxt = later(rcv_nxt, end);
             if seg.flags & ACK != 0 {
                 snd_nxt = later(snd_nxt, seg.ack);
             }
-            if let Some((v, _)) = seg.ts {
+            if let Some((v, _)) = seg.timestamps {
                 tsecr = later(tsecr, v);
             }
         }
@@ -1239,12 +1172,5 @@ mod tests {
         assert_eq!(s.timestamps, Some((12, 71)));
         assert_eq!((s.key_a, s.key_b), ([1; 8], [2; 8]));
         assert!(victim_connection(&frames[..2], client, server, macs).is_none());
-    }
-
-    #[test]
-    fn sequence_space_wraps() {
-        assert!(seq_after(5, u32::MAX - 5));
-        assert_eq!(later(Some(u32::MAX - 1), 3), Some(3));
-        assert_eq!(later(Some(3), u32::MAX - 1), Some(3));
     }
 }

@@ -1,5 +1,5 @@
-//! Handle on `scripts/forge_add_addr.py`, the forger running in the client namespace (Python
-//! standard library only: AF_PACKET sockets).
+//! Handle on `mptcp-peer forge-add-addr` (`mptcp_lab::forge_add_addr`), the forger running in
+//! the client namespace (AF_PACKET sockets).
 //!
 //! Start it **before** the client connects: it learns the connection (4-tuple, seq/ack,
 //! timestamps, and the keys of the MP_CAPABLE third ACK) by sniffing both directions on the
@@ -27,23 +27,7 @@ use crate::{
     proc::Proc,
 };
 
-/// Which HMAC the forged ADD_ADDR carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HmacKind {
-    /// 8 random bytes: what an attacker who did not see the keys can send.
-    Bad,
-    /// The right truncated HMAC (from the keys sniffed in the handshake).
-    Good,
-}
-
-impl HmacKind {
-    fn word(self) -> &'static str {
-        match self {
-            HmacKind::Bad => "bad",
-            HmacKind::Good => "good",
-        }
-    }
-}
+pub use mptcp_lab::forge_add_addr::HmacKind;
 
 /// What one `inject` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,11 +89,10 @@ impl Forger {
     /// `client -> server`, and waits until it sniffs.
     ///
     /// # Errors
-    /// When the Python script fails to start.
+    /// When the forger fails to start.
     pub fn start(
         ns: &Netns,
-        python: &Path,
-        script: &Path,
+        peer_bin: &Path,
         iface: &str,
         client: Ipv4Addr,
         server: SocketAddrV4,
@@ -117,8 +100,8 @@ impl Forger {
         let proc = spawn(
             ns,
             "ADD_ADDR forger",
-            python,
-            vec![script.display().to_string(), "--iface".into(), iface.into()],
+            peer_bin,
+            vec!["forge-add-addr".into(), "--iface".into(), iface.into()],
             client,
             server,
         )?;
@@ -236,16 +219,16 @@ fn report_key(line: &str, name: &str) -> Option<[u8; 8]> {
     Some(key)
 }
 
-// What both forger scripts (`forge_add_addr.py`, `forge_join.py`) have in common: the
-// connection named by `--client/--server/--port`, `READY` once sniffing, `state` answered with
-// a `STATE` line, and `quit`.
+// What both forgers (`forge-add-addr`, `forge-join`) have in common: the connection named by
+// `--client/--server/--port`, `READY` once sniffing, `state` answered with a `STATE` line, and
+// `quit`.
 
-/// Starts a forger script in `ns` with its own `args` (the script first) followed by the
+/// Starts a forger in `ns` with its own `args` (the subcommand first) followed by the
 /// connection `client -> server`, and waits for its `READY`.
 pub(crate) fn spawn(
     ns: &Netns,
     name: &str,
-    python: &Path,
+    peer_bin: &Path,
     mut args: Vec<String>,
     client: Ipv4Addr,
     server: SocketAddrV4,
@@ -258,7 +241,7 @@ pub(crate) fn spawn(
         "--port".into(),
         server.port().to_string(),
     ]);
-    let mut proc = ns.spawn(name, python, &args)?;
+    let mut proc = ns.spawn(name, peer_bin, &args)?;
     proc.wait_for_line("READY", Duration::from_secs(10), |l| l == "READY")?;
     Ok(proc)
 }

@@ -744,15 +744,15 @@ impl Connection {
     /// When a peer fails.
     pub fn open(
         lab: &GatewayLab,
-        python: &Path,
+        peer_bin: &Path,
         to: SocketAddrV4,
         announce: bool,
     ) -> Result<Connection> {
-        let mut server = StreamServer::start(&lab.server, python, to)?;
+        let mut server = StreamServer::start(&lab.server, peer_bin, to)?;
         let srv0 = lab.server.counters()?;
         let cli0 = lab.client.counters()?;
         let started = Instant::now();
-        let mut client = StreamClient::start(&lab.client, python, to)?;
+        let mut client = StreamClient::start(&lab.client, peer_bin, to)?;
         server.wait_accepted()?;
         if announce {
             lab.announce_join_port()?;

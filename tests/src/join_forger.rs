@@ -1,5 +1,5 @@
-//! Handle on `scripts/forge_join.py`, the MP_JOIN forger running in the client namespace
-//! (Python standard library only: AF_PACKET sockets).
+//! Handle on `mptcp-peer forge-join` (`mptcp_lab::forge_join`), the MP_JOIN forger running in
+//! the client namespace (AF_PACKET sockets).
 //!
 //! Start it **before** the client connects: it learns both keys of the connection by sniffing
 //! the MP_CAPABLE third ACK, like the ADD_ADDR forger. It then sends, on request:
@@ -18,7 +18,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -33,29 +33,7 @@ use crate::{
 /// Source address of the forged joins: inside the client's path-2 subnet, owned by nobody.
 pub const FORGER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 66);
 
-/// `scripts/forge_join.py`.
-#[must_use]
-pub fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/forge_join.py")
-}
-
-/// Which HMAC the forged third ACKs carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AckHmac {
-    /// 20 random bytes: what someone who did not see the keys can send.
-    Bad,
-    /// The right HMAC (from the sniffed keys and both nonces).
-    Good,
-}
-
-impl AckHmac {
-    fn word(self) -> &'static str {
-        match self {
-            AckHmac::Bad => "bad",
-            AckHmac::Good => "good",
-        }
-    }
-}
+pub use mptcp_lab::forge_join::AckHmac;
 
 /// What one forger command sent, from its `SENT ...` line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,16 +95,16 @@ impl JoinForger {
     /// interface (from [`FORGER_ADDR`], to the server's MAC on that path).
     ///
     /// # Errors
-    /// When the script does not start.
+    /// When the forger does not start.
     pub fn start(
         ns: &Netns,
-        python: &Path,
+        peer_bin: &Path,
         path: &LabPath,
         client: Ipv4Addr,
         server: SocketAddrV4,
     ) -> Result<JoinForger> {
         let args = vec![
-            script().display().to_string(),
+            "forge-join".into(),
             "--tx-iface".into(),
             path.client_iface.into(),
             "--src".into(),
@@ -136,7 +114,7 @@ impl JoinForger {
             "--dst-mac".into(),
             path.server_mac.into(),
         ];
-        let proc = forger::spawn(ns, "MP_JOIN forger", python, args, client, server)?;
+        let proc = forger::spawn(ns, "MP_JOIN forger", peer_bin, args, client, server)?;
         Ok(JoinForger { proc })
     }
 

@@ -24,7 +24,7 @@
 //! The run:
 //!
 //! 1. the forger starts sniffing in the client namespace; the server listens on
-//!    198.18.1.2:10000 (`scripts/mptcp_stream.py`), the client connects; once the server has
+//!    198.18.1.2:10000 (`mptcp-peer server` and `stream`), the client connects; once the server has
 //!    accepted, the client's port endpoint is added (announced) and the client sends 1000 bytes;
 //! 2. genuine joins: waits until the server counted `MPTcpExtMPJoinAckRx` (client-initiated)
 //!    and `MPTcpExtMPJoinSynAckRx` (server-initiated) and the client the reverse;
@@ -39,7 +39,7 @@
 use std::{
     fmt,
     net::SocketAddrV4,
-    path::{Path, PathBuf},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -49,7 +49,7 @@ use mptcp_common::counters::Counter;
 use crate::{
     counters::{mib, Counters},
     error::{LabError, Result},
-    join_forger::{self, AckHmac, JoinForger, JoinInjection, FORGER_ADDR},
+    join_forger::{AckHmac, JoinForger, JoinInjection, FORGER_ADDR},
     lab::{Lab, PATH1, PATH2},
     netns::Netns,
     proc::{run_checked, Proc},
@@ -86,22 +86,10 @@ const FORGED_WAIT: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_millis(300);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `scripts/mptcp_stream.py`.
-#[must_use]
-pub fn stream_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mptcp_stream.py")
-}
-
-/// What is missing to run this scenario (empty = ready): the lab's needs plus the two scripts
-/// and `ss`.
+/// What is missing to run this scenario (empty = ready): the lab's needs plus `ss`.
 #[must_use]
 pub fn missing(tools: &Tools) -> Vec<String> {
     let mut missing = tools.missing();
-    for script in [stream_script(), join_forger::script()] {
-        if !script.is_file() {
-            missing.push(format!("{} is missing", script.display()));
-        }
-    }
     if run_checked(std::process::Command::new("ss").arg("-V")).is_err() {
         missing.push("`ss` (iproute2) does not run".to_owned());
     }
@@ -260,19 +248,19 @@ impl Path2Bytes {
     }
 }
 
-/// `mptcp_stream.py server`: accepts one connection and counts what it receives.
+/// `mptcp-peer server`: accepts one connection and counts what it receives.
 pub struct StreamServer {
     proc: Proc,
 }
 
 impl StreamServer {
-    /// Starts it in `ns`, listening on `addr`.
+    /// Starts `mptcp-peer server` in `ns`, listening on `addr`.
     ///
     /// # Errors
     /// When it does not listen.
-    pub fn start(ns: &Netns, python: &Path, addr: SocketAddrV4) -> Result<StreamServer> {
-        let args = stream_args("server", addr);
-        let mut proc = ns.spawn("mptcp stream server", python, &args)?;
+    pub fn start(ns: &Netns, peer_bin: &Path, addr: SocketAddrV4) -> Result<StreamServer> {
+        let args = ["server".to_owned(), addr.to_string()];
+        let mut proc = ns.spawn("mptcp stream server", peer_bin, &args)?;
         proc.wait_for_prefix("LISTENING", START_TIMEOUT)?;
         Ok(StreamServer { proc })
     }
@@ -301,20 +289,20 @@ impl StreamServer {
     }
 }
 
-/// `mptcp_stream.py client`: connects, then sends when told to.
+/// `mptcp-peer stream`: connects, then sends when told to.
 pub struct StreamClient {
     proc: Proc,
     sent: u64,
 }
 
 impl StreamClient {
-    /// Connects from `ns` to `server`.
+    /// Connects from `ns` to `server` (`mptcp-peer stream`).
     ///
     /// # Errors
     /// When it cannot connect.
-    pub fn start(ns: &Netns, python: &Path, server: SocketAddrV4) -> Result<StreamClient> {
-        let args = stream_args("client", server);
-        let mut proc = ns.spawn("mptcp stream client", python, &args)?;
+    pub fn start(ns: &Netns, peer_bin: &Path, server: SocketAddrV4) -> Result<StreamClient> {
+        let args = ["stream".to_owned(), server.to_string()];
+        let mut proc = ns.spawn("mptcp stream client", peer_bin, &args)?;
         proc.wait_for_prefix("CONNECTED", START_TIMEOUT)?;
         Ok(StreamClient { proc, sent: 0 })
     }
@@ -344,15 +332,6 @@ impl StreamClient {
         self.proc.wait_exit(Duration::from_secs(5))?;
         Ok(self.sent)
     }
-}
-
-fn stream_args(role: &str, addr: SocketAddrV4) -> [String; 4] {
-    [
-        stream_script().display().to_string(),
-        role.to_owned(),
-        addr.ip().to_string(),
-        addr.port().to_string(),
-    ]
 }
 
 fn unexpected(proc: &Proc, request: &str, line: &str) -> LabError {
@@ -481,17 +460,17 @@ pub fn run(
     let server_addr = SocketAddrV4::new(PATH1.server_addr, sc.port);
     let mut forger = JoinForger::start(
         &lab.client,
-        &tools.python,
+        &tools.peer_bin,
         &PATH2,
         PATH1.client_addr,
         server_addr,
     )?;
-    let mut server = StreamServer::start(&lab.server, &tools.python, server_addr)?;
+    let mut server = StreamServer::start(&lab.server, &tools.peer_bin, server_addr)?;
     let mut srv = Snapshots::starting(&lab.server)?;
     let mut cli = Snapshots::starting(&lab.client)?;
 
     // 1-2. Connect, a little data, both genuine joins.
-    let mut client = StreamClient::start(&lab.client, &tools.python, server_addr)?;
+    let mut client = StreamClient::start(&lab.client, &tools.peer_bin, server_addr)?;
     server.wait_accepted()?;
     announce_join_port(lab)?;
     client.send(FIRST_DATA)?;

@@ -1,9 +1,10 @@
-//! The network-namespace lab for the MPTCP ADD_ADDR validator (root only).
+//! The root-only tests of the MPTCP firewall and their scenarios, on the lab of `mptcp-lab`
+//! (whose modules are re-exported here at their old paths).
 //!
 //! - [`lab::Lab`]: two namespaces (`client`, `server`) joined by two veth pairs, MPTCP on, the
 //!   client announcing its second address (a genuine ADD_ADDR) and joining a second subflow.
 //! - [`peers`]: the MPTCP server/client (`mptcp-peer` binary) run inside the namespaces.
-//! - [`forger::Forger`]: a Python (stdlib) script injecting forged ADD_ADDRs into the live
+//! - [`forger::Forger`]: `mptcp-peer forge-add-addr`, injecting forged ADD_ADDRs into the live
 //!   connection, and state-changing segments ([`forger::Attack`]: a blind RST, an MP_CAPABLE
 //!   with other keys).
 //! - [`capture::Capture`]: tcpdump in a namespace plus a pcap reader that finds ADD_ADDRs, RSTs
@@ -26,24 +27,21 @@
 
 pub mod bpf;
 pub mod capture;
-pub mod counters;
-pub mod error;
 pub mod flood;
 pub mod forger;
 pub mod gateways;
 pub mod join_forger;
 pub mod join_scenario;
-pub mod lab;
-pub mod mptcp_frames;
-pub mod netns;
 pub mod peers;
-pub mod proc;
 pub mod profiles;
 pub mod scenario;
 pub mod storm;
-pub mod teardown;
 pub mod tools;
 pub mod validator;
+
+// The lab itself lives in `mptcp-lab` (shared with the loader's root-only tests); these keep
+// its modules at the paths the tests have always used.
+pub use mptcp_lab::{counters, error, lab, mptcp_frames, netns, proc, teardown};
 
 pub use error::{LabError, Result};
 pub use lab::Lab;

@@ -33,6 +33,8 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
+use mptcp_common::testing::internet_checksum;
+
 use crate::mptcp_frames::{hmac_sha256, token, KEY_A, KEY_B};
 
 /// The connection the profiles target, as seen by its sender `src` (host A).
@@ -352,28 +354,6 @@ impl Template {
         }
         frame
     }
-}
-
-/// RFC 1071 checksum over the concatenation of `parts` (each of even length but the last).
-#[must_use]
-pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut odd: Option<u8> = None;
-    for part in parts {
-        for &byte in *part {
-            match odd.take() {
-                Some(high) => sum += u64::from(u16::from_be_bytes([high, byte])),
-                None => odd = Some(byte),
-            }
-        }
-    }
-    if let Some(high) = odd {
-        sum += u64::from(u16::from_be_bytes([high, 0]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).expect("folded to 16 bits")
 }
 
 fn tcp_checksum(frame: &[u8], v6: bool, tcp: usize) -> u16 {

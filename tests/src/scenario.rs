@@ -447,8 +447,7 @@ pub fn run_observed(
     }
     let mut forger = Forger::start(
         &lab.client,
-        &tools.python,
-        &tools.forger_script,
+        &tools.peer_bin,
         PATH1.client_iface,
         PATH1.client_addr,
         server_addr,

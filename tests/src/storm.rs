@@ -1,5 +1,5 @@
 //! A storm of real MPTCP connections for the loader-level exhaustion test
-//! (`scripts/mptcp_storm.py`): a server that accepts and holds every connection, a client that
+//! (`mptcp-peer storm`, `mptcp_lab::storm`): a server that accepts and holds every connection, a client that
 //! opens `n` connections and holds them, one genuine connection that keeps sending, and a
 //! trafgen flood of MP_JOIN SYNs with random tokens.
 
@@ -20,16 +20,11 @@ use crate::{
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `scripts/mptcp_storm.py`.
-#[must_use]
-pub fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mptcp_storm.py")
-}
-
-fn spawn(ns: &Netns, python: &Path, name: &str, args: &[String]) -> Result<Proc> {
-    let mut all = vec![script().display().to_string()];
+/// `mptcp-peer storm <args>` in `ns`.
+fn spawn(ns: &Netns, peer_bin: &Path, name: &str, args: &[String]) -> Result<Proc> {
+    let mut all = vec!["storm".to_owned()];
     all.extend_from_slice(args);
-    ns.spawn(name, python, &all)
+    ns.spawn(name, peer_bin, &all)
 }
 
 fn unexpected(proc: &Proc, request: &str, line: &str) -> LabError {
@@ -50,16 +45,12 @@ impl HoldingServer {
     ///
     /// # Errors
     /// When it does not start listening.
-    pub fn start(ns: &Netns, python: &Path, addr: SocketAddrV4) -> Result<HoldingServer> {
+    pub fn start(ns: &Netns, peer_bin: &Path, addr: SocketAddrV4) -> Result<HoldingServer> {
         let mut proc = spawn(
             ns,
-            python,
+            peer_bin,
             &format!("holding server {addr}"),
-            &[
-                "server".into(),
-                addr.ip().to_string(),
-                addr.port().to_string(),
-            ],
+            &["server".into(), addr.to_string()],
         )?;
         proc.wait_for_prefix("LISTENING", START_TIMEOUT)?;
         Ok(HoldingServer { proc })
@@ -92,7 +83,7 @@ impl Storm {
     /// When the client fails or does not finish within `timeout`.
     pub fn open(
         ns: &Netns,
-        python: &Path,
+        peer_bin: &Path,
         server: SocketAddrV4,
         n: u32,
         per_second: u32,
@@ -100,12 +91,11 @@ impl Storm {
     ) -> Result<(Storm, Duration)> {
         let mut proc = spawn(
             ns,
-            python,
+            peer_bin,
             &format!("storm of {n} connections"),
             &[
-                "storm".into(),
-                server.ip().to_string(),
-                server.port().to_string(),
+                "open".into(),
+                server.to_string(),
                 n.to_string(),
                 per_second.to_string(),
             ],
@@ -143,16 +133,12 @@ impl ActiveClient {
     ///
     /// # Errors
     /// When it does not connect.
-    pub fn connect(ns: &Netns, python: &Path, server: SocketAddrV4) -> Result<ActiveClient> {
+    pub fn connect(ns: &Netns, peer_bin: &Path, server: SocketAddrV4) -> Result<ActiveClient> {
         let mut proc = spawn(
             ns,
-            python,
+            peer_bin,
             "active client",
-            &[
-                "genuine".into(),
-                server.ip().to_string(),
-                server.port().to_string(),
-            ],
+            &["genuine".into(), server.to_string()],
         )?;
         let line = proc.wait_for_prefix("CONNECTED", START_TIMEOUT)?;
         let local = line

@@ -2,28 +2,21 @@
 
 use std::{
     env,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
 /// The one skip policy of every root-only test (also the loader's): `MPTCP_TESTS_REQUIRE_BPF=1`
 /// or `CI=true` turns every skip into a failure.
 pub use mptcp_common::testing::{gate, skips_are_failures, REQUIRE_ENV};
-/// Overrides the Python that runs the forger (default `/usr/bin/python3`; the script needs only
-/// the standard library).
-pub const PYTHON_ENV: &str = "MPTCP_FORGER_PYTHON";
 /// Overrides the `mptcp-peer` binary.
 pub const PEER_BIN_ENV: &str = "MPTCP_PEER_BIN";
 
-/// Programs and scripts launched inside the namespaces.
+/// Programs launched inside the namespaces.
 #[derive(Clone, Debug)]
 pub struct Tools {
-    /// The `mptcp-peer` binary of this crate.
+    /// The `mptcp-peer` binary of this crate: every peer and forger of the lab.
     pub peer_bin: PathBuf,
-    /// Python 3 for the forger.
-    pub python: PathBuf,
-    /// `scripts/forge_add_addr.py`.
-    pub forger_script: PathBuf,
 }
 
 impl Tools {
@@ -32,13 +25,7 @@ impl Tools {
     #[must_use]
     pub fn new(peer_bin: impl Into<PathBuf>) -> Tools {
         let peer_bin = env::var_os(PEER_BIN_ENV).map_or_else(|| peer_bin.into(), PathBuf::from);
-        let python = env::var_os(PYTHON_ENV)
-            .map_or_else(|| PathBuf::from("/usr/bin/python3"), PathBuf::from);
-        Tools {
-            peer_bin,
-            python,
-            forger_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/forge_add_addr.py"),
-        }
+        Tools { peer_bin }
     }
 
     /// Tools for a binary of this crate (the demo): `mptcp-peer` is next to the executable.
@@ -78,19 +65,8 @@ impl Tools {
                 ));
             }
         }
-        let python = self.python.display().to_string();
-        if !succeeds(&python, &["-c", "import socket; socket.AF_PACKET"]) {
-            missing.push(format!(
-                "`{python}` does not run (set {PYTHON_ENV} to a Python 3)"
-            ));
-        }
-        for (what, path) in [
-            ("mptcp-peer", &self.peer_bin),
-            ("the forger script", &self.forger_script),
-        ] {
-            if !path.is_file() {
-                missing.push(format!("{what} is not at {}", path.display()));
-            }
+        if !self.peer_bin.is_file() {
+            missing.push(format!("mptcp-peer is not at {}", self.peer_bin.display()));
         }
         missing
     }

@@ -25,7 +25,7 @@
 //! entries on every signalling segment and on 1 in 16 data segments. A connection is safe while
 //! it is refreshed more often than the storm replaces the whole map (here: about 30 refreshes
 //! per replacement). A faster storm into a smaller map does evict active connections: 640
-//! connections opened as fast as Python can (0.1 s) into `--max-conns 64` evicted this genuine
+//! connections opened as fast as the storm client could (0.1 s) into `--max-conns 64` evicted this genuine
 //! connection, whose forged ADD_ADDRs then passed as `add_addr_unknown_conn`. The same holds for
 //! a new connection's tokens: at 500 and 1 000 connections a second into this map, on a busy
 //! machine, 1 to 17 storm connections lost their tokens before their own join SYN arrived, and
@@ -138,20 +138,19 @@ fn loader_survives_a_storm_of_connections_and_join_syns() {
     let storm_addr = SocketAddrV4::new(PATH1.server_addr, STORM_PORT);
     let mut forger = Forger::start(
         &lab.client,
-        &tools.python,
-        &tools.forger_script,
+        &tools.peer_bin,
         PATH1.client_iface,
         PATH1.client_addr,
         genuine_addr,
     )
     .expect("starting the forger");
     let _genuine_server =
-        HoldingServer::start(&lab.server, &tools.python, genuine_addr).expect("genuine server");
+        HoldingServer::start(&lab.server, &tools.peer_bin, genuine_addr).expect("genuine server");
     let mut storm_server =
-        HoldingServer::start(&lab.server, &tools.python, storm_addr).expect("storm server");
+        HoldingServer::start(&lab.server, &tools.peer_bin, storm_addr).expect("storm server");
     let start = lab.server.counters().expect("counters");
     let mut genuine =
-        ActiveClient::connect(&lab.client, &tools.python, genuine_addr).expect("genuine client");
+        ActiveClient::connect(&lab.client, &tools.peer_bin, genuine_addr).expect("genuine client");
     let joined = wait_for_counters(
         || lab.server.counters(),
         &start,
@@ -170,7 +169,7 @@ fn loader_survives_a_storm_of_connections_and_join_syns() {
     let stats_before = validator.stats(&lab.server).expect("stats");
     let (storm, storm_time) = Storm::open(
         &lab.client,
-        &tools.python,
+        &tools.peer_bin,
         storm_addr,
         STORM,
         STORM_RATE,

@@ -65,7 +65,7 @@ impl Connection {
 
     fn open_to(lab: &GatewayLab, to: SocketAddrV4, announce: bool) -> Connection {
         Connection(
-            gateways::Connection::open(lab, &tools().python, to, announce).expect("connecting"),
+            gateways::Connection::open(lab, &tools().peer_bin, to, announce).expect("connecting"),
         )
     }
 
@@ -156,7 +156,7 @@ fn with_the_store_genuine_joins_pass_and_forgeries_drop_on_both_gateways() {
     // handshake off the wire, as an on-path attacker could, for their third ACKs).
     let mut join_forger2 = JoinForger::start(
         &lab.client,
-        &tools.python,
+        &tools.peer_bin,
         &GatewayLab::forger_path2(),
         CLIENT_PATH1,
         SERVER,
@@ -164,17 +164,16 @@ fn with_the_store_genuine_joins_pass_and_forgeries_drop_on_both_gateways() {
     .expect("join forger on path 2");
     let mut join_forger1 = JoinForger::start(
         &lab.client,
-        &tools.python,
+        &tools.peer_bin,
         &GatewayLab::forger_path1(),
         CLIENT_PATH1,
         SERVER,
     )
     .expect("join forger on path 1");
     let [c1, c2] = GatewayLab::client_ifaces();
-    let script = &tools.forger_script;
-    let mut add_addr1 = Forger::start(&lab.client, &tools.python, script, c1, CLIENT_PATH1, SERVER)
+    let mut add_addr1 = Forger::start(&lab.client, &tools.peer_bin, c1, CLIENT_PATH1, SERVER)
         .expect("ADD_ADDR forger on path 1");
-    let mut add_addr2 = Forger::start(&lab.client, &tools.python, script, c2, CLIENT_PATH2, SERVER)
+    let mut add_addr2 = Forger::start(&lab.client, &tools.peer_bin, c2, CLIENT_PATH2, SERVER)
         .expect("ADD_ADDR forger on path 2");
 
     let mut conn = Connection::open(&lab);
@@ -389,7 +388,7 @@ fn a_gateway_loader_killed_and_restarted_loses_nothing() {
     let before = stats_json(&lab.gw2);
     let mut blind = JoinForger::start(
         &lab.client,
-        &tools().python,
+        &tools().peer_bin,
         &GatewayLab::forger_path2(),
         CLIENT_PATH1,
         SERVER,
@@ -502,13 +501,13 @@ fn replication_delay_under_a_connection_storm() {
     else {
         return;
     };
-    let python = tools().python;
+    let peer_bin = tools().peer_bin;
     let to = SocketAddrV4::new(*SERVER.ip(), 10_002);
-    let mut holder = HoldingServer::start(&lab.server, &python, to).expect("holding server");
+    let mut holder = HoldingServer::start(&lab.server, &peer_bin, to).expect("holding server");
     // Every storm connection also joins through gw2 (the client's subflow endpoint).
     let (storm, took) = Storm::open(
         &lab.client,
-        &python,
+        &peer_bin,
         to,
         STORM_CONNS,
         STORM_PER_SECOND,
@@ -601,15 +600,8 @@ fn a_gateway_that_lost_its_maps_gets_them_back_from_the_store() {
     let store = store.expect("store");
     let tools = tools();
     let [c1, _] = GatewayLab::client_ifaces();
-    let mut add_addr1 = Forger::start(
-        &lab.client,
-        &tools.python,
-        &tools.forger_script,
-        c1,
-        CLIENT_PATH1,
-        SERVER,
-    )
-    .expect("ADD_ADDR forger on path 1");
+    let mut add_addr1 = Forger::start(&lab.client, &tools.peer_bin, c1, CLIENT_PATH1, SERVER)
+        .expect("ADD_ADDR forger on path 1");
     let mut conn = Connection::open(&lab);
     assert!(conn
         .wait_joins(&lab, Duration::from_secs(10))

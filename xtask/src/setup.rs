@@ -29,7 +29,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "netsniff-ng", // trafgen
     "iproute2",
-    "python3-scapy",
     "ethtool",
     "iputils-ping", // the loader's `operations` tests
     "redis-server", // the shared store of the two-gateway lab (tests/tests/two_gateways.rs)

@@ -98,8 +98,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let commands = [
         (
-            "unit tests: mptcp-common",
-            cargo_test(&["--package", "mptcp-common"]),
+            "unit tests: mptcp-common, mptcp-lab",
+            cargo_test(&["--package", "mptcp-common", "--package", "mptcp-lab"]),
         ),
         ("tests: mptcp-loader", loader_tests),
         ("integration tests: mptcp-tests", integration),

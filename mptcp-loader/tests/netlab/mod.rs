@@ -1,32 +1,27 @@
-//! Helpers for the integration tests of this crate: the built binary, and a small lab for the
-//! root-only tests: network namespaces (deleted on drop, with the pins and state the loader left
-//! for them), veth pairs, and processes whose output is collected line by line (killed on drop).
-//! Addresses are in 198.18.0.0/15 only.
+//! Helpers for the integration tests of this crate: the built binary, and the loader's commands
+//! in the lab of the root-only tests. The lab itself (network namespaces, veth pairs, processes,
+//! MPTCP peers, forgers) is `mptcp-lab`, shared with the tests crate; this adds what only the
+//! loader's tests need: `mptcp-loader` inside a namespace, its pin and state directories removed
+//! with the namespace, a `run` started and waited for, a probe program for the tc hooks, and
+//! waits that panic instead of returning errors. Addresses are in 198.18.0.0/15 only.
 
 #![allow(dead_code, reason = "each test file uses a part of it")]
 
 use mptcp_loader::bpf_sys::sys_bpf;
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    ops::Deref,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Output, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc::{channel, Receiver, RecvTimeoutError},
-        Arc, Mutex,
-    },
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 /// The loader binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_mptcp-loader");
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs the loader binary with `args` to completion, here and with logging off.
 pub fn loader(args: &[&str]) -> Output {
@@ -94,36 +89,32 @@ pub fn output_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A named network namespace; deleted on drop together with the loader's pin and state
-/// directories for it.
+/// A network namespace of the lab (`mptcp_lab::Netns`: deleted on drop with every process in
+/// it) with the loader's commands; its pin and state directories are removed on drop too.
 pub struct Netns {
-    /// `ip netns` name.
-    pub name: String,
+    ns: mptcp_lab::Netns,
     inode: u64,
 }
 
+impl Deref for Netns {
+    type Target = mptcp_lab::Netns;
+
+    fn deref(&self) -> &mptcp_lab::Netns {
+        &self.ns
+    }
+}
+
 impl Netns {
-    /// Creates `mfw-<tag>-<pid>-<n>` with loopback up.
+    /// Creates `mptcp-lab-<tag>-<pid>-<n>` with loopback up.
     pub fn new(tag: &str) -> Self {
-        let name = format!(
-            "mfw-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        let inode = std::fs::metadata(format!("/run/netns/{name}"))
-            .unwrap()
-            .ino();
-        let ns = Self { name, inode };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        let ns = mptcp_lab::Netns::create(tag).expect("creating a network namespace");
+        let inode = std::fs::metadata(ns.path()).unwrap().ino();
+        Self { ns, inode }
     }
 
-    /// `ip -n NAME args`.
+    /// `ip -n NAME args`, which must succeed; its stdout.
     pub fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["ip", "-n", &self.name];
-        all.extend_from_slice(args);
-        sh(&all)
+        self.ns.ip(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The loader's default pin directory for this namespace.
@@ -141,20 +132,15 @@ impl Netns {
     /// `ip netns exec NAME program` (own /sys: for anything but the loader).
     #[must_use]
     pub fn exec(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
+        self.ns.command(program)
     }
 
     /// `nsenter --net=... mptcp-loader`: the loader in this network namespace, with the host's
     /// bpffs.
     #[must_use]
     pub fn loader(&self) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name))
-            .arg("--")
-            .arg(BIN)
-            .env("RUST_LOG", "info");
+        let mut cmd = self.ns.net_only_command(BIN);
+        cmd.env("RUST_LOG", "info");
         cmd
     }
 
@@ -195,7 +181,7 @@ impl Netns {
 
     /// The id of the XDP program on `iface`, if any.
     pub fn xdp_prog_id(&self, iface: &str) -> Option<u32> {
-        xdp_prog_id_in(&self.ip(&["-d", "link", "show", "dev", iface]))
+        self.ns.xdp_prog_id(iface).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A named counter of `stats --json`.
@@ -205,93 +191,36 @@ impl Netns {
 
     /// A kernel SNMP counter (`/proc/net/netstat`, e.g. `MPTcpExt` `AddAddr`) of this namespace.
     pub fn netstat(&self, group: &str, name: &str) -> u64 {
-        let out = self.exec("cat").arg("/proc/net/netstat").output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let prefix = format!("{group}:");
-        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
-        let names = rows[0].split_whitespace();
-        let values = rows[1].split_whitespace();
-        names
-            .zip(values)
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| v.parse().unwrap())
+        let counters = self.ns.counters().unwrap_or_else(|e| panic!("{e}"));
+        counters.get(&format!("{group}{name}"))
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        // A test that failed half-way may have left its firewall pinned.
+        // A test that failed half-way may have left its firewall pinned. The namespace itself
+        // goes right after, with the `ns` field.
         let _ = std::fs::remove_dir_all(self.pin_dir());
         let _ = std::fs::remove_dir_all(self.state_dir());
     }
 }
 
-/// `prog/xdp id N` in `ip -d link show` output.
-#[must_use]
-pub fn xdp_prog_id_in(out: &str) -> Option<u32> {
-    let mut words = out.split_whitespace();
-    while let Some(word) = words.next() {
-        if word.starts_with("prog/xdp") && words.next() == Some("id") {
-            return words.next().and_then(|id| id.parse().ok());
-        }
-    }
-    None
-}
+#[allow(unused_imports, reason = "each test file uses a part of it")]
+pub use mptcp_lab::netns::parse_xdp_prog_id as xdp_prog_id_in;
 
 /// A veth pair `a_if` (in `a`, `a_addr/24`) <-> `b_if` (in `b`, `b_addr/24`), both up.
 pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
-    sh(&[
-        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
-        &b.name,
-    ]);
-    for (ns, iface, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface]);
-        ns.ip(&["link", "set", iface, "up"]);
-    }
+    mptcp_lab::netns::veth(a, a_if, a_addr, b, b_if, b_addr).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// A running process whose stdout and stderr lines are collected; killed on drop.
-pub struct Proc {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    log: Arc<Mutex<String>>,
-}
+/// A process of the lab (`mptcp_lab::Proc`: output read line by line, killed on drop) whose
+/// waits panic with its output instead of returning errors.
+pub struct Proc(pub mptcp_lab::Proc);
 
 impl Proc {
     /// Spawns `cmd` with piped stdin, stdout and stderr.
-    pub fn spawn(name: &str, mut cmd: Command) -> Self {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
-        let (tx, lines) = channel();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        for stream in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
-            let (tx, log) = (tx.clone(), Arc::clone(&log));
-            thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push_str(&format!("{line}\n"));
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Self {
-            name: name.to_owned(),
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            log,
-        }
+    pub fn spawn(name: &str, cmd: Command) -> Self {
+        Self(mptcp_lab::Proc::spawn(name, cmd).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Waits for a line matching `pred`; panics with the log after `timeout`.
@@ -301,42 +230,24 @@ impl Proc {
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => panic!(
-                    "{}: no {what} within {timeout:?}; output:\n{}",
-                    self.name,
-                    self.log()
-                ),
-            }
-        }
-    }
-
-    /// Sends one line to its stdin.
-    pub fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
+        self.0
+            .wait_for_line(what, timeout, pred)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Everything it printed so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.0.log()
     }
 
     /// Its pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// Sends `signal`.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), signal) };
+    pub fn signal(&mut self, signal: i32) {
+        self.0.signal(signal).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Sends `signal` and waits up to 10 s for it to exit with status 0; panics with its output
@@ -353,29 +264,48 @@ impl Proc {
 
     /// Waits up to `timeout` for it to exit; its status code (`None`: killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads catch the last lines.
-                thread::sleep(Duration::from_millis(50));
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}; output:\n{}",
-                self.name,
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.0
+            .wait_exit(timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .code()
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One forged MP_JOIN SYN of [`send_join_syns`]: its source port, sequence number and how many
+/// bytes of data it carries.
+pub struct JoinSyn {
+    pub sport: u16,
+    pub seq: u32,
+    pub payload: usize,
+}
+
+/// Sends from `ns` TCP SYNs to `dst:10000` carrying an MP_JOIN (address ID 2) with `token` and
+/// a random nonce, window 65535, data bytes `j`: through a raw IP socket, so the kernel of `ns`
+/// adds the IP header (source `src`) and routes them; the TCP checksum is computed here.
+pub fn send_join_syns(ns: &Netns, src: &str, dst: &str, token: [u8; 4], syns: &[JoinSyn]) {
+    use mptcp_common::packet::TCP_SYN;
+    use mptcp_lab::{mptcp_frames::join_syn, wire};
+    let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (src.parse().unwrap(), dst.parse().unwrap());
+    let segments: Vec<Vec<u8>> = syns
+        .iter()
+        .map(|syn| {
+            let seg = wire::Segment {
+                macs: ([0; 6], [0; 6]),
+                src: (src, syn.sport),
+                dst: (dst, 10000),
+                seq: syn.seq,
+                ack: 0,
+                flags: TCP_SYN,
+                window: 65535,
+            };
+            let option = join_syn(2, &token, &wire::random_bytes());
+            wire::ipv4_frame(&seg, &option, &vec![b'j'; syn.payload]).tcp_segment()
+        })
+        .collect();
+    ns.enter(|| wire::send_tcp_segments(dst, &segments))
+        .unwrap()
+        .expect("sending the forged SYNs");
 }
 
 /// Starts `mptcp-loader run ARGS` in `ns` and waits until it has attached to every `--iface`.

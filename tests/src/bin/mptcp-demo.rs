@@ -3,7 +3,7 @@
 //! Builds the lab, starts `mptcp-loader run --mode enforce` on the server's two interfaces,
 //! runs a genuine MPTCP transfer (whose ADD_ADDR must pass), injects forged ADD_ADDRs (which
 //! must be dropped), and prints what the kernel and the validator counted. Ctrl-C tears the lab
-//! down. Needs root, iproute2, tcpdump, nsenter and python3 (`cargo xtask setup`).
+//! down. Needs root, iproute2, tcpdump and nsenter (`cargo xtask setup`).
 //!
 //! ```text
 //! mptcp-demo [--loader PATH] [--mode enforce|monitor] [--no-validator]
@@ -350,7 +350,7 @@ fn run_gateways(loader: &Path, tools: &Tools) -> Result<()> {
     let [url1, url2] = GatewayLab::store_urls();
     let gw1 = start(&lab.gw1, &GW1_IFACES, &store_options(&url1, &store, "gw1"))?;
     let gw2 = start(&lab.gw2, &GW2_IFACES, &store_options(&url2, &store, "gw2"))?;
-    let mut conn = Connection::open(&lab, &tools.python, SERVER, true).context("connecting")?;
+    let mut conn = Connection::open(&lab, &tools.peer_bin, SERVER, true).context("connecting")?;
     let with = conn.wait_joins(&lab, Duration::from_secs(10))?;
     let (s1, s2) = (stats_json(&lab.gw1)?, stats_json(&lab.gw2)?);
     let (sent, received) = conn.finish()?;
@@ -376,7 +376,7 @@ fn run_gateways(loader: &Path, tools: &Tools) -> Result<()> {
     let gw1 = start(&lab.gw1, &GW1_IFACES, &[])?;
     let gw2 = start(&lab.gw2, &GW2_IFACES, &[])?;
     let second = SocketAddrV4::new(*SERVER.ip(), SERVER.port() + 1);
-    let mut conn = Connection::open(&lab, &tools.python, second, false).context("connecting")?;
+    let mut conn = Connection::open(&lab, &tools.peer_bin, second, false).context("connecting")?;
     let without = conn.wait_joins(&lab, Duration::from_secs(4))?;
     let s2 = stats_json(&lab.gw2)?;
     conn.finish()?;

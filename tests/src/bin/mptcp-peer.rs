@@ -1,4 +1,7 @@
-//! MPTCP test peers, launched inside the lab's namespaces by `mptcp_tests::peers`.
+//! The lab's one peer binary: MPTCP endpoints and packet forgers launched inside the lab's
+//! namespaces by the tests (`mptcp_tests::peers`, `storm`, `forger`, `join_forger`). Each
+//! subcommand is a thin command line over `mptcp-lab`, which documents the lines it prints and
+//! the commands it reads on stdin.
 //!
 //! ```text
 //! mptcp-peer server <addr:port>
@@ -11,12 +14,19 @@
 //!     (holds the connection open for <hold-ms>, or until a `close` line on stdin)
 //!     MPTCP subflows=<n> add_addr_signal=<n> add_addr_accepted=<n>   (or `MPTCP fallback`)
 //!     CLOSED                     after shutdown and the server's FIN; exits 0
+//! mptcp-peer stream <addr:port>              a client that sends when told (mptcp_lab::stream)
+//! mptcp-peer storm server|genuine <addr:port> | storm open <addr:port> <n> <per-second>
+//!                                            connections held open (mptcp_lab::storm)
+//! mptcp-peer forge-add-addr --iface .. --client .. --server .. --port ..
+//!                                            (mptcp_lab::forge_add_addr)
+//! mptcp-peer forge-join --tx-iface .. --src .. --src-mac .. --dst-mac .. --client .. --server ..
+//!     --port ..                              (mptcp_lab::forge_join)
 //! ```
 //! Errors go to stderr with exit code 1.
 
 use std::{
     io::{self, BufRead as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     process::ExitCode,
     sync::mpsc,
@@ -24,7 +34,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mptcp_tests::flood::endpoints::{self, say, Amount};
+use clap::{Parser, Subcommand};
+use mptcp_lab::{
+    endpoints::{self, say, Amount},
+    forge_add_addr::{AddAddrForger, Target},
+    forge_join::{JoinForger, Source},
+    storm, stream,
+    wire::parse_mac,
+};
 
 /// `SOL_MPTCP` (linux/socket.h).
 const SOL_MPTCP: i32 = 284;
@@ -32,22 +49,137 @@ const SOL_MPTCP: i32 = 284;
 const MPTCP_INFO: i32 = 1;
 /// How long a peer waits for the other side before giving up.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Room for forged joins that stay half-open next to the genuine ones.
+const SERVER_BACKLOG: i32 = 128;
+
+#[derive(Parser)]
+#[command(
+    name = "mptcp-peer",
+    about = "MPTCP peers and packet forgers of the test lab"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept one MPTCP connection and read it to the end.
+    Server { addr: SocketAddr },
+    /// Connect, send BYTES, hold the connection for HOLD_MS (or until `close`), report MPTCP_INFO.
+    Client {
+        addr: SocketAddr,
+        bytes: u64,
+        hold_ms: u64,
+    },
+    /// Connect, then send when told (`send N`, `close` on stdin).
+    Stream { addr: SocketAddr },
+    /// Many MPTCP connections held open, and one that stays active.
+    #[command(subcommand)]
+    Storm(StormCommand),
+    /// Sniff a connection and forge ADD_ADDRs, blind RSTs and foreign MP_CAPABLEs into it.
+    ForgeAddAddr {
+        /// Client-side interface to sniff and send on.
+        #[arg(long)]
+        iface: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Sniff a connection's keys and forge MP_JOIN handshakes against its server.
+    ForgeJoin {
+        /// Interface the forged frames leave by.
+        #[arg(long)]
+        tx_iface: String,
+        /// Forged source IPv4 (not owned by the client).
+        #[arg(long)]
+        src: Ipv4Addr,
+        /// Source MAC of the forged frames.
+        #[arg(long, value_parser = parse_mac)]
+        src_mac: [u8; 6],
+        /// Destination MAC (the server's interface).
+        #[arg(long, value_parser = parse_mac)]
+        dst_mac: [u8; 6],
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum StormCommand {
+    /// Accept and hold every connection; answer `count` with `ACCEPTED <n> <bytes>`.
+    Server { addr: SocketAddr },
+    /// Open N connections, at most PER_SECOND a second, and hold them until stdin closes.
+    Open {
+        addr: SocketAddr,
+        n: u32,
+        per_second: f64,
+    },
+    /// One connection sending 1000 bytes every 2 ms until `quiet`; `close` ends it.
+    Genuine { addr: SocketAddr },
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// Client IPv4 address of the initial subflow.
+    #[arg(long)]
+    client: Ipv4Addr,
+    /// Server IPv4 address.
+    #[arg(long)]
+    server: Ipv4Addr,
+    /// Server port.
+    #[arg(long)]
+    port: u16,
+}
+
+impl From<TargetArgs> for Target {
+    fn from(t: TargetArgs) -> Target {
+        Target {
+            client: t.client,
+            server: t.server,
+            port: t.port,
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match args.as_slice() {
-        ["server", addr] => parse_addr(addr).and_then(server),
-        ["client", addr, bytes, hold_ms] => parse_addr(addr).and_then(|addr| {
-            let bytes = bytes.parse().map_err(|e| invalid(&format!("bytes: {e}")))?;
-            let hold = hold_ms
-                .parse()
-                .map_err(|e| invalid(&format!("hold-ms: {e}")))?;
-            client(addr, bytes, Duration::from_millis(hold))
-        }),
-        _ => Err(invalid(
-            "usage: mptcp-peer server <addr:port> | client <addr:port> <bytes> <hold-ms>",
-        )),
+    let result = match Cli::parse().command {
+        Command::Server { addr } => server(addr),
+        Command::Client {
+            addr,
+            bytes,
+            hold_ms,
+        } => client(addr, bytes, Duration::from_millis(hold_ms)),
+        Command::Stream { addr } => stream::client(addr, io::stdin().lock()),
+        Command::Storm(role) => {
+            storm::raise_fd_limit();
+            match role {
+                StormCommand::Server { addr } => storm::serve_command(addr, io::stdin().lock()),
+                StormCommand::Open {
+                    addr,
+                    n,
+                    per_second,
+                } => storm::open_command(addr, n, per_second, io::stdin().lock()),
+                StormCommand::Genuine { addr } => storm::genuine_command(addr, io::stdin().lock()),
+            }
+        }
+        Command::ForgeAddAddr { iface, target } => AddAddrForger::start(&iface, target.into())
+            .and_then(|forger| obey(|line| forger.command(line))),
+        Command::ForgeJoin {
+            tx_iface,
+            src,
+            src_mac,
+            dst_mac,
+            target,
+        } => {
+            let source = Source {
+                tx_iface,
+                addr: src,
+                mac: src_mac,
+                dst_mac,
+            };
+            JoinForger::start(target.into(), source)
+                .and_then(|forger| obey(|line| forger.command(line)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,16 +190,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn invalid(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())
-}
-
-fn parse_addr(addr: &str) -> io::Result<SocketAddr> {
-    addr.parse().map_err(|e| invalid(&format!("{addr}: {e}")))
+/// A forger's command loop: `READY`, then one answer line per command line on stdin until
+/// `quit` or the end of stdin.
+fn obey(command: impl Fn(&str) -> Option<String>) -> io::Result<()> {
+    say("READY");
+    for line in io::stdin().lock().lines() {
+        match command(&line?) {
+            None => break,
+            Some(answer) if answer.is_empty() => {}
+            Some(answer) => say(&answer),
+        }
+    }
+    Ok(())
 }
 
 fn server(addr: SocketAddr) -> io::Result<()> {
-    let (_listener, mut conn) = endpoints::accept_one(addr, 16, IO_TIMEOUT * 4)?;
+    let (_listener, mut conn) = endpoints::accept_one(addr, SERVER_BACKLOG, IO_TIMEOUT * 4)?;
     let (total, _) = endpoints::read_to_end(&mut conn)?;
     say(&format!("RECEIVED {total}"));
     Ok(())

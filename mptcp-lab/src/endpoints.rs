@@ -1,5 +1,5 @@
-//! The MPTCP endpoints of the flood benchmark, run inside the lab's namespaces as hidden
-//! subcommands of `mptcp-flood` (one line per event on stdout):
+//! MPTCP sockets (`IPPROTO_MPTCP`), and the endpoints of the flood benchmark, run inside the
+//! lab's namespaces as hidden subcommands of `mptcp-flood` (one line per event on stdout):
 //!
 //! ```text
 //! serve <addr:port>
@@ -65,16 +65,24 @@ pub fn accept_one(
     backlog: i32,
     read_timeout: Duration,
 ) -> io::Result<(TcpListener, TcpStream)> {
-    let socket = mptcp_socket(addr)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&SockAddr::from(addr))?;
-    socket.listen(backlog)?;
-    let listener: TcpListener = socket.into();
+    let listener = listen(addr, backlog)?;
     say(&format!("LISTENING {}", listener.local_addr()?));
     let (conn, peer) = listener.accept()?;
     say(&format!("ACCEPTED {peer}"));
     conn.set_read_timeout(Some(read_timeout))?;
     Ok((listener, conn))
+}
+
+/// An MPTCP listener on `addr` (`SO_REUSEADDR`).
+///
+/// # Errors
+/// On any socket error.
+pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = mptcp_socket(addr)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 /// Reads `conn` until the peer closes it: the bytes read, and when the first of them came.
@@ -104,12 +112,21 @@ pub fn read_to_end(conn: &mut TcpStream) -> io::Result<(u64, Option<Instant>)> {
 /// # Errors
 /// On any socket error.
 pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let conn = connect_quietly(addr, timeout)?;
+    say(&format!("CONNECTED {}", conn.local_addr()?));
+    Ok(conn)
+}
+
+/// [`connect`] without the `CONNECTED` line.
+///
+/// # Errors
+/// On any socket error.
+pub fn connect_quietly(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let socket = mptcp_socket(addr)?;
     socket.connect_timeout(&SockAddr::from(addr), timeout)?;
     let conn: TcpStream = socket.into();
     conn.set_write_timeout(Some(timeout))?;
     conn.set_read_timeout(Some(timeout))?;
-    say(&format!("CONNECTED {}", conn.local_addr()?));
     Ok(conn)
 }
 

@@ -86,13 +86,13 @@ pub type Result<T, E = LabError> = std::result::Result<T, E>;
 
 impl LabError {
     /// An [`LabError::Io`] with a description (for `map_err`).
-    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
         let what = what.into();
         move |source| LabError::Io { what, source }
     }
 
     /// A [`LabError::Parse`].
-    pub(crate) fn parse(what: impl Into<String>, detail: impl Into<String>) -> LabError {
+    pub fn parse(what: impl Into<String>, detail: impl Into<String>) -> LabError {
         LabError::Parse {
             what: what.into(),
             detail: detail.into(),

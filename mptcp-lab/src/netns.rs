@@ -3,6 +3,7 @@
 
 use std::{
     ffi::OsStr,
+    os::fd::AsRawFd as _,
     path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -10,7 +11,7 @@ use std::{
 
 use crate::{
     counters::Counters,
-    error::Result,
+    error::{LabError, Result},
     proc::{run_checked, Proc},
     teardown::{self, NETNS_PREFIX},
 };
@@ -50,6 +51,35 @@ impl Netns {
     #[must_use]
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `work` on a thread of this process that has entered the namespace (setns(2) on that
+    /// thread only): sockets it opens, and threads it starts, belong to the namespace, and stay
+    /// there after it returns. For peers and forgers run inside the test process.
+    ///
+    /// # Errors
+    /// When the namespace cannot be entered.
+    ///
+    /// # Panics
+    /// When `work` panics (the panic goes on in the caller).
+    pub fn enter<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = self.path();
+        let file = std::fs::File::open(&path)
+            .map_err(LabError::io(format!("opening {}", path.display())))?;
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                // SAFETY: setns(2) on a namespace file we hold open; it changes this thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(LabError::io(format!("entering {}", self.name))(
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                Ok(work())
+            });
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// `ip netns exec <name> <program>`: a command that runs inside the namespace (with the
@@ -144,8 +174,33 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair `a_if` (in `a`, `a_addr/24`) <-> `b_if` (in `b`, `b_addr/24`), both ends up.
+/// Both ends are created directly in their namespaces: nothing appears in the caller's.
+///
+/// # Errors
+/// When an `ip` step fails.
+pub fn veth(
+    a: &Netns,
+    a_if: &str,
+    a_addr: &str,
+    b: &Netns,
+    b_if: &str,
+    b_addr: &str,
+) -> Result<()> {
+    run_checked(Command::new("ip").args([
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]))?;
+    for (ns, iface, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
+        ns.ip(&["link", "set", iface, "up"])?;
+    }
+    Ok(())
+}
+
 /// Finds `prog/xdp id N` (or `xdp ... prog/xdp id N`) in `ip -d link show` output.
-fn parse_xdp_prog_id(out: &str) -> Option<u32> {
+#[must_use]
+pub fn parse_xdp_prog_id(out: &str) -> Option<u32> {
     let mut words = out.split_whitespace();
     while let Some(word) = words.next() {
         if word.starts_with("prog/xdp") && words.next() == Some("id") {

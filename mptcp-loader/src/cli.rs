@@ -118,6 +118,24 @@ pub struct RunArgs {
     /// http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Share learned connections with the other gateways through this Redis store:
+    /// redis://[USER@]HOST[:PORT][/DB], or rediss://... for TLS. Its hashes and stream hold
+    /// connection keys: see the README ("More than one box") for what to protect.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// File whose first line is the store password (keeps it out of `ps` and the shell history).
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub store_password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the store's TLS certificate (rediss:// only).
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub store_ca_file: Option<PathBuf>,
+    /// This loader's id in the store [default: host name, process id and start time].
+    #[arg(long, value_name = "ID", requires = "store")]
+    pub store_id: Option<String>,
+    /// Seconds to wait for the first catch-up from the store before attaching anyway.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::shared_store::DEFAULT_CATCH_UP_TIMEOUT_S,
+          value_parser = clap::value_parser!(u64).range(0..=600), requires = "store")]
+    pub store_catch_up_timeout: u64,
     /// The policy: file and flags.
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -230,6 +248,13 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
             }
             plan.events_max_bytes = args.events_max_mib << 20;
             (plan.policy, plan.policy_source, plan.metrics) = (policy, source, args.metrics);
+            plan.store = args.store.map(|url| crate::shared_store::StoreOptions {
+                url,
+                password_file: args.store_password_file,
+                ca_file: args.store_ca_file,
+                id: args.store_id,
+                catch_up_timeout_s: args.store_catch_up_timeout,
+            });
             run(plan).await
         }
         Command::Stats(args) => {

@@ -474,6 +474,13 @@ pub enum LoaderError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 
+    /// A `--store*` option cannot be used; the message says which and what to do.
+    #[error("shared store (--store): {problem}")]
+    Store {
+        /// What is wrong, never with a password or key in it.
+        problem: String,
+    },
+
     /// `--metrics ADDR:PORT` cannot be listened on.
     #[error(
         "could not serve metrics on {addr} (--metrics): {source}: pick a free address and port \

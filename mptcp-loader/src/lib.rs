@@ -32,6 +32,7 @@ pub mod pins;
 pub mod policy;
 pub mod preflight;
 pub mod run;
+pub mod shared_store;
 pub mod state;
 pub mod stats;
 pub mod status;

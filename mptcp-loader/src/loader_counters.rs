@@ -61,6 +61,23 @@ loader_counters! {
     SubflowsClosed = "loader_subflows_closed",
     /// Connections removed with their last kernel-confirmed closed subflow.
     ConnsClosed = "loader_conns_closed",
+    /// Connections this loader wrote to the shared store (`--store`; see
+    /// [`crate::shared_store`]).
+    StorePublished = "loader_store_published",
+    /// Publications that could not be written (queue full, or the connection failed under
+    /// them); what the maps hold is published again at the next reconnection.
+    StorePublishFailed = "loader_store_publish_failed",
+    /// Peers' connections installed from the store (new to this host).
+    StoreApplied = "loader_store_applied",
+    /// Peers' connections read from the store that this host already knew with the same keys.
+    StoreAlreadyKnown = "loader_store_already_known",
+    /// Peers' connections that could not be installed (a map error, other keys under the same
+    /// Key-A here, or evicted at once).
+    StoreApplyFailed = "loader_store_apply_failed",
+    /// Connection hashes whose TTL this loader refreshed (connections active here).
+    StoreRefreshed = "loader_store_refreshed",
+    /// Times the connection to the store failed (or could not be made).
+    StoreDisconnects = "loader_store_disconnects",
 }
 
 /// Number of loader counters (length of the pinned array).
@@ -268,6 +285,13 @@ mod tests {
                 ("loader_conns_evicted", 0),
                 ("loader_subflows_closed", 0),
                 ("loader_conns_closed", 0),
+                ("loader_store_published", 0),
+                ("loader_store_publish_failed", 0),
+                ("loader_store_applied", 0),
+                ("loader_store_already_known", 0),
+                ("loader_store_apply_failed", 0),
+                ("loader_store_refreshed", 0),
+                ("loader_store_disconnects", 0),
             ]
         );
     }

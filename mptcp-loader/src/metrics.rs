@@ -13,6 +13,8 @@
 //! | `mptcp_fw_map_entries` / `mptcp_fw_map_max_entries` | gauge | `map`: BPF map name |
 //! | `mptcp_fw_install_latency_microseconds` | gauge | `stat`: min, median, p99, max |
 //! | `mptcp_fw_connections_installed_total` | counter | |
+//! | `mptcp_fw_store_connected`, `mptcp_fw_store_caught_up`, `mptcp_fw_store_queued` | gauge | (runs with `--store`) |
+//! | `mptcp_fw_store_replication_delay_microseconds` | gauge | `stat`: min, median, p99, max |
 //! | `mptcp_fw_policy_enforce` | gauge | none (global), or `iface` (per-interface mode) |
 //! | `mptcp_fw_policy_*` | gauge | the other settings of `MPTCP_CONFIG` |
 //!
@@ -372,18 +374,59 @@ pub fn render(
             "mptcp_fw_install_latency_microseconds",
             "gauge",
             "Time from the fast path seeing a connection's keys to the loader installing its midstates (median and p99 over the last 100000 connections).",
-            &[
-                (label("stat", "min"), latency.min_us),
-                (label("stat", "median"), latency.median_us),
-                (label("stat", "p99"), latency.p99_us),
-                (label("stat", "max"), latency.max_us),
-            ],
+            &latency_samples(&latency),
         );
+    }
+    if let Some(store) = &report.store {
+        render_store(&mut out, store);
     }
     if let Some(state) = policy {
         render_policy(&mut out, state, name_of);
     }
     out
+}
+
+/// A latency summary's samples, labelled `stat`.
+fn latency_samples(summary: &crate::latency::LatencySummary) -> [(String, u64); 4] {
+    [
+        (label("stat", "min"), summary.min_us),
+        (label("stat", "median"), summary.median_us),
+        (label("stat", "p99"), summary.p99_us),
+        (label("stat", "max"), summary.max_us),
+    ]
+}
+
+/// The shared store's gauges (its counters are among the loader's).
+fn render_store(out: &mut String, store: &crate::shared_store::status::StoreState) {
+    for (name, help, value) in [
+        (
+            "mptcp_fw_store_connected",
+            "1 while the loader is connected to the shared store (--store).",
+            store.connected,
+        ),
+        (
+            "mptcp_fw_store_caught_up",
+            "1 once the loader has read every connection in the store since it last connected.",
+            store.caught_up,
+        ),
+        (
+            "mptcp_fw_store_queued",
+            "Publications to the store queued and not yet written (how far publishing lags).",
+            store.queued,
+        ),
+    ] {
+        family(out, name, "gauge", help, &[(String::new(), value)]);
+    }
+    let r = store.replication;
+    if r.count > 0 {
+        family(
+            out,
+            "mptcp_fw_store_replication_delay_microseconds",
+            "gauge",
+            "Time from a peer's fast path seeing a connection's keys to this host's maps holding them (median and p99 over the last 100000; across hosts it includes their clock difference).",
+            &latency_samples(&r),
+        );
+    }
 }
 
 fn render_policy(out: &mut String, state: &PolicyState, name_of: impl Fn(u32) -> String) {
@@ -486,6 +529,7 @@ mod tests {
                 max_us: 9,
             }),
             live: true,
+            store: None,
         }
     }
 
@@ -532,6 +576,30 @@ mod tests {
         // The series the README's eviction alert names.
         assert!(text.contains("mptcp_fw_loader_events_total{counter=\"loader_conns_evicted\"} 3\n"));
         assert!(text.contains("mptcp_fw_aux_events_total{counter=\"aux_conn_inserted\"} "));
+    }
+
+    #[test]
+    fn the_store_state_is_a_set_of_gauges() {
+        let mut out = String::new();
+        render_store(
+            &mut out,
+            &crate::shared_store::status::StoreState {
+                connected: 1,
+                queued: 3,
+                replication: LatencySummary {
+                    count: 1,
+                    min_us: 5,
+                    median_us: 6,
+                    p99_us: 7,
+                    max_us: 8,
+                },
+                ..Default::default()
+            },
+        );
+        assert!(out.contains("mptcp_fw_store_connected 1\n"), "{out}");
+        assert!(out.contains("mptcp_fw_store_caught_up 0\n"), "{out}");
+        assert!(out.contains("mptcp_fw_store_queued 3\n"), "{out}");
+        assert!(out.contains("mptcp_fw_store_replication_delay_microseconds{stat=\"p99\"} 7\n"));
     }
 
     #[test]

@@ -49,6 +49,7 @@ use crate::{
     },
     policy::{Policy, PolicyKeeper},
     preflight::{check_root, effective_uid, interface_index, interface_name},
+    shared_store::{keeper::StoreKeeper, StoreOptions},
     state::{
         unix_now_ns, version_bytes, write_layout_hash, IfaceRecord, PinnedState, RunState,
         RUN_FLAG_KEEP_ATTACHED,
@@ -99,6 +100,8 @@ pub struct RunPlan {
     pub policy_source: PolicySource,
     /// Where to serve the Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The shared store, if any ([`crate::shared_store`]).
+    pub store: Option<StoreOptions>,
 }
 
 impl RunPlan {
@@ -146,6 +149,7 @@ impl RunPlan {
             },
             policy_source: PolicySource::defaults(),
             metrics: None,
+            store: None,
         })
     }
 }
@@ -224,6 +228,8 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     // returns them.
     let mut key_ring = unsafe { register(firewall.take_key_events()?) }?;
     let mut drop_ring = unsafe { register(firewall.take_drop_events()?) }?;
+    // Before attaching: what the peers learned is installed before this host enforces.
+    keeper.catch_up_with_store(&plan).await;
 
     attach_all(&mut firewall, &plan, &steps, &mut state)?;
     let now = unix_now_ns();
@@ -252,6 +258,9 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     new_state_dir.keep();
     print_banner(&plan, &pin_dir, keeper.drops.events_path());
     print_policy_banner(&policy, plan.metrics);
+    if let Some(store) = &keeper.store {
+        println!("{}", store.describe());
+    }
     let mut sweep_timer = sweep_interval(plan.idle_timeout_s).map(|period| {
         let mut timer = interval_at(tokio::time::Instant::now() + period, period);
         // After a long sweep, carry on at the normal pace instead of catching up.
@@ -291,6 +300,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
                 keeper.drain_drops(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            message = next_store_message(&mut keeper.store) => keeper.store_message(message),
             () = next_tick(&mut sweep_timer) => keeper.sweep(plan.idle_timeout_s),
             () = next_tick(&mut eviction_timer) => keeper.count_evictions(),
             _ = closed_timer.tick() => keeper.check_closed(),
@@ -538,6 +548,16 @@ async fn next_tick(timer: &mut Option<Interval>) {
     }
 }
 
+/// The next message of the shared store; never without one.
+async fn next_store_message(
+    store: &mut Option<StoreKeeper>,
+) -> crate::shared_store::link::FromStore {
+    match store {
+        Some(store) => store.next().await,
+        None => future::pending().await,
+    }
+}
+
 /// `detached from veth0 (XDP ingress, tc egress)`.
 fn detached_line(detached: &DetachedInterface) -> String {
     format!("detached from {} (XDP ingress, tc egress)", detached.iface)
@@ -573,6 +593,8 @@ struct MapKeeper {
     counters_pin: Array<MapData, u64>,
     interface_names: HashMap<u32, String>,
     drops: DropEventSink,
+    /// The shared store (`--store`): publishes what is learned here, installs the peers'.
+    store: Option<StoreKeeper>,
 }
 
 impl MapKeeper {
@@ -617,7 +639,46 @@ impl MapKeeper {
                 plan.events_max_bytes,
                 plan.pcap.as_deref(),
             )?,
+            store: match &plan.store {
+                // A hash outlives its connection's idle timeout a little (the sweep's period).
+                Some(options) => Some(StoreKeeper::start(
+                    options,
+                    u64::from(plan.idle_timeout_s.max(60)) * 5 / 4,
+                    pin_dir,
+                )?),
+                None => None,
+            },
         })
+    }
+
+    /// Waits (at most the catch-up timeout) for the store's first catch-up; logs when it could
+    /// not be had (the run goes on with what the maps hold, and catches up when it connects).
+    async fn catch_up_with_store(&mut self, plan: &RunPlan) {
+        let (Some(store), Some(options)) = (&mut self.store, &plan.store) else {
+            return;
+        };
+        let timeout = Duration::from_secs(options.catch_up_timeout_s);
+        if !store
+            .catch_up(&mut self.maps, &mut self.counters, timeout)
+            .await
+        {
+            log::warn!(
+                "no catch-up from the store within {} s (--store-catch-up-timeout): attaching with what this host's maps hold; joins of connections learned only by peers are judged without their keys until the store answers",
+                timeout.as_secs()
+            );
+        }
+        if let Some(store) = &mut self.store {
+            store.publish_state();
+        }
+        self.publish_counters();
+    }
+
+    /// Applies what the store sent (and what else is queued).
+    fn store_message(&mut self, message: crate::shared_store::link::FromStore) {
+        if let Some(store) = &mut self.store {
+            store.handle_all(message, &mut self.maps, &mut self.counters);
+            self.publish_counters();
+        }
     }
 
     /// Records every queued drop event.
@@ -681,6 +742,7 @@ impl MapKeeper {
                 );
                 self.note_tokens_restored(&flow, tokens_restored);
                 self.publish_latency();
+                self.share(event);
             }
             Ok(InstallOutcome::AlreadyInstalled {
                 material: m,
@@ -692,6 +754,7 @@ impl MapKeeper {
                     hex(&m.token_b)
                 );
                 self.note_tokens_restored(&flow, tokens_restored);
+                self.share(event);
             }
             Ok(InstallOutcome::NoConnection) => {
                 log::warn!("connection {flow} on {iface}: gone from the connection map before its midstates were installed");
@@ -700,6 +763,13 @@ impl MapKeeper {
                 log::warn!("connection {flow} on {iface}: the connection map holds other keys than the event; skipped");
             }
             Err(e) => log::warn!("connection {flow} on {iface}: {e}"),
+        }
+    }
+
+    /// Hands a connection this host learned to the shared store, if there is one.
+    fn share(&mut self, event: &KeyEvent) {
+        if let Some(store) = &mut self.store {
+            store.learned(event, &mut self.counters);
         }
     }
 
@@ -733,6 +803,9 @@ impl MapKeeper {
                 self.counters.add(LoaderCounter::SweepErrors, 1);
                 log::warn!("idle sweep failed (retried at the next one): {e}");
             }
+        }
+        if let Some(store) = &mut self.store {
+            store.refresh_active(&self.maps, &mut self.counters);
         }
         self.publish_counters();
     }

@@ -31,6 +31,7 @@ use crate::{
     latency::LatencySummary,
     loader_counters::read_loader_counters,
     pins::{self, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
+    shared_store::status::{read_store_state, StoreState, JSON_STORE_KEY},
     store::distinct_keys,
 };
 
@@ -92,6 +93,8 @@ pub struct StatsReport {
     pub install_latency: Option<LatencySummary>,
     /// Whether a live run holds the pin directory (`false`: pins left behind by a dead run).
     pub live: bool,
+    /// The shared store's state, for a run with `--store`.
+    pub store: Option<StoreState>,
 }
 
 /// Where the pins of `pin_dir` can be reached from here: `pin_dir` itself, or the same directory
@@ -231,6 +234,7 @@ pub fn read_report(pin_dir: &Path) -> Result<StatsReport, LoaderError> {
         maps: read_map_fill(&dir)?,
         install_latency: read_install_latency(&dir)?,
         live: pins::lock_owner(&dir).is_some(),
+        store: read_store_state(&dir)?,
     })
 }
 
@@ -252,6 +256,9 @@ pub fn format_json(report: &StatsReport) -> String {
     object.insert(JSON_MAPS_KEY.to_owned(), maps.into());
     if let Some(latency) = &report.install_latency {
         object.insert(JSON_LATENCY_KEY.to_owned(), latency.to_json());
+    }
+    if let Some(store) = &report.store {
+        object.insert(JSON_STORE_KEY.to_owned(), store.to_json());
     }
     serde_json::Value::Object(object).to_string()
 }
@@ -302,6 +309,9 @@ pub fn format_table(report: &StatsReport) -> String {
     }
     if let Some(latency) = &report.install_latency {
         let _ = writeln!(out, "\n{}", latency.line());
+    }
+    if let Some(store) = &report.store {
+        let _ = writeln!(out, "{}", store.line());
     }
     out
 }
@@ -356,6 +366,7 @@ mod tests {
             ],
             install_latency: latency,
             live: true,
+            store: None,
         }
     }
 

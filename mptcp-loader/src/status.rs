@@ -20,6 +20,7 @@ use crate::{
     pins::lock_owner,
     preflight::interface_name_of,
     run::VERSION,
+    shared_store::status::{read_store_state, StoreState},
     state::{pinned_links, unix_now_ns, IfaceRecord, PinnedState, RunState},
     stats::{locate_pins, read_map_fill, MapFill},
 };
@@ -62,6 +63,8 @@ pub struct StatusReport {
     pub interfaces: Vec<IfaceStatus>,
     /// Fill levels of the connection, subflow, token and pending-join maps.
     pub maps: Vec<MapFill>,
+    /// The shared store's state, for a run with `--store`.
+    pub store: Option<StoreState>,
 }
 
 fn mode_name(mode: u32) -> &'static str {
@@ -139,6 +142,7 @@ pub fn read_status(pin_dir: &Path) -> Result<StatusReport, LoaderError> {
         mode: mode_name(global),
         interfaces,
         maps: read_map_fill(&dir)?,
+        store: read_store_state(&dir)?,
         pin_dir: dir,
     })
 }
@@ -221,6 +225,9 @@ pub fn format_status(report: &StatusReport, now_ns: u64) -> String {
     for m in &report.maps {
         let _ = writeln!(out, "map:        {} {}/{}", m.name, m.entries, m.max);
     }
+    if let Some(store) = &report.store {
+        let _ = writeln!(out, "{}", store.line());
+    }
     out
 }
 
@@ -255,6 +262,7 @@ pub fn status_json(report: &StatusReport, now_ns: u64) -> Value {
             "attached_since": i.attached_unix_ns.map(rfc3339),
         })).collect::<Vec<_>>(),
         "maps": report.maps.iter().map(|m| (m.name.to_owned(), json!({"entries": m.entries, "max": m.max}))).collect::<serde_json::Map<_, _>>(),
+        "store": report.store.as_ref().map(StoreState::to_json),
     })
 }
 
@@ -308,6 +316,7 @@ mod tests {
                 entries: 1,
                 max: 1024,
             }],
+            store: None,
         }
     }
 

@@ -16,6 +16,8 @@ use crate::errors::LoaderError;
 
 /// `BPF_ANY`: insert or replace.
 const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only (an entry the fast path made meanwhile is never overwritten).
+const BPF_NOEXIST: u64 = 1;
 /// `BPF_EXIST`: update only an entry that exists (the LRU may have evicted it meanwhile, and a
 /// connection we would re-create here would have no owner).
 const BPF_EXIST: u64 = 2;
@@ -34,6 +36,13 @@ pub trait FirewallMaps {
     /// # Errors
     /// When the map cannot be written.
     fn update_existing_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError>;
+
+    /// Creates the entry of connection `id`; `false` if there already was one (nothing written).
+    /// For connections learned by a peer through the shared store.
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError>;
 
     /// Removes connection `id`; `false` if it was not there.
     ///
@@ -62,6 +71,12 @@ pub trait FirewallMaps {
     /// # Errors
     /// When the map cannot be read.
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError>;
+
+    /// Creates a subflow entry (canonical orientation); `false` if there already was one.
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError>;
 
     /// Removes a subflow; `false` if it was not there.
     ///
@@ -119,6 +134,23 @@ fn lookup<K: aya::Pod, V: aya::Pod>(
 
 fn is_enoent(e: &MapError) -> bool {
     matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+fn is_eexist(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
+fn create<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    key: &K,
+    value: &V,
+    name: &'static str,
+) -> Result<bool, LoaderError> {
+    match map.insert(key, value, BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(e) if is_eexist(&e) => Ok(false),
+        Err(e) => Err(LoaderError::map(name)(e)),
+    }
 }
 
 fn delete<K: aya::Pod, V: aya::Pod>(
@@ -228,6 +260,10 @@ impl FirewallMaps for KernelMaps {
         }
     }
 
+    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+        create(&mut self.conns, &id, state, MAP_CONNS)
+    }
+
     fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError> {
         delete(&mut self.conns, &id, MAP_CONNS)
     }
@@ -242,6 +278,10 @@ impl FirewallMaps for KernelMaps {
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError> {
         lookup(&self.flows, key, MAP_FLOWS)
+    }
+
+    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError> {
+        create(&mut self.flows, key, flow, MAP_FLOWS)
     }
 
     fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, LoaderError> {
@@ -287,6 +327,16 @@ impl FirewallMaps for MemoryMaps {
         Ok(self.conns.get_mut(&id).map(|s| *s = *state).is_some())
     }
 
+    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+        Ok(match self.conns.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(*state);
+                true
+            }
+        })
+    }
+
     fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError> {
         Ok(self.conns.remove(&id).is_some())
     }
@@ -297,6 +347,16 @@ impl FirewallMaps for MemoryMaps {
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError> {
         Ok(self.flows.get(key).copied())
+    }
+
+    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError> {
+        Ok(match self.flows.entry(*key) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(*flow);
+                true
+            }
+        })
     }
 
     fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, LoaderError> {

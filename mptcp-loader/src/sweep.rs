@@ -501,8 +501,14 @@ mod tests {
         ) -> Result<bool, LoaderError> {
             self.0.update_existing_conn(id, state)
         }
+        fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+            self.0.insert_new_conn(id, state)
+        }
         fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError> {
             self.0.remove_conn(id)
+        }
+        fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError> {
+            self.0.insert_new_flow(key, flow)
         }
         fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError> {
             self.0.all_conns()

@@ -249,25 +249,37 @@ impl Path2Bytes {
 }
 
 /// `mptcp-peer server`: accepts one connection and counts what it receives.
-struct StreamServer {
+pub struct StreamServer {
     proc: Proc,
 }
 
 impl StreamServer {
-    fn start(ns: &Netns, peer_bin: &Path, addr: SocketAddrV4) -> Result<StreamServer> {
+    /// Starts `mptcp-peer server` in `ns`, listening on `addr`.
+    ///
+    /// # Errors
+    /// When it does not listen.
+    pub fn start(ns: &Netns, peer_bin: &Path, addr: SocketAddrV4) -> Result<StreamServer> {
         let args = ["server".to_owned(), addr.to_string()];
         let mut proc = ns.spawn("mptcp stream server", peer_bin, &args)?;
         proc.wait_for_prefix("LISTENING", START_TIMEOUT)?;
         Ok(StreamServer { proc })
     }
 
-    fn wait_accepted(&mut self) -> Result<()> {
+    /// Waits for the connection.
+    ///
+    /// # Errors
+    /// When none comes in time.
+    pub fn wait_accepted(&mut self) -> Result<()> {
         self.proc
             .wait_for_prefix("ACCEPTED", START_TIMEOUT)
             .map(drop)
     }
 
-    fn finish(mut self) -> Result<u64> {
+    /// Waits for the end and returns the bytes received.
+    ///
+    /// # Errors
+    /// When it does not end in time.
+    pub fn finish(mut self) -> Result<u64> {
         let n = self
             .proc
             .wait_for_prefix("RECEIVED", Duration::from_secs(30))?;
@@ -278,20 +290,28 @@ impl StreamServer {
 }
 
 /// `mptcp-peer stream`: connects, then sends when told to.
-struct StreamClient {
+pub struct StreamClient {
     proc: Proc,
     sent: u64,
 }
 
 impl StreamClient {
-    fn start(ns: &Netns, peer_bin: &Path, server: SocketAddrV4) -> Result<StreamClient> {
+    /// Connects from `ns` to `server` (`mptcp-peer stream`).
+    ///
+    /// # Errors
+    /// When it cannot connect.
+    pub fn start(ns: &Netns, peer_bin: &Path, server: SocketAddrV4) -> Result<StreamClient> {
         let args = ["stream".to_owned(), server.to_string()];
         let mut proc = ns.spawn("mptcp stream client", peer_bin, &args)?;
         proc.wait_for_prefix("CONNECTED", START_TIMEOUT)?;
         Ok(StreamClient { proc, sent: 0 })
     }
 
-    fn send(&mut self, bytes: u64) -> Result<()> {
+    /// Sends `bytes` bytes.
+    ///
+    /// # Errors
+    /// When it does not report them written.
+    pub fn send(&mut self, bytes: u64) -> Result<()> {
         self.proc.send_line(&format!("send {bytes}"))?;
         let n = self.proc.wait_for_prefix("SENT", Duration::from_secs(30))?;
         if n != bytes.to_string() {
@@ -301,7 +321,11 @@ impl StreamClient {
         Ok(())
     }
 
-    fn close(mut self) -> Result<u64> {
+    /// Closes and returns the bytes sent.
+    ///
+    /// # Errors
+    /// When it does not close cleanly.
+    pub fn close(mut self) -> Result<u64> {
         self.proc.send_line("close")?;
         self.proc
             .wait_for_prefix("CLOSED", Duration::from_secs(30))?;

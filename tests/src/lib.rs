@@ -29,6 +29,7 @@ pub mod bpf;
 pub mod capture;
 pub mod flood;
 pub mod forger;
+pub mod gateways;
 pub mod join_forger;
 pub mod join_scenario;
 pub mod peers;

@@ -31,6 +31,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "iputils-ping", // the loader's `operations` tests
+    "redis-server", // the shared store of the two-gateway lab (tests/tests/two_gateways.rs)
+    "openssl",      // the throw-away CA of that lab's TLS store
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -8,15 +8,32 @@
 //! ```text
 //! mptcp-demo [--loader PATH] [--mode enforce|monitor] [--no-validator]
 //!            [--bytes N] [--forged K] [--no-control] [--keep]
+//! mptcp-demo --gateways [--loader PATH] [--keep]
 //! ```
+//!
+//! `--gateways`: the two-gateway case instead (`mptcp_tests::gateways`): the handshake passes
+//! gateway 1, the joins gateway 2, both enforce; first with the shared store (a redis-server in
+//! its own namespace), where the joins complete, then without it, where gateway 2 drops the
+//! genuine join.
 
-use std::{env, path::PathBuf, process::ExitCode};
+use std::{
+    env,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
     counters::mib,
+    gateways::{
+        self, counter, stats_json, store_options, Connection, GatewayLab, StoreServer, GW1_IFACES,
+        GW2_IFACES, SERVER,
+    },
     lab::{Lab, KEEP_ENV, PATH2, SERVER_IFACES},
+    netns::Netns,
     scenario::{self, Outcome, Scenario},
     teardown,
     tools::Tools,
@@ -25,17 +42,20 @@ use mptcp_tests::{
 
 struct Args {
     loader: Option<PathBuf>,
+    gateways: bool,
     mode: Mode,
     validator: bool,
     scenario: Scenario,
 }
 
 const USAGE: &str = "usage: mptcp-demo [--loader PATH] [--mode enforce|monitor] [--no-validator] \
-                     [--bytes N] [--forged K] [--no-control] [--keep]";
+                     [--bytes N] [--forged K] [--no-control] [--keep]\n       \
+                     mptcp-demo --gateways [--loader PATH] [--keep]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         loader: None,
+        gateways: false,
         mode: Mode::Enforce,
         validator: true,
         scenario: Scenario::default(),
@@ -53,6 +73,7 @@ fn parse_args() -> Result<Args> {
                 }
             }
             "--no-validator" => args.validator = false,
+            "--gateways" => args.gateways = true,
             "--bytes" => args.scenario.bytes = value("--bytes")?.parse().context("--bytes")?,
             "--forged" => args.scenario.forged = value("--forged")?.parse().context("--forged")?,
             "--no-control" => args.scenario.control = false,
@@ -98,6 +119,10 @@ fn run() -> Result<()> {
     };
 
     teardown::install_signal_teardown().context("installing the SIGINT/SIGTERM handler")?;
+    if args.gateways {
+        let loader = loader.context("--gateways needs the validator")?;
+        return run_gateways(&loader, &tools);
+    }
     let lab = Lab::new().context("building the lab")?;
     println!(
         "lab: {} <-> {} (two veth paths, 198.18.1.0/24 and 198.18.2.0/24)",
@@ -297,4 +322,86 @@ fn print_report(o: &Outcome, stats: Option<&ValidatorStats>, stop: Option<&StopR
         "server kernel MPTCP counter changes: {}",
         o.server.end.changes_since(&o.server.start).mptcp()
     );
+}
+
+/// The two-gateway demo (see the module docs).
+fn run_gateways(loader: &Path, tools: &Tools) -> Result<()> {
+    let missing = gateways::redis_missing();
+    if !missing.is_empty() {
+        bail!("cannot run the two-gateway lab: {}", missing.join("; "));
+    }
+    let lab = GatewayLab::new().context("building the two-gateway lab")?;
+    println!(
+        "lab: client {} -> gateway 1 {} (path 1, the handshake) and gateway 2 {} (path 2, the joins) -> server {}; store {}",
+        lab.client.name(),
+        lab.gw1.name(),
+        lab.gw2.name(),
+        lab.server.name(),
+        lab.store_ns.name()
+    );
+    let start = |ns: &Netns, ifaces: &[&str], options: &[String]| {
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        Validator::start_with(ns, loader, ifaces, Mode::Enforce, &options)
+            .with_context(|| format!("starting the loader in {}", ns.name()))
+    };
+
+    println!("\n1. both gateways in enforce mode, sharing what they learn through redis-server");
+    let store = StoreServer::start(&lab).context("starting redis-server")?;
+    let [url1, url2] = GatewayLab::store_urls();
+    let gw1 = start(&lab.gw1, &GW1_IFACES, &store_options(&url1, &store, "gw1"))?;
+    let gw2 = start(&lab.gw2, &GW2_IFACES, &store_options(&url2, &store, "gw2"))?;
+    let mut conn = Connection::open(&lab, &tools.peer_bin, SERVER, true).context("connecting")?;
+    let with = conn.wait_joins(&lab, Duration::from_secs(10))?;
+    let (s1, s2) = (stats_json(&lab.gw1)?, stats_json(&lab.gw2)?);
+    let (sent, received) = conn.finish()?;
+    let c = |s: &serde_json::Value, name: &str| counter(s, name).unwrap_or(0);
+    println!(
+        "   gateway 1 learned the keys and published {} connection(s); gateway 2 installed {} from the store ({})",
+        c(&s1, "loader_store_published"),
+        c(&s2, "loader_store_applied"),
+        s2["store"]
+    );
+    println!(
+        "   client's join through gateway 2: {}; server's join: {}; gateway 2 validated {} join(s), dropped {} join SYN(s) as unknown; {sent} bytes sent, {received} received",
+        after(with.client_join_after),
+        after(with.server_join_after),
+        c(&s2, Counter::JoinAckValid.name()),
+        c(&s2, Counter::JoinSynUnknownTokenDropped.name())
+    );
+    gw1.stop(&lab.gw1)?;
+    gw2.stop(&lab.gw2)?;
+    drop(store);
+
+    println!("\n2. the same without the store");
+    let gw1 = start(&lab.gw1, &GW1_IFACES, &[])?;
+    let gw2 = start(&lab.gw2, &GW2_IFACES, &[])?;
+    let second = SocketAddrV4::new(*SERVER.ip(), SERVER.port() + 1);
+    let mut conn = Connection::open(&lab, &tools.peer_bin, second, false).context("connecting")?;
+    let without = conn.wait_joins(&lab, Duration::from_secs(4))?;
+    let s2 = stats_json(&lab.gw2)?;
+    conn.finish()?;
+    let dropped = c(&s2, Counter::JoinSynUnknownTokenDropped.name());
+    println!(
+        "   client's join through gateway 2: {}; gateway 2 dropped {dropped} genuine join SYN(s) as blind joins (it never saw the keys)",
+        after(without.client_join_after)
+    );
+    gw1.stop(&lab.gw1)?;
+    gw2.stop(&lab.gw2)?;
+    drop(lab);
+    if with.client_join_after.is_none()
+        || with.server_join_after.is_none()
+        || without.client_join_after.is_some()
+        || dropped == 0
+    {
+        bail!("the two-gateway demo did not show what the store adds (see above)");
+    }
+    println!("\nresult: with the store both joins through gateway 2 completed; without it gateway 2 dropped the genuine join");
+    Ok(())
+}
+
+fn after(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "did not complete".to_owned(),
+        |d| format!("completed {} ms after the connection", d.as_millis()),
+    )
 }

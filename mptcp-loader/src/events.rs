@@ -207,14 +207,15 @@ impl ClockOffset {
     }
 }
 
-/// A token bucket for log lines; what it refuses is counted until the next line it lets through.
+/// A rate limit for log lines (`mptcp_common::validate::gcra`, the fast path's limiter); what it
+/// refuses is counted until the next line it lets through.
 #[derive(Clone, Debug)]
 pub struct LogLimiter {
-    per_s: u64,
-    burst: u64,
-    /// Tokens times 10^9 (refilled `per_s` per second).
-    nano_tokens: u64,
-    last_ns: u64,
+    interval_ns: u64,
+    /// Lines let through at once beyond the first (gcra's burst).
+    extra_burst: u64,
+    /// gcra's theoretical arrival time; 0 starts with the whole burst available.
+    tat: u64,
     suppressed: u64,
 }
 
@@ -223,30 +224,20 @@ impl LogLimiter {
     #[must_use]
     pub fn new(per_s: u32, burst: u32) -> Self {
         Self {
-            per_s: u64::from(per_s),
-            burst: u64::from(burst.max(1)),
-            nano_tokens: u64::from(burst.max(1)) * 1_000_000_000,
-            last_ns: 0,
+            interval_ns: 1_000_000_000 / u64::from(per_s.max(1)),
+            extra_burst: u64::from(burst.max(1)) - 1,
+            tat: 0,
             suppressed: 0,
         }
-    }
-
-    fn refill(&mut self, now_ns: u64) {
-        let elapsed = now_ns.saturating_sub(self.last_ns);
-        self.last_ns = self.last_ns.max(now_ns);
-        let added = u128::from(elapsed) * u128::from(self.per_s);
-        let cap = self.burst * 1_000_000_000;
-        self.nano_tokens =
-            u64::try_from((u128::from(self.nano_tokens) + added).min(u128::from(cap)))
-                .unwrap_or(cap);
     }
 
     /// Whether a line may be logged at `now_ns`; `Some(k)` says yes, with `k` lines suppressed
     /// since the last one let through (to report first).
     pub fn admit(&mut self, now_ns: u64) -> Option<u64> {
-        self.refill(now_ns);
-        if self.nano_tokens >= 1_000_000_000 {
-            self.nano_tokens -= 1_000_000_000;
+        let (conforms, tat) =
+            mptcp_common::validate::gcra(self.tat, now_ns, self.interval_ns, self.extra_burst);
+        self.tat = tat;
+        if conforms {
             Some(std::mem::take(&mut self.suppressed))
         } else {
             self.suppressed += 1;

@@ -22,7 +22,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
         tc::{
@@ -36,9 +36,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use mptcp_common::maps::{
-    Config, DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
-    MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS, MODE_ENFORCE, MODE_MONITOR,
-    PROG_TC_EGRESS, PROG_XDP_INGRESS,
+    MAP_CONNS, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS, MODE_ENFORCE,
+    MODE_MONITOR, PROG_TC_EGRESS, PROG_XDP_INGRESS,
 };
 
 use crate::{
@@ -434,7 +433,7 @@ impl Firewall {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(object).map_err(|source| match source {
+        let ebpf = loader.load(object).map_err(|source| match source {
             EbpfError::ProgramError(source) => program_load_error(PROG_XDP_INGRESS, source),
             EbpfError::MapError(MapError::CreateError { name, io_error }) => {
                 let entries = sizes
@@ -450,10 +449,6 @@ impl Firewall {
             }
             source => LoaderError::Object { source },
         })?;
-        match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => spawn_ebpf_logger(logger),
-            Err(e) => log::debug!("eBPF logging is off: {e}"),
-        }
         let mut firewall = Self {
             ebpf,
             attachments: Vec::new(),
@@ -502,29 +497,6 @@ impl Firewall {
     /// the egress program; [`EgressAttach::Auto`] unless set.
     pub fn set_egress_attach(&mut self, how: EgressAttach) {
         self.egress = how;
-    }
-
-    /// Writes the filter mode into the config map.
-    ///
-    /// # Errors
-    /// When the map is missing or cannot be written.
-    pub fn set_mode(&mut self, mode: FilterMode) -> Result<(), LoaderError> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_CONFIG)
-            .ok_or(missing_map(MAP_CONFIG))?;
-        let mut config: Array<_, Config> =
-            Array::try_from(map).map_err(LoaderError::map(MAP_CONFIG))?;
-        let value = Config {
-            mode: mode.config_value(),
-            event_rate: DEFAULT_EVENT_RATE,
-            event_burst: DEFAULT_EVENT_BURST,
-            crypto_rate: mptcp_common::maps::DEFAULT_CRYPTO_RATE,
-            ..Config::default()
-        };
-        config
-            .set(0, value, 0)
-            .map_err(LoaderError::map(MAP_CONFIG))
     }
 
     /// Attaches the XDP program (ingress) and the tc program (egress, as a TCX link or a clsact
@@ -1276,28 +1248,6 @@ fn program_load_error(program: &'static str, source: ProgramError) -> LoaderErro
         }
         source => LoaderError::ProgramLoad { program, source },
     }
-}
-
-/// Forwards aya-log records to `log` when a tokio runtime is running (the `run` command);
-/// elsewhere (tests without a runtime) logging stays off.
-fn spawn_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    // SAFETY: the logger owns its ring buffer's fd until it is dropped, and as_raw_fd always
-    // returns it.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
-    let Ok(mut fd) = registered else {
-        return;
-    };
-    handle.spawn(async move {
-        while let Ok(mut guard) = fd.readable_mut().await {
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }
 
 /// The program `name` of the object as its concrete type (`Xdp`, `SchedClassifier`).

@@ -1,16 +1,13 @@
-//! Key material of one MPTCP connection, computed on the host with the `sha2` crate: tokens,
-//! IDSNs (protocol doc §3) and the HMAC midstates of both sending directions (doc §6.2).
-//!
-//! The fast path has its own SHA-256 (`mptcp_common::sha256`) and can compute midstates inline;
-//! doing it here with an independent implementation takes that work off the packet path, and the
-//! unit tests cross-check the two.
+//! Key material of one MPTCP connection: tokens, IDSNs (protocol doc §3) and the HMAC midstates
+//! of both sending directions (doc §6.2), computed on the host with `mptcp_common::hmac`, the same
+//! SHA-256/HMAC the fast path runs. Computing midstates here takes that work off the packet path;
+//! the unit tests cross-check them against the independent `sha2`/`hmac` crates.
 
+pub use mptcp_common::hmac::{midstate as hmac_midstate, token_and_idsn};
 use mptcp_common::{
-    hmac::{Midstate, IPAD, OPAD},
+    hmac::Midstate,
     maps::{ConnState, READY_A, READY_B, ROLE_A, ROLE_B},
-    sha256::IV,
 };
-use sha2::{Digest as _, Sha256};
 
 /// Everything derived from a connection's two keys. Holds no key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,36 +24,6 @@ pub struct KeyMaterial {
     pub mid_a: Midstate,
     /// Midstates for HMACs sent by B (key Key-B || Key-A).
     pub mid_b: Midstate,
-}
-
-/// Token and IDSN of one key (protocol doc §3): digest bytes 0..4 and 24..32 of SHA-256(key).
-#[must_use]
-pub fn token_and_idsn(key: &[u8; 8]) -> ([u8; 4], u64) {
-    let digest = Sha256::digest(key);
-    let mut token = [0; 4];
-    token.copy_from_slice(&digest[..4]);
-    let mut idsn = [0; 8];
-    idsn.copy_from_slice(&digest[24..32]);
-    (token, u64::from_be_bytes(idsn))
-}
-
-/// HMAC-SHA256 midstates for messages sent by the holder of `key_sender`: the SHA-256 states after
-/// compressing the key block `(Key_S || Key_R || 0^48) ^ ipad` and `^ opad` (RFC 2104).
-#[must_use]
-pub fn hmac_midstate(key_sender: &[u8; 8], key_receiver: &[u8; 8]) -> Midstate {
-    let state_after = |pad: u8| {
-        let mut block = [pad; 64];
-        for (b, k) in block.iter_mut().zip(key_sender.iter().chain(key_receiver)) {
-            *b ^= k;
-        }
-        let mut state = IV;
-        sha2::compress256(&mut state, &[block.into()]);
-        state
-    };
-    Midstate {
-        inner: state_after(IPAD),
-        outer: state_after(OPAD),
-    }
 }
 
 /// Tokens, IDSNs and both directions' midstates of the connection with these keys.
@@ -101,6 +68,7 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use hmac::{Hmac, Mac as _};
+    use sha2::{Digest as _, Sha256};
 
     fn k8(s: &str) -> [u8; 8] {
         u64::from_str_radix(s, 16).unwrap().to_be_bytes()
@@ -149,8 +117,25 @@ mod tests {
         );
     }
 
+    /// The independent implementation: SHA-256 compressions of the padded key blocks by `sha2`.
+    fn sha2_midstate(key_sender: &[u8; 8], key_receiver: &[u8; 8]) -> Midstate {
+        let state_after = |pad: u8| {
+            let mut block = [pad; 64];
+            for (b, k) in block.iter_mut().zip(key_sender.iter().chain(key_receiver)) {
+                *b ^= k;
+            }
+            let mut state = mptcp_common::sha256::IV;
+            sha2::compress256(&mut state, &[block.into()]);
+            state
+        };
+        Midstate {
+            inner: state_after(mptcp_common::hmac::IPAD),
+            outer: state_after(mptcp_common::hmac::OPAD),
+        }
+    }
+
     #[test]
-    fn agrees_with_the_fast_path_implementation() {
+    fn agrees_with_the_sha2_crate() {
         // A spread of keys, including all-zero and all-one bytes.
         let keys = [
             [0u8; 8],
@@ -162,9 +147,11 @@ mod tests {
         for a in &keys {
             for b in &keys {
                 let m = derive(a, b);
-                assert_eq!(m.mid_a, mptcp_common::hmac::midstate(a, b));
-                assert_eq!(m.mid_b, mptcp_common::hmac::midstate(b, a));
-                assert_eq!((m.token_a, m.idsn_a), mptcp_common::hmac::token_and_idsn(a));
+                assert_eq!(m.mid_a, sha2_midstate(a, b));
+                assert_eq!(m.mid_b, sha2_midstate(b, a));
+                let digest = Sha256::digest(a);
+                assert_eq!(m.token_a[..], digest[..4]);
+                assert_eq!(m.idsn_a.to_be_bytes()[..], digest[24..32]);
             }
         }
     }

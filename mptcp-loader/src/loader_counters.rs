@@ -7,60 +7,45 @@ use aya::maps::{Array, MapData};
 
 use crate::{errors::LoaderError, pins::PIN_LOADER_COUNTERS, sweep::SweepOutcome};
 
-macro_rules! loader_counters {
-    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, )*) => {
-        /// Index into the pinned loader-counter array.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum LoaderCounter { $( $(#[doc = $doc])* $variant, )* }
-
-        impl LoaderCounter {
-            /// Every counter, in index order.
-            pub const ALL: &'static [LoaderCounter] = &[$(LoaderCounter::$variant,)*];
-            /// The name printed by `stats` and used as the JSON key (always `loader_...`, so it
-            /// cannot collide with a BPF counter).
-            #[must_use]
-            pub const fn name(self) -> &'static str {
-                match self { $(LoaderCounter::$variant => $name,)* }
-            }
-        }
-    };
-}
-
-loader_counters! {
-    /// Idle sweeps completed.
-    Sweeps = "loader_sweeps",
-    /// Connections removed by the idle sweep (idle longer than `--idle-timeout`).
-    ConnsExpired = "loader_conns_expired",
-    /// Subflow entries removed together with their expired connection.
-    FlowsExpired = "loader_flows_expired",
-    /// Subflow entries removed because their connection was gone (evicted) and they were idle.
-    FlowsOrphanedRemoved = "loader_flows_orphaned_removed",
-    /// Token entries the loader wrote at installation because they were missing (evicted) or
-    /// named another connection.
-    TokensRestored = "loader_tokens_restored",
-    /// Idle sweeps that failed part-way (a map operation failed; see the run's log).
-    SweepErrors = "loader_sweep_errors",
-    /// Drop events read from the fast path's ring buffer (each one is written to the events
-    /// file, and to the pcap file with `--pcap`).
-    DropEvents = "loader_drop_events",
-    /// Drop events not logged because of the log rate limit (they are still in the events file).
-    DropEventLinesSuppressed = "loader_drop_event_lines_suppressed",
-    /// Drop events that could not be written to the events or pcap file.
-    DropEventWriteErrors = "loader_drop_event_write_errors",
-    /// Policy reloads (SIGHUP) that were applied.
-    PolicyReloads = "loader_policy_reloads",
-    /// Policy reloads rejected (invalid file, or a map write failed): the previous policy stayed.
-    PolicyReloadErrors = "loader_policy_reload_errors",
-    /// Connections the LRU evicted from the full connection map (`--max-conns` too small for
-    /// the load, or a flood of new connections): derived at every sweep, or every minute
-    /// without one, from what was inserted, removed and is left (see [`conn_evictions`]); a
-    /// lower bound that never decreases.
-    ConnsEvicted = "loader_conns_evicted",
-    /// Subflows marked closing that the host's kernel confirmed closed (no socket with their
-    /// 4-tuple, or one in TIME_WAIT), removed (see [`crate::closed`]).
-    SubflowsClosed = "loader_subflows_closed",
-    /// Connections removed with their last kernel-confirmed closed subflow.
-    ConnsClosed = "loader_conns_closed",
+mptcp_common::named_counters! {
+    /// Index into the pinned loader-counter array. Names are always `loader_...`, so they cannot
+    /// collide with a BPF counter.
+    pub enum LoaderCounter {
+        /// Idle sweeps completed.
+        Sweeps = "loader_sweeps",
+        /// Connections removed by the idle sweep (idle longer than `--idle-timeout`).
+        ConnsExpired = "loader_conns_expired",
+        /// Subflow entries removed together with their expired connection.
+        FlowsExpired = "loader_flows_expired",
+        /// Subflow entries removed because their connection was gone (evicted) and they were idle.
+        FlowsOrphanedRemoved = "loader_flows_orphaned_removed",
+        /// Token entries the loader wrote at installation because they were missing (evicted) or
+        /// named another connection.
+        TokensRestored = "loader_tokens_restored",
+        /// Idle sweeps that failed part-way (a map operation failed; see the run's log).
+        SweepErrors = "loader_sweep_errors",
+        /// Drop events read from the fast path's ring buffer (each one is written to the events
+        /// file, and to the pcap file with `--pcap`).
+        DropEvents = "loader_drop_events",
+        /// Drop events not logged because of the log rate limit (they are still in the events file).
+        DropEventLinesSuppressed = "loader_drop_event_lines_suppressed",
+        /// Drop events that could not be written to the events or pcap file.
+        DropEventWriteErrors = "loader_drop_event_write_errors",
+        /// Policy reloads (SIGHUP) that were applied.
+        PolicyReloads = "loader_policy_reloads",
+        /// Policy reloads rejected (invalid file, or a map write failed): the previous policy stayed.
+        PolicyReloadErrors = "loader_policy_reload_errors",
+        /// Connections the LRU evicted from the full connection map (`--max-conns` too small for
+        /// the load, or a flood of new connections): derived at every sweep, or every minute
+        /// without one, from what was inserted, removed and is left (see [`conn_evictions`]); a
+        /// lower bound that never decreases.
+        ConnsEvicted = "loader_conns_evicted",
+        /// Subflows marked closing that the host's kernel confirmed closed (no socket with their
+        /// 4-tuple, or one in TIME_WAIT), removed (see [`crate::closed`]).
+        SubflowsClosed = "loader_subflows_closed",
+        /// Connections removed with their last kernel-confirmed closed subflow.
+        ConnsClosed = "loader_conns_closed",
+    }
 }
 
 /// Number of loader counters (length of the pinned array).

@@ -627,7 +627,7 @@ fn restore(store: &mut impl PolicyStore, before: &PolicyState) {
 }
 
 /// The policy maps of the loaded object, opened through duplicates of the object's map file
-/// descriptors (the object keeps its own handles: pinning and `Firewall::set_mode` still work).
+/// descriptors (the object keeps its own handles: pinning still works).
 pub struct PolicyMaps {
     config: Array<MapData, Config>,
     interface_modes: HashMap<MapData, u32, u32>,
@@ -845,6 +845,7 @@ fn prefix_len(len: u32) -> u8 {
 }
 
 /// The policy maps in memory, for tests: same semantics as the kernel's, including capacity.
+#[cfg(test)]
 #[derive(Clone, Debug)]
 pub struct MemoryPolicyStore {
     /// What the "maps" hold.
@@ -857,6 +858,7 @@ pub struct MemoryPolicyStore {
     pub fail_at: Option<usize>,
 }
 
+#[cfg(test)]
 impl MemoryPolicyStore {
     /// Empty maps of the compiled-in sizes.
     #[must_use]
@@ -877,12 +879,14 @@ impl MemoryPolicyStore {
     }
 }
 
+#[cfg(test)]
 impl Default for MemoryPolicyStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(test)]
 impl PolicyStore for MemoryPolicyStore {
     fn read_state(&self) -> Result<PolicyState, LoaderError> {
         Ok(self.state.clone())

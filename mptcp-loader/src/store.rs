@@ -2,10 +2,9 @@
 //! installation and idle-sweep logic is unit-tested against [`MemoryMaps`] and runs against the
 //! kernel maps through [`KernelMaps`].
 
-use std::{
-    collections::{HashMap, HashSet},
-    hash::Hash,
-};
+#[cfg(test)]
+use std::collections::HashMap;
+use std::{collections::HashSet, hash::Hash};
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError};
 use mptcp_common::maps::{
@@ -268,6 +267,7 @@ impl FirewallMaps for KernelMaps {
 }
 
 /// In-memory maps for tests.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryMaps {
     /// Connections.
@@ -278,6 +278,7 @@ pub struct MemoryMaps {
     pub tokens: HashMap<Token, TokenRef>,
 }
 
+#[cfg(test)]
 impl FirewallMaps for MemoryMaps {
     fn conn(&self, id: u64) -> Result<Option<ConnState>, LoaderError> {
         Ok(self.conns.get(&id).copied())

@@ -18,6 +18,7 @@ use mptcp_common::maps::{
 use mptcp_loader::{
     install::{install_event, token_entries, InstallOutcome},
     map_sizes::MapSizes,
+    policy::{apply_policy, Policy, PolicyMaps},
     store::{FirewallMaps as _, KernelMaps},
     sweep::{sweep_maps, SweepOutcome},
     FilterMode, Firewall, EBPF_OBJ,
@@ -219,7 +220,17 @@ fn a_join_naming_a_swept_connection_fails_open() {
         return;
     }
     let mut firewall = Firewall::load_with(EBPF_OBJ, &MapSizes::for_limits(64, 16)).unwrap();
-    firewall.set_mode(FilterMode::Enforce).unwrap();
+    // Enforce mode, written the way `run` writes it.
+    let enforce = Policy {
+        mode: FilterMode::Enforce,
+        ..Policy::default()
+    };
+    apply_policy(
+        &mut PolicyMaps::open(firewall.ebpf()).unwrap(),
+        &enforce,
+        |iface| panic!("the policy names no interface, yet {iface} was resolved"),
+    )
+    .unwrap();
     let mut maps = firewall.take_maps().unwrap();
     // An old connection whose only subflow looks idle (its data segments refreshed activity on
     // a random sample only): the sweep forgets it...

@@ -11,7 +11,7 @@ use mptcp_common::{
         Config, ConnState, FlowKey, FlowRef, JoinRateKey, JoinState, Token, TokenRef,
         MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
         MAP_DROP_EVENTS, MAP_EVENT_BUDGET, MAP_FLOWS, MAP_IFACE_MODES, MAP_JOINS, MAP_JOIN_RATE,
-        MAP_KEY_EVENTS, MAP_TOKENS, PINNED_MAPS,
+        MAP_KEY_EVENTS, MAP_TOKENS,
     },
 };
 use mptcp_loader::layout::{ObjectLayout, PER_INVOCATION_MAPS};
@@ -89,7 +89,14 @@ fn the_maps_the_loader_reads_have_its_sizes() {
             .find(|m| m.name == name)
             .unwrap_or_else(|| panic!("the object has no shared map `{name}`"))
     };
-    for name in PINNED_MAPS.iter().chain(&[
+    for name in [
+        MAP_CONNS,
+        MAP_FLOWS,
+        MAP_TOKENS,
+        MAP_JOINS,
+        MAP_COUNTERS,
+        MAP_KEY_EVENTS,
+        MAP_CONFIG,
         MAP_IFACE_MODES,
         MAP_ALLOW_V4,
         MAP_ALLOW_V6,
@@ -97,7 +104,7 @@ fn the_maps_the_loader_reads_have_its_sizes() {
         MAP_JOIN_RATE,
         MAP_DROP_EVENTS,
         MAP_EVENT_BUDGET,
-    ]) {
+    ] {
         map(name);
     }
     for (name, key, value) in [

@@ -1,7 +1,10 @@
 //! The embedded eBPF object defines the programs and maps the loader looks up by name
 //! (`mptcp_common::maps` constants). Parses the ELF only: needs no root.
 
-use mptcp_common::maps::{MAP_SCRATCH, PINNED_MAPS, PROG_TC_EGRESS, PROG_XDP_INGRESS};
+use mptcp_common::maps::{
+    MAP_CONFIG, MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_JOINS, MAP_KEY_EVENTS, MAP_SCRATCH,
+    MAP_TOKENS, PROG_TC_EGRESS, PROG_XDP_INGRESS,
+};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 #[test]
@@ -31,7 +34,16 @@ fn program_and_map_names_exist() {
     // Multi-buffer aware: aya loads it with BPF_F_XDP_HAS_FRAGS.
     assert_eq!(section_of(PROG_XDP_INGRESS), "xdp.frags");
     assert_eq!(section_of(PROG_TC_EGRESS), "classifier");
-    for map in PINNED_MAPS.iter().chain([&MAP_SCRATCH]) {
+    for map in [
+        MAP_CONNS,
+        MAP_FLOWS,
+        MAP_TOKENS,
+        MAP_JOINS,
+        MAP_COUNTERS,
+        MAP_KEY_EVENTS,
+        MAP_CONFIG,
+        MAP_SCRATCH,
+    ] {
         assert_eq!(section_of(map), "maps", "map `{map}`");
     }
 }

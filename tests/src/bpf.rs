@@ -32,10 +32,7 @@ pub struct BpfValidator {
 }
 
 /// Lower-case hex of a frame, for failure messages.
-#[must_use]
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use mptcp_loader::keys::hex;
 
 impl BpfValidator {
     /// Loads the object embedded in `mptcp-loader` and sets the global mode.

@@ -34,6 +34,7 @@ use std::{
 use sha2::{Digest as _, Sha256};
 
 use crate::mptcp_frames::{hmac_sha256, token, KEY_A, KEY_B};
+use mptcp_loader::keys::hex;
 
 /// The connection the profiles target, as seen by its sender `src` (host A).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -890,10 +891,6 @@ pub fn pcap(frames: &[Vec<u8>], gap_us: u32) -> Vec<u8> {
         t_us += u64::from(gap_us);
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The whole trafgen configuration of `kind`: a comment saying what it is and how to run it,

@@ -295,29 +295,26 @@ pub fn gate(test: &str, problems: &[String]) -> bool {
     false
 }
 
-/// Frames of a classic little-endian pcap with Ethernet link type.
+/// Frames of a classic little-endian microsecond pcap with Ethernet link type.
 ///
 /// # Panics
 /// If the file cannot be read or is not such a pcap.
 #[must_use]
 pub fn pcap_frames(path: &str) -> Vec<Vec<u8>> {
+    use pcap_file::{pcap::PcapReader, DataLink, Endianness, TsResolution};
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut reader = PcapReader::new(&data[..]).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let header = reader.header();
     assert_eq!(
-        &data[..4],
-        &[0xd4, 0xc3, 0xb2, 0xa1],
+        (header.endianness, header.ts_resolution),
+        (Endianness::Little, TsResolution::MicroSecond),
         "{path}: not a little-endian microsecond pcap"
     );
-    assert_eq!(
-        u32::from_le_bytes(data[20..24].try_into().unwrap()),
-        1,
-        "{path}: not Ethernet"
-    );
+    assert_eq!(header.datalink, DataLink::ETHERNET, "{path}: not Ethernet");
     let mut frames = Vec::new();
-    let mut off = 24;
-    while off + 16 <= data.len() {
-        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
-        frames.push(data[off + 16..off + 16 + incl].to_vec());
-        off += 16 + incl;
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.unwrap_or_else(|e| panic!("{path}: record {}: {e}", frames.len()));
+        frames.push(packet.data.into_owned());
     }
     frames
 }

@@ -402,16 +402,6 @@ impl DropEventSink {
         }
     }
 
-    /// Flushes the pcap file after a batch of events.
-    pub fn flush(&mut self, counters: &mut LoaderCounters) {
-        if let Some((path, pcap)) = &mut self.pcap {
-            if let Err(e) = pcap.flush() {
-                counters.add(LoaderCounter::DropEventWriteErrors, 1);
-                log::warn!("writing {}: {e}", path.display());
-            }
-        }
-    }
-
     /// Logs how many events were not logged since the last line (called once a second).
     pub fn report_suppressed(&mut self) {
         let suppressed = self.limiter.take_suppressed();
@@ -712,7 +702,6 @@ mod tests {
         for _ in 0..25 {
             sink.record(&event(), clock, 1_000, &mut counters);
         }
-        sink.flush(&mut counters);
         assert_eq!(counters.get(LoaderCounter::DropEvents), 25);
         assert_eq!(
             counters.get(LoaderCounter::DropEventLinesSuppressed),

@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
     path::PathBuf,
 };
@@ -22,6 +22,7 @@ use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError},
     Ebpf,
 };
+use ipnet::IpNet;
 use mptcp_common::maps::{
     Config, ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES, DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE,
     MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_IFACE_MODES, UNKNOWN_DROP,
@@ -99,13 +100,8 @@ impl Prefix {
         let not_cidr = || {
             format!("`{text}` is not an IPv4 or IPv6 prefix (expected e.g. 198.18.0.0/15 or 2001:db8::/32)")
         };
-        let (bytes, max): (Vec<u8>, u8) = if let Ok(v4) = addr.parse::<Ipv4Addr>() {
-            (v4.octets().to_vec(), 32)
-        } else if let Ok(v6) = addr.parse::<Ipv6Addr>() {
-            (v6.octets().to_vec(), 128)
-        } else {
-            return Err(not_cidr());
-        };
+        let ip: IpAddr = addr.parse().map_err(|_| not_cidr())?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
             Some(digits) => {
@@ -123,22 +119,14 @@ impl Prefix {
                 u8::try_from(n).expect("at most 128")
             }
         };
-        let masked = mask(&bytes, len);
-        if masked != bytes {
-            let fixed = Self::from_bytes(&masked, len).expect("same length");
+        let net = IpNet::new(ip, len).expect("length checked above");
+        if net.trunc() != net {
             return Err(format!(
-                "`{text}` has bits set after the first {len}: did you mean {fixed}?"
+                "`{text}` has bits set after the first {len}: did you mean {}?",
+                Self::from(net.trunc())
             ));
         }
-        Ok(Self::from_bytes(&bytes, len).expect("4 or 16 bytes"))
-    }
-
-    fn from_bytes(bytes: &[u8], len: u8) -> Option<Self> {
-        match bytes.len() {
-            4 => Some(Self::V4(bytes.try_into().ok()?, len)),
-            16 => Some(Self::V6(bytes.try_into().ok()?, len)),
-            _ => None,
-        }
+        Ok(Self::from(net))
     }
 
     /// Whether this is an IPv4 prefix.
@@ -148,18 +136,13 @@ impl Prefix {
     }
 }
 
-/// `bytes` with every bit after the first `len` cleared.
-fn mask(bytes: &[u8], len: u8) -> Vec<u8> {
-    bytes
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let kept = usize::from(len).saturating_sub(i * 8).min(8);
-            // kept is 0..=8: shifting a u16 avoids the overflow of `0xff << 8`.
-            let keep_mask = (0xff00u16 >> kept) as u8;
-            b & keep_mask
-        })
-        .collect()
+impl From<IpNet> for Prefix {
+    fn from(net: IpNet) -> Self {
+        match net {
+            IpNet::V4(v4) => Self::V4(v4.addr().octets(), v4.prefix_len()),
+            IpNet::V6(v6) => Self::V6(v6.addr().octets(), v6.prefix_len()),
+        }
+    }
 }
 
 impl fmt::Display for Prefix {

@@ -637,7 +637,6 @@ impl MapKeeper {
             }
         }
         if any {
-            self.drops.flush(&mut self.counters);
             self.publish_counters();
         }
     }

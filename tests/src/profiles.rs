@@ -871,26 +871,22 @@ pub fn frames(
 /// A classic pcap (little-endian, microseconds, Ethernet) of `frames`, `gap_us` apart.
 #[must_use]
 pub fn pcap(frames: &[Vec<u8>], gap_us: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&[0; 8]); // thiszone, sigfigs
-    out.extend_from_slice(&65_535u32.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
-    let mut t_us: u64 = 0;
-    for frame in frames {
+    use pcap_file::{
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+        Endianness,
+    };
+    let header = PcapHeader {
+        endianness: Endianness::Little,
+        ..PcapHeader::default()
+    };
+    let mut out = PcapWriter::with_header(Vec::new(), header).expect("writing to memory");
+    for (i, frame) in frames.iter().enumerate() {
         let len = u32::try_from(frame.len()).expect("frame length");
-        let secs = u32::try_from(t_us / 1_000_000).unwrap_or(u32::MAX);
-        let micros = u32::try_from(t_us % 1_000_000).expect("below a million");
-        out.extend_from_slice(&secs.to_le_bytes());
-        out.extend_from_slice(&micros.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(frame);
-        t_us += u64::from(gap_us);
+        let at = std::time::Duration::from_micros(u64::from(gap_us) * i as u64);
+        out.write_packet(&PcapPacket::new(at, len, frame))
+            .expect("a frame within the snap length");
     }
-    out
+    out.into_writer()
 }
 
 /// The whole trafgen configuration of `kind`: a comment saying what it is and how to run it,

@@ -52,16 +52,11 @@ pub fn with_midstates(state: &ConnState, material: &KeyMaterial) -> ConnState {
     out
 }
 
-/// Lower-case hex of a token, as it appears on the wire (e.g. in `tcpdump` or Wireshark).
+/// Lower-case hex of a token or key, as it appears on the wire (e.g. in `tcpdump` or Wireshark):
+/// [`mptcp_common::hex::Hex`] as a string.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    mptcp_common::hex::Hex(bytes).to_string()
 }
 
 #[cfg(test)]

@@ -10,14 +10,12 @@
 //! `add_addr_random_address` and `join_ack_forged`, each as a trafgen configuration (`.cfg`) and
 //! a classic pcap (`.pcap`), into DIR. `join_ack_forged` is meant for the 4-tuple of a pending
 //! MP_JOIN (give the join's `--src`, `--seq`, `--ack` and timestamps). See
-//! `mptcp_tests::profiles` and the README's "Traffic profiles" section.
+//! the library docs (`mptcp_profiles`) and the README's "Traffic profiles" section.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use mptcp_tests::profiles::{
-    self, default_announce, parse_key, parse_mac, Connection, Kind, Settings,
-};
+use mptcp_profiles::{default_announce, parse_key, parse_mac, Connection, Kind, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -105,7 +103,7 @@ fn main() -> ExitCode {
         seed: args.seed,
         ..Settings::default()
     };
-    match profiles::write_all(&conn, &settings, &args.out) {
+    match mptcp_profiles::write_all(&conn, &settings, &args.out) {
         Ok(files) => {
             for kind in Kind::ALL {
                 println!("{:<24} {}", kind.stem(), kind.summary());

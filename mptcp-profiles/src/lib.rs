@@ -31,10 +31,21 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sha2::{Digest as _, Sha256};
+use mptcp_common::{
+    hex::Hex,
+    hmac::{add_addr_truncated, add_addr_v4_block, add_addr_v6_block, finish, midstate},
+};
 
-use crate::mptcp_frames::{hmac_sha256, token, KEY_A, KEY_B};
-use mptcp_loader::keys::hex;
+/// Key-A of the protocol doc's synthetic vectors (§7.3), the keys of [`Connection::example`].
+pub const KEY_A: [u8; 8] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
+/// Key-B of the protocol doc's synthetic vectors (§7.3).
+pub const KEY_B: [u8; 8] = [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18];
+
+/// Token of a key: SHA-256(key)[0..4] (protocol doc §3).
+#[must_use]
+pub fn token(key: &[u8; 8]) -> [u8; 4] {
+    mptcp_common::hmac::token_and_idsn(key).0
+}
 
 /// The connection the profiles target, as seen by its sender `src` (host A).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -452,8 +463,7 @@ pub enum ProfileError {
 /// IDSN of a key: SHA-256(key)[24..32] as a big-endian integer (protocol doc §3).
 #[must_use]
 pub fn idsn(key: &[u8; 8]) -> u64 {
-    let digest = Sha256::digest(key);
-    u64::from_be_bytes(digest[24..32].try_into().expect("8 bytes"))
+    mptcp_common::hmac::token_and_idsn(key).1
 }
 
 fn ip_bytes(addr: IpAddr) -> Vec<u8> {
@@ -463,14 +473,16 @@ fn ip_bytes(addr: IpAddr) -> Vec<u8> {
     }
 }
 
-/// The ADD_ADDR option fields the HMAC covers, and the right truncated HMAC (sender A).
+/// The ADD_ADDR option fields the HMAC covers, and the right truncated HMAC (sender A, no port),
+/// computed with `mptcp_common::hmac` like the fast path checks it.
 fn add_addr_parts(conn: &Connection, settings: &Settings) -> (Vec<u8>, [u8; 8]) {
-    let addr = ip_bytes(settings.announce);
-    let msg = [&[settings.addr_id][..], &addr, &[0, 0]].concat();
-    let digest = hmac_sha256(&conn.key_a, &conn.key_b, &msg);
-    let mut hmac = [0u8; 8];
-    hmac.copy_from_slice(&digest[24..32]);
-    (addr, hmac)
+    let no_port = [0, 0];
+    let block = match settings.announce {
+        IpAddr::V4(a) => add_addr_v4_block(settings.addr_id, &a.octets(), &no_port),
+        IpAddr::V6(a) => add_addr_v6_block(settings.addr_id, &a.octets(), &no_port),
+    };
+    let digest = finish(&midstate(&conn.key_a, &conn.key_b), &block);
+    (ip_bytes(settings.announce), add_addr_truncated(&digest))
 }
 
 /// Builds the template of `kind` for `conn`. The trafgen rendering and every pcap frame come
@@ -830,8 +842,8 @@ pub fn join_syn_config(
         out,
         "# One MP_JOIN SYN with the token of B ({}) and nonce {}: opens a join {} -> {} that \
          join_ack_forged then floods.",
-        hex(&token(&conn.key_b)),
-        hex(&nonce),
+        Hex(&token(&conn.key_b)),
+        Hex(&nonce),
         conn.src,
         conn.dst
     );
@@ -915,9 +927,9 @@ pub fn trafgen_config(
     let _ = writeln!(
         out,
         "# Key A {}, key B {} (token of B: {}).",
-        hex(&conn.key_a),
-        hex(&conn.key_b),
-        hex(&token(&conn.key_b))
+        Hex(&conn.key_a),
+        Hex(&conn.key_b),
+        Hex(&token(&conn.key_b))
     );
     match kind {
         Kind::AddAddrValid | Kind::AddAddrForged => {
@@ -1031,6 +1043,16 @@ pub fn default_announce(v6: bool) -> IpAddr {
 mod tests {
     use super::*;
 
+    /// HMAC-SHA256 keyed `sender key || receiver key` (protocol doc §6.1) by the `hmac` crate,
+    /// independent of `mptcp_common::hmac`.
+    fn hmac_sha256(key_sender: &[u8; 8], key_receiver: &[u8; 8], msg: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac as _};
+        let key = [&key_sender[..], key_receiver].concat();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length works");
+        mac.update(msg);
+        mac.finalize().into_bytes().into()
+    }
+
     fn settings(v6: bool) -> Settings {
         Settings {
             count: 4,
@@ -1067,6 +1089,16 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_add_addr_hmac_is_the_hmac_crate_one() {
+        for v6 in [false, true] {
+            let (c, s) = (Connection::example(v6), settings(v6));
+            let (addr, right) = add_addr_parts(&c, &s);
+            let msg = [&[s.addr_id][..], &addr, &[0, 0]].concat();
+            assert_eq!(right[..], hmac_sha256(&c.key_a, &c.key_b, &msg)[24..32]);
         }
     }
 

@@ -8,14 +8,15 @@ use mptcp_common::maps::{MAX_CONNS, MAX_JOINS};
 
 use crate::{
     closed::CLOSED_CHECK_INTERVAL_S,
-    config::{check_report, PolicyArgs, PolicySource},
     conns::{conns_json, format_conns, read_conns},
     detach::print_detach,
     errors::LoaderError,
     events::{default_state_dir, follow_events, print_events, DEFAULT_EVENTS_MAX_BYTES},
-    firewall::{EgressAttach, FilterMode, XdpAttach},
+    firewall::{EgressAttach, XdpAttach},
     map_sizes::{parse_map_limit, MapSizes},
+    mode::FilterMode,
     pins::default_pin_dir,
+    policy::config::{check_report, PolicyArgs, PolicySource},
     preflight::{check_root, effective_uid, interface_index},
     run::{run, RunPlan, DEFAULT_IDLE_TIMEOUT_S},
     state::pinned_links,
@@ -540,8 +541,8 @@ mod tests {
         assert_eq!(
             p.allow_ports,
             [
-                crate::config::Allowed::Only(PortRule::NoPort),
-                crate::config::Allowed::Only(PortRule::Port(443))
+                crate::policy::config::Allowed::Only(PortRule::NoPort),
+                crate::policy::config::Allowed::Only(PortRule::Port(443))
             ]
         );
         assert_eq!((p.join_syn_rate, p.event_rate), (Some(10), Some(0)));

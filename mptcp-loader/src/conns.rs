@@ -13,10 +13,10 @@ use mptcp_common::maps::{
 use serde_json::{json, Value};
 
 use crate::{
+    clock::monotonic_now_s,
     errors::LoaderError,
     install::format_flow,
     keys::{hex, token_and_idsn},
-    run::monotonic_now_s,
     stats::locate_pins,
     status::format_duration_s,
     store::{FirewallMaps as _, KernelMaps},

@@ -459,7 +459,7 @@ pub enum LoaderError {
 
     /// The policy (`--config` file or policy flags) is invalid; the message says where.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(Box<dyn std::error::Error + Send + Sync>),
 
     /// `--metrics ADDR:PORT` cannot be listened on.
     #[error(

@@ -36,8 +36,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use mptcp_common::maps::{
-    MAP_CONNS, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS, MODE_ENFORCE,
-    MODE_MONITOR, PROG_TC_EGRESS, PROG_XDP_INGRESS,
+    MAP_CONNS, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS,
+    PROG_TC_EGRESS, PROG_XDP_INGRESS,
 };
 
 use crate::{
@@ -48,33 +48,11 @@ use crate::{
     netlink,
     preflight::interface_index,
     state::{tcx_link_pin, xdp_link_pin, PinnedLinks},
-    stats::sum_counters,
-    store::KernelMaps,
+    store::{sum_counters, KernelMaps},
 };
 
 /// Verifier log lines shown at debug level when the kernel rejects the program.
 const VERIFIER_TAIL_LINES: usize = 40;
-
-/// What the program does with an ADD_ADDR whose HMAC is wrong.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum FilterMode {
-    /// Drop it.
-    Enforce,
-    /// Pass it and count it as would-drop.
-    #[default]
-    Monitor,
-}
-
-impl FilterMode {
-    /// The value written to `Config::mode`.
-    #[must_use]
-    pub const fn config_value(self) -> u32 {
-        match self {
-            Self::Enforce => MODE_ENFORCE,
-            Self::Monitor => MODE_MONITOR,
-        }
-    }
-}
 
 /// How to attach XDP to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -1279,10 +1257,7 @@ mod tests {
     }
 
     #[test]
-    fn modes_map_to_config_values() {
-        assert_eq!(FilterMode::Enforce.config_value(), MODE_ENFORCE);
-        assert_eq!(FilterMode::Monitor.config_value(), MODE_MONITOR);
-        assert_eq!(FilterMode::default(), FilterMode::Monitor);
+    fn attached_modes_read_well() {
         assert_eq!(AttachedMode::Native.to_string(), "native XDP");
         assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
     }

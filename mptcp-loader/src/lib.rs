@@ -12,8 +12,8 @@
 pub mod adopt;
 pub mod bpf_sys;
 pub mod cli;
+pub mod clock;
 pub mod closed;
-pub mod config;
 pub mod conns;
 pub mod detach;
 pub mod errors;
@@ -24,12 +24,15 @@ pub mod keys;
 pub mod latency;
 pub mod layout;
 pub mod loader_counters;
+pub mod map_keeper;
 pub mod map_sizes;
 pub mod metrics;
+pub mod mode;
 pub mod netlink;
 pub mod pcap;
 pub mod pins;
 pub mod policy;
+pub mod policy_keeper;
 pub mod preflight;
 pub mod run;
 pub mod state;
@@ -38,8 +41,12 @@ pub mod status;
 pub mod store;
 pub mod sweep;
 
+/// This loader's version, recorded in the pinned run state and shown by `status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use errors::LoaderError;
-pub use firewall::{AttachedMode, FilterMode, Firewall, InterfaceAttachment, XdpAttach};
+pub use firewall::{AttachedMode, Firewall, InterfaceAttachment, XdpAttach};
+pub use mode::FilterMode;
 
 /// The eBPF object built by `build.rs` from `mptcp-ebpf`. Empty when the build was skipped
 /// (`AYA_BUILD_SKIP=1` or no bpf-linker); [`Firewall::load`] then fails with

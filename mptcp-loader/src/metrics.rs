@@ -45,7 +45,8 @@ use crate::{
     errors::LoaderError,
     policy::{PolicyMaps, PolicyState, PolicyStore as _},
     preflight::interface_name,
-    stats::{read_report, MapFill, StatsReport},
+    stats::{read_report, StatsReport},
+    store::MapFill,
 };
 
 /// Longest request head accepted.

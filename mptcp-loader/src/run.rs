@@ -9,19 +9,14 @@
 //! passes unchecked in between.
 
 use std::{
-    collections::HashMap,
     fmt::Write as _,
     future,
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
-use mptcp_common::{
-    counters::Counter,
-    maps::{KeyEvent, MAP_COUNTERS},
-};
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -30,40 +25,33 @@ use tokio::{
 
 use crate::{
     adopt::{plan_steps, take_inventory, Step},
-    closed::{apply_closed, plan_closed, ClosedOutcome, KernelSockets, CLOSED_CHECK_INTERVAL_S},
-    config::PolicySource,
+    clock::unix_now_ns,
+    closed::CLOSED_CHECK_INTERVAL_S,
     errors::LoaderError,
-    events::{
-        default_state_dir, parse_drop_event, ClockOffset, DropEventSink, DEFAULT_EVENTS_MAX_BYTES,
-    },
-    firewall::{DetachedInterface, EgressAttach, FilterMode, Firewall, ProgramSwap, XdpAttach},
-    install::{format_flow, install_event, parse_key_event, InstallOutcome},
-    keys::{hex, token_and_idsn},
-    latency::{LatencyStats, LatencySummary},
+    events::{default_state_dir, DEFAULT_EVENTS_MAX_BYTES},
+    firewall::{DetachedInterface, EgressAttach, Firewall, ProgramSwap, XdpAttach},
     layout::ObjectLayout,
-    loader_counters::{ConnMapTally, LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
+    loader_counters::LoaderCounters,
+    map_keeper::MapKeeper,
     map_sizes::MapSizes,
     metrics::{self, MetricsSource},
-    pins::{
-        check_bpffs, open_or_create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS,
-    },
-    policy::{Policy, PolicyKeeper},
-    preflight::{check_root, effective_uid, interface_index, interface_name},
+    mode::FilterMode,
+    pins::{check_bpffs, PinDir},
+    policy::config::PolicySource,
+    policy::Policy,
+    policy_keeper::PolicyKeeper,
+    preflight::{check_root, effective_uid, interface_index},
     state::{
-        unix_now_ns, version_bytes, write_layout_hash, IfaceRecord, PinnedState, RunState,
+        version_bytes, write_layout_hash, IfaceRecord, PinnedState, RunState,
         RUN_FLAG_KEEP_ATTACHED,
     },
-    stats::{counter_total, format_summary_line, read_loader_counters_at},
-    store::{FirewallMaps as _, KernelMaps},
-    sweep::{sweep_interval, sweep_maps_into, SweepOutcome, MAX_SWEEP_INTERVAL_S},
-    EBPF_OBJ,
+    stats::format_summary_line,
+    sweep::{sweep_interval, MAX_SWEEP_INTERVAL_S},
+    EBPF_OBJ, VERSION,
 };
 
 /// Default `--idle-timeout`: two hours.
 pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 7200;
-
-/// This loader's version, recorded in the pinned run state.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What `run` will do, decided from the command line before anything touches the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -486,10 +474,7 @@ fn finish(
 }
 
 fn print_banner(plan: &RunPlan, pin_dir: &PinDir, events: &Path) {
-    let mode = match plan.mode {
-        FilterMode::Enforce => "enforce",
-        FilterMode::Monitor => "monitor",
-    };
+    let mode = plan.mode;
     println!(
         "validating MPTCP signalling (ADD_ADDR, MP_JOIN, MP_FASTCLOSE) in {mode} mode; maps and links pinned under {}; stop with Ctrl-C",
         pin_dir.path().display()
@@ -558,342 +543,10 @@ fn loader_summary_line(counters: &LoaderCounters) -> String {
     line
 }
 
-/// The loop's map work: installs what key events announce, records drop events, sweeps idle
-/// connections, counts evictions, and publishes the install latency and its own counters for
-/// `stats`.
-struct MapKeeper {
-    maps: KernelMaps,
-    /// The fast path's counters (the pinned map), for the eviction count.
-    bpf_counters: PerCpuArray<MapData, u64>,
-    /// Capacity of the connection map, for the eviction log line.
-    max_conns: u32,
-    latency: LatencyStats,
-    latency_pin: Array<MapData, LatencySummary>,
-    counters: LoaderCounters,
-    counters_pin: Array<MapData, u64>,
-    interface_names: HashMap<u32, String>,
-    drops: DropEventSink,
-}
-
-impl MapKeeper {
-    /// Takes the maps it works on out of `firewall`; reopens the loader's own pins (counters
-    /// continue from an adopted run's values).
-    fn new(firewall: &mut Firewall, pin_dir: &PinDir, plan: &RunPlan) -> Result<Self, LoaderError> {
-        // Read before the array is reopened: one of another length (another version's) is
-        // replaced, and its values must still continue. `loader_conns_expired` in particular
-        // goes with the adopted fast-path counters, or the eviction count would take the
-        // earlier run's expirations for evictions.
-        let previous: Vec<u64> = read_loader_counters_at(pin_dir.path())
-            .unwrap_or_else(|e| {
-                log::warn!("the loader counters start from 0: {e}");
-                Vec::new()
-            })
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-        let (counters_pin, _) =
-            open_or_create_pinned_array(pin_dir, PIN_LOADER_COUNTERS, LOADER_COUNTER_COUNT)?;
-        let counters = LoaderCounters::continuing(&previous);
-        let counters_path = pin_dir.pin_path(MAP_COUNTERS);
-        let open_error = |source| LoaderError::OpenPin {
-            path: counters_path.clone(),
-            source,
-        };
-        let bpf_counters = MapData::from_pin(&counters_path)
-            .and_then(Map::from_map_data)
-            .and_then(PerCpuArray::try_from)
-            .map_err(open_error)?;
-        Ok(Self {
-            maps: firewall.take_maps()?,
-            bpf_counters,
-            max_conns: plan.sizes.conns,
-            latency: LatencyStats::default(),
-            latency_pin: open_or_create_pinned_array(pin_dir, PIN_INSTALL_LATENCY, 1)?.0,
-            counters,
-            counters_pin,
-            interface_names: HashMap::new(),
-            drops: DropEventSink::open(
-                &plan.state_dir,
-                plan.events_max_bytes,
-                plan.pcap.as_deref(),
-            )?,
-        })
-    }
-
-    /// Records every queued drop event.
-    fn drain_drops(&mut self, ring: &mut RingBuf<MapData>) {
-        let clock = ClockOffset::now();
-        let now_ns = monotonic_now_ns();
-        let mut any = false;
-        while let Some(record) = ring.next() {
-            let event = parse_drop_event(&record);
-            drop(record);
-            match event {
-                Some(event) => {
-                    self.drops.record(&event, clock, now_ns, &mut self.counters);
-                    any = true;
-                }
-                None => log::warn!("ignoring a drop event of unexpected size"),
-            }
-        }
-        if any {
-            self.publish_counters();
-        }
-    }
-
-    /// Handles every queued event.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(record) = ring.next() {
-            let event = parse_key_event(&record);
-            drop(record);
-            match event {
-                Some(event) => self.handle(&event),
-                None => log::warn!("ignoring a key event of unexpected size"),
-            }
-        }
-    }
-
-    fn handle(&mut self, event: &KeyEvent) {
-        let flow = format_flow(&event.flow);
-        let iface = self
-            .interface_names
-            .entry(event.ifindex)
-            .or_insert_with(|| interface_name(event.ifindex))
-            .clone();
-        match install_event(&mut self.maps, event) {
-            Ok(InstallOutcome::Installed {
-                material: m,
-                tokens_restored,
-            }) => {
-                let latency_ns = monotonic_now_ns().saturating_sub(event.seen_ns);
-                self.latency.record_ns(latency_ns);
-                log::info!(
-                    "connection {flow} on {iface}: token-A {} token-B {}, midstates installed {} µs after the keys were seen",
-                    hex(&m.token_a),
-                    hex(&m.token_b),
-                    latency_ns / 1_000
-                );
-                log::debug!(
-                    "connection {flow}: IDSN-A {:#018x} IDSN-B {:#018x}",
-                    m.idsn_a,
-                    m.idsn_b
-                );
-                self.note_tokens_restored(&flow, tokens_restored);
-                self.publish_latency();
-            }
-            Ok(InstallOutcome::AlreadyInstalled {
-                material: m,
-                tokens_restored,
-            }) => {
-                log::debug!(
-                    "connection {flow} on {iface}: token-A {} token-B {} already had its midstates",
-                    hex(&m.token_a),
-                    hex(&m.token_b)
-                );
-                self.note_tokens_restored(&flow, tokens_restored);
-            }
-            Ok(InstallOutcome::NoConnection) => {
-                log::warn!("connection {flow} on {iface}: gone from the connection map before its midstates were installed");
-            }
-            Ok(InstallOutcome::KeysDiffer) => {
-                log::warn!("connection {flow} on {iface}: the connection map holds other keys than the event; skipped");
-            }
-            Err(e) => log::warn!("connection {flow} on {iface}: {e}"),
-        }
-    }
-
-    fn note_tokens_restored(&mut self, flow: &str, restored: u32) {
-        if restored > 0 {
-            log::debug!("connection {flow}: wrote {restored} token entr{} that were missing or named another connection", if restored == 1 { "y" } else { "ies" });
-            self.counters
-                .add(LoaderCounter::TokensRestored, u64::from(restored));
-            self.publish_counters();
-        }
-    }
-
-    /// One idle sweep: snapshot, plan, apply, count; then the evictions, from the snapshot's
-    /// count of connections.
-    fn sweep(&mut self, timeout_s: u32) {
-        let started = Instant::now();
-        // Before the snapshot (see `ConnMapTally`), and the expirations as of the snapshot.
-        let inserted = self.fast_path_counter(Counter::ConnInserted);
-        let expired = self.counters.conns_removed();
-        let mut outcome = SweepOutcome::default();
-        match self.sweep_once(timeout_s, &mut outcome) {
-            Ok(conns_counted) => {
-                self.counters.add_sweep(&outcome);
-                log_sweep(&outcome, timeout_s, started.elapsed());
-                if let (Some(inserted), Some(entries)) = (inserted, conns_counted) {
-                    self.note_evictions(inserted, expired, entries);
-                }
-            }
-            Err(e) => {
-                self.counters.add_swept(&outcome);
-                self.counters.add(LoaderCounter::SweepErrors, 1);
-                log::warn!("idle sweep failed (retried at the next one): {e}");
-            }
-        }
-        self.publish_counters();
-    }
-
-    /// Returns the connections counted in the snapshot (`None`: the walk was cut short).
-    fn sweep_once(
-        &mut self,
-        timeout_s: u32,
-        outcome: &mut SweepOutcome,
-    ) -> Result<Option<u64>, LoaderError> {
-        let plan = sweep_maps_into(&mut self.maps, monotonic_now_s, timeout_s, outcome)?;
-        for conn in &plan.expired {
-            log::debug!(
-                "connection token-A {} token-B {}: idle for {} s with {} subflow(s), due for removal",
-                hex(&token_and_idsn(&conn.key_a).0),
-                hex(&token_and_idsn(&conn.key_b).0),
-                conn.idle_s,
-                conn.flows.len()
-            );
-        }
-        Ok(plan.conns_counted)
-    }
-
-    /// Removes the subflows marked closing that the host's kernel confirms closed, and each
-    /// connection with its last one (see [`crate::closed`]).
-    fn check_closed(&mut self) {
-        let mut outcome = ClosedOutcome::default();
-        let result = self.check_closed_once(&mut outcome);
-        self.counters.add_closed(&outcome);
-        if outcome.subflows_closed > 0 {
-            log::debug!(
-                "closed-subflow check: {} subflow(s) the kernel confirmed closed removed, {} connection(s) with them; {} marked closing are not local (left to the idle sweep)",
-                outcome.subflows_closed,
-                outcome.conns_closed,
-                outcome.not_local
-            );
-            self.publish_counters();
-        }
-        if let Err(e) = result {
-            log::warn!("closed-subflow check failed (retried at the next one): {e}");
-        }
-    }
-
-    fn check_closed_once(&mut self, outcome: &mut ClosedOutcome) -> Result<(), LoaderError> {
-        let conns = self.maps.all_conns()?;
-        let flows = self.maps.all_flows()?;
-        let planned = plan_closed(&conns, &flows);
-        if planned.is_empty() {
-            return Ok(());
-        }
-        let sockets = KernelSockets::new().map_err(|source| LoaderError::Runtime {
-            what: "reading this host's addresses (getifaddrs)",
-            source,
-        })?;
-        apply_closed(&mut self.maps, &sockets, &planned, outcome)
-    }
-
-    /// Counts the evictions without a sweep (`--idle-timeout 0`): inserted connections read
-    /// first, then the connection map walked, then the removals.
-    fn count_evictions(&mut self) {
-        let Some(inserted) = self.fast_path_counter(Counter::ConnInserted) else {
-            return;
-        };
-        let expired = self.counters.conns_removed();
-        match self.maps.all_conns_walked() {
-            Ok((conns, true)) => {
-                let entries = u64::try_from(conns.len()).unwrap_or(u64::MAX);
-                if self.note_evictions(inserted, expired, entries) > 0 {
-                    self.publish_counters();
-                }
-            }
-            Ok((_, false)) => log::debug!(
-                "the connection map changed too fast to be counted; evictions are counted at the next check"
-            ),
-            Err(e) => log::warn!("could not count the connection map's evictions: {e}"),
-        }
-    }
-
-    /// Raises `loader_conns_evicted` to what the tally shows (the closed connections are read
-    /// now, after the entries were counted); logs an increase. Returns it.
-    fn note_evictions(&mut self, inserted: u64, expired: u64, entries: u64) -> u64 {
-        let Some(closed) = self.fast_path_counter(Counter::ConnClosed) else {
-            return 0;
-        };
-        let tally = ConnMapTally {
-            inserted,
-            closed,
-            expired,
-            entries,
-        };
-        let new = self.counters.note_evictions(&tally);
-        if new > 0 {
-            log::info!(
-                "the connection map is full: {new} connection(s) evicted since the last check ({} in all, loader_conns_evicted), unknown to the fast path from then on; --max-conns {} is too small for this load",
-                self.counters.get(LoaderCounter::ConnsEvicted),
-                self.max_conns
-            );
-        }
-        new
-    }
-
-    /// One of the fast path's counters summed over CPUs; `None` (logged) when it cannot be read.
-    fn fast_path_counter(&self, counter: Counter) -> Option<u64> {
-        counter_total(&self.bpf_counters, counter)
-            .map_err(|e| log::warn!("could not read {}: {e}", counter.name()))
-            .ok()
-    }
-
-    fn publish_latency(&mut self) {
-        if let Some(summary) = self.latency.summary() {
-            if let Err(e) = self.latency_pin.set(0, summary, 0) {
-                log::warn!("could not publish the install latency: {e}");
-            }
-        }
-    }
-
-    fn publish_counters(&mut self) {
-        if let Err(e) = self.counters.publish(&mut self.counters_pin) {
-            log::warn!("could not publish the loader counters: {e}");
-        }
-    }
-}
-
-fn log_sweep(outcome: &SweepOutcome, timeout_s: u32, took: std::time::Duration) {
-    let removed = outcome.conns_expired + outcome.flows_orphaned_removed;
-    let message = format!(
-        "idle sweep: forgot {} connection(s) idle for more than {timeout_s} s ({} subflow(s); their tokens stay, so their joins fail open) and {} orphaned subflow(s); kept {} that became active; took {} ms",
-        outcome.conns_expired,
-        outcome.flows_expired,
-        outcome.flows_orphaned_removed,
-        outcome.conns_revived,
-        took.as_millis()
-    );
-    if removed > 0 {
-        log::info!("{message}");
-    } else {
-        log::debug!("{message}");
-    }
-}
-
-/// `CLOCK_MONOTONIC` in whole seconds: the unit of `FlowRef::last_seen_s` and
-/// `ConnState::learned_s`.
-#[must_use]
-pub fn monotonic_now_s() -> u32 {
-    u32::try_from(monotonic_now_ns() / 1_000_000_000).unwrap_or(u32::MAX)
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-#[must_use]
-pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loader_counters::LoaderCounter;
 
     fn plan(ifaces: &[&str], pin_dir: Option<&str>) -> Result<RunPlan, LoaderError> {
         let ifaces: Vec<String> = ifaces.iter().map(|s| (*s).to_owned()).collect();
@@ -960,14 +613,5 @@ mod tests {
             loader_summary_line(&counters),
             "loader counters: loader_conns_expired=2 (others 0)"
         );
-    }
-
-    #[test]
-    fn monotonic_clock_moves_forward() {
-        let a = monotonic_now_ns();
-        let b = monotonic_now_ns();
-        assert!(a > 0 && b >= a);
-        let (s, ns) = (monotonic_now_s(), monotonic_now_ns());
-        assert!((0..=1).contains(&(ns / 1_000_000_000 - u64::from(s))));
     }
 }

@@ -15,7 +15,6 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
@@ -177,14 +176,6 @@ pub fn version_bytes(version: &str) -> [u8; 32] {
     let len = version.len().min(31);
     out[..len].copy_from_slice(&version.as_bytes()[..len]);
     out
-}
-
-/// Wall clock in Unix nanoseconds.
-#[must_use]
-pub fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn open_error(path: &Path) -> impl Fn(MapError) -> LoaderError + '_ {

@@ -12,12 +12,11 @@
 //! The table shows the same, in sections.
 
 use std::{
-    borrow::Borrow,
     fmt::Write as _,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use mptcp_common::{
     counters::Counter,
     maps::{
@@ -31,52 +30,13 @@ use crate::{
     latency::LatencySummary,
     loader_counters::read_loader_counters,
     pins::{self, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
-    store::distinct_keys,
+    store::{distinct_keys, sum_counters, MapFill},
 };
 
 /// Key of the latency summary in `stats --json`.
 pub const JSON_LATENCY_KEY: &str = "install_latency_us";
 /// Key of the map fill levels in `stats --json`.
 pub const JSON_MAPS_KEY: &str = "maps";
-
-/// Every counter summed over CPUs (wrapping, like the per-CPU u64s), in `Counter::ALL` order.
-/// Counters beyond the map's length (an older object) are left out.
-///
-/// # Errors
-/// When the map cannot be read.
-pub fn sum_counters<T: Borrow<MapData>>(
-    map: &PerCpuArray<T, u64>,
-) -> Result<Vec<(&'static str, u64)>, MapError> {
-    let len = map.len();
-    Counter::ALL
-        .iter()
-        .filter(|c| (**c as u32) < len)
-        .map(|&c| Ok((c.name(), counter_total(map, c)?)))
-        .collect()
-}
-
-/// One counter summed over CPUs (wrapping, like the per-CPU u64s).
-///
-/// # Errors
-/// When the map cannot be read (or is too short to hold `counter`).
-pub fn counter_total<T: Borrow<MapData>>(
-    map: &PerCpuArray<T, u64>,
-    counter: Counter,
-) -> Result<u64, MapError> {
-    let per_cpu = map.get(&(counter as u32), 0)?;
-    Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
-}
-
-/// How full one map is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapFill {
-    /// Map name (a `mptcp_common::maps::MAP_*` constant).
-    pub name: &'static str,
-    /// Entries in it now.
-    pub entries: u64,
-    /// Its `max_entries`.
-    pub max: u32,
-}
 
 /// What `stats` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]

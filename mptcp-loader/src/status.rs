@@ -8,20 +8,22 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
-use mptcp_common::maps::{Config, MAP_CONFIG, MAP_IFACE_MODES, MODE_ENFORCE};
+use mptcp_common::maps::{Config, MAP_CONFIG, MAP_IFACE_MODES};
 use serde_json::{json, Value};
 
 use crate::{
     bpf_sys,
+    clock::{rfc3339, unix_now_ns},
     errors::LoaderError,
-    events::rfc3339,
     firewall::{clsact_filter, EgressIds, LinkIds, EGRESS_FILTER_HANDLE, EGRESS_FILTER_PRIORITY},
+    mode::FilterMode,
     netlink,
     pins::lock_owner,
     preflight::interface_name_of,
-    run::VERSION,
-    state::{pinned_links, unix_now_ns, IfaceRecord, PinnedState, RunState},
-    stats::{locate_pins, read_map_fill, MapFill},
+    state::{pinned_links, IfaceRecord, PinnedState, RunState},
+    stats::{locate_pins, read_map_fill},
+    store::MapFill,
+    VERSION,
 };
 
 /// What `status` reports about one interface.
@@ -64,12 +66,9 @@ pub struct StatusReport {
     pub maps: Vec<MapFill>,
 }
 
-fn mode_name(mode: u32) -> &'static str {
-    if mode == MODE_ENFORCE {
-        "enforce"
-    } else {
-        "monitor"
-    }
+/// The name of a `Config::mode` (or per-interface mode) value.
+fn mode_name(value: u32) -> &'static str {
+    FilterMode::from_config_value(value).name()
 }
 
 fn open(path: &Path) -> Result<Map, MapError> {

@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::{collections::HashSet, hash::Hash};
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError};
+use std::borrow::Borrow;
+
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray};
+use mptcp_common::counters::Counter;
 use mptcp_common::maps::{
     ConnState, FlowKey, FlowRef, Token, TokenRef, MAP_CONNS, MAP_FLOWS, MAP_TOKENS,
 };
@@ -264,6 +267,45 @@ impl FirewallMaps for KernelMaps {
     fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
         delete(&mut self.tokens, token, MAP_TOKENS)
     }
+}
+
+/// Every counter summed over CPUs (wrapping, like the per-CPU u64s), in `Counter::ALL` order.
+/// Counters beyond the map's length (an older object) are left out.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn sum_counters<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> Result<Vec<(&'static str, u64)>, MapError> {
+    let len = map.len();
+    Counter::ALL
+        .iter()
+        .filter(|c| (**c as u32) < len)
+        .map(|&c| Ok((c.name(), counter_total(map, c)?)))
+        .collect()
+}
+
+/// One counter summed over CPUs (wrapping, like the per-CPU u64s).
+///
+/// # Errors
+/// When the map cannot be read (or is too short to hold `counter`).
+pub fn counter_total<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+    counter: Counter,
+) -> Result<u64, MapError> {
+    let per_cpu = map.get(&(counter as u32), 0)?;
+    Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+}
+
+/// How full one map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    /// Map name (a `mptcp_common::maps::MAP_*` constant).
+    pub name: &'static str,
+    /// Entries in it now.
+    pub entries: u64,
+    /// Its `max_entries`.
+    pub max: u32,
 }
 
 /// In-memory maps for tests.

@@ -39,8 +39,9 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::{
-    firewall::FilterMode,
-    policy::{mode_name, Policy, PortRule, Prefix, RateLimit, UnknownConn},
+    errors::LoaderError,
+    mode::FilterMode,
+    policy::{Policy, PortRule, Prefix, RateLimit, UnknownConn},
 };
 
 /// Largest rate or burst accepted: far above any sane setting, and it keeps the fast path's
@@ -131,15 +132,7 @@ fn parse_iface_mode(text: &str) -> Result<(String, FilterMode), String> {
     let (iface, mode) = text
         .split_once('=')
         .ok_or_else(|| format!("`{text}`: expected IF=enforce or IF=monitor"))?;
-    let mode = match mode {
-        "enforce" => FilterMode::Enforce,
-        "monitor" => FilterMode::Monitor,
-        other => {
-            return Err(format!(
-                "`{other}` is not a mode: expected enforce or monitor"
-            ))
-        }
-    };
+    let mode: FilterMode = mode.parse()?;
     if iface.is_empty() {
         return Err(format!("`{text}`: the interface name is missing"));
     }
@@ -232,29 +225,13 @@ struct Layer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDoc {
-    mode: Option<Spanned<ModeName>>,
+    mode: Option<Spanned<FilterMode>>,
     unknown_connections: Option<Spanned<UnknownName>>,
     #[serde(default)]
     interfaces: BTreeMap<Spanned<String>, InterfaceDoc>,
     add_addr: Option<AddAddrDoc>,
     join_syn_limit: Option<RateDoc>,
     drop_events: Option<RateDoc>,
-}
-
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ModeName {
-    Enforce,
-    Monitor,
-}
-
-impl From<ModeName> for FilterMode {
-    fn from(name: ModeName) -> Self {
-        match name {
-            ModeName::Enforce => Self::Enforce,
-            ModeName::Monitor => Self::Monitor,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -267,7 +244,7 @@ enum UnknownName {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InterfaceDoc {
-    mode: Spanned<ModeName>,
+    mode: Spanned<FilterMode>,
 }
 
 #[derive(Deserialize)]
@@ -580,10 +557,16 @@ pub fn check_report(source: &PolicySource, policy: &Policy) -> String {
     {
         out.push_str(&format!(
             "  (mode {}: nothing is dropped, would-drops are counted)\n",
-            mode_name(FilterMode::Monitor)
+            FilterMode::Monitor.name()
         ));
     }
     out
+}
+
+impl From<ConfigError> for LoaderError {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(Box::new(error))
+    }
 }
 
 #[cfg(test)]

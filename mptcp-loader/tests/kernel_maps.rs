@@ -16,11 +16,11 @@ use mptcp_common::maps::{
     MAP_FLOWS, MAP_JOINS, MAP_TOKENS, PROG_XDP_INGRESS,
 };
 use mptcp_loader::{
-    install::{install_event, token_entries, InstallOutcome},
-    map_sizes::MapSizes,
+    conn::install::{install_event, token_entries, InstallOutcome},
+    conn::sweep::{sweep_maps, SweepOutcome},
+    kernel::map_sizes::MapSizes,
+    kernel::store::{FirewallMaps as _, KernelMaps},
     policy::{apply_policy, Policy, PolicyMaps},
-    store::{FirewallMaps as _, KernelMaps},
-    sweep::{sweep_maps, SweepOutcome},
     FilterMode, Firewall, EBPF_OBJ,
 };
 use netlab::can_load;

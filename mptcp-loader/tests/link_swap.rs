@@ -18,14 +18,14 @@ use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf};
 
 use mptcp_common::maps::{ConnState, MAP_CONNS, PROG_TC_EGRESS};
 use mptcp_loader::{
-    firewall::{
+    kernel::firewall::{
         EgressAttach, EgressIds, ProgramSwap, ProgramsOutcome, EGRESS_FILTER_HANDLE,
         EGRESS_FILTER_PRIORITY,
     },
-    map_sizes::MapSizes,
-    netlink::egress_bpf_filters,
-    pins::PinDir,
-    state::pinned_links,
+    kernel::map_sizes::MapSizes,
+    kernel::netlink::egress_bpf_filters,
+    kernel::pins::PinDir,
+    kernel::state::pinned_links,
     AttachedMode, Firewall, XdpAttach, EBPF_OBJ,
 };
 use netlab::{can_run, veth, Netns};
@@ -82,7 +82,7 @@ fn swap(test: &str, tag: &str, iface: &str, addrs: (&str, &str), how: EgressAtta
             unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
             0
         );
-        let ifindex = mptcp_loader::preflight::interface_index(&iface).unwrap();
+        let ifindex = mptcp_loader::kernel::preflight::interface_index(&iface).unwrap();
         let xdp_id = || {
             let out = netlab::sh(&["ip", "-n", &ns_name, "-d", "link", "show", "dev", &iface]);
             netlab::xdp_prog_id_in(&out)

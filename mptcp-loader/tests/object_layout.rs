@@ -1,4 +1,4 @@
-//! The layout the restart check relies on (`mptcp_loader::layout::ObjectLayout`, read out of the
+//! The layout the restart check relies on (`mptcp_loader::kernel::layout::ObjectLayout`, read out of the
 //! embedded eBPF object with aya-obj) is what the object defines: checked against the `bpf_map_def`
 //! records of its `maps` section read independently with the `object` crate. Every map of the
 //! object is either shared (pinned and adopted by the next run) or a per-invocation scratch map;
@@ -14,7 +14,7 @@ use mptcp_common::{
         MAP_KEY_EVENTS, MAP_TOKENS,
     },
 };
-use mptcp_loader::layout::{ObjectLayout, PER_INVOCATION_MAPS};
+use mptcp_loader::kernel::layout::{ObjectLayout, PER_INVOCATION_MAPS};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 /// `struct bpf_map_def`: type, key_size, value_size, max_entries, map_flags, id, pinning.

@@ -32,7 +32,7 @@ pub struct BpfValidator {
 }
 
 /// Lower-case hex of a frame, for failure messages.
-pub use mptcp_loader::keys::hex;
+pub use mptcp_loader::conn::keys::hex;
 
 impl BpfValidator {
     /// Loads the object embedded in `mptcp-loader` and sets the global mode.
@@ -237,9 +237,13 @@ impl BpfValidator {
             BpfHashMap::try_from(self.ebpf.map_mut(MAP_CONNS).unwrap()).unwrap();
         let all: Vec<(u64, ConnState)> = conns.iter().map(|r| r.unwrap()).collect();
         for (id, state) in all {
-            let material = mptcp_loader::keys::derive(&state.key_a, &state.key_b);
+            let material = mptcp_loader::conn::keys::derive(&state.key_a, &state.key_b);
             conns
-                .insert(id, mptcp_loader::keys::with_midstates(&state, &material), 0)
+                .insert(
+                    id,
+                    mptcp_loader::conn::keys::with_midstates(&state, &material),
+                    0,
+                )
                 .unwrap();
         }
     }

@@ -152,14 +152,14 @@ fn object_has_every_program_and_map() {
         assert!(ebpf.program(name).is_some(), "program {name}");
     }
     // The shared maps as the object defines them (what a run pins), and the per-invocation ones.
-    let shared = mptcp_loader::layout::ObjectLayout::embedded().expect("object layout");
+    let shared = mptcp_loader::kernel::layout::ObjectLayout::embedded().expect("object layout");
     assert!(
         !shared.maps().is_empty(),
         "the object defines no shared map"
     );
     for name in shared
         .names()
-        .chain(mptcp_loader::layout::PER_INVOCATION_MAPS)
+        .chain(mptcp_loader::kernel::layout::PER_INVOCATION_MAPS)
     {
         assert!(ebpf.map(name).is_some(), "map {name}");
     }

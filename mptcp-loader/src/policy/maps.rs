@@ -11,7 +11,7 @@ use mptcp_common::maps::{
 };
 
 use super::plan::{Capacities, MapOp, PolicyState, PolicyStore};
-use crate::{errors::LoaderError, store::MapFill};
+use crate::{errors::LoaderError, kernel::store::MapFill};
 
 /// The policy maps of the loaded object, opened through duplicates of the object's map file
 /// descriptors (the object keeps its own handles: pinning still works).

@@ -481,8 +481,12 @@ fn install_midstates(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         BpfHashMap::try_from(ebpf.map_mut(MAP_CONNS).unwrap())?;
     let all: Vec<(u64, ConnState)> = conns.iter().collect::<Result<_, _>>()?;
     for (id, state) in all {
-        let material = mptcp_loader::keys::derive(&state.key_a, &state.key_b);
-        conns.insert(id, mptcp_loader::keys::with_midstates(&state, &material), 0)?;
+        let material = mptcp_loader::conn::keys::derive(&state.key_a, &state.key_b);
+        conns.insert(
+            id,
+            mptcp_loader::conn::keys::with_midstates(&state, &material),
+            0,
+        )?;
     }
     Ok(())
 }

@@ -7,10 +7,10 @@ use aya::Ebpf;
 
 use crate::{
     errors::LoaderError,
-    loader_counters::{LoaderCounter, LoaderCounters},
+    kernel::preflight::interface_index,
+    observe::loader_counters::{LoaderCounter, LoaderCounters},
     policy::config::PolicySource,
     policy::{apply_policy, ApplyOutcome, Policy, PolicyMaps},
-    preflight::interface_index,
 };
 
 /// The policy of a run: where it comes from, what is in force, and the maps it lives in.

@@ -41,14 +41,14 @@ use mptcp_common::maps::{
 };
 
 use crate::{
-    bpf_sys::{self, LinkDetails, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
     errors::{verifier_log_tail, LoaderError},
-    layout::ObjectLayout,
-    map_sizes::MapSizes,
-    netlink,
-    preflight::interface_index,
-    state::{tcx_link_pin, xdp_link_pin, PinnedLinks},
-    store::{sum_counters, KernelMaps},
+    kernel::bpf_sys::{self, LinkDetails, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
+    kernel::layout::ObjectLayout,
+    kernel::map_sizes::MapSizes,
+    kernel::netlink,
+    kernel::preflight::interface_index,
+    kernel::state::{tcx_link_pin, xdp_link_pin, PinnedLinks},
+    kernel::store::{sum_counters, KernelMaps},
 };
 
 /// Verifier log lines shown at debug level when the kernel rejects the program.
@@ -1160,7 +1160,7 @@ impl OurProgram for SchedClassifier {
 /// by the program id the interface runs) or by someone else's program.
 fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderError {
     let attached = netlink::xdp_attached(ifindex).ok().flatten();
-    let owner = attached.and_then(|a| crate::pins::find_xdp_link_owner(a.prog_id, own_dir));
+    let owner = attached.and_then(|a| crate::kernel::pins::find_xdp_link_owner(a.prog_id, own_dir));
     match owner {
         Some((pin_dir, pid)) => LoaderError::InterfaceProtected {
             iface: iface.to_owned(),

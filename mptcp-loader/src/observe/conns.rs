@@ -14,13 +14,13 @@ use serde_json::{json, Value};
 
 use crate::{
     clock::monotonic_now_s,
+    conn::install::format_flow,
+    conn::keys::{hex, token_and_idsn},
+    conn::sweep::age_s,
     errors::LoaderError,
-    install::format_flow,
-    keys::{hex, token_and_idsn},
-    stats::locate_pins,
-    status::format_duration_s,
-    store::{FirewallMaps as _, KernelMaps},
-    sweep::age_s,
+    kernel::store::{FirewallMaps as _, KernelMaps},
+    observe::stats::locate_pins,
+    observe::status::format_duration_s,
 };
 
 /// One subflow of a tracked connection.

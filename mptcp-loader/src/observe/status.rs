@@ -12,17 +12,19 @@ use mptcp_common::maps::{Config, MAP_CONFIG, MAP_IFACE_MODES};
 use serde_json::{json, Value};
 
 use crate::{
-    bpf_sys,
     clock::{rfc3339, unix_now_ns},
     errors::LoaderError,
-    firewall::{clsact_filter, EgressIds, LinkIds, EGRESS_FILTER_HANDLE, EGRESS_FILTER_PRIORITY},
+    kernel::bpf_sys,
+    kernel::firewall::{
+        clsact_filter, EgressIds, LinkIds, EGRESS_FILTER_HANDLE, EGRESS_FILTER_PRIORITY,
+    },
+    kernel::netlink,
+    kernel::pins::lock_owner,
+    kernel::preflight::interface_name_of,
+    kernel::state::{pinned_links, IfaceRecord, PinnedState, RunState},
+    kernel::store::MapFill,
     mode::FilterMode,
-    netlink,
-    pins::lock_owner,
-    preflight::interface_name_of,
-    state::{pinned_links, IfaceRecord, PinnedState, RunState},
-    stats::{locate_pins, read_map_fill},
-    store::MapFill,
+    observe::stats::{locate_pins, read_map_fill},
     VERSION,
 };
 
@@ -275,7 +277,7 @@ pub fn print_status(pin_dir: &Path, json_output: bool) -> Result<(), LoaderError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::version_bytes;
+    use crate::kernel::state::version_bytes;
 
     fn report(pid: Option<u32>) -> StatusReport {
         StatusReport {

@@ -3,7 +3,7 @@
 //! `--json` prints one object:
 //! - every BPF counter name -> number, in `Counter::ALL` order (summed over CPUs);
 //! - every loader counter (`loader_...`, kept by `run` itself: the idle sweep and token
-//!   re-assertion; see [`LoaderCounter`](crate::loader_counters::LoaderCounter)) -> number;
+//!   re-assertion; see [`LoaderCounter`](crate::observe::loader_counters::LoaderCounter)) -> number;
 //! - `"maps": {MAP_NAME: {"entries": n, "max": max_entries}}` for the connection, subflow,
 //!   token and pending-join maps (entries counted by walking the keys);
 //! - `"install_latency_us": {count, min, median, p99, max}` once the run has installed a
@@ -27,10 +27,10 @@ use mptcp_common::{
 
 use crate::{
     errors::LoaderError,
-    latency::LatencySummary,
-    loader_counters::read_loader_counters,
-    pins::{self, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
-    store::{distinct_keys, sum_counters, MapFill},
+    kernel::pins::{self, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
+    kernel::store::{distinct_keys, sum_counters, MapFill},
+    observe::latency::LatencySummary,
+    observe::loader_counters::read_loader_counters,
 };
 
 /// Key of the latency summary in `stats --json`.
@@ -288,7 +288,7 @@ pub fn format_summary_line(counters: &[(&'static str, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader_counters::LoaderCounter;
+    use crate::observe::loader_counters::LoaderCounter;
 
     fn report(latency: Option<LatencySummary>) -> StatsReport {
         StatsReport {

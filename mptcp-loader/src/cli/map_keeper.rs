@@ -11,21 +11,21 @@ use mptcp_common::{
 };
 
 use crate::{
+    cli::run::RunPlan,
     clock::{monotonic_now_ns, monotonic_now_s, ClockOffset},
-    closed::{apply_closed, plan_closed, ClosedOutcome, KernelSockets},
+    conn::closed::{apply_closed, plan_closed, ClosedOutcome, KernelSockets},
+    conn::install::{format_flow, install_event, parse_key_event, InstallOutcome},
+    conn::keys::{hex, token_and_idsn},
+    conn::sweep::{sweep_maps_into, SweepOutcome},
     errors::LoaderError,
-    events::{parse_drop_event, DropEventSink},
-    firewall::Firewall,
-    install::{format_flow, install_event, parse_key_event, InstallOutcome},
-    keys::{hex, token_and_idsn},
-    latency::{LatencyStats, LatencySummary},
-    loader_counters::{ConnMapTally, LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
-    pins::{open_or_create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
-    preflight::interface_name,
-    run::RunPlan,
-    stats::read_loader_counters_at,
-    store::{counter_total, FirewallMaps as _, KernelMaps},
-    sweep::{sweep_maps_into, SweepOutcome},
+    kernel::firewall::Firewall,
+    kernel::pins::{open_or_create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
+    kernel::preflight::interface_name,
+    kernel::store::{counter_total, FirewallMaps as _, KernelMaps},
+    observe::events::{parse_drop_event, DropEventSink},
+    observe::latency::{LatencyStats, LatencySummary},
+    observe::loader_counters::{ConnMapTally, LoaderCounter, LoaderCounters, LOADER_COUNTER_COUNT},
+    observe::stats::read_loader_counters_at,
 };
 
 /// The loop's map work: installs what key events announce, records drop events, sweeps idle
@@ -230,7 +230,7 @@ impl MapKeeper {
     }
 
     /// Removes the subflows marked closing that the host's kernel confirms closed, and each
-    /// connection with its last one (see [`crate::closed`]).
+    /// connection with its last one (see [`crate::conn::closed`]).
     pub(crate) fn check_closed(&mut self) {
         let mut outcome = ClosedOutcome::default();
         let result = self.check_closed_once(&mut outcome);

@@ -1,11 +1,11 @@
 //! Counters kept by `mptcp-loader run` itself (the idle sweep, token re-assertion), as opposed
 //! to the per-CPU counters the BPF programs write. They are published to `stats` the same way as
 //! the install latency: a small array map the loader creates and pins
-//! ([`crate::pins::PIN_LOADER_COUNTERS`]), since bpffs holds nothing else.
+//! ([`crate::kernel::pins::PIN_LOADER_COUNTERS`]), since bpffs holds nothing else.
 
 use aya::maps::{Array, MapData};
 
-use crate::{errors::LoaderError, pins::PIN_LOADER_COUNTERS, sweep::SweepOutcome};
+use crate::{conn::sweep::SweepOutcome, errors::LoaderError, kernel::pins::PIN_LOADER_COUNTERS};
 
 mptcp_common::named_counters! {
     /// Index into the pinned loader-counter array. Names are always `loader_...`, so they cannot
@@ -41,7 +41,7 @@ mptcp_common::named_counters! {
         /// lower bound that never decreases.
         ConnsEvicted = "loader_conns_evicted",
         /// Subflows marked closing that the host's kernel confirmed closed (no socket with their
-        /// 4-tuple, or one in TIME_WAIT), removed (see [`crate::closed`]).
+        /// 4-tuple, or one in TIME_WAIT), removed (see [`crate::conn::closed`]).
         SubflowsClosed = "loader_subflows_closed",
         /// Connections removed with their last kernel-confirmed closed subflow.
         ConnsClosed = "loader_conns_closed",
@@ -97,7 +97,7 @@ impl LoaderCounters {
     }
 
     /// Adds up what a closed-subflow check removed.
-    pub fn add_closed(&mut self, outcome: &crate::closed::ClosedOutcome) {
+    pub fn add_closed(&mut self, outcome: &crate::conn::closed::ClosedOutcome) {
         self.add(LoaderCounter::SubflowsClosed, outcome.subflows_closed);
         self.add(LoaderCounter::ConnsClosed, outcome.conns_closed);
     }

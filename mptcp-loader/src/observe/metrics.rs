@@ -43,10 +43,10 @@ use tokio::{
 
 use crate::{
     errors::LoaderError,
+    kernel::preflight::interface_name,
+    kernel::store::MapFill,
+    observe::stats::{read_report, StatsReport},
     policy::{PolicyMaps, PolicyState, PolicyStore as _},
-    preflight::interface_name,
-    stats::{read_report, StatsReport},
-    store::MapFill,
 };
 
 /// Longest request head accepted.
@@ -463,7 +463,7 @@ fn render_policy(out: &mut String, state: &PolicyState, name_of: impl Fn(u32) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{latency::LatencySummary, loader_counters::LoaderCounter};
+    use crate::{observe::latency::LatencySummary, observe::loader_counters::LoaderCounter};
     use mptcp_common::maps::{MAP_ALLOW_V4, MAP_CONNS, MODE_MONITOR};
 
     fn report() -> StatsReport {

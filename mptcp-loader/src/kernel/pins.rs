@@ -6,7 +6,7 @@
 //! - bpffs accepts only pins and directories (no regular files, no symlinks), so a run marks
 //!   the directory as its own with an exclusive `flock` on the directory itself. The lock dies
 //!   with the process: pins left by a run that was killed (or exited with `--keep-attached`)
-//!   are found by the next run, which adopts them (see [`crate::state`]) or, when nothing they
+//!   are found by the next run, which adopts them (see [`crate::kernel::state`]) or, when nothing they
 //!   hold is attached any more, removes them; `/proc/locks` names the pid of a live owner.
 //! - What the loader itself publishes for `stats` (the install-latency summary
 //!   [`PIN_INSTALL_LATENCY`], its own counters [`PIN_LOADER_COUNTERS`]) are small pinned arrays
@@ -30,10 +30,10 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/mptcp-fw";
 /// `statfs::f_type` of a BPF filesystem (`BPF_FS_MAGIC` in linux/magic.h).
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Name of the pinned one-entry array holding the run's
-/// [`crate::latency::LatencySummary`].
+/// [`crate::observe::latency::LatencySummary`].
 pub const PIN_INSTALL_LATENCY: &str = "install_latency";
 /// Name of the pinned `u64` array holding the loader's own counters
-/// ([`crate::loader_counters::LoaderCounter`]).
+/// ([`crate::observe::loader_counters::LoaderCounter`]).
 pub const PIN_LOADER_COUNTERS: &str = "loader_counters";
 
 /// The pin directory of the network namespace with this inode number.
@@ -324,11 +324,11 @@ pub fn find_xdp_link_owner(prog_id: u32, own_dir: Option<&Path>) -> Option<(Path
         .filter_map(|p| fs::read_dir(p).ok())
         .flat_map(|entries| entries.flatten().map(|e| e.path()));
     for dir in candidates {
-        let Ok(links) = crate::state::pinned_links(&dir) else {
+        let Ok(links) = crate::kernel::state::pinned_links(&dir) else {
             continue;
         };
         let runs_it = links.iter().filter_map(|l| l.xdp.as_deref()).any(|pin| {
-            crate::bpf_sys::pinned_link_details(pin).is_ok_and(|d| d.prog_id == prog_id)
+            crate::kernel::bpf_sys::pinned_link_details(pin).is_ok_and(|d| d.prog_id == prog_id)
         });
         if runs_it {
             let pid = lock_owner(&dir);

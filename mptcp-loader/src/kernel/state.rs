@@ -2,7 +2,7 @@
 //! attachment and `status` / `detach` can work without a loader process.
 //!
 //! bpffs holds only pins, so the records are small maps the loader creates and pins:
-//! - [`PIN_LAYOUT`]: one `u64`, the [`crate::layout::layout_hash`] of the build that created the
+//! - [`PIN_LAYOUT`]: one `u64`, the [`crate::kernel::layout::layout_hash`] of the build that created the
 //!   pins (its format never changes, so any version can read it);
 //! - [`PIN_RUN_STATE`]: one [`RunState`] (since when the firewall is attached, which run holds it);
 //! - [`PIN_IFACES`]: ifindex -> [`IfaceRecord`] for every interface it is attached to.
@@ -19,7 +19,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 
-use crate::{errors::LoaderError, firewall::AttachedMode, pins::PinDir};
+use crate::{errors::LoaderError, kernel::firewall::AttachedMode, kernel::pins::PinDir};
 
 /// Pin name of the layout record (one `u64`).
 pub const PIN_LAYOUT: &str = "layout";
@@ -205,7 +205,7 @@ pub fn read_layout_hash(dir: &Path) -> Option<u64> {
 pub fn write_layout_hash(dir: &PinDir, hash: u64) -> Result<(), LoaderError> {
     let path = dir.pin_path(PIN_LAYOUT);
     remove_if_present(&path)?;
-    let mut array = crate::pins::create_pinned_array::<u64>(dir, PIN_LAYOUT, 1)?;
+    let mut array = crate::kernel::pins::create_pinned_array::<u64>(dir, PIN_LAYOUT, 1)?;
     array.set(0, hash, 0).map_err(LoaderError::map(PIN_LAYOUT))
 }
 
@@ -247,7 +247,7 @@ impl PinnedState {
         for name in [PIN_RUN_STATE, PIN_IFACES] {
             remove_if_present(&dir.pin_path(name))?;
         }
-        let run = crate::pins::create_pinned_array::<RunState>(dir, PIN_RUN_STATE, 1)?;
+        let run = crate::kernel::pins::create_pinned_array::<RunState>(dir, PIN_RUN_STATE, 1)?;
         let path = dir.pin_path(PIN_IFACES);
         let ifaces = HashMap::<MapData, u32, IfaceRecord>::create(MAX_IFACE_RECORDS, 0)
             .map_err(LoaderError::map(PIN_IFACES))?;

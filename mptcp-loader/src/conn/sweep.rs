@@ -2,7 +2,7 @@
 //!
 //! The fast path removes a connection when the host itself ends its last subflow (its RST, or
 //! its SYN on the 4-tuple) or it is fast-closed, and the closed-subflow check
-//! ([`crate::closed`]) when the host's kernel confirms its last subflow closed. A connection
+//! ([`crate::conn::closed`]) when the host's kernel confirms its last subflow closed. A connection
 //! whose hosts vanished without either, or one forwarded through this host (a gateway), stays
 //! until the LRU evicts it, which on a quiet system is never. The sweep bounds that: a connection's last activity is
 //! the latest of its subflows' `FlowRef::last_seen_s` and its `ConnState::learned_s` (seconds of
@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use mptcp_common::maps::{ConnState, FlowKey, FlowRef};
 
-use crate::{errors::LoaderError, store::FirewallMaps};
+use crate::{errors::LoaderError, kernel::store::FirewallMaps};
 
 /// Longest pause between two sweeps, whatever the timeout.
 pub const MAX_SWEEP_INTERVAL_S: u64 = 60;
@@ -82,7 +82,7 @@ pub struct SweepPlan {
     pub orphan_flows: Vec<FlowKey>,
     /// Connections in the snapshot, when [`sweep_maps`] walked the whole connection map (`None`
     /// when heavy churn cut the walk short, and from [`plan_sweep`] alone). The loader counts
-    /// evictions from it (see [`crate::loader_counters::ConnMapTally`]).
+    /// evictions from it (see [`crate::observe::loader_counters::ConnMapTally`]).
     pub conns_counted: Option<u64>,
 }
 
@@ -269,7 +269,7 @@ fn still_idle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{install::token_entries, store::MemoryMaps};
+    use crate::{conn::install::token_entries, kernel::store::MemoryMaps};
     use mptcp_common::maps::{Token, TokenRef, FAMILY_V4};
 
     const TIMEOUT: u32 = 100;

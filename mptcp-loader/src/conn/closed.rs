@@ -17,7 +17,7 @@ use std::{collections::HashMap, io};
 
 use mptcp_common::maps::{ConnState, FlowKey, FlowRef, FAMILY_V4};
 
-use crate::{errors::LoaderError, store::FirewallMaps};
+use crate::{errors::LoaderError, kernel::store::FirewallMaps};
 
 /// How often the check runs (seconds).
 pub const CLOSED_CHECK_INTERVAL_S: u64 = 10;
@@ -137,7 +137,7 @@ impl KernelSockets {
     /// When `getifaddrs` fails.
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            local: crate::netlink::local_addresses()?,
+            local: crate::kernel::netlink::local_addresses()?,
         })
     }
 
@@ -159,7 +159,7 @@ impl SocketTable for KernelSockets {
             }
             local = true;
             let v4 = key.family == FAMILY_V4;
-            let state = crate::netlink::tcp_socket_state(v4, addr, port, peer, peer_port)?;
+            let state = crate::kernel::netlink::tcp_socket_state(v4, addr, port, peer, peer_port)?;
             if state.is_some_and(|s| !matches!(s, TCP_TIME_WAIT | TCP_CLOSE | TCP_LISTEN)) {
                 return Ok(SubflowSocket::Open);
             }
@@ -181,7 +181,7 @@ const TCP_LISTEN: u8 = 10;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryMaps;
+    use crate::kernel::store::MemoryMaps;
     use mptcp_common::maps::{TokenRef, RST_SEEN};
 
     struct FakeSockets(HashMap<FlowKey, SubflowSocket>);

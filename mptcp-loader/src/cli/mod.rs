@@ -1,5 +1,9 @@
 //! Command line: `mptcp-loader run ...`, `stats`, `status`, `conns`, `events`, `detach`.
 
+pub mod map_keeper;
+pub mod policy_keeper;
+pub mod run;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -7,21 +11,21 @@ use clap::{Args, Parser, Subcommand};
 use mptcp_common::maps::{MAX_CONNS, MAX_JOINS};
 
 use crate::{
-    closed::CLOSED_CHECK_INTERVAL_S,
-    conns::{conns_json, format_conns, read_conns},
-    detach::print_detach,
+    cli::run::{run, RunPlan, DEFAULT_IDLE_TIMEOUT_S},
+    conn::closed::CLOSED_CHECK_INTERVAL_S,
     errors::LoaderError,
-    events::{default_state_dir, follow_events, print_events, DEFAULT_EVENTS_MAX_BYTES},
-    firewall::{EgressAttach, XdpAttach},
-    map_sizes::{parse_map_limit, MapSizes},
+    kernel::detach::print_detach,
+    kernel::firewall::{EgressAttach, XdpAttach},
+    kernel::map_sizes::{parse_map_limit, MapSizes},
+    kernel::pins::default_pin_dir,
+    kernel::preflight::{check_root, effective_uid, interface_index},
+    kernel::state::pinned_links,
     mode::FilterMode,
-    pins::default_pin_dir,
+    observe::conns::{conns_json, format_conns, read_conns},
+    observe::events::{default_state_dir, follow_events, print_events, DEFAULT_EVENTS_MAX_BYTES},
+    observe::stats::{format_json, format_table, locate_pins, read_report},
+    observe::status::print_status,
     policy::config::{check_report, PolicyArgs, PolicySource},
-    preflight::{check_root, effective_uid, interface_index},
-    run::{run, RunPlan, DEFAULT_IDLE_TIMEOUT_S},
-    state::pinned_links,
-    stats::{format_json, format_table, locate_pins, read_report},
-    status::print_status,
 };
 
 /// MPTCP signalling firewall: checks ADD_ADDR HMACs, MP_JOIN tokens and HMACs and MP_FASTCLOSE

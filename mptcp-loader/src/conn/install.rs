@@ -2,8 +2,8 @@
 //! re-asserting the connection's two [`MAP_TOKENS`] entries.
 //!
 //! Map access goes through [`FirewallMaps`], so the logic is unit-tested against
-//! [`crate::store::MemoryMaps`] and runs against the kernel maps through
-//! [`crate::store::KernelMaps`].
+//! [`crate::kernel::store::MemoryMaps`] and runs against the kernel maps through
+//! [`crate::kernel::store::KernelMaps`].
 //!
 //! [`MAP_CONNS`]: mptcp_common::maps::MAP_CONNS
 //! [`MAP_TOKENS`]: mptcp_common::maps::MAP_TOKENS
@@ -15,9 +15,9 @@ use mptcp_common::maps::{
 };
 
 use crate::{
+    conn::keys::{derive, token_and_idsn, with_midstates, KeyMaterial},
     errors::LoaderError,
-    keys::{derive, token_and_idsn, with_midstates, KeyMaterial},
-    store::FirewallMaps,
+    kernel::store::FirewallMaps,
 };
 
 /// What happened to one key event.
@@ -141,7 +141,7 @@ pub fn format_flow(flow: &FlowKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryMaps;
+    use crate::kernel::store::MemoryMaps;
     use mptcp_common::maps::FAMILY_V6;
 
     fn event(key_a: [u8; 8], key_b: [u8; 8]) -> KeyEvent {

@@ -4,7 +4,7 @@
 //! and remove the pins (or, with `--keep-attached`, leave everything attached and pinned).
 //!
 //! A run that finds an earlier run's pins (killed, or exited with `--keep-attached`) adopts them
-//! after checking their layout (see [`crate::adopt`]): it reuses the pinned maps, so no tracked
+//! after checking their layout (see [`crate::kernel::adopt`]): it reuses the pinned maps, so no tracked
 //! connection is lost, and swaps its programs into the pinned links atomically, so no packet
 //! passes unchecked in between.
 
@@ -24,29 +24,29 @@ use tokio::{
 };
 
 use crate::{
-    adopt::{plan_steps, take_inventory, Step},
+    cli::map_keeper::MapKeeper,
+    cli::policy_keeper::PolicyKeeper,
     clock::unix_now_ns,
-    closed::CLOSED_CHECK_INTERVAL_S,
+    conn::closed::CLOSED_CHECK_INTERVAL_S,
+    conn::sweep::{sweep_interval, MAX_SWEEP_INTERVAL_S},
     errors::LoaderError,
-    events::{default_state_dir, DEFAULT_EVENTS_MAX_BYTES},
-    firewall::{DetachedInterface, EgressAttach, Firewall, ProgramSwap, XdpAttach},
-    layout::ObjectLayout,
-    loader_counters::LoaderCounters,
-    map_keeper::MapKeeper,
-    map_sizes::MapSizes,
-    metrics::{self, MetricsSource},
-    mode::FilterMode,
-    pins::{check_bpffs, PinDir},
-    policy::config::PolicySource,
-    policy::Policy,
-    policy_keeper::PolicyKeeper,
-    preflight::{check_root, effective_uid, interface_index},
-    state::{
+    kernel::adopt::{plan_steps, take_inventory, Step},
+    kernel::firewall::{DetachedInterface, EgressAttach, Firewall, ProgramSwap, XdpAttach},
+    kernel::layout::ObjectLayout,
+    kernel::map_sizes::MapSizes,
+    kernel::pins::{check_bpffs, PinDir},
+    kernel::preflight::{check_root, effective_uid, interface_index},
+    kernel::state::{
         version_bytes, write_layout_hash, IfaceRecord, PinnedState, RunState,
         RUN_FLAG_KEEP_ATTACHED,
     },
-    stats::format_summary_line,
-    sweep::{sweep_interval, MAX_SWEEP_INTERVAL_S},
+    mode::FilterMode,
+    observe::events::{default_state_dir, DEFAULT_EVENTS_MAX_BYTES},
+    observe::loader_counters::LoaderCounters,
+    observe::metrics::{self, MetricsSource},
+    observe::stats::format_summary_line,
+    policy::config::PolicySource,
+    policy::Policy,
     EBPF_OBJ, VERSION,
 };
 
@@ -70,7 +70,7 @@ pub struct RunPlan {
     pub sizes: MapSizes,
     /// Seconds without a segment after which a connection is forgotten; 0 disables the sweep.
     pub idle_timeout_s: u32,
-    /// Seconds between two closed-subflow checks ([`crate::closed`]).
+    /// Seconds between two closed-subflow checks ([`crate::conn::closed`]).
     pub closed_check_interval_s: u64,
     /// On exit, leave the programs attached and everything pinned (for an upgrade) instead of
     /// detaching.
@@ -546,7 +546,7 @@ fn loader_summary_line(counters: &LoaderCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader_counters::LoaderCounter;
+    use crate::observe::loader_counters::LoaderCounter;
 
     fn plan(ifaces: &[&str], pin_dir: Option<&str>) -> Result<RunPlan, LoaderError> {
         let ifaces: Vec<String> = ifaces.iter().map(|s| (*s).to_owned()).collect();

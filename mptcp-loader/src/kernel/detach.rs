@@ -9,13 +9,13 @@
 use std::{fs, io, path::Path};
 
 use crate::{
-    bpf_sys,
     errors::LoaderError,
-    firewall::LinkIds,
-    netlink,
-    pins::{lock_owner, views_from_other_mount_namespaces, PinDir},
-    preflight::{interface_index, interface_name_of},
-    state::{pinned_links, PinnedLinks, PinnedState},
+    kernel::bpf_sys,
+    kernel::firewall::LinkIds,
+    kernel::netlink,
+    kernel::pins::{lock_owner, views_from_other_mount_namespaces, PinDir},
+    kernel::preflight::{interface_index, interface_name_of},
+    kernel::state::{pinned_links, PinnedLinks, PinnedState},
 };
 
 /// One interface `detach` detached.
@@ -91,7 +91,7 @@ fn locate(pin_dir: &Path) -> Result<std::path::PathBuf, LoaderError> {
 }
 
 /// Detaches the firewall pinned under `pin_dir` from every interface, or from `iface` only.
-/// Call [`crate::preflight::check_root`] first (after checking `iface`, which needs no
+/// Call [`crate::kernel::preflight::check_root`] first (after checking `iface`, which needs no
 /// privileges).
 ///
 /// # Errors

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 pub const LATENCY_WINDOW: usize = 100_000;
 
 /// Summary of the install latencies, in microseconds. Also the value of the pinned
-/// [`crate::pins::PIN_INSTALL_LATENCY`] array, so `stats` can show it.
+/// [`crate::kernel::pins::PIN_INSTALL_LATENCY`] array, so `stats` can show it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencySummary {

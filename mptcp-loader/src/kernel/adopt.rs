@@ -4,7 +4,7 @@
 //! through pinned links and its state in pinned maps. The next run takes an [`Inventory`] of the
 //! directory (which links still hold an interface of this namespace, the layout record, the
 //! kernel's view of every pinned map), checks the layout
-//! ([`crate::layout::check_pinned_layout`]) and then decides per interface ([`plan_steps`]):
+//! ([`crate::kernel::layout::check_pinned_layout`]) and then decides per interface ([`plan_steps`]):
 //! adopt the pinned links (and swap its programs in atomically), or attach anew. Links whose
 //! interface is gone are defunct: their pins are removed. When nothing attached is left, the
 //! directory is cleared and the run starts from scratch.
@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use aya::maps::MapInfo;
 
 use crate::{
-    bpf_sys::{self, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
     errors::LoaderError,
-    firewall::{AttachedMode, XdpAttach},
-    layout::{MapLayout, ObjectLayout},
-    netlink,
-    preflight::interface_name_of,
-    state::{pinned_links, read_layout_hash, PinnedLinks, PinnedState},
+    kernel::bpf_sys::{self, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
+    kernel::firewall::{AttachedMode, XdpAttach},
+    kernel::layout::{MapLayout, ObjectLayout},
+    kernel::netlink,
+    kernel::preflight::interface_name_of,
+    kernel::state::{pinned_links, read_layout_hash, PinnedLinks, PinnedState},
 };
 
 /// An interface of this network namespace that pinned links attach the firewall to.

@@ -8,7 +8,7 @@
 //! - each one is logged, at most [`LOG_LINES_PER_S`] lines per second (burst
 //!   [`LOG_LINES_BURST`]); what is over is counted (`loader_drop_event_lines_suppressed`) and
 //!   summed up in one "suppressed K drop events" line;
-//! - with `run --pcap FILE`, its frame snapshot goes to a pcap file ([`crate::pcap`]).
+//! - with `run --pcap FILE`, its frame snapshot goes to a pcap file ([`crate::observe::pcap`]).
 //!
 //! The ring buffer is a pinned map shared by successive runs: events queued while no loader ran
 //! wait there (up to its 1 MiB) and are written, with their original time, by the next run.
@@ -31,11 +31,11 @@ use serde_json::{json, Value};
 
 use crate::{
     clock::{rfc3339, ClockOffset},
+    conn::keys::hex,
     errors::LoaderError,
-    keys::hex,
-    loader_counters::{LoaderCounter, LoaderCounters},
-    pcap::PcapWriter,
-    preflight::interface_name,
+    kernel::preflight::interface_name,
+    observe::loader_counters::{LoaderCounter, LoaderCounters},
+    observe::pcap::PcapWriter,
 };
 
 /// Parent of the default state directories.
@@ -123,7 +123,7 @@ pub fn event_json(event: &DropEvent, iface: &str, unix_ns: u64) -> Value {
 /// One log line for an event.
 #[must_use]
 pub fn event_log_line(event: &DropEvent, iface: &str) -> String {
-    let flow = crate::install::format_flow(&event.flow);
+    let flow = crate::conn::install::format_flow(&event.flow);
     let verdict = if event.dropped != 0 {
         "dropped"
     } else {

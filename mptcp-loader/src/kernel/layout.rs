@@ -7,7 +7,7 @@
 //! key and value layout and size. The maps are described once, in the eBPF source: an
 //! [`ObjectLayout`] reads them out of the object (aya-obj's parse, the definitions aya creates
 //! the maps from). The loader pins, next to the maps, a one-entry array
-//! ([`crate::state::PIN_LAYOUT`]) holding [`ObjectLayout::hash`]: a hash of [`LAYOUT_VERSION`],
+//! ([`crate::kernel::state::PIN_LAYOUT`]) holding [`ObjectLayout::hash`]: a hash of [`LAYOUT_VERSION`],
 //! of every shared map's name, type, key/value sizes and compiled-in capacity, and of the sizes
 //! of the `mptcp-common` structs that travel outside the maps (events, loader records). A new run
 //! compares that hash and each pinned map's kernel-reported type, key/value sizes and
@@ -28,8 +28,8 @@ use mptcp_common::maps::{
 
 use crate::{
     errors::LoaderError,
-    map_sizes::MapSizes,
-    state::{IfaceRecord, RunState},
+    kernel::map_sizes::MapSizes,
+    kernel::state::{IfaceRecord, RunState},
     EBPF_OBJ,
 };
 

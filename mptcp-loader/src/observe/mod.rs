@@ -1,0 +1,13 @@
+//! What operators see: `stats` ([`stats`]) and `status` ([`status`]), the connection list
+//! ([`conns`]), Prometheus metrics ([`metrics`]), drop events and their pcap ([`events`],
+//! [`pcap`]), the install latency ([`latency`]) and the loader's own counters
+//! ([`loader_counters`]).
+
+pub mod conns;
+pub mod events;
+pub mod latency;
+pub mod loader_counters;
+pub mod metrics;
+pub mod pcap;
+pub mod stats;
+pub mod status;

@@ -251,7 +251,9 @@ pub fn read_pcap(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
         return Err(err("link type is not Ethernet".to_owned()));
     }
     let mut frames = Vec::new();
-    while let Some(packet) = reader.next_packet() {
+    // Raw records: pcap-file's checked ones refuse a frame longer than the snap length, which
+    // is what a capture with `tcpdump -s N` holds.
+    while let Some(packet) = reader.next_raw_packet() {
         let packet = packet.map_err(|e| err(format!("record {}: {e}", frames.len())))?;
         frames.push(packet.data.into_owned());
     }
@@ -517,8 +519,13 @@ mod tests {
             pcap.extend(len.to_le_bytes());
             pcap.extend(&f);
         }
+        // A record cut at the snap length: its original length is larger than the snap length.
+        pcap.extend([0u8; 8]);
+        pcap.extend(u32::try_from(f.len()).unwrap().to_le_bytes());
+        pcap.extend(300_000u32.to_le_bytes());
+        pcap.extend(&f);
         let frames = read_pcap(&pcap).unwrap();
-        assert_eq!(frames, vec![f.clone(), f]);
+        assert_eq!(frames, vec![f.clone(), f.clone(), f]);
         assert!(read_pcap(&pcap[..pcap.len() - 1]).is_err());
         assert!(read_pcap(b"not a pcap at all, really not").is_err());
     }

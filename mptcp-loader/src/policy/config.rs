@@ -311,7 +311,7 @@ fn parse_file(path: &Path, text: &str, interfaces: &[String]) -> Result<Layer, C
     })?;
 
     let mut layer = Layer {
-        mode: doc.mode.map(|m| m.into_inner().into()),
+        mode: doc.mode.map(Spanned::into_inner),
         unknown_conn: doc.unknown_connections.map(|u| match u.into_inner() {
             UnknownName::Pass => UnknownConn::Pass,
             UnknownName::Drop => UnknownConn::Drop,
@@ -332,7 +332,7 @@ fn parse_file(path: &Path, text: &str, interfaces: &[String]) -> Result<Layer, C
         }
         layer
             .interface_modes
-            .insert(name, section.mode.into_inner().into());
+            .insert(name, section.mode.into_inner());
     }
     if let Some(add_addr) = doc.add_addr {
         if let Some(list) = add_addr.prefixes {

@@ -174,6 +174,7 @@ crate::named_counters! {
 }
 
 /// Number of counters: the slots of the per-CPU counter array in use.
+#[allow(clippy::cast_possible_truncation, reason = "a few dozen counters")]
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
 
 /// Slots of the per-CPU counter array (`max_entries`), more than [`COUNTER_COUNT`]: a release

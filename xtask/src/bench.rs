@@ -44,8 +44,9 @@ enum Part {
     Flood,
 }
 
-/// `cargo run` of a tests-crate program: built as the invoking user, run as root.
-fn tests_bin(bin: &str) -> anyhow::Result<std::process::Command> {
+/// `cargo run` of a tests-crate program, its arguments to follow: built as the invoking user,
+/// run as root.
+pub(crate) fn tests_bin(bin: &str) -> anyhow::Result<std::process::Command> {
     cargo_running_as_root(&[
         "run",
         "--release",

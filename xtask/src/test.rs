@@ -78,25 +78,11 @@ pub fn run(args: &Args) -> Result<()> {
         loader_tests.env(REQUIRE_ENV, "1");
     }
     // The benchmark once, with few repetitions, so it cannot rot; it asserts nothing about speed.
-    let mut quick_bench = cargo_running_as_root(&[
-        "run",
-        "--release",
-        "--package",
-        "mptcp-tests",
-        "--bin",
-        "mptcp-bench",
-    ])?;
-    quick_bench.args(["--", "--quick", "--out", "target/bench-quick"]);
+    let mut quick_bench = crate::bench::tests_bin("mptcp-bench")?;
+    quick_bench.args(["--quick", "--out", "target/bench-quick"]);
     // The flood benchmark once, short (about 25 s): trafgen floods in namespaces, no claims.
-    let mut quick_flood = cargo_running_as_root(&[
-        "run",
-        "--release",
-        "--package",
-        "mptcp-tests",
-        "--bin",
-        "mptcp-flood",
-    ])?;
-    quick_flood.args(["--", "--quick", "--out", "target/bench-quick"]);
+    let mut quick_flood = crate::bench::tests_bin("mptcp-flood")?;
+    quick_flood.args(["--quick", "--out", "target/bench-quick"]);
     if let Some(loader) = &loader {
         quick_flood.env("MPTCP_LOADER_BIN", loader);
     }
@@ -111,16 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
         ("flood benchmark, quick run", quick_flood),
     ];
     for (name, mut command) in commands {
-        let start = Instant::now();
-        let result = exec(&mut command);
-        if let Err(err) = &result {
-            eprintln!("xtask test: step `{name}` FAILED: {err:#}");
-        }
-        steps.push(Step {
-            name,
-            ok: result.is_ok(),
-            secs: start.elapsed().as_secs_f64(),
-        });
+        timed(&mut steps, name, || exec(&mut command));
     }
 
     // The fuzz targets of mptcp-common, 20 s each (`cargo xtask fuzz` runs them longer).

@@ -37,6 +37,7 @@ pub mod peers;
 pub mod proc;
 pub mod scenario;
 pub mod storm;
+pub mod svg;
 pub mod teardown;
 pub mod tools;
 pub mod validator;

@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod hex;
 pub mod hmac;
 pub mod maps;
 pub mod packet;

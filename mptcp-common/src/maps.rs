@@ -62,17 +62,6 @@ pub const MAP_SCRATCH: &str = "MPTCP_SCRATCH";
 pub const MAP_WALK: &str = "MPTCP_WALK";
 /// Per-CPU HMAC work of the XDP program for the current frame ([`HmacJobs`]).
 pub const MAP_HMAC_JOBS: &str = "MPTCP_HMAC_JOBS";
-/// Every map the loader pins, in a fixed order.
-pub const PINNED_MAPS: [&str; 7] = [
-    MAP_CONNS,
-    MAP_FLOWS,
-    MAP_TOKENS,
-    MAP_JOINS,
-    MAP_COUNTERS,
-    MAP_KEY_EVENTS,
-    MAP_CONFIG,
-];
-
 /// Capacity of the connection map (LRU: the least recently used connection goes first when full).
 pub const MAX_CONNS: u32 = 65_536;
 /// Capacity of the subflow map (LRU).

@@ -231,6 +231,12 @@ pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
     !u16::try_from(sum).expect("folded to 16 bits")
 }
 
+/// Key-A of the protocol doc's synthetic vectors (docs/protocol.md §7.3): the keys of the
+/// test frames, the benchmark and the traffic profiles' example connection.
+pub const KEY_A: [u8; 8] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
+/// Key-B of the protocol doc's synthetic vectors (§7.3).
+pub const KEY_B: [u8; 8] = [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18];
+
 /// Overrides the directory of the captures (`tests/fixtures/` of the repository by default).
 pub const FIXTURES_ENV: &str = "MPTCP_FIXTURES_DIR";
 
@@ -380,29 +386,27 @@ pub fn gate(test: &str, problems: &[String]) -> bool {
     false
 }
 
-/// Frames of a classic little-endian pcap with Ethernet link type.
+/// Frames of a classic little-endian microsecond pcap with Ethernet link type.
 ///
 /// # Panics
 /// If the file cannot be read or is not such a pcap.
 #[must_use]
 pub fn pcap_frames(path: &str) -> Vec<Vec<u8>> {
+    use pcap_file::{pcap::PcapReader, DataLink, Endianness, TsResolution};
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut reader = PcapReader::new(&data[..]).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let header = reader.header();
     assert_eq!(
-        &data[..4],
-        &[0xd4, 0xc3, 0xb2, 0xa1],
+        (header.endianness, header.ts_resolution),
+        (Endianness::Little, TsResolution::MicroSecond),
         "{path}: not a little-endian microsecond pcap"
     );
-    assert_eq!(
-        u32::from_le_bytes(data[20..24].try_into().unwrap()),
-        1,
-        "{path}: not Ethernet"
-    );
+    assert_eq!(header.datalink, DataLink::ETHERNET, "{path}: not Ethernet");
     let mut frames = Vec::new();
-    let mut off = 24;
-    while off + 16 <= data.len() {
-        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
-        frames.push(data[off + 16..off + 16 + incl].to_vec());
-        off += 16 + incl;
+    // Raw records: pcap-file's checked ones refuse a frame longer than the snap length.
+    while let Some(packet) = reader.next_raw_packet() {
+        let packet = packet.unwrap_or_else(|e| panic!("{path}: record {}: {e}", frames.len()));
+        frames.push(packet.data.into_owned());
     }
     frames
 }

@@ -4,10 +4,8 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// Key-A of the protocol doc's synthetic vectors (§7.3).
-pub const KEY_A: [u8; 8] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
-/// Key-B of the protocol doc's synthetic vectors (§7.3).
-pub const KEY_B: [u8; 8] = [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18];
+/// The protocol doc's synthetic keys (§7.3).
+pub use mptcp_common::testing::{KEY_A, KEY_B};
 
 /// HMAC-SHA256 keyed `sender key || receiver key` (protocol doc §6.1).
 #[must_use]

@@ -208,19 +208,6 @@ pub enum LoaderError {
         source: ProgramError,
     },
 
-    /// Detaching the tc egress program failed.
-    #[error(
-        "could not detach the tc egress program from {iface}: {source}: remove it with \
-         `tc filter del dev {iface} egress`"
-    )]
-    TcDetach {
-        /// Interface name.
-        iface: String,
-        /// aya's error.
-        #[source]
-        source: ProgramError,
-    },
-
     /// The kernel refused to create a map, typically because of its size (maps are
     /// preallocated).
     #[error(
@@ -472,7 +459,7 @@ pub enum LoaderError {
 
     /// The policy (`--config` file or policy flags) is invalid; the message says where.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(Box<dyn std::error::Error + Send + Sync>),
 
     /// A `--store*` option cannot be used; the message says which and what to do.
     #[error("shared store (--store): {problem}")]
@@ -541,10 +528,6 @@ mod tests {
                 owner: "pid 42".into(),
             },
             LoaderError::TcAttach {
-                iface: "veth0".into(),
-                source: ProgramError::NotLoaded,
-            },
-            LoaderError::TcDetach {
                 iface: "veth0".into(),
                 source: ProgramError::NotLoaded,
             },

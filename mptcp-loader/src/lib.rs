@@ -4,43 +4,37 @@
 //! and forgets connections that stay idle longer than a timeout.
 //!
 //! The binary (`src/main.rs`) only parses the command line and prints errors; everything else is
-//! here so integration tests can drive it: [`firewall::Firewall`] loads [`EBPF_OBJ`] and
-//! attaches/detaches both programs, [`stats::read_report`] reads a run's pinned counters and map
-//! fill levels, [`sweep`] and [`install`] hold the map logic as functions over
-//! [`store::FirewallMaps`].
+//! here so integration tests can drive it: [`kernel::firewall::Firewall`] loads [`EBPF_OBJ`] and
+//! attaches/detaches both programs, [`observe::stats::read_report`] reads a run's pinned counters
+//! and map fill levels, [`conn::sweep`] and [`conn::install`] hold the map logic as functions
+//! over [`kernel::store::FirewallMaps`].
 
-pub mod adopt;
-pub mod bpf_sys;
-pub mod cli;
-pub mod closed;
-pub mod config;
-pub mod conns;
-pub mod detach;
+// The layers, from the bottom (README "Architecture"; `tests/layers.rs` checks that no module
+// imports from a layer above its own). The base: errors, the filter mode, the clocks.
+pub mod clock;
 pub mod errors;
-pub mod events;
-pub mod firewall;
-pub mod install;
-pub mod keys;
-pub mod latency;
-pub mod layout;
-pub mod loader_counters;
-pub mod map_sizes;
-pub mod metrics;
-pub mod netlink;
-pub mod pcap;
-pub mod pins;
+pub mod mode;
+
+pub mod kernel;
+
+pub mod conn;
+
 pub mod policy;
-pub mod preflight;
-pub mod run;
+
+pub mod observe;
+
+// Sharing learned connections with other gateways: above observe (its counters and state),
+// below the commands that run it.
 pub mod shared_store;
-pub mod state;
-pub mod stats;
-pub mod status;
-pub mod store;
-pub mod sweep;
+
+pub mod cli;
+
+/// This loader's version, recorded in the pinned run state and shown by `status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use errors::LoaderError;
-pub use firewall::{AttachedMode, FilterMode, Firewall, InterfaceAttachment, XdpAttach};
+pub use kernel::firewall::{AttachedMode, Firewall, InterfaceAttachment, XdpAttach};
+pub use mode::FilterMode;
 
 /// The eBPF object built by `build.rs` from `mptcp-ebpf`. Empty when the build was skipped
 /// (`AYA_BUILD_SKIP=1` or no bpf-linker); [`Firewall::load`] then fails with

@@ -97,7 +97,8 @@ fn pin_dir_off_bpffs_is_refused() {
 
 #[test]
 fn stub_object_is_refused_and_leaves_nothing_behind() {
-    let bpffs = mptcp_loader::pins::check_bpffs(std::path::Path::new("/sys/fs/bpf")).is_ok();
+    let bpffs =
+        mptcp_loader::kernel::pins::check_bpffs(std::path::Path::new("/sys/fs/bpf")).is_ok();
     if !mptcp_loader::EBPF_OBJ.is_empty() || !is_root() || !bpffs {
         eprintln!(
             "skipped: needs the stub object (AYA_BUILD_SKIP=1), root and bpffs at /sys/fs/bpf"

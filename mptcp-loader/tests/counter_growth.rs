@@ -21,7 +21,7 @@ use mptcp_common::{
     counters::{Counter, COUNTER_CAPACITY, COUNTER_COUNT},
     maps::MAP_COUNTERS,
 };
-use mptcp_loader::{layout::ObjectLayout, state::read_layout_hash};
+use mptcp_loader::{kernel::layout::ObjectLayout, kernel::state::read_layout_hash};
 use netlab::{can_run, output_ok, start_run, veth, Netns};
 
 const HOST: &str = "198.18.100.1";

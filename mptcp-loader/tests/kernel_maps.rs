@@ -16,10 +16,11 @@ use mptcp_common::maps::{
     MAP_FLOWS, MAP_JOINS, MAP_TOKENS, PROG_XDP_INGRESS,
 };
 use mptcp_loader::{
-    install::{install_event, token_entries, InstallOutcome},
-    map_sizes::MapSizes,
-    store::{FirewallMaps as _, KernelMaps},
-    sweep::{sweep_maps, SweepOutcome},
+    conn::install::{install_event, token_entries, InstallOutcome},
+    conn::sweep::{sweep_maps, SweepOutcome},
+    kernel::map_sizes::MapSizes,
+    kernel::store::{FirewallMaps as _, KernelMaps},
+    policy::{apply_policy, Policy, PolicyMaps},
     FilterMode, Firewall, EBPF_OBJ,
 };
 use netlab::can_load;
@@ -219,7 +220,17 @@ fn a_join_naming_a_swept_connection_fails_open() {
         return;
     }
     let mut firewall = Firewall::load_with(EBPF_OBJ, &MapSizes::for_limits(64, 16)).unwrap();
-    firewall.set_mode(FilterMode::Enforce).unwrap();
+    // Enforce mode, written the way `run` writes it.
+    let enforce = Policy {
+        mode: FilterMode::Enforce,
+        ..Policy::default()
+    };
+    apply_policy(
+        &mut PolicyMaps::open(firewall.ebpf()).unwrap(),
+        &enforce,
+        |iface| panic!("the policy names no interface, yet {iface} was resolved"),
+    )
+    .unwrap();
     let mut maps = firewall.take_maps().unwrap();
     // An old connection whose only subflow looks idle (its data segments refreshed activity on
     // a random sample only): the sweep forgets it...

@@ -18,14 +18,14 @@ use std::path::PathBuf;
 
 use mptcp_common::maps::{ConnState, MAP_CONNS, PROG_TC_EGRESS};
 use mptcp_loader::{
-    firewall::{
+    kernel::firewall::{
         EgressAttach, EgressIds, ProgramSwap, ProgramsOutcome, EGRESS_FILTER_HANDLE,
         EGRESS_FILTER_PRIORITY,
     },
-    map_sizes::MapSizes,
-    netlink::egress_bpf_filters,
-    pins::PinDir,
-    state::pinned_links,
+    kernel::map_sizes::MapSizes,
+    kernel::netlink::egress_bpf_filters,
+    kernel::pins::PinDir,
+    kernel::state::pinned_links,
     AttachedMode, Firewall, XdpAttach, EBPF_OBJ,
 };
 use netlab::{can_run, veth, Netns};
@@ -77,7 +77,7 @@ fn swap(test: &str, tag: &str, iface: &str, addrs: (&str, &str), how: EgressAtta
     // On a thread inside the namespace; a panic there is caught so the pins are removed first.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ns.enter(move || {
-            let ifindex = mptcp_loader::preflight::interface_index(&iface).unwrap();
+            let ifindex = mptcp_loader::kernel::preflight::interface_index(&iface).unwrap();
             let xdp_id = || {
                 let out = netlab::sh(&["ip", "-n", &ns_name, "-d", "link", "show", "dev", &iface]);
                 netlab::xdp_prog_id_in(&out)

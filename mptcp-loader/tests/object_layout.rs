@@ -1,4 +1,4 @@
-//! The layout the restart check relies on (`mptcp_loader::layout::ObjectLayout`, read out of the
+//! The layout the restart check relies on (`mptcp_loader::kernel::layout::ObjectLayout`, read out of the
 //! embedded eBPF object with aya-obj) is what the object defines: checked against the `bpf_map_def`
 //! records of its `maps` section read independently with the `object` crate. Every map of the
 //! object is either shared (pinned and adopted by the next run) or a per-invocation scratch map;
@@ -11,10 +11,10 @@ use mptcp_common::{
         Config, ConnState, FlowKey, FlowRef, JoinRateKey, JoinState, Token, TokenRef,
         MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
         MAP_DROP_EVENTS, MAP_EVENT_BUDGET, MAP_FLOWS, MAP_IFACE_MODES, MAP_JOINS, MAP_JOIN_RATE,
-        MAP_KEY_EVENTS, MAP_TOKENS, PINNED_MAPS,
+        MAP_KEY_EVENTS, MAP_TOKENS,
     },
 };
-use mptcp_loader::layout::{ObjectLayout, PER_INVOCATION_MAPS};
+use mptcp_loader::kernel::layout::{ObjectLayout, PER_INVOCATION_MAPS};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 /// `struct bpf_map_def`: type, key_size, value_size, max_entries, map_flags, id, pinning.
@@ -89,7 +89,14 @@ fn the_maps_the_loader_reads_have_its_sizes() {
             .find(|m| m.name == name)
             .unwrap_or_else(|| panic!("the object has no shared map `{name}`"))
     };
-    for name in PINNED_MAPS.iter().chain(&[
+    for name in [
+        MAP_CONNS,
+        MAP_FLOWS,
+        MAP_TOKENS,
+        MAP_JOINS,
+        MAP_COUNTERS,
+        MAP_KEY_EVENTS,
+        MAP_CONFIG,
         MAP_IFACE_MODES,
         MAP_ALLOW_V4,
         MAP_ALLOW_V6,
@@ -97,7 +104,7 @@ fn the_maps_the_loader_reads_have_its_sizes() {
         MAP_JOIN_RATE,
         MAP_DROP_EVENTS,
         MAP_EVENT_BUDGET,
-    ]) {
+    ] {
         map(name);
     }
     for (name, key, value) in [

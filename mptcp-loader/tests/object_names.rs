@@ -2,7 +2,8 @@
 //! (`mptcp_common::maps` constants). Parses the ELF only: needs no root.
 
 use mptcp_common::maps::{
-    MAP_SCRATCH, PINNED_MAPS, PROG_TC_EGRESS, PROG_XDP_INGRESS, PROG_XDP_INGRESS_SINGLE_BUFFER,
+    MAP_CONFIG, MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_JOINS, MAP_KEY_EVENTS, MAP_SCRATCH,
+    MAP_TOKENS, PROG_TC_EGRESS, PROG_XDP_INGRESS, PROG_XDP_INGRESS_SINGLE_BUFFER,
 };
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
@@ -35,7 +36,16 @@ fn program_and_map_names_exist() {
     // Its twin for kernels before 5.18, which reject the frags flag.
     assert_eq!(section_of(PROG_XDP_INGRESS_SINGLE_BUFFER), "xdp");
     assert_eq!(section_of(PROG_TC_EGRESS), "classifier");
-    for map in PINNED_MAPS.iter().chain([&MAP_SCRATCH]) {
+    for map in [
+        MAP_CONNS,
+        MAP_FLOWS,
+        MAP_TOKENS,
+        MAP_JOINS,
+        MAP_COUNTERS,
+        MAP_KEY_EVENTS,
+        MAP_CONFIG,
+        MAP_SCRATCH,
+    ] {
         assert_eq!(section_of(map), "maps", "map `{map}`");
     }
 }

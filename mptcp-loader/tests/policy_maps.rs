@@ -13,13 +13,13 @@ use mptcp_common::maps::{
     MAP_CONFIG, MAP_IFACE_MODES, MODE_ENFORCE, MODE_MONITOR, UNKNOWN_DROP,
 };
 use mptcp_loader::{
-    config::PolicySource,
-    loader_counters::{LoaderCounter, LoaderCounters},
+    cli::policy_keeper::PolicyKeeper,
+    kernel::preflight::interface_index,
+    observe::loader_counters::{LoaderCounter, LoaderCounters},
     policy::{
-        apply_policy, desired_state, Policy, PolicyKeeper, PolicyMaps, PolicyStore as _, PortRule,
-        Prefix, RateLimit, UnknownConn,
+        apply_policy, config::PolicySource, desired_state, Policy, PolicyMaps, PolicyStore as _,
+        PortRule, Prefix, RateLimit, UnknownConn,
     },
-    preflight::interface_index,
     FilterMode, Firewall, EBPF_OBJ,
 };
 use netlab::can_load;

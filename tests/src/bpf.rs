@@ -16,7 +16,7 @@ use mptcp_common::{
         PROG_XDP_PASS_BASELINE,
     },
 };
-use mptcp_loader::firewall::xdp_ingress_program;
+use mptcp_loader::kernel::firewall::xdp_ingress_program;
 
 /// XDP_DROP.
 pub const XDP_DROP: u32 = 1;
@@ -33,10 +33,7 @@ pub struct BpfValidator {
 }
 
 /// Lower-case hex of a frame, for failure messages.
-#[must_use]
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use mptcp_loader::conn::keys::hex;
 
 impl BpfValidator {
     /// Loads the object embedded in `mptcp-loader` and sets the global mode.
@@ -241,9 +238,13 @@ impl BpfValidator {
             BpfHashMap::try_from(self.ebpf.map_mut(MAP_CONNS).unwrap()).unwrap();
         let all: Vec<(u64, ConnState)> = conns.iter().map(|r| r.unwrap()).collect();
         for (id, state) in all {
-            let material = mptcp_loader::keys::derive(&state.key_a, &state.key_b);
+            let material = mptcp_loader::conn::keys::derive(&state.key_a, &state.key_b);
             conns
-                .insert(id, mptcp_loader::keys::with_midstates(&state, &material), 0)
+                .insert(
+                    id,
+                    mptcp_loader::conn::keys::with_midstates(&state, &material),
+                    0,
+                )
                 .unwrap();
         }
     }

@@ -243,40 +243,19 @@ pub const TCP_RST: u8 = 0x04;
 /// # Errors
 /// On a bad magic number, a non-Ethernet link type, or a truncated record.
 pub fn read_pcap(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
-    const ETHERNET: u32 = 1;
-    let err = |detail: &str| LabError::parse("pcap", detail.to_owned());
-    let header = bytes
-        .get(..24)
-        .ok_or_else(|| err("shorter than its header"))?;
-    let magic = [header[0], header[1], header[2], header[3]];
-    let little = match magic {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
-        _ => return Err(err("not a pcap file (pcapng is not supported)")),
-    };
-    let u32_at = |b: &[u8], off: usize| {
-        let w = [b[off], b[off + 1], b[off + 2], b[off + 3]];
-        if little {
-            u32::from_le_bytes(w)
-        } else {
-            u32::from_be_bytes(w)
-        }
-    };
-    if u32_at(header, 20) != ETHERNET {
-        return Err(err("link type is not Ethernet"));
+    use pcap_file::{pcap::PcapReader, DataLink};
+    let err = |detail: String| LabError::parse("pcap", detail);
+    let mut reader = PcapReader::new(bytes)
+        .map_err(|e| err(format!("not a pcap file (pcapng is not supported): {e}")))?;
+    if reader.header().datalink != DataLink::ETHERNET {
+        return Err(err("link type is not Ethernet".to_owned()));
     }
     let mut frames = Vec::new();
-    let mut off = 24;
-    while off < bytes.len() {
-        let rec = bytes
-            .get(off..off + 16)
-            .ok_or_else(|| err("truncated record header"))?;
-        let caplen = usize::try_from(u32_at(rec, 8)).map_err(|_| err("huge record"))?;
-        let data = bytes
-            .get(off + 16..off + 16 + caplen)
-            .ok_or_else(|| err("truncated record"))?;
-        frames.push(data.to_vec());
-        off += 16 + caplen;
+    // Raw records: pcap-file's checked ones refuse a frame longer than the snap length, which
+    // is what a capture with `tcpdump -s N` holds.
+    while let Some(packet) = reader.next_raw_packet() {
+        let packet = packet.map_err(|e| err(format!("record {}: {e}", frames.len())))?;
+        frames.push(packet.data.into_owned());
     }
     Ok(frames)
 }
@@ -522,8 +501,13 @@ mod tests {
             pcap.extend(len.to_le_bytes());
             pcap.extend(&f);
         }
+        // A record cut at the snap length: its original length is larger than the snap length.
+        pcap.extend([0u8; 8]);
+        pcap.extend(u32::try_from(f.len()).unwrap().to_le_bytes());
+        pcap.extend(300_000u32.to_le_bytes());
+        pcap.extend(&f);
         let frames = read_pcap(&pcap).unwrap();
-        assert_eq!(frames, vec![f.clone(), f]);
+        assert_eq!(frames, vec![f.clone(), f.clone(), f]);
         assert!(read_pcap(&pcap[..pcap.len() - 1]).is_err());
         assert!(read_pcap(b"not a pcap at all, really not").is_err());
     }

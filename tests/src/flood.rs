@@ -1,6 +1,6 @@
 //! The flood benchmark's lab: the two-namespace [`Lab`] arranged so that one CPU is "the
 //! receiver" and the other "the network", a live victim connection whose state is read off the
-//! wire, trafgen floods built from [`crate::profiles`], and the measurements.
+//! wire, trafgen floods built from [`mptcp_profiles`], and the measurements.
 //!
 //! ```text
 //!  CPU 0 (sender)                                   CPU 1 (receiver)
@@ -55,9 +55,9 @@ use crate::{
     lab::{Lab, PATH1, PATHS, SERVER_IFACES},
     netns::Netns,
     proc::Proc,
-    profiles::{self, Connection, Kind, Settings},
     validator::{Mode, Validator},
 };
+use mptcp_profiles::{self as profiles, Connection, Kind, Settings};
 
 use cpu::{CpuStat, RECEIVER_CPU, SENDER_CPU};
 

@@ -11,8 +11,6 @@
 //!   and MP_CAPABLE keys.
 //! - [`counters::Counters`]: a namespace's `nstat` counters.
 //! - [`validator::Validator`]: `mptcp-loader run` / `stats --json` / SIGINT in a namespace.
-//! - [`profiles`]: trafgen configurations and pcaps of valid/forged ADD_ADDRs, MP_JOIN SYNs with
-//!   random tokens and DSS traffic for one connection (`mptcp-profiles` binary).
 //! - [`flood`]: the flood benchmark's lab (`mptcp-flood` binary): trafgen floods of forged
 //!   ADD_ADDRs and MP_JOIN SYNs, receiver CPU time per packet, genuine throughput.
 //! - [`scenario::run`]: the genuine-traffic-then-forgery sequence used by the tests and the
@@ -33,9 +31,9 @@ pub mod gateways;
 pub mod join_forger;
 pub mod join_scenario;
 pub mod peers;
-pub mod profiles;
 pub mod scenario;
 pub mod storm;
+pub mod svg;
 pub mod tools;
 pub mod validator;
 

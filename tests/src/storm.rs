@@ -15,8 +15,8 @@ use crate::{
     lab::PATH1,
     netns::Netns,
     proc::Proc,
-    profiles::{self, Connection, Kind, Settings},
 };
+use mptcp_profiles::{self as profiles, Connection, Kind, Settings};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 

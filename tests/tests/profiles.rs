@@ -17,9 +17,9 @@ use std::{
     process::Command,
 };
 
+use mptcp_profiles::{self as profiles, default_announce, Connection, Kind, Piece, Settings};
 use mptcp_tests::{
     mptcp_frames::{add_addr, token},
-    profiles::{self, default_announce, Connection, Kind, Piece, Settings},
     tools::gate,
 };
 

@@ -151,14 +151,16 @@ fn object_has_every_program_and_map() {
     for name in [PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE] {
         assert!(ebpf.program(name).is_some(), "program {name}");
     }
-    for name in mptcp_common::maps::PINNED_MAPS.iter().chain(
-        [
-            mptcp_common::maps::MAP_SCRATCH,
-            mptcp_common::maps::MAP_WALK,
-            mptcp_common::maps::MAP_HMAC_JOBS,
-        ]
-        .iter(),
-    ) {
+    // The shared maps as the object defines them (what a run pins), and the per-invocation ones.
+    let shared = mptcp_loader::kernel::layout::ObjectLayout::embedded().expect("object layout");
+    assert!(
+        !shared.maps().is_empty(),
+        "the object defines no shared map"
+    );
+    for name in shared
+        .names()
+        .chain(mptcp_loader::kernel::layout::PER_INVOCATION_MAPS)
+    {
         assert!(ebpf.map(name).is_some(), "map {name}");
     }
 }

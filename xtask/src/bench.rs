@@ -12,7 +12,7 @@
 use anyhow::Result;
 
 use crate::{
-    exec::{cmd, ensure_root, exec},
+    exec::{cargo_running_as_root, exec},
     setup::{self, Scope},
 };
 
@@ -44,9 +44,10 @@ enum Part {
     Flood,
 }
 
-fn tests_bin(bin: &str) -> std::process::Command {
-    let mut command = cmd("cargo");
-    command.args([
+/// `cargo run` of a tests-crate program, its arguments to follow: built as the invoking user,
+/// run as root.
+pub(crate) fn tests_bin(bin: &str) -> anyhow::Result<std::process::Command> {
+    cargo_running_as_root(&[
         "run",
         "--release",
         "--package",
@@ -54,19 +55,17 @@ fn tests_bin(bin: &str) -> std::process::Command {
         "--bin",
         bin,
         "--",
-    ]);
-    command
+    ])
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    ensure_root("bench")?;
     setup::ensure(Scope::All, false)?;
     let invocation = format!(
         "cargo xtask {}",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     if args.only != Some(Part::Flood) {
-        let mut bench = tests_bin("mptcp-bench");
+        let mut bench = tests_bin("mptcp-bench")?;
         bench.args(["--out", &args.out]);
         if args.quick {
             bench.arg("--quick");
@@ -76,7 +75,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if args.only != Some(Part::PerPacket) {
         let loader = crate::build::build_loader()?;
-        let mut flood = tests_bin("mptcp-flood");
+        let mut flood = tests_bin("mptcp-flood")?;
         flood.args(["--out", &args.out]);
         if args.quick {
             flood.arg("--quick");

@@ -1,11 +1,11 @@
 //! `cargo xtask demo`: build everything the demo runs, then run the tests crate's `mptcp-demo`
-//! binary as root.
+//! binary as root (only it: the builds run as the invoking user).
 
 use anyhow::Result;
 
 use crate::{
     build,
-    exec::{cmd, ensure_root, exec},
+    exec::{exec, privileged},
     setup::{self, Scope},
 };
 
@@ -19,7 +19,6 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    ensure_root("demo")?;
     setup::ensure(Scope::All, false)?;
     demo(&args.demo_args)
 }
@@ -30,5 +29,5 @@ pub fn run(args: &Args) -> Result<()> {
 /// does not build what it runs fails the tests.
 pub fn demo(demo_args: &[String]) -> Result<()> {
     let lab = build::build_lab(&[DEMO])?;
-    exec(cmd(lab.bin(DEMO)).args(demo_args))
+    exec(privileged(lab.bin(DEMO), &[])?.args(demo_args))
 }

@@ -3,7 +3,7 @@
 use std::{
     env,
     ffi::{OsStr, OsString},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -105,48 +105,82 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A command that needs root for `program`: run directly as root, else through `sudo env ...`
-/// (`env` because sudo's `env_reset` would drop variables such as `DEBIAN_FRONTEND`).
-pub fn privileged(program: &str, envs: &[(&str, &str)]) -> Result<Command> {
+/// The words that run a command as root from here: none when already root, else
+/// `sudo -E env PATH=...` (`-E` keeps the environment, e.g. `MPTCP_LOADER_BIN` and `CI`; `env
+/// PATH=` because sudo's `secure_path` would replace `PATH`).
+fn root_prefix(what: &str) -> Result<Vec<OsString>> {
     if is_root() {
+        return Ok(Vec::new());
+    }
+    let Some(sudo) = which("sudo") else {
+        bail!(
+            "{what} needs root (it loads eBPF programs, mounts bpffs or makes network \
+             namespaces) and sudo is not installed: install sudo, or run this as root"
+        );
+    };
+    let mut path = OsString::from("PATH=");
+    path.push(search_path());
+    Ok(vec![sudo.into(), "-E".into(), "env".into(), path])
+}
+
+/// A command that needs root for `program`, with `envs` set for it: run directly as root, else
+/// through `sudo -E env PATH=... KEY=VALUE... program` (everything else, cargo builds in
+/// particular, runs as the invoking user).
+pub fn privileged(program: impl AsRef<OsStr>, envs: &[(&str, &str)]) -> Result<Command> {
+    let program = program.as_ref();
+    let prefix = root_prefix(&format!("`{}`", program.to_string_lossy()))?;
+    let Some((sudo, rest)) = prefix.split_first() else {
         let mut cmd = cmd(program);
         cmd.envs(envs.iter().copied());
         return Ok(cmd);
-    }
-    let Some(sudo) = which("sudo") else {
-        bail!("`{program}` needs root and sudo is not installed: run this as root");
     };
     let mut cmd = cmd(sudo);
-    cmd.arg("env");
+    cmd.args(rest);
     cmd.args(envs.iter().map(|(key, value)| format!("{key}={value}")));
     cmd.arg(program);
     Ok(cmd)
 }
 
-/// Makes sure the rest of `subcommand` runs as root: if it is not, re-executes this same
-/// xtask invocation under `sudo -E` (keeping `PATH`, which sudo's `secure_path` would replace).
-/// Returns only when already root.
-pub fn ensure_root(subcommand: &str) -> Result<()> {
-    if is_root() {
-        return Ok(());
+/// `cargo ARGS` (test, run) that builds as the invoking user and runs what it built as root:
+/// cargo's target runner (`CARGO_TARGET_<host>_RUNNER`) is the sudo prefix of [`privileged`]
+/// when not root, so only the test binaries and programs, which need root, run as root.
+pub fn cargo_running_as_root(args: &[&str]) -> Result<Command> {
+    let mut cargo = cmd("cargo");
+    cargo.args(args);
+    let prefix = root_prefix(&format!("`cargo {}`", args.join(" ")))?;
+    if !prefix.is_empty() {
+        cargo.env(runner_variable()?, runner_value(&prefix)?);
     }
-    let Some(sudo) = which("sudo") else {
-        bail!(
-            "`cargo xtask {subcommand}` needs root (it loads eBPF programs and makes network \
-             namespaces) and sudo is not installed: run it as root"
-        );
-    };
-    let exe = env::current_exe().context("could not find the xtask executable")?;
-    let mut path = OsString::from("PATH=");
-    path.push(search_path());
-    let mut cmd = cmd(sudo);
-    cmd.args([OsStr::new("-E"), OsStr::new("env"), &path, exe.as_os_str()]);
-    cmd.args(env::args_os().skip(1));
-    let line = display(&cmd);
-    eprintln!("$ {line}");
-    // `exec` only returns on failure.
-    let err = cmd.exec();
-    Err(err).with_context(|| format!("could not re-run as root with `{line}`"))
+    Ok(cargo)
+}
+
+/// `CARGO_TARGET_<HOST TRIPLE>_RUNNER`, the host triple from `rustc -vV`.
+fn runner_variable() -> Result<String> {
+    let version = capture(cmd("rustc").arg("-vV"))?;
+    let host = version
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .context("`rustc -vV` names no host")?;
+    Ok(runner_variable_for(host))
+}
+
+fn runner_variable_for(host: &str) -> String {
+    format!(
+        "CARGO_TARGET_{}_RUNNER",
+        host.to_ascii_uppercase().replace(['-', '.'], "_")
+    )
+}
+
+/// Cargo splits a runner given in the environment at spaces.
+fn runner_value(words: &[OsString]) -> Result<String> {
+    let words: Vec<&str> = words
+        .iter()
+        .map(|w| w.to_str().context("a non-UTF-8 PATH or sudo path"))
+        .collect::<Result<_>>()?;
+    if words.iter().any(|w| w.contains(char::is_whitespace)) {
+        bail!("cargo's runner cannot hold a PATH with spaces ({words:?}): run this as root");
+    }
+    Ok(words.join(" "))
 }
 
 /// The command line as a shell would read it, with the variables set for it in front
@@ -169,5 +203,33 @@ fn quote(word: &OsStr) -> String {
         word.into_owned()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runner_variable_names_the_host_triple() {
+        assert_eq!(
+            runner_variable_for("x86_64-unknown-linux-gnu"),
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER"
+        );
+        assert_eq!(
+            runner_variable_for("thumbv7em-none-eabihf.x"),
+            "CARGO_TARGET_THUMBV7EM_NONE_EABIHF_X_RUNNER"
+        );
+    }
+
+    #[test]
+    fn the_runner_value_is_the_sudo_prefix_or_refused() {
+        let words = ["/usr/bin/sudo", "-E", "env", "PATH=/a:/b"].map(OsString::from);
+        assert_eq!(
+            runner_value(&words).unwrap(),
+            "/usr/bin/sudo -E env PATH=/a:/b"
+        );
+        let spaced = ["/usr/bin/sudo", "-E", "env", "PATH=/my dir:/b"].map(OsString::from);
+        assert!(runner_value(&spaced).is_err());
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     build,
-    exec::{cmd, ensure_root, exec},
+    exec::{exec, privileged},
     setup::{self, Scope},
 };
 
@@ -26,7 +26,6 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    ensure_root("record-fixtures")?;
     setup::ensure(Scope::All, false)?;
     let out = match &args.out {
         Some(dir) => dir.clone(),
@@ -41,5 +40,5 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         "--out"
     };
-    exec(cmd(lab.bin(RECORDER)).arg(mode).arg(&out))
+    exec(privileged(lab.bin(RECORDER), &[])?.arg(mode).arg(&out))
 }

@@ -8,7 +8,7 @@ use std::{env, process::Command, time::Instant};
 use anyhow::{bail, Result};
 
 use crate::{
-    exec::{cmd, ensure_root, exec},
+    exec::{cargo_running_as_root, cmd, exec},
     setup::{self, Scope},
 };
 
@@ -34,7 +34,6 @@ struct Step {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    ensure_root("test")?;
     let start = Instant::now();
     setup::ensure(Scope::All, false)?;
     let mut steps = vec![Step {
@@ -54,7 +53,14 @@ pub fn run(args: &Args) -> Result<()> {
     });
 
     // --no-fail-fast: a failing test file must not hide the results of the ones after it.
-    let mut integration = cargo_test(&["--package", "mptcp-tests", "--release", "--no-fail-fast"]);
+    // Root-only: cargo builds as the invoking user, the test binaries run as root.
+    let mut integration = cargo_running_as_root(&[
+        "test",
+        "--package",
+        "mptcp-tests",
+        "--release",
+        "--no-fail-fast",
+    ])?;
     integration
         .args(["--", "--test-threads=1"])
         .args(&args.test_args);
@@ -64,7 +70,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.long {
         integration.env("MPTCP_DIFF_FRAMES", LONG_DIFF_FRAMES);
     }
-    let mut loader_tests = cargo_test(&["--package", "mptcp-loader"]);
+    let mut loader_tests = cargo_running_as_root(&["test", "--package", "mptcp-loader"])?;
     if is_ci() && env::var_os(REQUIRE_ENV).is_none() {
         // In CI a skipped kernel test is a failure: the machine is known to support them. (The
         // tests read `CI` themselves too; this says it on the command line as well.)
@@ -72,27 +78,11 @@ pub fn run(args: &Args) -> Result<()> {
         loader_tests.env(REQUIRE_ENV, "1");
     }
     // The benchmark once, with few repetitions, so it cannot rot; it asserts nothing about speed.
-    let mut quick_bench = cmd("cargo");
-    quick_bench.args([
-        "run",
-        "--release",
-        "--package",
-        "mptcp-tests",
-        "--bin",
-        "mptcp-bench",
-    ]);
-    quick_bench.args(["--", "--quick", "--out", "target/bench-quick"]);
+    let mut quick_bench = crate::bench::tests_bin("mptcp-bench")?;
+    quick_bench.args(["--quick", "--out", "target/bench-quick"]);
     // The flood benchmark once, short (about 25 s): trafgen floods in namespaces, no claims.
-    let mut quick_flood = cmd("cargo");
-    quick_flood.args([
-        "run",
-        "--release",
-        "--package",
-        "mptcp-tests",
-        "--bin",
-        "mptcp-flood",
-    ]);
-    quick_flood.args(["--", "--quick", "--out", "target/bench-quick"]);
+    let mut quick_flood = crate::bench::tests_bin("mptcp-flood")?;
+    quick_flood.args(["--quick", "--out", "target/bench-quick"]);
     if let Some(loader) = &loader {
         quick_flood.env("MPTCP_LOADER_BIN", loader);
     }
@@ -107,16 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
         ("flood benchmark, quick run", quick_flood),
     ];
     for (name, mut command) in commands {
-        let start = Instant::now();
-        let result = exec(&mut command);
-        if let Err(err) = &result {
-            eprintln!("xtask test: step `{name}` FAILED: {err:#}");
-        }
-        steps.push(Step {
-            name,
-            ok: result.is_ok(),
-            secs: start.elapsed().as_secs_f64(),
-        });
+        timed(&mut steps, name, || exec(&mut command));
     }
 
     // The fuzz targets of mptcp-common, 20 s each (`cargo xtask fuzz` runs them longer).

@@ -7,10 +7,10 @@ use mptcp_common::maps::{ConnState, FlowRef, ROLE_A, ROLE_B};
 
 use super::record::SharedConn;
 use crate::{
+    conn::install::{install_event, InstallOutcome},
+    conn::keys::token_and_idsn,
     errors::LoaderError,
-    install::{install_event, InstallOutcome},
-    keys::token_and_idsn,
-    store::FirewallMaps,
+    kernel::store::FirewallMaps,
 };
 
 /// What applying one peer's connection did.
@@ -77,7 +77,7 @@ pub fn apply_learned(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{install::token_entries, store::MemoryMaps};
+    use crate::{conn::install::token_entries, kernel::store::MemoryMaps};
     use mptcp_common::maps::{FlowKey, FAMILY_V4, READY_A, READY_B};
 
     fn shared(key_a: [u8; 8], key_b: [u8; 8]) -> SharedConn {

@@ -10,19 +10,17 @@ use mptcp_common::maps::{ConnState, KeyEvent};
 use super::{
     apply::{apply_learned, Applied},
     link::FromStore,
-    status::{StoreState, PIN_STORE_STATE},
     SharedStore, StoreOptions,
 };
 use crate::{
+    clock::{monotonic_now_ns, monotonic_now_s, unix_now_ns, ClockOffset},
+    conn::keys::hex,
     errors::LoaderError,
-    events::ClockOffset,
-    keys::hex,
-    latency::LatencyStats,
-    loader_counters::{LoaderCounter, LoaderCounters},
-    pins::{open_or_create_pinned_array, PinDir},
-    run::{monotonic_now_ns, monotonic_now_s},
-    state::unix_now_ns,
-    store::{FirewallMaps, KernelMaps},
+    kernel::pins::{open_or_create_pinned_array, PinDir},
+    kernel::store::{FirewallMaps, KernelMaps},
+    observe::latency::LatencyStats,
+    observe::loader_counters::{LoaderCounter, LoaderCounters},
+    observe::store_state::{StoreState, PIN_STORE_STATE},
 };
 
 /// The store, its counters' owner's view of it, and its pinned state.
@@ -172,7 +170,7 @@ impl StoreKeeper {
                                     "installed connection token-A {} from {} (learned at {})",
                                     hex(&conn.token_a()),
                                     conn.origin,
-                                    crate::install::format_flow(&conn.flow)
+                                    crate::conn::install::format_flow(&conn.flow)
                                 );
                                 LoaderCounter::StoreApplied
                             }

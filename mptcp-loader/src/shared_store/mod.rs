@@ -19,7 +19,6 @@ pub mod apply;
 pub mod keeper;
 pub mod link;
 pub mod record;
-pub mod status;
 
 use std::path::PathBuf;
 
@@ -173,7 +172,7 @@ pub fn default_id() -> String {
     format!(
         "{host}/{}/{}",
         std::process::id(),
-        crate::state::unix_now_ns()
+        crate::clock::unix_now_ns()
     )
 }
 

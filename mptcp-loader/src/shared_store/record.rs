@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use mptcp_common::maps::{FlowKey, KeyEvent, FAMILY_V4, FAMILY_V6};
 
-use crate::keys::{hex, token_and_idsn};
+use crate::conn::keys::{hex, token_and_idsn};
 
 /// Prefix of the per-connection hashes.
 pub const CONN_KEY_PREFIX: &str = "mptcp:conn:";
@@ -87,7 +87,7 @@ impl std::fmt::Debug for SharedConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedConn")
             .field("token_a", &hex(&self.token_a()))
-            .field("flow", &crate::install::format_flow(&self.flow))
+            .field("flow", &crate::conn::install::format_flow(&self.flow))
             .field("origin", &self.origin)
             .field("seen_unix_ns", &self.seen_unix_ns)
             .finish_non_exhaustive()

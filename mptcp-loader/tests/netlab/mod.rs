@@ -7,7 +7,7 @@
 
 #![allow(dead_code, reason = "each test file uses a part of it")]
 
-use mptcp_loader::bpf_sys::sys_bpf;
+use mptcp_loader::kernel::bpf_sys::sys_bpf;
 use std::{
     ops::Deref,
     os::{

@@ -30,10 +30,11 @@ use mptcp_common::{
     testing::Frame,
     validate::add_addr_block,
 };
-use mptcp_loader::firewall::xdp_ingress_program;
+use mptcp_loader::kernel::firewall::xdp_ingress_program;
 use mptcp_tests::mptcp_frames::{
     add_addr, dss, join_ack, join_syn, join_synack, mpc_third_ack, timestamps, token, KEY_A, KEY_B,
 };
+use mptcp_tests::svg::Svg;
 
 #[derive(Parser)]
 #[command(about = "Per-packet cost of the MPTCP fast path (BPF_PROG_TEST_RUN)")]
@@ -490,8 +491,12 @@ fn install_midstates(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         BpfHashMap::try_from(ebpf.map_mut(MAP_CONNS).unwrap())?;
     let all: Vec<(u64, ConnState)> = conns.iter().collect::<Result<_, _>>()?;
     for (id, state) in all {
-        let material = mptcp_loader::keys::derive(&state.key_a, &state.key_b);
-        conns.insert(id, mptcp_loader::keys::with_midstates(&state, &material), 0)?;
+        let material = mptcp_loader::conn::keys::derive(&state.key_a, &state.key_b);
+        conns.insert(
+            id,
+            mptcp_loader::conn::keys::with_midstates(&state, &material),
+            0,
+        )?;
     }
     Ok(())
 }
@@ -677,46 +682,26 @@ fn chart(rows: &[Row]) -> String {
         .fold(1.0, f64::max);
     let (left, width, row_h) = (230.0, 520.0, 34.0);
     let height = 40.0 + row_h * rows.len() as f64;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11">"#,
-        left + width + 80.0
-    );
-    let _ = write!(
-        svg,
-        r##"<text x="10" y="16" font-size="13">ns per packet (BPF_PROG_TEST_RUN): grey XDP_PASS, blue validator, orange native Rust HMAC</text>"##
+    let mut svg = Svg::new(left + width + 80.0, height);
+    svg.heading(
+        16.0,
+        "ns per packet (BPF_PROG_TEST_RUN): grey XDP_PASS, blue validator, orange native Rust HMAC",
     );
     for (i, row) in rows.iter().enumerate() {
-        let (name, base, prog, native) = (row.name, &row.base, &row.prog, &row.native);
         let y = 30.0 + row_h * i as f64;
         let w = |v: f64| v / max * width;
-        let _ = write!(
-            svg,
-            r##"<text x="{}" y="{}" text-anchor="end">{name}</text>"##,
-            left - 6.0,
-            y + 14.0
+        svg.text(left - 6.0, y + 14.0, r#"text-anchor="end""#, row.name);
+        svg.rect(left, y, w(row.base), 8.0, "#999");
+        svg.rect(left, y + 9.0, w(row.prog), 10.0, "#2a6fdb");
+        svg.text(
+            left + w(row.prog) + 4.0,
+            y + 18.0,
+            "",
+            format_args!("{:.0}", row.prog),
         );
-        let _ = write!(
-            svg,
-            r##"<rect x="{left}" y="{y}" width="{:.1}" height="8" fill="#999"/>"##,
-            w(*base)
-        );
-        let _ = write!(
-            svg,
-            r##"<rect x="{left}" y="{}" width="{:.1}" height="10" fill="#2a6fdb"/><text x="{:.1}" y="{}">{prog:.0}</text>"##,
-            y + 9.0,
-            w(*prog),
-            left + w(*prog) + 4.0,
-            y + 18.0
-        );
-        if let Some(n) = native {
-            let _ = write!(
-                svg,
-                r##"<rect x="{left}" y="{}" width="{:.1}" height="6" fill="#e8890c"/>"##,
-                y + 20.0,
-                w(*n)
-            );
+        if let Some(n) = row.native {
+            svg.rect(left, y + 20.0, w(n), 6.0, "#e8890c");
         }
     }
-    svg.push_str("</svg>\n");
-    svg
+    svg.finish()
 }

@@ -25,6 +25,7 @@ use mptcp_tests::{
         xdp, Attached, Attack, Delivery, FloodLab, FloodWindow, Receiver, Transfer, Victim,
         JOIN_ACK_HMAC_FAILURE, JOIN_NO_TOKEN, OUT_RSTS,
     },
+    svg::Svg,
     teardown, validator,
 };
 
@@ -1005,61 +1006,56 @@ fn chart(run: &Run) -> String {
         (Receiver::Validator, "#2a6fdb"),
     ];
     let height = panel1 + 40.0 + (3.0 * bar + 14.0) * tput_rows.len() as f64 + 10.0;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11">"#,
-        left + width + 110.0
-    );
-    let _ = write!(
-        svg,
-        r##"<text x="10" y="16" font-size="13">Receiver CPU ns per forged packet (median, whiskers min–max)</text>"##
+    let mut svg = Svg::new(left + width + 110.0, height);
+    svg.heading(
+        16.0,
+        "Receiver CPU ns per forged packet (median, whiskers min–max)",
     );
     let mut x = 10.0;
     for (r, colour) in &present {
-        let _ = write!(
-            svg,
-            r##"<rect x="{x}" y="24" width="10" height="10" fill="{colour}"/><text x="{}" y="33">{}</text>"##,
-            x + 14.0,
-            r.label()
-        );
+        svg.rect(x, 24.0, 10.0, 10.0, colour);
+        svg.text(x + 14.0, 33.0, "", r.label());
         x += 150.0;
     }
     let scale = |v: f64, max: f64| v / max * width;
     for (gi, &(attack, rate)) in groups.iter().enumerate() {
         let y0 = 46.0 + group_h * gi as f64;
-        let _ = write!(
-            svg,
-            r##"<text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{}" text-anchor="end" fill="#555">{} pps</text>"##,
+        svg.text(
             left - 6.0,
             y0 + 10.0,
+            r#"text-anchor="end""#,
             attack.label(),
+        );
+        svg.text(
             left - 6.0,
             y0 + 23.0,
-            thousands(u64::from(rate))
+            r##"text-anchor="end" fill="#555""##,
+            format_args!("{} pps", thousands(u64::from(rate))),
         );
         for (i, (r, colour)) in present.iter().enumerate() {
             let Some(s) = run.ns(*r, attack, rate) else {
                 continue;
             };
             let y = y0 + bar * i as f64;
-            let _ = write!(
-                svg,
-                r##"<rect x="{left}" y="{y}" width="{:.1}" height="{}" fill="{colour}"/><line x1="{:.1}" x2="{:.1}" y1="{}" y2="{}" stroke="#333"/><text x="{:.1}" y="{}">{:.0}</text>"##,
-                scale(s.median, max_ns),
-                bar - 2.0,
+            svg.rect(left, y, scale(s.median, max_ns), bar - 2.0, colour);
+            svg.hline(
                 left + scale(s.min, max_ns),
                 left + scale(s.max, max_ns),
                 y + bar / 2.0 - 1.0,
-                y + bar / 2.0 - 1.0,
+                "#333",
+            );
+            svg.text(
                 left + scale(s.max, max_ns) + 4.0,
                 y + bar - 3.0,
-                s.median
+                "",
+                format_args!("{:.0}", s.median),
             );
         }
     }
     let y_t = panel1 + 20.0;
-    let _ = write!(
-        svg,
-        r##"<text x="10" y="{y_t}" font-size="13">Genuine MPTCP goodput, Gbit/s (grey kernel only, orange XDP_PASS floor, blue validator)</text>"##
+    svg.heading(
+        y_t,
+        "Genuine MPTCP goodput, Gbit/s (grey kernel only, orange XDP_PASS floor, blue validator)",
     );
     let max_g = tput_rows
         .iter()
@@ -1069,27 +1065,19 @@ fn chart(run: &Run) -> String {
         .fold(0.1, f64::max);
     for (i, (flood, label)) in tput_rows.iter().enumerate() {
         let y0 = y_t + 12.0 + (3.0 * bar + 14.0) * i as f64;
-        let _ = write!(
-            svg,
-            r##"<text x="{}" y="{}" text-anchor="end">{label}</text>"##,
-            left - 6.0,
-            y0 + 14.0
-        );
+        svg.text(left - 6.0, y0 + 14.0, r#"text-anchor="end""#, label);
         for (j, (r, colour)) in TPUT.iter().enumerate() {
             if let Some(s) = run.gbps(*r, *flood) {
                 let y = y0 + bar * j as f64;
-                let _ = write!(
-                    svg,
-                    r##"<rect x="{left}" y="{y}" width="{:.1}" height="{}" fill="{colour}"/><text x="{:.1}" y="{}">{:.2}</text>"##,
-                    scale(s.median, max_g),
-                    bar - 2.0,
+                svg.rect(left, y, scale(s.median, max_g), bar - 2.0, colour);
+                svg.text(
                     left + scale(s.median, max_g) + 4.0,
                     y + bar - 3.0,
-                    s.median
+                    "",
+                    format_args!("{:.2}", s.median),
                 );
             }
         }
     }
-    svg.push_str("</svg>\n");
-    svg
+    svg.finish()
 }

@@ -1227,9 +1227,19 @@ fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderEr
                 prog_id: attached.map_or(0, |a| a.prog_id),
             }
         }
-        None => LoaderError::XdpAlreadyAttached {
-            iface: iface.to_owned(),
-        },
+        None => {
+            let occupant = attached.map(|a| crate::multiprog::XdpOccupant::of(ifindex, a));
+            LoaderError::XdpAlreadyAttached {
+                iface: iface.to_owned(),
+                occupant: occupant
+                    .as_ref()
+                    .map_or_else(|| "another XDP program".to_owned(), ToString::to_string),
+                remedy: occupant.map_or_else(
+                    || format!("see `ip link show {iface}` and remove it first"),
+                    |o| o.remedy(iface),
+                ),
+            }
+        }
     }
 }
 

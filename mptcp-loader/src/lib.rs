@@ -26,6 +26,7 @@ pub mod layout;
 pub mod loader_counters;
 pub mod map_sizes;
 pub mod metrics;
+pub mod multiprog;
 pub mod netlink;
 pub mod pcap;
 pub mod pins;

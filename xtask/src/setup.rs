@@ -32,6 +32,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-scapy",
     "ethtool",
     "iputils-ping", // the loader's `operations` tests
+    "xdp-tools",    // xdp-loader, xdp-filter: the multi-program (libxdp) tests
+    "libxdp1",      // libxdp's XDP dispatcher object, loaded in multi-program mode
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

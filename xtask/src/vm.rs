@@ -33,7 +33,12 @@ use crate::{
 };
 
 /// What this command needs on the host besides the build tools.
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "libxdp1"];
+
+/// libxdp's multi-program dispatcher (package `libxdp1`), at the same path in the VM: the
+/// suite's multi-program tests load it, and Debian's kernels must accept the firewall as its
+/// `freplace` component (`MPTCP_TESTS_REQUIRE_FREPLACE=1` in the init script).
+const XDP_DISPATCHER: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o";
 
 /// busybox-static's binary; its applets are linked at boot by `busybox --install -s`.
 const BUSYBOX: &str = "/bin/busybox";
@@ -478,6 +483,11 @@ fn write_initramfs(
         let name = library.to_string_lossy();
         archive.file(name.trim_start_matches('/'), 0o755, &read(library)?);
     }
+    archive.file(
+        XDP_DISPATCHER.trim_start_matches('/'),
+        0o644,
+        &read(Path::new(XDP_DISPATCHER))?,
+    );
     for fixture in fixtures {
         let name = fixture.file_name().unwrap_or_default().to_string_lossy();
         archive.file(&format!("fixtures/{name}"), 0o644, &read(fixture)?);
@@ -537,6 +547,7 @@ btf=no
 echo "{MARK_INIT} kernel $(uname -r), $(nproc) CPU, BTF $btf"
 cd /tmp
 export MPTCP_FIXTURES_DIR=/fixtures
+export MPTCP_TESTS_REQUIRE_FREPLACE=1
 verdict=PASS
 step() {{
     name=$1

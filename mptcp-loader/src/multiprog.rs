@@ -17,6 +17,7 @@
 
 use std::{
     fmt, fs, io,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
 
@@ -105,7 +106,7 @@ pub const FIREWALL_SLOT: Slot = Slot {
 
 impl DispatcherConfig {
     /// The configuration of a dispatcher running `slots` in this order (sort them by priority
-    /// first). The dispatcher is frags-aware only if every component is (the protocol's rule).
+    /// first).
     ///
     /// # Panics
     /// With more than [`DISPATCHER_SLOTS`] slots.
@@ -116,7 +117,10 @@ impl DispatcherConfig {
             magic: DISPATCHER_MAGIC,
             dispatcher_version: DISPATCHER_VERSION,
             num_progs_enabled: slots.len() as u8,
-            is_xdp_frags: u8::from(!slots.is_empty() && slots.iter().all(|s| s.frags)),
+            // aya loads the dispatcher's `xdp` section without BPF_F_XDP_HAS_FRAGS, so the
+            // dispatcher is not frags-aware whatever its components are (libxdp, rebuilding
+            // it, loads it with the flag when every slot's `program_flags` has it).
+            is_xdp_frags: 0,
             ..Self::default()
         };
         for (i, slot) in slots.iter().enumerate() {
@@ -416,4 +420,383 @@ fn dispatcher_components(dir: &Path) -> Vec<String> {
             Some(info.name_as_str().unwrap_or("(unnamed)").to_owned())
         })
         .collect()
+}
+
+/// The kernel's name of a program (15 bytes of it), how components are recognised in a
+/// dispatcher.
+#[must_use]
+pub fn kernel_name(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+/// The dispatcher an interface runs, read as libxdp reads it: its configuration from its
+/// `.rodata` map, its components from their pins.
+#[derive(Debug)]
+pub struct Installed {
+    /// The dispatcher's program id.
+    pub prog_id: u32,
+    /// How it is attached.
+    pub mode: crate::netlink::XdpAttachMode,
+    /// Its configuration.
+    pub config: DispatcherConfig,
+    /// Its pin directory.
+    pub dir: PathBuf,
+    /// Its components in slot order: kernel name and slot.
+    pub components: Vec<(String, Slot)>,
+    fd: ProgramFd,
+}
+
+impl Installed {
+    /// What interface `ifindex` (named `iface` in errors) runs: `None` without XDP, an error
+    /// naming the program when it is not a libxdp dispatcher.
+    ///
+    /// # Errors
+    /// [`LoaderError::XdpAlreadyAttached`] for a program that is not a dispatcher,
+    /// [`LoaderError::MultiprogUnsupported`] for a dispatcher that cannot be read.
+    pub fn read(iface: &str, ifindex: u32) -> Result<Option<Self>, LoaderError> {
+        let unreadable = |detail: String| LoaderError::MultiprogUnsupported {
+            detail: format!("reading the dispatcher on {iface}: {detail}"),
+        };
+        let Some(attached) =
+            crate::netlink::xdp_attached(ifindex).map_err(|e| unreadable(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let occupant = XdpOccupant::of(ifindex, attached);
+        if occupant.components.is_none() {
+            return Err(LoaderError::XdpAlreadyAttached {
+                iface: iface.to_owned(),
+                occupant: occupant.to_string(),
+                remedy: occupant.remedy(iface),
+            });
+        }
+        let info = aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| p.id() == attached.prog_id)
+            .ok_or_else(|| unreadable(format!("program {} is gone", attached.prog_id)))?;
+        let fd = info.fd().map_err(|e| unreadable(e.to_string()))?;
+        let config = info
+            .map_ids()
+            .map_err(|e| unreadable(e.to_string()))?
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|id| {
+                let map = aya::maps::MapData::from_id(id).ok()?;
+                let map = aya::maps::Map::Array(map);
+                let array: aya::maps::Array<_, DispatcherConfig> =
+                    aya::maps::Array::try_from(map).ok()?;
+                array.get(&0, 0).ok()
+            })
+            .filter(|c| c.magic == DISPATCHER_MAGIC && c.dispatcher_version == DISPATCHER_VERSION)
+            .ok_or_else(|| {
+                unreadable(format!(
+                    "no version {DISPATCHER_VERSION} configuration (another libxdp version?)"
+                ))
+            })?;
+        let dir = dispatcher_dir(ifindex, attached.prog_id);
+        let names = occupant.components.unwrap_or_default();
+        if names.len() != usize::from(config.num_progs_enabled) {
+            return Err(unreadable(format!(
+                "{} programs configured, {} pinned under {}",
+                config.num_progs_enabled,
+                names.len(),
+                dir.display()
+            )));
+        }
+        let components = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let slot = Slot {
+                    run_priority: config.run_prios[i],
+                    chain_call_actions: config.chain_call_actions[i],
+                    frags: config.program_flags[i] & BPF_F_XDP_HAS_FRAGS != 0,
+                };
+                (name, slot)
+            })
+            .collect();
+        Ok(Some(Self {
+            prog_id: attached.prog_id,
+            mode: attached.mode,
+            config,
+            dir,
+            components,
+            fd,
+        }))
+    }
+}
+
+/// `/sys/fs/bpf/xdp/dispatch-IFINDEX-PROGID`.
+#[must_use]
+pub fn dispatcher_dir(ifindex: u32, prog_id: u32) -> PathBuf {
+    Path::new(LIBXDP_PIN_ROOT).join(format!("dispatch-{ifindex}-{prog_id}"))
+}
+
+/// The protocol's lock: `flock(LOCK_EX)` on [`LIBXDP_PIN_ROOT`], held while dispatchers are
+/// read, built, pinned and swapped.
+struct PinLock(#[allow(dead_code, reason = "held for its flock")] fs::File);
+
+impl PinLock {
+    fn take() -> Result<Self, LoaderError> {
+        let failed = |e: io::Error| LoaderError::MultiprogUnsupported {
+            detail: format!("locking {LIBXDP_PIN_ROOT}: {e}"),
+        };
+        fs::create_dir_all(LIBXDP_PIN_ROOT).map_err(failed)?;
+        let dir = fs::File::open(LIBXDP_PIN_ROOT).map_err(failed)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+            return Err(failed(io::Error::last_os_error()));
+        }
+        Ok(Self(dir))
+    }
+}
+
+/// A program to put into a dispatcher, and its slot.
+pub struct Member<'a> {
+    /// Its name (matched against the kernel names of the components already there).
+    pub name: &'a str,
+    /// Its slot.
+    pub slot: Slot,
+    /// The program: loaded already, or loaded by [`install`] against the new dispatcher.
+    pub program: &'a mut Extension,
+}
+
+/// What [`install`] and [`uninstall`] left on the interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swap {
+    /// The dispatcher the interface runs now (`None`: no XDP program left).
+    pub dispatcher: Option<u32>,
+    /// The dispatcher it replaced.
+    pub replaced: Option<u32>,
+    /// The components of the dispatcher now attached, by kernel name, in run order.
+    pub components: Vec<String>,
+}
+
+/// Puts `member` into the dispatcher of interface `ifindex`, the protocol's way: a new
+/// dispatcher with the components already there (the same programs, re-attached) and
+/// `member` in its run-priority place, replacing a component of the same name (a restart), is
+/// pinned and then swapped in for the old one in one netlink operation (`XDP_FLAGS_REPLACE`), so
+/// the interface never runs without either; the old dispatcher's pins go. On an interface
+/// without XDP the dispatcher is attached in `how`'s mode.
+///
+/// # Errors
+/// [`LoaderError::XdpAlreadyAttached`] when the interface runs a program that is not a
+/// dispatcher, [`LoaderError::MultiprogUnsupported`] when the kernel refuses a step.
+pub fn install(
+    iface: &str,
+    ifindex: u32,
+    how: crate::firewall::XdpAttach,
+    member: Member<'_>,
+    dispatcher_object: &Path,
+) -> Result<Swap, LoaderError> {
+    swap(
+        iface,
+        ifindex,
+        how,
+        Some(member),
+        kernel_name(""),
+        dispatcher_object,
+    )
+}
+
+/// Takes the component named `name` out of the dispatcher of interface `ifindex` (the same
+/// swap as [`install`]); the last one out takes the dispatcher with it.
+///
+/// # Errors
+/// As [`install`].
+pub fn uninstall(
+    iface: &str,
+    ifindex: u32,
+    name: &str,
+    dispatcher_object: &Path,
+) -> Result<Swap, LoaderError> {
+    swap(
+        iface,
+        ifindex,
+        crate::firewall::XdpAttach::Auto,
+        None,
+        kernel_name(name),
+        dispatcher_object,
+    )
+}
+
+fn swap(
+    iface: &str,
+    ifindex: u32,
+    how: crate::firewall::XdpAttach,
+    member: Option<Member<'_>>,
+    removed: &str,
+    dispatcher_object: &Path,
+) -> Result<Swap, LoaderError> {
+    let failed = |what: &str, e: &dyn fmt::Display| LoaderError::MultiprogUnsupported {
+        detail: format!("{what} on {iface}: {e}"),
+    };
+    let _lock = PinLock::take()?;
+    let current = Installed::read(iface, ifindex)?;
+    let replaced_name = member
+        .as_ref()
+        .map_or(removed, |m| kernel_name(m.name))
+        .to_owned();
+    // The components that stay, as programs reopened from their pins.
+    let mut others = Vec::new();
+    if let Some(current) = &current {
+        for (i, (name, slot)) in current.components.iter().enumerate() {
+            if *name == replaced_name {
+                continue;
+            }
+            let pin = current.dir.join(format!("{}-prog", slot_function(i)));
+            let program = Extension::from_pin(&pin)
+                .map_err(|e| failed(&format!("reopening {}", pin.display()), &e))?;
+            others.push((name.clone(), *slot, program));
+        }
+    }
+    // Run order: priority, then name (libxdp's first two keys).
+    let mut order: Vec<(String, Slot, Option<usize>)> = others
+        .iter()
+        .enumerate()
+        .map(|(i, (name, slot, _))| (name.clone(), *slot, Some(i)))
+        .collect();
+    if let Some(m) = &member {
+        order.push((kernel_name(m.name).to_owned(), m.slot, None));
+    }
+    order.sort_by(|a, b| (a.1.run_priority, &a.0).cmp(&(b.1.run_priority, &b.0)));
+    if order.len() > DISPATCHER_SLOTS {
+        return Err(failed(
+            "adding a program",
+            &"all 10 dispatcher slots are taken",
+        ));
+    }
+
+    if order.is_empty() {
+        // The last component goes: so does the dispatcher.
+        if let Some(current) = &current {
+            crate::netlink::set_xdp(
+                ifindex,
+                -1,
+                mode_flags(current.mode),
+                Some(current.fd.as_fd().as_raw_fd()),
+            )
+            .map_err(|e| failed("detaching the dispatcher", &e))?;
+            remove_pins(&current.dir);
+        }
+        return Ok(Swap {
+            dispatcher: None,
+            replaced: current.as_ref().map(|c| c.prog_id),
+            components: Vec::new(),
+        });
+    }
+
+    let slots: Vec<Slot> = order.iter().map(|(_, slot, _)| *slot).collect();
+    let dispatcher = Dispatcher::load_file(dispatcher_object, &slots)?;
+    let dispatcher_fd = dispatcher.fd()?;
+    let dispatcher_id = dispatcher
+        .program()
+        .info()
+        .map_err(|e| failed("reading the new dispatcher", &e))?
+        .id();
+    let dir = dispatcher_dir(ifindex, dispatcher_id);
+    fs::create_dir_all(&dir).map_err(|e| failed(&format!("creating {}", dir.display()), &e))?;
+    let mut member = member;
+    let result = (|| {
+        for (i, (name, _, other)) in order.iter().enumerate() {
+            let function = slot_function(i);
+            let program: &mut Extension = match other {
+                Some(j) => &mut others[*j].2,
+                None => member.as_mut().expect("the member is in the order").program,
+            };
+            let link_id = if program.fd().is_ok() {
+                program.attach_to_program(&dispatcher_fd, &function)
+            } else {
+                program
+                    .load(dispatcher.fd()?, &function)
+                    .and_then(|()| program.attach())
+            }
+            .map_err(|e| match load_errno(&e) {
+                Some(libc::EPERM) => LoaderError::MultiprogUnsupported {
+                    detail: unsupported_reason(libc::EPERM),
+                },
+                _ => failed(&format!("linking {name} into {function}"), &e),
+            })?;
+            let link: FdLink = program
+                .take_link(link_id)
+                .map_err(|e| failed("taking the link", &e))?
+                .into();
+            program
+                .pin(dir.join(format!("{function}-prog")))
+                .map_err(|e| failed("pinning a component", &e))?;
+            link.pin(dir.join(format!("{function}-link")))
+                .map_err(|e| failed("pinning a component's link", &e))?;
+        }
+        let fd = dispatcher_fd.as_fd().as_raw_fd();
+        match &current {
+            Some(current) => crate::netlink::set_xdp(
+                ifindex,
+                fd,
+                mode_flags(current.mode),
+                Some(current.fd.as_fd().as_raw_fd()),
+            )
+            .map_err(|e| failed("swapping in the new dispatcher", &e)),
+            None => {
+                attach_new(ifindex, fd, how).map_err(|e| failed("attaching the dispatcher", &e))
+            }
+        }
+    })();
+    if let Err(e) = result {
+        remove_pins(&dir);
+        return Err(e);
+    }
+    if let Some(current) = &current {
+        remove_pins(&current.dir);
+    }
+    Ok(Swap {
+        dispatcher: Some(dispatcher_id),
+        replaced: current.as_ref().map(|c| c.prog_id),
+        components: order.into_iter().map(|(name, _, _)| name).collect(),
+    })
+}
+
+/// Attaches a first dispatcher (`XDP_FLAGS_UPDATE_IF_NOEXIST`): native, generic, or native
+/// then generic.
+fn attach_new(ifindex: u32, fd: i32, how: crate::firewall::XdpAttach) -> io::Result<()> {
+    use crate::{firewall::XdpAttach, netlink};
+    let modes: &[u32] = match how {
+        XdpAttach::Native => &[netlink::XDP_FLAGS_DRV_MODE],
+        XdpAttach::Skb => &[netlink::XDP_FLAGS_SKB_MODE],
+        XdpAttach::Auto => &[netlink::XDP_FLAGS_DRV_MODE, netlink::XDP_FLAGS_SKB_MODE],
+    };
+    let mut last = io::Error::from(io::ErrorKind::InvalidInput);
+    for mode in modes {
+        match netlink::set_xdp(
+            ifindex,
+            fd,
+            netlink::XDP_FLAGS_UPDATE_IF_NOEXIST | mode,
+            None,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) => {
+                return Err(e)
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The netlink flags that name an attachment's mode (a replacement must give the same).
+fn mode_flags(mode: crate::netlink::XdpAttachMode) -> u32 {
+    use crate::netlink::{XdpAttachMode, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE};
+    match mode {
+        XdpAttachMode::Skb => XDP_FLAGS_SKB_MODE,
+        XdpAttachMode::Native => XDP_FLAGS_DRV_MODE,
+        XdpAttachMode::Hardware | XdpAttachMode::Multi => 0,
+    }
+}
+
+/// Removes a dispatcher's pin directory (its links and programs stay while anyone holds them).
+fn remove_pins(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("could not remove {}: {e}", dir.display());
+        }
+    }
 }

@@ -94,6 +94,63 @@ pub fn xdp_attached(ifindex: u32) -> io::Result<Option<XdpAttached>> {
         .find_map(|payload| xdp_of_link(payload, ifindex)))
 }
 
+/// `IFLA_XDP_FD`, `IFLA_XDP_FLAGS`, `IFLA_XDP_EXPECTED_FD` (inside `IFLA_XDP`).
+const IFLA_XDP_FD: u16 = 1;
+const IFLA_XDP_FLAGS: u16 = 3;
+const IFLA_XDP_EXPECTED_FD: u16 = 8;
+/// `NLA_F_NESTED`.
+const NLA_F_NESTED: u16 = 1 << 15;
+/// `XDP_FLAGS_UPDATE_IF_NOEXIST`: fail with `EBUSY` if the interface has a program.
+pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
+/// `XDP_FLAGS_SKB_MODE`.
+pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+/// `XDP_FLAGS_DRV_MODE`.
+pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `XDP_FLAGS_REPLACE`: replace only the program given as expected (`IFLA_XDP_EXPECTED_FD`).
+pub const XDP_FLAGS_REPLACE: u32 = 1 << 4;
+
+/// Attaches program `fd` (-1: none) to interface `ifindex` through netlink (`RTM_SETLINK`,
+/// `IFLA_XDP`) with `flags`; with `expected`, only if the interface runs exactly that program
+/// (`XDP_FLAGS_REPLACE`), which makes the swap atomic: the interface never runs neither.
+/// libxdp attaches its dispatchers this way (not through a bpf_link, which no one else could
+/// replace).
+///
+/// # Errors
+/// The kernel's (`EEXIST`/`EBUSY`: taken, or not the expected program).
+pub fn set_xdp(ifindex: u32, fd: i32, flags: u32, expected: Option<i32>) -> io::Result<()> {
+    let attribute = |kind: u16, value: &[u8]| {
+        let len = u16::try_from(4 + value.len()).expect("small attribute");
+        let mut out = Vec::with_capacity(usize::from(len).next_multiple_of(4));
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    };
+    let flags = if expected.is_some() {
+        flags | XDP_FLAGS_REPLACE
+    } else {
+        flags
+    };
+    let mut xdp = attribute(IFLA_XDP_FD, &fd.to_ne_bytes());
+    xdp.extend(attribute(IFLA_XDP_FLAGS, &flags.to_ne_bytes()));
+    if let Some(expected) = expected {
+        xdp.extend(attribute(IFLA_XDP_EXPECTED_FD, &expected.to_ne_bytes()));
+    }
+    let mut body = vec![0u8; IFINFOMSG_LEN];
+    body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    body.extend(attribute(IFLA_XDP | NLA_F_NESTED, &xdp));
+    let socket = Netlink::open(libc::NETLINK_ROUTE)?;
+    let seq = 4;
+    let request = encode(
+        libc::RTM_SETLINK,
+        request_flags(libc::NLM_F_REQUEST | libc::NLM_F_ACK),
+        seq,
+        &body,
+    );
+    socket.transact(&request, seq).map(drop)
+}
+
 /// The `IFLA_XDP` of an `RTM_NEWLINK` payload (`ifinfomsg` then attributes) for `ifindex`.
 fn xdp_of_link(payload: &[u8], ifindex: u32) -> Option<XdpAttached> {
     if payload.len() < IFINFOMSG_LEN || u32_at(payload, 4) != ifindex {

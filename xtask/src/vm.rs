@@ -33,12 +33,14 @@ use crate::{
 };
 
 /// What this command needs on the host besides the build tools.
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "libxdp1"];
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "libxdp1", "xdp-tools"];
 
 /// libxdp's multi-program dispatcher (package `libxdp1`), at the same path in the VM: the
 /// suite's multi-program tests load it, and Debian's kernels must accept the firewall as its
 /// `freplace` component (`MPTCP_TESTS_REQUIRE_FREPLACE=1` in the init script).
 const XDP_DISPATCHER: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o";
+/// xdp-filter's program (package `xdp-tools`): the neighbour in the multi-program tests.
+const XDP_FILTER: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
 
 /// busybox-static's binary; its applets are linked at boot by `busybox --install -s`.
 const BUSYBOX: &str = "/bin/busybox";
@@ -483,11 +485,13 @@ fn write_initramfs(
         let name = library.to_string_lossy();
         archive.file(name.trim_start_matches('/'), 0o755, &read(library)?);
     }
-    archive.file(
-        XDP_DISPATCHER.trim_start_matches('/'),
-        0o644,
-        &read(Path::new(XDP_DISPATCHER))?,
-    );
+    for object in [XDP_DISPATCHER, XDP_FILTER] {
+        archive.file(
+            object.trim_start_matches('/'),
+            0o644,
+            &read(Path::new(object))?,
+        );
+    }
     for fixture in fixtures {
         let name = fixture.file_name().unwrap_or_default().to_string_lossy();
         archive.file(&format!("fixtures/{name}"), 0o644, &read(fixture)?);

@@ -98,3 +98,293 @@ fn the_firewall_runs_as_a_dispatcher_component() {
         "{c:?}"
     );
 }
+
+/// Brings `lo` of this thread's network namespace up.
+fn loopback_up() {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo"; results checked.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(sock >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+        assert_eq!(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr), 0);
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr), 0);
+        libc::close(sock);
+    }
+}
+
+/// Sends Ethernet frames out of `lo`, which loops them back into its receive path, where
+/// generic XDP runs.
+struct LoopbackSender(std::os::fd::OwnedFd);
+
+impl LoopbackSender {
+    fn new() -> Self {
+        // SAFETY: socket(2); the result is checked and owned.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: a zeroed sockaddr_ll naming lo; the frame buffer is valid for its length.
+        let sent = unsafe {
+            let mut to: libc::sockaddr_ll = std::mem::zeroed();
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = LO as i32;
+            to.sll_halen = 6;
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            sent,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The neighbour: xdp-filter's allow-by-default program with every feature, from Debian's
+/// `xdp-tools` (at the same path in the vm-test initramfs).
+const NEIGHBOUR_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
+const NEIGHBOUR: &str = "xdpfilt_alw_all";
+
+/// A bpffs directory for the neighbour's pinned maps, removed on drop.
+struct NeighbourPins(std::path::PathBuf);
+
+impl NeighbourPins {
+    fn new() -> Self {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/mptcp-test-multiprog-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("bpffs directory");
+        Self(dir)
+    }
+}
+
+impl Drop for NeighbourPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `lo`'s index in a fresh network namespace.
+const LO: u32 = 1;
+
+/// Every frame the firewall saw (one packet reason each).
+fn frames_seen(v: &Validator) -> u64 {
+    let c = v.counters();
+    mptcp_common::counters::Counter::ALL
+        .iter()
+        .filter(|r| r.is_packet_reason())
+        .map(|r| c.get(r.name()).copied().unwrap_or(0))
+        .sum()
+}
+
+fn firewall_component() -> Validator {
+    let ebpf = multiprog::load_object_as_component(mptcp_loader::EBPF_OBJ).expect("load object");
+    let mut v = Validator { ebpf };
+    v.set_config(Config {
+        mode: MODE_ENFORCE,
+        ..Config::default()
+    });
+    v
+}
+
+fn extension<'a>(v: &'a mut Validator, name: &str) -> &'a mut aya::programs::Extension {
+    v.ebpf
+        .program_mut(name)
+        .expect(name)
+        .try_into()
+        .expect("an extension")
+}
+
+/// The protocol on a real interface, `lo` of a network namespace of the test's own (a thread
+/// in `unshare(CLONE_NEWNET)`): xdp-filter's program joins first (its own priority 10), then the
+/// firewall after it (priority 20); frames sent on `lo` reach both (xdp-filter's own counters
+/// and the firewall's), a forged ADD_ADDR is dropped; then a second firewall instance (a restart)
+/// replaces the first while frames keep coming, and every frame is counted by the one or the
+/// other: the interface never ran without the firewall. Then both leave and the interface has
+/// no XDP program.
+#[test]
+fn the_firewall_shares_an_interface_and_is_replaced_without_a_gap() {
+    std::thread::spawn(shares_an_interface)
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn shares_an_interface() {
+    use mptcp_loader::{firewall::XdpAttach, netlink};
+
+    // SAFETY: unshare(2) affects this thread only.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+    loopback_up();
+    let object = std::path::Path::new(DISPATCHER_OBJECT);
+    match multiprog::probe(mptcp_loader::EBPF_OBJ, object) {
+        Err(LoaderError::MultiprogUnsupported { detail })
+            if std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_none() =>
+        {
+            assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
+            eprintln!("this kernel refuses freplace programs: {detail}");
+            return;
+        }
+        result => result.unwrap_or_else(|e| panic!("{e}")),
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("run statistics");
+
+    // xdp-filter's program (Debian's xdp-tools), its maps pinned in a directory of the test's.
+    let pins = NeighbourPins::new();
+    let mut neighbour = Validator {
+        ebpf: aya::EbpfLoader::new()
+            .extension(NEIGHBOUR)
+            .default_map_pin_directory(&pins.0)
+            .load_file(NEIGHBOUR_OBJECT)
+            .expect("load xdp-filter's object"),
+    };
+    // Its compiled-in run configuration (`xdp-loader status` shows it): priority 10, chain
+    // on XDP_PASS.
+    let neighbour_slot = Slot {
+        run_priority: 10,
+        chain_call_actions: 1 << XDP_PASS,
+        frags: false,
+    };
+    let first = multiprog::install(
+        "lo",
+        LO,
+        XdpAttach::Skb,
+        multiprog::Member {
+            name: NEIGHBOUR,
+            slot: neighbour_slot,
+            program: extension(&mut neighbour, NEIGHBOUR),
+        },
+        object,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.replaced, None);
+    assert_eq!(first.components, ["xdpfilt_alw_all"]);
+
+    let mut old = firewall_component();
+    let joined = multiprog::install(
+        "lo",
+        LO,
+        XdpAttach::Skb,
+        multiprog::Member {
+            name: PROG_XDP_INGRESS,
+            slot: FIREWALL_SLOT,
+            program: extension(&mut old, PROG_XDP_INGRESS),
+        },
+        object,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(joined.replaced, first.dispatcher);
+    assert_eq!(joined.components, ["xdpfilt_alw_all", "mptcp_xdp_ingre"]);
+    let attached = netlink::xdp_attached(LO).unwrap().expect("XDP on lo");
+    assert_eq!(Some(attached.prog_id), joined.dispatcher);
+    let installed = multiprog::Installed::read("lo", LO)
+        .unwrap()
+        .expect("a dispatcher");
+    assert_eq!(
+        installed
+            .components
+            .iter()
+            .map(|(_, s)| s.run_priority)
+            .collect::<Vec<_>>(),
+        [10, multiprog::RUN_PRIORITY]
+    );
+    assert!(!multiprog::dispatcher_dir(LO, first.dispatcher.unwrap()).exists());
+
+    // Traffic reaches both; the firewall drops a forged ADD_ADDR.
+    let sender = LoopbackSender::new();
+    let neighbour_passed = |v: &Validator| -> u64 {
+        let stats: aya::maps::PerCpuArray<_, [u64; 2]> =
+            aya::maps::PerCpuArray::try_from(v.ebpf.map("xdp_stats_map").expect("stats map"))
+                .expect("per-CPU array");
+        stats
+            .get(&XDP_PASS, 0)
+            .expect("XDP_PASS record")
+            .iter()
+            .map(|&[packets, _bytes]| packets)
+            .sum()
+    };
+    let base = Frame::v4(&mpc_ab());
+    let genuine = add_addr_from(true, 1, &[10, 0, 0, 2], None);
+    let mut forged = genuine.clone();
+    forged[15] ^= 1;
+    sender.send(&base.bytes());
+    sender.send(&base.with_opts(&genuine).bytes());
+    sender.send(&base.with_opts(&forged).bytes());
+    let c = old.counters();
+    assert_eq!(
+        (c["add_addr_valid"], c["add_addr_bad_hmac_dropped"]),
+        (1, 1),
+        "{c:?}"
+    );
+    assert_eq!(frames_seen(&old), 3);
+    assert_eq!(
+        neighbour_passed(&neighbour),
+        3,
+        "xdp-filter ran first and passed all three"
+    );
+
+    // A restart: another instance replaces the first while frames keep coming.
+    let mut new = firewall_component();
+    let plain = Frame::v4(&[]).bytes();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::thread::scope(|s| {
+        let sending = s.spawn(|| {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 200 {
+                sender.send(&plain);
+                sent += 1;
+            }
+            sent
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let restarted = multiprog::install(
+            "lo",
+            LO,
+            XdpAttach::Skb,
+            multiprog::Member {
+                name: PROG_XDP_INGRESS,
+                slot: FIREWALL_SLOT,
+                program: extension(&mut new, PROG_XDP_INGRESS),
+            },
+            object,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(restarted.replaced, joined.dispatcher);
+        assert_eq!(restarted.components, ["xdpfilt_alw_all", "mptcp_xdp_ingre"]);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sending.join().unwrap()
+    });
+    let (by_old, by_new) = (frames_seen(&old) - 3, frames_seen(&new));
+    eprintln!("during the restart: {sent} frames sent, {by_old} seen by the old instance, {by_new} by the new one");
+    assert!(by_old > 0 && by_new > 0, "old {by_old}, new {by_new}");
+    assert_eq!(by_old + by_new, sent, "every frame met a firewall");
+    assert_eq!(
+        neighbour_passed(&neighbour),
+        3 + sent,
+        "xdp-filter stayed in place"
+    );
+
+    // Both leave; the last one takes the dispatcher with it.
+    let left = multiprog::uninstall("lo", LO, PROG_XDP_INGRESS, object).unwrap();
+    assert_eq!(left.components, ["xdpfilt_alw_all"]);
+    let gone = multiprog::uninstall("lo", LO, NEIGHBOUR, object).unwrap();
+    assert_eq!(gone.dispatcher, None);
+    assert_eq!(netlink::xdp_attached(LO).unwrap(), None);
+    assert!(!multiprog::dispatcher_dir(LO, left.dispatcher.unwrap()).exists());
+}

@@ -39,8 +39,13 @@ const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "libxdp1",
 /// suite's multi-program tests load it, and Debian's kernels must accept the firewall as its
 /// `freplace` component (`MPTCP_TESTS_REQUIRE_FREPLACE=1` in the init script).
 const XDP_DISPATCHER: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o";
+/// xdp-tools' loader: the multi-program tests check that `xdp-loader status` (libxdp) reads
+/// the dispatcher the firewall built.
+const XDP_LOADER: &str = "/usr/sbin/xdp-loader";
 /// xdp-filter's program (package `xdp-tools`): the neighbour in the multi-program tests.
 const XDP_FILTER: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
+/// What those tests have `xdp-loader load` add to the firewall's dispatcher.
+const XDP_FILTER_IP: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_ip.o";
 
 /// busybox-static's binary; its applets are linked at boot by `busybox --install -s`.
 const BUSYBOX: &str = "/bin/busybox";
@@ -464,7 +469,7 @@ fn write_initramfs(
 ) -> Result<()> {
     let read = |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
     let mut archive = Cpio::default();
-    for dir in ["proc", "sys", "tmp", "sbin", "usr/bin", "usr/sbin"] {
+    for dir in ["proc", "sys", "tmp", "run", "sbin", "usr/bin", "usr/sbin"] {
         archive.dir(dir);
     }
     // The kernel opens /dev/console for init before anything is mounted.
@@ -475,7 +480,17 @@ fn write_initramfs(
     archive.file(TEST, 0o755, &read(&executables.test)?);
     archive.file(BENCH, 0o755, &read(&executables.bench)?);
     let mut libraries = Vec::new();
-    for exe in [&executables.test, &executables.bench, Path::new(BUSYBOX)] {
+    archive.file(
+        XDP_LOADER.trim_start_matches('/'),
+        0o755,
+        &read(Path::new(XDP_LOADER))?,
+    );
+    for exe in [
+        &executables.test,
+        &executables.bench,
+        Path::new(BUSYBOX),
+        Path::new(XDP_LOADER),
+    ] {
         libraries.extend(shared_libraries(exe)?);
     }
     libraries.sort();
@@ -485,7 +500,7 @@ fn write_initramfs(
         let name = library.to_string_lossy();
         archive.file(name.trim_start_matches('/'), 0o755, &read(library)?);
     }
-    for object in [XDP_DISPATCHER, XDP_FILTER] {
+    for object in [XDP_DISPATCHER, XDP_FILTER, XDP_FILTER_IP] {
         archive.file(
             object.trim_start_matches('/'),
             0o644,

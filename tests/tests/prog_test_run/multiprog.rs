@@ -159,6 +159,9 @@ impl LoopbackSender {
 /// `xdp-tools` (at the same path in the vm-test initramfs).
 const NEIGHBOUR_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
 const NEIGHBOUR: &str = "xdpfilt_alw_all";
+/// What `xdp-loader load` adds to the firewall's dispatcher: xdp-filter's allow-by-default program for IP only
+/// (priority 10; passes what its empty lists do not name).
+const LIBXDP_ADDED_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_ip.o";
 
 /// A bpffs directory for the neighbour's pinned maps, removed on drop.
 struct NeighbourPins(std::path::PathBuf);
@@ -304,6 +307,55 @@ fn shares_an_interface() {
         [10, multiprog::RUN_PRIORITY]
     );
     assert!(!multiprog::dispatcher_dir(LO, first.dispatcher.unwrap()).exists());
+    let mut libxdp_added = false;
+    // libxdp reads the dispatcher as its own (where xdp-tools is installed: required in vm-test).
+    match std::process::Command::new("xdp-loader")
+        .args(["status", "lo"])
+        .output()
+    {
+        Ok(out) => {
+            let status = String::from_utf8_lossy(&out.stdout);
+            eprintln!("xdp-loader status lo:\n{status}");
+            let row = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.contains(name))
+                    .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(row("xdp_dispatcher")[1], "xdp_dispatcher", "{status}");
+            // `=> PRIO NAME ... CHAIN-ACTIONS`
+            assert_eq!(
+                row("xdpfilt_alw_all")[1..3],
+                ["10", "xdpfilt_alw_all"],
+                "{status}"
+            );
+            let ours = row("mptcp_xdp_ingress");
+            assert_eq!(ours[1..3], ["20", "mptcp_xdp_ingress"], "{status}");
+            assert_eq!(
+                ours.last().map(String::as_str),
+                Some("XDP_PASS"),
+                "{status}"
+            );
+            // And libxdp adds a program of its own to the firewall's dispatcher.
+            let out = std::process::Command::new("xdp-loader")
+                .args(["load", "-m", "skb", "lo", LIBXDP_ADDED_OBJECT])
+                .output()
+                .expect("xdp-loader load");
+            assert!(
+                out.status.success(),
+                "xdp-loader load: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            libxdp_added = true;
+        }
+        Err(e) if std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_none() => {
+            eprintln!("xdp-loader not run ({e}): install Debian's xdp-tools");
+        }
+        Err(e) => panic!("xdp-loader: {e}"),
+    }
 
     // Traffic reaches both; the firewall drops a forged ADD_ADDR.
     let sender = LoopbackSender::new();
@@ -364,8 +416,12 @@ fn shares_an_interface() {
             object,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(restarted.replaced, joined.dispatcher);
-        assert_eq!(restarted.components, ["xdpfilt_alw_all", "mptcp_xdp_ingre"]);
+        assert_ne!(restarted.replaced, None);
+        let mut expected = vec!["xdpfilt_alw_all", "mptcp_xdp_ingre"];
+        if libxdp_added {
+            expected.insert(1, "xdpfilt_alw_ip");
+        }
+        assert_eq!(restarted.components, expected);
         std::thread::sleep(std::time::Duration::from_millis(50));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         sending.join().unwrap()
@@ -382,8 +438,12 @@ fn shares_an_interface() {
 
     // Both leave; the last one takes the dispatcher with it.
     let left = multiprog::uninstall("lo", LO, PROG_XDP_INGRESS, object).unwrap();
-    assert_eq!(left.components, ["xdpfilt_alw_all"]);
-    let gone = multiprog::uninstall("lo", LO, NEIGHBOUR, object).unwrap();
+    assert_eq!(left.components[0], "xdpfilt_alw_all");
+    let mut gone = multiprog::uninstall("lo", LO, NEIGHBOUR, object).unwrap();
+    if libxdp_added {
+        assert_eq!(gone.components, ["xdpfilt_alw_ip"]);
+        gone = multiprog::uninstall("lo", LO, "xdpfilt_alw_ip", object).unwrap();
+    }
     assert_eq!(gone.dispatcher, None);
     assert_eq!(netlink::xdp_attached(LO).unwrap(), None);
     assert!(!multiprog::dispatcher_dir(LO, left.dispatcher.unwrap()).exists());

@@ -800,3 +800,52 @@ fn remove_pins(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_libxdps_layout() {
+        // libxdp checks the value size of the dispatcher's .rodata map before reading it.
+        assert_eq!(std::mem::size_of::<DispatcherConfig>(), 124);
+        let other = Slot {
+            run_priority: 50,
+            chain_call_actions: 1 << XDP_PASS,
+            frags: false,
+        };
+        let config = DispatcherConfig::new(&[FIREWALL_SLOT, other]);
+        assert_eq!(config.num_progs_enabled, 2);
+        assert_eq!(config.chain_call_actions[1], (1 << 2) | (1 << 31));
+        assert_eq!(config.program_flags[..3], [BPF_F_XDP_HAS_FRAGS, 0, 0]);
+        assert_eq!(config.run_prios[2], 0, "unused slots stay zero");
+    }
+
+    #[test]
+    fn occupants_are_described_with_their_fix() {
+        let plain = XdpOccupant {
+            prog_id: 7,
+            name: "xdpfilt_alw_all".into(),
+            mode: "skb",
+            components: None,
+        };
+        assert_eq!(
+            plain.to_string(),
+            "XDP program `xdpfilt_alw_all` (id 7, skb mode)"
+        );
+        assert!(plain.remedy("eth0").contains("`ip link set eth0 xdp off`"));
+        let dispatcher = XdpOccupant {
+            components: Some(vec!["xdpfilt_alw_all".into(), "xsk_def_prog".into()]),
+            name: DISPATCHER_PROGRAM.into(),
+            ..plain
+        };
+        assert_eq!(
+            dispatcher.to_string(),
+            "libxdp's multi-program dispatcher (id 7, skb mode) running xdpfilt_alw_all, \
+             xsk_def_prog"
+        );
+        assert!(dispatcher
+            .remedy("eth0")
+            .contains("`xdp-loader unload eth0 --all`"));
+    }
+}

@@ -118,6 +118,15 @@ pub const XDP_FLAGS_REPLACE: u32 = 1 << 4;
 /// # Errors
 /// The kernel's (`EEXIST`/`EBUSY`: taken, or not the expected program).
 pub fn set_xdp(ifindex: u32, fd: i32, flags: u32, expected: Option<i32>) -> io::Result<()> {
+    let socket = Netlink::open(libc::NETLINK_ROUTE)?;
+    let seq = 4;
+    socket
+        .transact(&set_xdp_request(ifindex, fd, flags, expected, seq), seq)
+        .map(drop)
+}
+
+/// The `RTM_SETLINK` request of [`set_xdp`].
+fn set_xdp_request(ifindex: u32, fd: i32, flags: u32, expected: Option<i32>, seq: u32) -> Vec<u8> {
     let attribute = |kind: u16, value: &[u8]| {
         let len = u16::try_from(4 + value.len()).expect("small attribute");
         let mut out = Vec::with_capacity(usize::from(len).next_multiple_of(4));
@@ -140,15 +149,12 @@ pub fn set_xdp(ifindex: u32, fd: i32, flags: u32, expected: Option<i32>) -> io::
     let mut body = vec![0u8; IFINFOMSG_LEN];
     body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
     body.extend(attribute(IFLA_XDP | NLA_F_NESTED, &xdp));
-    let socket = Netlink::open(libc::NETLINK_ROUTE)?;
-    let seq = 4;
-    let request = encode(
+    encode(
         libc::RTM_SETLINK,
         request_flags(libc::NLM_F_REQUEST | libc::NLM_F_ACK),
         seq,
         &body,
-    );
-    socket.transact(&request, seq).map(drop)
+    )
 }
 
 /// The `IFLA_XDP` of an `RTM_NEWLINK` payload (`ifinfomsg` then attributes) for `ifindex`.
@@ -579,6 +585,32 @@ mod tests {
             p.extend(attribute(IFLA_XDP | 0x8000, &nested)); // NLA_F_NESTED set
         }
         p
+    }
+
+    #[test]
+    fn set_xdp_request_replaces_only_the_expected_program() {
+        let request = set_xdp_request(7, 11, XDP_FLAGS_SKB_MODE, Some(12), 4);
+        assert_eq!(
+            u16::from_ne_bytes([request[4], request[5]]),
+            libc::RTM_SETLINK
+        );
+        let body = &request[NLMSG_HDR_LEN..];
+        assert_eq!(u32_at(body, 4), 7, "ifindex");
+        let (kind, xdp) = attributes(&body[IFINFOMSG_LEN..]).next().expect("IFLA_XDP");
+        assert_eq!(kind, IFLA_XDP);
+        let inner: Vec<(u16, u32)> = attributes(xdp).map(|(k, v)| (k, u32_at(v, 0))).collect();
+        assert_eq!(
+            inner,
+            [
+                (IFLA_XDP_FD, 11),
+                (IFLA_XDP_FLAGS, XDP_FLAGS_SKB_MODE | XDP_FLAGS_REPLACE),
+                (IFLA_XDP_EXPECTED_FD, 12)
+            ]
+        );
+        let first = set_xdp_request(7, 11, XDP_FLAGS_UPDATE_IF_NOEXIST, None, 4);
+        let body = &first[NLMSG_HDR_LEN..];
+        let (_, xdp) = attributes(&body[IFINFOMSG_LEN..]).next().expect("IFLA_XDP");
+        assert_eq!(attributes(xdp).count(), 2, "no expected fd");
     }
 
     #[test]

@@ -196,6 +196,23 @@ fn frames_seen(v: &Validator) -> u64 {
         .sum()
 }
 
+/// Installs program `name` of `v` on `lo` in generic mode (see [`multiprog::install`]).
+fn install_on_lo(v: &mut Validator, name: &'static str, slot: Slot) -> multiprog::Swap {
+    let member = multiprog::Member {
+        name,
+        slot,
+        program: extension(v, name),
+    };
+    multiprog::install(
+        "lo",
+        LO,
+        mptcp_loader::firewall::XdpAttach::Skb,
+        member,
+        DISPATCHER_OBJECT.as_ref(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn firewall_component() -> Validator {
     let ebpf = multiprog::load_object_as_component(mptcp_loader::EBPF_OBJ).expect("load object");
     let mut v = Validator { ebpf };
@@ -229,7 +246,7 @@ fn the_firewall_shares_an_interface_and_is_replaced_without_a_gap() {
 }
 
 fn shares_an_interface() {
-    use mptcp_loader::{firewall::XdpAttach, netlink};
+    use mptcp_loader::netlink;
 
     // SAFETY: unshare(2) affects this thread only.
     assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
@@ -263,34 +280,12 @@ fn shares_an_interface() {
         chain_call_actions: 1 << XDP_PASS,
         frags: false,
     };
-    let first = multiprog::install(
-        "lo",
-        LO,
-        XdpAttach::Skb,
-        multiprog::Member {
-            name: NEIGHBOUR,
-            slot: neighbour_slot,
-            program: extension(&mut neighbour, NEIGHBOUR),
-        },
-        object,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let first = install_on_lo(&mut neighbour, NEIGHBOUR, neighbour_slot);
     assert_eq!(first.replaced, None);
     assert_eq!(first.components, ["xdpfilt_alw_all"]);
 
     let mut old = firewall_component();
-    let joined = multiprog::install(
-        "lo",
-        LO,
-        XdpAttach::Skb,
-        multiprog::Member {
-            name: PROG_XDP_INGRESS,
-            slot: FIREWALL_SLOT,
-            program: extension(&mut old, PROG_XDP_INGRESS),
-        },
-        object,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let joined = install_on_lo(&mut old, PROG_XDP_INGRESS, FIREWALL_SLOT);
     assert_eq!(joined.replaced, first.dispatcher);
     assert_eq!(joined.components, ["xdpfilt_alw_all", "mptcp_xdp_ingre"]);
     let attached = netlink::xdp_attached(LO).unwrap().expect("XDP on lo");
@@ -404,18 +399,7 @@ fn shares_an_interface() {
             sent
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let restarted = multiprog::install(
-            "lo",
-            LO,
-            XdpAttach::Skb,
-            multiprog::Member {
-                name: PROG_XDP_INGRESS,
-                slot: FIREWALL_SLOT,
-                program: extension(&mut new, PROG_XDP_INGRESS),
-            },
-            object,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let restarted = install_on_lo(&mut new, PROG_XDP_INGRESS, FIREWALL_SLOT);
         assert_ne!(restarted.replaced, None);
         let mut expected = vec!["xdpfilt_alw_all", "mptcp_xdp_ingre"];
         if libxdp_added {

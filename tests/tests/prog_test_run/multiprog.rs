@@ -22,8 +22,10 @@ fn dispatcher(slots: &[Slot]) -> Dispatcher {
 }
 
 fn run(d: &Dispatcher, frame: &[u8]) -> u32 {
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::default()
+    };
     d.program()
         .test_run(opts)
         .expect("BPF_PROG_TEST_RUN of the dispatcher")

@@ -15,6 +15,7 @@ use crate::{
     events::{default_state_dir, follow_events, print_events, DEFAULT_EVENTS_MAX_BYTES},
     firewall::{EgressAttach, FilterMode, XdpAttach},
     map_sizes::{parse_map_limit, MapSizes},
+    multiprog::XdpChain,
     pins::default_pin_dir,
     preflight::{check_root, effective_uid, interface_index},
     run::{run, RunPlan, DEFAULT_IDLE_TIMEOUT_S},
@@ -76,6 +77,11 @@ pub struct RunArgs {
     /// run that adopts an interface keeps the egress attachment it finds there.
     #[arg(long = "egress-attach", value_enum, default_value_t = EgressAttach::Auto)]
     pub egress_attach: EgressAttach,
+    /// exclusive: the XDP hook to the firewall alone (a pinned XDP link); multiprog: the
+    /// firewall as a component of libxdp's multi-program dispatcher (xdp-tools), at run
+    /// priority 20 and chaining on XDP_PASS, beside xdp-filter, xdp-loader's programs, ...
+    #[arg(long = "xdp-chain", value_enum, default_value_t = XdpChain::Exclusive)]
+    pub xdp_chain: XdpChain,
     /// Where to pin the maps [default: /sys/fs/bpf/mptcp-fw/netns-<inode of this network namespace>].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
@@ -220,6 +226,7 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
                 default_pin_dir,
             )?;
             plan.egress = args.egress_attach;
+            plan.xdp_chain = args.xdp_chain;
             plan.sizes = MapSizes::for_limits(args.max_conns, args.max_joins);
             plan.idle_timeout_s = args.idle_timeout;
             plan.closed_check_interval_s = args.closed_check_interval;

@@ -422,6 +422,16 @@ fn dispatcher_components(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// How `run` takes an interface's XDP hook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpChain {
+    /// The firewall's program alone, through a pinned XDP link.
+    #[default]
+    Exclusive,
+    /// A component of libxdp's dispatcher, beside other libxdp programs (see this module).
+    Multiprog,
+}
+
 /// The kernel's name of a program (15 bytes of it), how components are recognised in a
 /// dispatcher.
 #[must_use]
@@ -589,14 +599,25 @@ pub fn install(
     member: Member<'_>,
     dispatcher_object: &Path,
 ) -> Result<Swap, LoaderError> {
-    swap(
-        iface,
-        ifindex,
-        how,
-        Some(member),
-        kernel_name(""),
-        dispatcher_object,
-    )
+    install_linked(iface, ifindex, how, member, dispatcher_object).map(|(swap, _)| swap)
+}
+
+/// [`install`], also returning the member's link into the new dispatcher (pinned there too).
+///
+/// # Errors
+/// As [`install`].
+pub fn install_linked(
+    iface: &str,
+    ifindex: u32,
+    how: crate::firewall::XdpAttach,
+    member: Member<'_>,
+    dispatcher_object: &Path,
+) -> Result<(Swap, FdLink), LoaderError> {
+    let (swap, link) = swap(iface, ifindex, how, Some(member), "", dispatcher_object)?;
+    let link = link.ok_or_else(|| LoaderError::MultiprogUnsupported {
+        detail: format!("no link of the new component on {iface}"),
+    })?;
+    Ok((swap, link))
 }
 
 /// Takes the component named `name` out of the dispatcher of interface `ifindex` (the same
@@ -618,6 +639,7 @@ pub fn uninstall(
         kernel_name(name),
         dispatcher_object,
     )
+    .map(|(swap, _)| swap)
 }
 
 fn swap(
@@ -627,7 +649,7 @@ fn swap(
     member: Option<Member<'_>>,
     removed: &str,
     dispatcher_object: &Path,
-) -> Result<Swap, LoaderError> {
+) -> Result<(Swap, Option<FdLink>), LoaderError> {
     let failed = |what: &str, e: &dyn fmt::Display| LoaderError::MultiprogUnsupported {
         detail: format!("{what} on {iface}: {e}"),
     };
@@ -679,11 +701,12 @@ fn swap(
             .map_err(|e| failed("detaching the dispatcher", &e))?;
             remove_pins(&current.dir);
         }
-        return Ok(Swap {
+        let swap = Swap {
             dispatcher: None,
             replaced: current.as_ref().map(|c| c.prog_id),
             components: Vec::new(),
-        });
+        };
+        return Ok((swap, None));
     }
 
     let slots: Vec<Slot> = order.iter().map(|(_, slot, _)| *slot).collect();
@@ -697,6 +720,7 @@ fn swap(
     let dir = dispatcher_dir(ifindex, dispatcher_id);
     fs::create_dir_all(&dir).map_err(|e| failed(&format!("creating {}", dir.display()), &e))?;
     let mut member = member;
+    let mut member_link = None;
     let result = (|| {
         for (i, (name, _, other)) in order.iter().enumerate() {
             let function = slot_function(i);
@@ -724,8 +748,12 @@ fn swap(
             program
                 .pin(dir.join(format!("{function}-prog")))
                 .map_err(|e| failed("pinning a component", &e))?;
-            link.pin(dir.join(format!("{function}-link")))
+            let link = link
+                .pin(dir.join(format!("{function}-link")))
                 .map_err(|e| failed("pinning a component's link", &e))?;
+            if other.is_none() {
+                member_link = Some(FdLink::from(link));
+            }
         }
         let fd = dispatcher_fd.as_fd().as_raw_fd();
         match &current {
@@ -748,11 +776,12 @@ fn swap(
     if let Some(current) = &current {
         remove_pins(&current.dir);
     }
-    Ok(Swap {
+    let swap = Swap {
         dispatcher: Some(dispatcher_id),
         replaced: current.as_ref().map(|c| c.prog_id),
         components: order.into_iter().map(|(name, _, _)| name).collect(),
-    })
+    };
+    Ok((swap, member_link))
 }
 
 /// Attaches a first dispatcher (`XDP_FLAGS_UPDATE_IF_NOEXIST`): native, generic, or native

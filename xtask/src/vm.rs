@@ -57,6 +57,9 @@ const TEST: &str = "prog_test_run";
 /// too (the suite loads only the XDP ones), and runs each through `BPF_PROG_TEST_RUN`.
 const BENCH: &str = "mptcp-bench";
 
+/// The loader binary, for the multi-program test's `run`.
+const LOADER: &str = "mptcp-loader";
+
 const DEBIAN: &str = "http://deb.debian.org/debian";
 const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -407,12 +410,14 @@ impl PrivateApt {
 struct Executables {
     test: PathBuf,
     bench: PathBuf,
+    /// `mptcp-loader`, which the multi-program test runs (`MPTCP_LOADER_BIN`).
+    loader: PathBuf,
 }
 
 /// `cargo test --no-run` for the one test target, which builds the crate's binaries too;
 /// returns the executables cargo reports.
 fn build_executables() -> Result<Executables> {
-    let messages = exec_stdout(cmd("cargo").args([
+    let mut messages = exec_stdout(cmd("cargo").args([
         "test",
         "--package",
         "mptcp-tests",
@@ -420,6 +425,15 @@ fn build_executables() -> Result<Executables> {
         "--test",
         TEST,
         "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    messages += &exec_stdout(cmd("cargo").args([
+        "build",
+        "--package",
+        "mptcp-loader",
+        "--release",
+        "--bin",
+        LOADER,
         "--message-format=json-render-diagnostics",
     ]))?;
     let artifacts: Vec<Value> = messages
@@ -437,6 +451,7 @@ fn build_executables() -> Result<Executables> {
     Ok(Executables {
         test: executable(TEST)?,
         bench: executable(BENCH)?,
+        loader: executable(LOADER)?,
     })
 }
 
@@ -479,6 +494,7 @@ fn write_initramfs(
     archive.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?);
     archive.file(TEST, 0o755, &read(&executables.test)?);
     archive.file(BENCH, 0o755, &read(&executables.bench)?);
+    archive.file(LOADER, 0o755, &read(&executables.loader)?);
     let mut libraries = Vec::new();
     archive.file(
         XDP_LOADER.trim_start_matches('/'),
@@ -488,6 +504,7 @@ fn write_initramfs(
     for exe in [
         &executables.test,
         &executables.bench,
+        &executables.loader,
         Path::new(BUSYBOX),
         Path::new(XDP_LOADER),
     ] {
@@ -567,6 +584,7 @@ echo "{MARK_INIT} kernel $(uname -r), $(nproc) CPU, BTF $btf"
 cd /tmp
 export MPTCP_FIXTURES_DIR=/fixtures
 export MPTCP_TESTS_REQUIRE_FREPLACE=1
+export MPTCP_LOADER_BIN=/{LOADER}
 verdict=PASS
 step() {{
     name=$1

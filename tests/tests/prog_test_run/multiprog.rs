@@ -434,3 +434,265 @@ fn shares_an_interface() {
     assert_eq!(netlink::xdp_attached(LO).unwrap(), None);
     assert!(!multiprog::dispatcher_dir(LO, left.dispatcher.unwrap()).exists());
 }
+
+/// A `mptcp-loader run` in this thread's network namespace; killed on drop.
+struct LoaderRun {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: std::path::PathBuf,
+}
+
+impl LoaderRun {
+    fn start(bin: &std::ffi::OsStr, pin_dir: &std::path::Path, tag: &str) -> Self {
+        let log = std::path::PathBuf::from(format!("/tmp/mptcp-multiprog-run-{tag}.log"));
+        let mut child = std::process::Command::new(bin)
+            .args([
+                "run",
+                "--iface",
+                "lo",
+                "--xdp-chain",
+                "multiprog",
+                "--xdp-mode",
+                "skb",
+            ])
+            .args(["--mode", "enforce", "--pin-dir"])
+            .arg(pin_dir)
+            .arg("--state-dir")
+            .arg(format!("/tmp/mptcp-multiprog-state-{}", std::process::id()))
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("run log"))
+            .spawn()
+            .expect("mptcp-loader run");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines, log }
+    }
+
+    /// Waits for its "attached to lo" line (the verifier is slow under emulation).
+    fn wait_attached(&mut self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("attached to lo") => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "run did not attach: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().expect("wait for run")
+    }
+}
+
+impl Drop for LoaderRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The ingress reasons counted in a run's pinned counter map (egress left out: the frames the
+/// test sends on `lo` leave through its egress too).
+fn pinned_ingress_frames(pin_dir: &std::path::Path) -> u64 {
+    pinned_counters(pin_dir)
+        .into_iter()
+        .filter(|(c, _)| c.is_packet_reason() && *c != mptcp_common::counters::Counter::Egress)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn pinned_counters(pin_dir: &std::path::Path) -> Vec<(mptcp_common::counters::Counter, u64)> {
+    let map = aya::maps::MapData::from_pin(pin_dir.join(mptcp_common::maps::MAP_COUNTERS))
+        .expect("pinned counters");
+    let counters: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).expect("per-CPU");
+    mptcp_common::counters::Counter::ALL
+        .iter()
+        .map(|&c| {
+            (
+                c,
+                counters.get(&(c as u32), 0).expect("counter").iter().sum(),
+            )
+        })
+        .collect()
+}
+
+/// Packets xdp-filter's program on `lo` passed (its `xdp_stats_map`, found through the
+/// dispatcher's pins).
+fn xdp_filter_passed() -> u64 {
+    let installed = multiprog::Installed::read("lo", LO)
+        .unwrap()
+        .expect("a dispatcher");
+    let slot = installed
+        .components
+        .iter()
+        .position(|(name, _)| name == NEIGHBOUR)
+        .expect("xdp-filter in the dispatcher");
+    let info = aya::programs::ProgramInfo::from_pin(
+        installed
+            .dir
+            .join(format!("{}-prog", multiprog::slot_function(slot))),
+    )
+    .unwrap();
+    let map = info
+        .map_ids()
+        .unwrap()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| aya::maps::MapData::from_id(id).ok())
+        .find(|m| {
+            m.info()
+                .is_ok_and(|i| i.name_as_str() == Some("xdp_stats_map"))
+        })
+        .expect("xdp_stats_map");
+    let stats: aya::maps::PerCpuArray<_, [u64; 2]> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).unwrap();
+    stats
+        .get(&XDP_PASS, 0)
+        .unwrap()
+        .iter()
+        .map(|&[packets, _]| packets)
+        .sum()
+}
+
+fn xdp_loader(args: &[&str]) -> String {
+    let out = std::process::Command::new("xdp-loader")
+        .args(args)
+        .output()
+        .expect("xdp-loader");
+    assert!(
+        out.status.success(),
+        "xdp-loader {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `mptcp-loader run --xdp-chain multiprog` on `lo` of a network namespace of the test's own,
+/// where `xdp-loader` already put xdp-filter's program: `xdp-loader status` lists both (10,
+/// then the firewall at 20); frames reach both; a forged ADD_ADDR is dropped; the run is
+/// killed (SIGKILL) and a new one started while frames keep coming: every frame is counted in
+/// the pinned counters, so the interface never ran without the firewall; the new run's SIGTERM
+/// takes the firewall out and leaves xdp-filter.
+#[test]
+fn run_joins_xdp_filter_and_restarts_without_a_gap() {
+    std::thread::spawn(run_in_a_dispatcher)
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn run_in_a_dispatcher() {
+    // SAFETY: unshare(2) affects this thread only.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+    loopback_up();
+    let require = std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_some();
+    match multiprog::probe(mptcp_loader::EBPF_OBJ, DISPATCHER_OBJECT.as_ref()) {
+        Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
+            eprintln!("this kernel refuses freplace programs: {detail}");
+            return;
+        }
+        result => result.unwrap_or_else(|e| panic!("{e}")),
+    }
+    let Some(bin) = std::env::var_os("MPTCP_LOADER_BIN") else {
+        assert!(!require, "MPTCP_LOADER_BIN is not set");
+        eprintln!("MPTCP_LOADER_BIN is not set: not run");
+        return;
+    };
+    let pin_dir = NeighbourPins::new();
+    let pins = pin_dir.0.join("fw");
+
+    xdp_loader(&["load", "-m", "skb", "lo", NEIGHBOUR_OBJECT]);
+    let mut first = LoaderRun::start(&bin, &pins, "first");
+    eprintln!("{}", first.wait_attached());
+    let status = xdp_loader(&["status", "lo"]);
+    eprintln!("xdp-loader status lo:\n{status}");
+    let order: Vec<&str> = status
+        .lines()
+        .filter(|l| l.trim_start().starts_with("=>"))
+        .map(|l| l.split_whitespace().nth(2).unwrap_or(""))
+        .collect();
+    assert_eq!(order, [NEIGHBOUR, PROG_XDP_INGRESS], "{status}");
+
+    let sender = LoopbackSender::new();
+    let base = Frame::v4(&mpc_ab());
+    let genuine = add_addr_from(true, 1, &[10, 0, 0, 2], None);
+    let mut forged = genuine.clone();
+    forged[15] ^= 1;
+    let filter_before = xdp_filter_passed();
+    for frame in [&base, &base.with_opts(&genuine), &base.with_opts(&forged)] {
+        sender.send(&frame.bytes());
+    }
+    let count = |name: &str| {
+        pinned_counters(&pins)
+            .into_iter()
+            .find(|(c, _)| c.name() == name)
+            .map_or(0, |(_, n)| n)
+    };
+    assert_eq!(
+        (count("add_addr_valid"), count("add_addr_bad_hmac_dropped")),
+        (1, 1)
+    );
+    assert_eq!(
+        xdp_filter_passed() - filter_before,
+        3,
+        "xdp-filter saw the frames first"
+    );
+
+    // A crash and a restart while frames keep coming.
+    let frames_before = pinned_ingress_frames(&pins);
+    let plain = Frame::v4(&[]).bytes();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (sent, mut second) = std::thread::scope(|s| {
+        let sending = s.spawn(|| {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sender.send(&plain);
+                sent += 1;
+            }
+            sent
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        first.stop(libc::SIGKILL);
+        let mut second = LoaderRun::start(&bin, &pins, "second");
+        eprintln!("{}", second.wait_attached());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (sending.join().unwrap(), second)
+    });
+    let seen = pinned_ingress_frames(&pins) - frames_before;
+    eprintln!("during the restart: {sent} frames sent, {seen} counted by the firewall");
+    assert_eq!(seen, sent, "every frame met the firewall");
+    let status = xdp_loader(&["status", "lo"]);
+    assert!(
+        status.contains(NEIGHBOUR) && status.contains(PROG_XDP_INGRESS),
+        "{status}"
+    );
+
+    // Stopping the run takes the firewall out of the dispatcher and leaves xdp-filter.
+    assert!(second.stop(libc::SIGTERM).success());
+    let status = xdp_loader(&["status", "lo"]);
+    eprintln!("after the run:\n{status}");
+    assert!(
+        status.contains(NEIGHBOUR) && !status.contains(PROG_XDP_INGRESS),
+        "{status}"
+    );
+    xdp_loader(&["unload", "lo", "--all"]);
+    assert_eq!(mptcp_loader::netlink::xdp_attached(LO).unwrap(), None);
+}

@@ -360,8 +360,8 @@ impl XdpOccupant {
     pub fn remedy(&self, iface: &str) -> String {
         if self.components.is_some() {
             format!(
-                "the firewall's multi-program mode is not available yet, so it needs the XDP \
-                 hook to itself: unload them with `xdp-loader unload {iface} --all`"
+                "run with `--xdp-chain multiprog` to join them, or unload them first with \
+                 `xdp-loader unload {iface} --all`"
             )
         } else {
             format!(
@@ -640,6 +640,29 @@ pub fn uninstall(
         dispatcher_object,
     )
     .map(|(swap, _)| swap)
+}
+
+/// Takes the firewall's component out of interface `ifindex`'s dispatcher if it is there
+/// (`mptcp-loader detach`); whether it was.
+///
+/// # Errors
+/// As [`uninstall`].
+pub fn leave(iface: &str, ifindex: u32) -> Result<bool, LoaderError> {
+    let ours = kernel_name(PROG_XDP_INGRESS);
+    // A gone interface (or none of this namespace) has nothing to leave.
+    if !matches!(crate::netlink::xdp_attached(ifindex), Ok(Some(_))) {
+        return Ok(false);
+    }
+    let member = match Installed::read(iface, ifindex) {
+        Ok(Some(installed)) => installed.components.iter().any(|(name, _)| name == ours),
+        // Nothing there, or not a dispatcher: not ours to take out.
+        Ok(None) | Err(LoaderError::XdpAlreadyAttached { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    if member {
+        uninstall(iface, ifindex, ours, Path::new(DISPATCHER_OBJECT))?;
+    }
+    Ok(member)
 }
 
 fn swap(

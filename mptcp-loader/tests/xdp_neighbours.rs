@@ -3,7 +3,7 @@
 //! what to run about it. The neighbour is `xdp-filter` (xdp-tools), loaded the way an operator
 //! would; on a kernel that refuses `freplace` programs (this project's 6.18 sandbox) libxdp
 //! attaches it alone, without its dispatcher, and the error says nothing can run beside it.
-//! The firewall must leave the neighbour attached.
+//! The firewall must leave the neighbour attached, in both `--xdp-chain` modes.
 //!
 //! Needs root, `ip`, `nsenter`, `xdp-filter` (Debian's `xdp-tools`) and the built eBPF object;
 //! skipped otherwise. The namespace and xdp-filter's pins are removed whatever happens.
@@ -80,4 +80,22 @@ fn a_neighbour_on_the_xdp_hook_is_named_with_the_fix() {
         Some(before),
         "the neighbour was left alone"
     );
+
+    // Multi-program mode cannot join a program that is not libxdp's dispatcher either, and
+    // says so before loading anything.
+    if error.contains("dispatcher") {
+        // A kernel where libxdp chains: the firewall would join (the VM tests cover that).
+        return;
+    }
+    let chained = ns.loader_error(&[
+        "run",
+        "--iface",
+        &iface,
+        "--mode",
+        "enforce",
+        "--xdp-chain",
+        "multiprog",
+    ]);
+    assert_eq!(chained, error, "the same words in both modes");
+    assert_eq!(ns.xdp_prog_id(&iface), Some(before));
 }

@@ -443,7 +443,7 @@ struct LoaderRun {
 }
 
 impl LoaderRun {
-    fn start(bin: &std::ffi::OsStr, pin_dir: &std::path::Path, tag: &str) -> Self {
+    fn start(bin: &std::ffi::OsStr, pin_dir: &std::path::Path, tag: &str, extra: &[&str]) -> Self {
         let log = std::path::PathBuf::from(format!("/tmp/mptcp-multiprog-run-{tag}.log"));
         let mut child = std::process::Command::new(bin)
             .args([
@@ -455,7 +455,9 @@ impl LoaderRun {
                 "--xdp-mode",
                 "skb",
             ])
-            .args(["--mode", "enforce", "--pin-dir"])
+            .args(["--mode", "enforce"])
+            .args(extra)
+            .arg("--pin-dir")
             .arg(pin_dir)
             .arg("--state-dir")
             .arg(format!("/tmp/mptcp-multiprog-state-{}", std::process::id()))
@@ -589,8 +591,9 @@ fn xdp_loader(args: &[&str]) -> String {
 /// where `xdp-loader` already put xdp-filter's program: `xdp-loader status` lists both (10,
 /// then the firewall at 20); frames reach both; a forged ADD_ADDR is dropped; the run is
 /// killed (SIGKILL) and a new one started while frames keep coming: every frame is counted in
-/// the pinned counters, so the interface never ran without the firewall; the new run's SIGTERM
-/// takes the firewall out and leaves xdp-filter.
+/// the pinned counters, so the interface never ran without the firewall; that run exits with
+/// `--keep-attached` and `mptcp-loader detach` takes the firewall out, leaving xdp-filter; a
+/// third run's exit without `--keep-attached` does the same.
 #[test]
 fn run_joins_xdp_filter_and_restarts_without_a_gap() {
     std::thread::spawn(run_in_a_dispatcher)
@@ -628,7 +631,7 @@ fn run_in_a_dispatcher() {
     let pins = pin_dir.0.join("fw");
 
     xdp_loader(&["load", "-m", "skb", "lo", NEIGHBOUR_OBJECT]);
-    let mut first = LoaderRun::start(&bin, &pins, "first");
+    let mut first = LoaderRun::start(&bin, &pins, "first", &[]);
     eprintln!("{}", first.wait_attached());
     let status = xdp_loader(&["status", "lo"]);
     eprintln!("xdp-loader status lo:\n{status}");
@@ -679,7 +682,7 @@ fn run_in_a_dispatcher() {
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
         first.stop(libc::SIGKILL);
-        let mut second = LoaderRun::start(&bin, &pins, "second");
+        let mut second = LoaderRun::start(&bin, &pins, "second", &["--keep-attached"]);
         eprintln!("{}", second.wait_attached());
         std::thread::sleep(std::time::Duration::from_millis(100));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -694,14 +697,38 @@ fn run_in_a_dispatcher() {
         "{status}"
     );
 
-    // Stopping the run takes the firewall out of the dispatcher and leaves xdp-filter.
+    // With --keep-attached the run leaves the firewall in the dispatcher; `detach` takes it
+    // out and leaves xdp-filter.
     assert!(second.stop(libc::SIGTERM).success());
     let status = xdp_loader(&["status", "lo"]);
-    eprintln!("after the run:\n{status}");
+    assert!(status.contains(PROG_XDP_INGRESS), "kept attached: {status}");
+    let out = std::process::Command::new(&bin)
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(&pins)
+        .output()
+        .expect("mptcp-loader detach");
     assert!(
-        status.contains(NEIGHBOUR) && !status.contains(PROG_XDP_INGRESS),
-        "{status}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let only_filter = |when: &str| {
+        let status = xdp_loader(&["status", "lo"]);
+        eprintln!("{when}:\n{status}");
+        assert!(
+            status.contains(NEIGHBOUR) && !status.contains(PROG_XDP_INGRESS),
+            "{status}"
+        );
+    };
+    only_filter("after detach");
+
+    // A run's exit without --keep-attached takes it out too.
+    let mut third = LoaderRun::start(&bin, &pins, "third", &[]);
+    third.wait_attached();
+    assert!(xdp_loader(&["status", "lo"]).contains(PROG_XDP_INGRESS));
+    assert!(third.stop(libc::SIGTERM).success());
+    only_filter("after the run");
     xdp_loader(&["unload", "lo", "--all"]);
     assert_eq!(mptcp_loader::netlink::xdp_attached(LO).unwrap(), None);
 }

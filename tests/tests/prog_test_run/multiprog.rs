@@ -233,6 +233,30 @@ fn extension<'a>(v: &'a mut Validator, name: &str) -> &'a mut aya::programs::Ext
         .expect("an extension")
 }
 
+/// Runs `body` in a thread of its own network namespace with `lo` up, if this kernel chains
+/// XDP programs; otherwise checks that the loader says why (required to chain where
+/// `MPTCP_TESTS_REQUIRE_FREPLACE` is set).
+fn in_own_netns_if_chaining(body: fn()) {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) affects this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        loopback_up();
+        let require = std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_some();
+        match multiprog::probe(mptcp_loader::EBPF_OBJ, DISPATCHER_OBJECT.as_ref()) {
+            Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
+                assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
+                eprintln!("this kernel refuses freplace programs: {detail}");
+            }
+            result => {
+                result.unwrap_or_else(|e| panic!("{e}"));
+                body();
+            }
+        }
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
 /// The protocol on a real interface, `lo` of a network namespace of the test's own (a thread
 /// in `unshare(CLONE_NEWNET)`): xdp-filter's program joins first (its own priority 10), then the
 /// firewall after it (priority 20); frames sent on `lo` reach both (xdp-filter's own counters
@@ -242,28 +266,13 @@ fn extension<'a>(v: &'a mut Validator, name: &str) -> &'a mut aya::programs::Ext
 /// no XDP program.
 #[test]
 fn the_firewall_shares_an_interface_and_is_replaced_without_a_gap() {
-    std::thread::spawn(shares_an_interface)
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    in_own_netns_if_chaining(shares_an_interface);
 }
 
 fn shares_an_interface() {
     use mptcp_loader::netlink;
 
-    // SAFETY: unshare(2) affects this thread only.
-    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-    loopback_up();
     let object = std::path::Path::new(DISPATCHER_OBJECT);
-    match multiprog::probe(mptcp_loader::EBPF_OBJ, object) {
-        Err(LoaderError::MultiprogUnsupported { detail })
-            if std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_none() =>
-        {
-            assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
-            eprintln!("this kernel refuses freplace programs: {detail}");
-            return;
-        }
-        result => result.unwrap_or_else(|e| panic!("{e}")),
-    }
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("run statistics");
 
     // xdp-filter's program (Debian's xdp-tools), its maps pinned in a directory of the test's.
@@ -596,23 +605,11 @@ fn xdp_loader(args: &[&str]) -> String {
 /// third run's exit without `--keep-attached` does the same.
 #[test]
 fn run_joins_xdp_filter_and_restarts_without_a_gap() {
-    std::thread::spawn(run_in_a_dispatcher)
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    in_own_netns_if_chaining(run_in_a_dispatcher);
 }
 
 fn run_in_a_dispatcher() {
-    // SAFETY: unshare(2) affects this thread only.
-    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-    loopback_up();
     let require = std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_some();
-    match multiprog::probe(mptcp_loader::EBPF_OBJ, DISPATCHER_OBJECT.as_ref()) {
-        Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
-            eprintln!("this kernel refuses freplace programs: {detail}");
-            return;
-        }
-        result => result.unwrap_or_else(|e| panic!("{e}")),
-    }
     // Without TCX (< 6.6) `run` attaches egress as a clsact filter, and the vm-test initramfs
     // has no kernel modules, so Debian's modular sch_ingress (clsact) is missing there: the
     // run would fail on egress ("Specified qdisc kind is unknown"), not on XDP.

@@ -141,6 +141,17 @@ pub enum LoaderError {
         detail: String,
     },
 
+    /// An earlier exclusive-mode run's XDP link holds the interface; this run is multiprog.
+    #[error(
+        "{iface} runs the firewall alone through an XDP link pinned by an earlier run: it \
+         cannot join libxdp's dispatcher without a gap; run without `--xdp-chain multiprog`, \
+         or `mptcp-loader detach --iface {iface}` first"
+    )]
+    ChainModeChange {
+        /// Interface name.
+        iface: String,
+    },
+
     /// A component program did not load into its dispatcher slot.
     #[error(
         "the kernel refused `{program}` as the freplace component of dispatcher slot {slot}: \
@@ -608,6 +619,9 @@ mod tests {
             },
             LoaderError::MultiprogUnsupported {
                 detail: crate::multiprog::unsupported_reason(libc::EPERM),
+            },
+            LoaderError::ChainModeChange {
+                iface: "veth0".into(),
             },
             LoaderError::ComponentLoad {
                 program: "mptcp_xdp_ingress",

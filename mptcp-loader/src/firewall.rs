@@ -670,6 +670,11 @@ impl Firewall {
     ) -> Result<AdoptedInterface, LoaderError> {
         let ifindex = links.ifindex;
         let (xdp, xdp_pin, xdp_programs) = match &links.xdp {
+            Some(_) if self.chain == XdpChain::Multiprog => {
+                return Err(LoaderError::ChainModeChange {
+                    iface: iface.to_owned(),
+                })
+            }
             Some(path) => {
                 let (link, outcome) = self.adopt_link::<Xdp>(iface, ifindex, path, swap)?;
                 (link, Some(path.clone()), outcome)

@@ -99,3 +99,32 @@ fn a_neighbour_on_the_xdp_hook_is_named_with_the_fix() {
     assert_eq!(chained, error, "the same words in both modes");
     assert_eq!(ns.xdp_prog_id(&iface), Some(before));
 }
+
+/// An interface an exclusive-mode run left attached (`--keep-attached`) is not moved into a
+/// dispatcher by a `--xdp-chain multiprog` run: that would need a gap. The run says so and
+/// leaves the firewall attached; `detach` then clears it.
+#[test]
+fn multiprog_does_not_take_over_an_exclusive_firewall() {
+    let test = "multiprog_does_not_take_over_an_exclusive_firewall";
+    if !can_run(test, &[]) {
+        return;
+    }
+    let ns = Netns::new("xm");
+    ns.ip(&["link", "add", "xm0", "type", "veth", "peer", "name", "xm1"]);
+    ns.ip(&["link", "set", "xm0", "up"]);
+    ns.ip(&["link", "set", "xm1", "up"]);
+    let mut run = netlab::start_run(&ns, &["--iface", "xm0", "--keep-attached"]);
+    run.stop(libc::SIGTERM);
+    let kept = ns.xdp_prog_id("xm0").expect("kept attached");
+
+    let error = ns.loader_error(&["run", "--iface", "xm0", "--xdp-chain", "multiprog"]);
+    assert_eq!(
+        error,
+        "error: xm0 runs the firewall alone through an XDP link pinned by an earlier run: it \
+         cannot join libxdp's dispatcher without a gap; run without `--xdp-chain multiprog`, or \
+         `mptcp-loader detach --iface xm0` first"
+    );
+    assert_eq!(ns.xdp_prog_id("xm0"), Some(kept), "still protected");
+    ns.loader_ok(&["detach"]);
+    assert_eq!(ns.xdp_prog_id("xm0"), None);
+}

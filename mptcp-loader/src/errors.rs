@@ -108,14 +108,63 @@ pub enum LoaderError {
     },
 
     /// The interface already runs an XDP program that is not a firewall's of ours.
-    #[error(
-        "{iface} already has another XDP program attached: see `ip link show {iface}`; remove it \
-         first (`ip link set {iface} xdp off` for a netlink attachment; a bpf_link goes with its \
-         owner or its pin)"
-    )]
+    #[error("{iface} already runs {occupant}: {remedy}")]
     XdpAlreadyAttached {
         /// Interface name.
         iface: String,
+        /// What is there ([`crate::kernel::multiprog::XdpOccupant`]), or "another XDP program".
+        occupant: String,
+        /// What to do about it.
+        remedy: String,
+    },
+
+    /// libxdp's dispatcher object could not be read or loaded.
+    #[error(
+        "could not load libxdp's XDP dispatcher {}: {detail}; install Debian's `libxdp1` \
+         package (`cargo xtask setup` does)",
+        path.display()
+    )]
+    DispatcherObject {
+        /// The dispatcher object file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+
+    /// The kernel refuses what libxdp's multi-program protocol needs.
+    #[error(
+        "XDP programs cannot be chained through libxdp's dispatcher on this kernel: {detail}; \
+         run the firewall alone on the interface's XDP hook"
+    )]
+    MultiprogUnsupported {
+        /// Why (the kernel's answer).
+        detail: String,
+    },
+
+    /// An earlier exclusive-mode run's XDP link holds the interface; this run is multiprog.
+    #[error(
+        "{iface} runs the firewall alone through an XDP link pinned by an earlier run: it \
+         cannot join libxdp's dispatcher without a gap; run without `--xdp-chain multiprog`, \
+         or `mptcp-loader detach --iface {iface}` first"
+    )]
+    ChainModeChange {
+        /// Interface name.
+        iface: String,
+    },
+
+    /// A component program did not load into its dispatcher slot.
+    #[error(
+        "the kernel refused `{program}` as the freplace component of dispatcher slot {slot}: \
+         {source}; run with `RUST_LOG=debug` for the verifier log"
+    )]
+    ComponentLoad {
+        /// The program.
+        program: &'static str,
+        /// The slot.
+        slot: usize,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
     },
 
     /// Another firewall (another run, or links pinned by one) already holds the interface.
@@ -551,6 +600,23 @@ mod tests {
             },
             LoaderError::XdpAlreadyAttached {
                 iface: "veth0".into(),
+                occupant: "XDP program `xdpfilt_alw_all` (id 7, skb mode)".into(),
+                remedy: "remove it first".into(),
+            },
+            LoaderError::DispatcherObject {
+                path: "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o".into(),
+                detail: "No such file or directory (os error 2)".into(),
+            },
+            LoaderError::MultiprogUnsupported {
+                detail: crate::kernel::multiprog::unsupported_reason(libc::EPERM),
+            },
+            LoaderError::ChainModeChange {
+                iface: "veth0".into(),
+            },
+            LoaderError::ComponentLoad {
+                program: "mptcp_xdp_ingress",
+                slot: 0,
+                source: ProgramError::NotLoaded,
             },
             LoaderError::NoXdpLinks {
                 iface: "veth0".into(),

@@ -24,6 +24,9 @@ use mptcp_tests::{
     },
 };
 
+#[path = "prog_test_run/multiprog.rs"]
+mod multiprog;
+
 const CAPTURES: [&str; 2] = [
     "linux-6.18-mptcp-mixed.pcap",
     "linux-6.18-mptcp-v6-backup-csum.pcap",

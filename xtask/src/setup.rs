@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping", // the loader's `operations` tests
     "redis-server", // the shared store of the two-gateway lab (tests/tests/two_gateways.rs)
     "openssl",      // the throw-away CA of that lab's TLS store
+    "xdp-tools",    // xdp-loader, xdp-filter: the multi-program (libxdp) tests
+    "libxdp1",      // libxdp's XDP dispatcher object, loaded in multi-program mode
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

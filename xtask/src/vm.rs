@@ -47,7 +47,21 @@ const HOST_PACKAGES: &[&str] = &[
     "util-linux",
     "xz-utils",
     "zstd",
+    "libxdp1",
+    "xdp-tools",
 ];
+
+/// libxdp's multi-program dispatcher (package `libxdp1`), at the same path in the VM: the
+/// suite's multi-program tests load it, and Debian's kernels must accept the firewall as its
+/// `freplace` component (`MPTCP_TESTS_REQUIRE_FREPLACE=1` in the init script).
+const XDP_DISPATCHER: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o";
+/// xdp-tools' loader: the multi-program tests check that `xdp-loader status` (libxdp) reads
+/// the dispatcher the firewall built.
+const XDP_LOADER: &str = "/usr/sbin/xdp-loader";
+/// xdp-filter's program (package `xdp-tools`): the neighbour in the multi-program tests.
+const XDP_FILTER: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
+/// What those tests have `xdp-loader load` add to the firewall's dispatcher.
+const XDP_FILTER_IP: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_ip.o";
 
 /// The host programs the end-to-end lab runs, copied into the VM at their host paths with
 /// their shared libraries: the tests find them on `PATH`.
@@ -785,6 +799,19 @@ fn initramfs(workspace: &Workspace, executables: &Executables, init: &str) -> Re
         }
         elves.push(resolved);
     }
+    archive.file(
+        &in_archive(Path::new(XDP_LOADER)),
+        0o755,
+        &read(Path::new(XDP_LOADER))?,
+    );
+    elves.push(PathBuf::from(XDP_LOADER));
+    for object in [XDP_DISPATCHER, XDP_FILTER, XDP_FILTER_IP] {
+        archive.file(
+            &in_archive(Path::new(object)),
+            0o644,
+            &read(Path::new(object))?,
+        );
+    }
 
     let mut libraries = Vec::new();
     for elf in &elves {
@@ -917,6 +944,8 @@ btf=no
 echo "{MARK_INIT} kernel $(uname -r), $(nproc) CPU, BTF $btf, modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 cd /tmp
 export MPTCP_FIXTURES_DIR=/fixtures
+export MPTCP_TESTS_REQUIRE_FREPLACE=1
+export MPTCP_LOADER_BIN=/{LOADER}
 verdict=PASS
 step() {{
     name=$1

@@ -17,6 +17,7 @@ use crate::{
     kernel::detach::print_detach,
     kernel::firewall::{EgressAttach, XdpAttach},
     kernel::map_sizes::{parse_map_limit, MapSizes},
+    kernel::multiprog::XdpChain,
     kernel::pins::default_pin_dir,
     kernel::preflight::{check_root, effective_uid, interface_index},
     kernel::state::pinned_links,
@@ -81,6 +82,11 @@ pub struct RunArgs {
     /// run that adopts an interface keeps the egress attachment it finds there.
     #[arg(long = "egress-attach", value_enum, default_value_t = EgressAttach::Auto)]
     pub egress_attach: EgressAttach,
+    /// exclusive: the XDP hook to the firewall alone (a pinned XDP link); multiprog: the
+    /// firewall as a component of libxdp's multi-program dispatcher (xdp-tools), at run
+    /// priority 20 and chaining on XDP_PASS, beside xdp-filter, xdp-loader's programs, ...
+    #[arg(long = "xdp-chain", value_enum, default_value_t = XdpChain::Exclusive)]
+    pub xdp_chain: XdpChain,
     /// Where to pin the maps [default: /sys/fs/bpf/mptcp-fw/netns-<inode of this network namespace>].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
@@ -243,6 +249,7 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
                 default_pin_dir,
             )?;
             plan.egress = args.egress_attach;
+            plan.xdp_chain = args.xdp_chain;
             plan.sizes = MapSizes::for_limits(args.max_conns, args.max_joins);
             plan.idle_timeout_s = args.idle_timeout;
             plan.closed_check_interval_s = args.closed_check_interval;

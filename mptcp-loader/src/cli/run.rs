@@ -34,6 +34,7 @@ use crate::{
     kernel::firewall::{DetachedInterface, EgressAttach, Firewall, ProgramSwap, XdpAttach},
     kernel::layout::ObjectLayout,
     kernel::map_sizes::MapSizes,
+    kernel::multiprog::XdpChain,
     kernel::pins::{check_bpffs, PinDir},
     kernel::preflight::{check_root, effective_uid, interface_index},
     kernel::state::{
@@ -65,6 +66,8 @@ pub struct RunPlan {
     pub xdp: XdpAttach,
     /// How to attach the egress program where it is attached anew.
     pub egress: EgressAttach,
+    /// How XDP takes an interface's hook: alone, or in libxdp's dispatcher.
+    pub xdp_chain: XdpChain,
     /// Where to pin the maps and links.
     pub pin_dir: PathBuf,
     /// Capacities of the hash maps.
@@ -123,6 +126,7 @@ impl RunPlan {
             mode,
             xdp,
             egress: EgressAttach::Auto,
+            xdp_chain: XdpChain::Exclusive,
             state_dir: default_state_dir(&pin_dir),
             pin_dir,
             sizes: MapSizes::default(),
@@ -183,7 +187,8 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
         // From here on an error leaves the earlier run's state as it was: still attached.
         pin_dir.keep();
     }
-    let mut firewall = Firewall::load_pinned(EBPF_OBJ, &plan.sizes, pin_dir.path())?;
+    let mut firewall =
+        Firewall::load_pinned_chained(EBPF_OBJ, &plan.sizes, pin_dir.path(), plan.xdp_chain)?;
     firewall.set_egress_attach(plan.egress);
     // The whole policy (mode included) is in the maps before the programs see a packet. When
     // adopting, the maps hold the earlier run's policy: only the differences are written.

@@ -136,6 +136,12 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> Result<DetachReport, Loade
         for link in [tc, xdp].into_iter().flatten() {
             bpf_sys::wait_link_gone(link.link);
         }
+        // A `--xdp-chain multiprog` run's XDP program is a component of libxdp's dispatcher,
+        // pinned there, not here.
+        let name = interface_name_of(links.ifindex).unwrap_or_default();
+        if crate::kernel::multiprog::leave(&name, links.ifindex)? {
+            log::info!("{name}: took the firewall out of libxdp's dispatcher");
+        }
         if let Some(state) = &mut state {
             state.remove_iface(links.ifindex)?;
         }

@@ -30,7 +30,7 @@ use aya::{
             TcAttachOptions, TcError, TcHandle,
         },
         xdp::{XdpLink, XdpLinkId},
-        ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        Extension, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
@@ -45,6 +45,7 @@ use crate::{
     kernel::bpf_sys::{self, LinkDetails, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
     kernel::layout::ObjectLayout,
     kernel::map_sizes::MapSizes,
+    kernel::multiprog::{self, XdpChain},
     kernel::netlink,
     kernel::preflight::interface_index,
     kernel::state::{tcx_link_pin, xdp_link_pin, PinnedLinks},
@@ -202,6 +203,9 @@ struct Attachment {
     tc: Egress,
     /// Taken over from an earlier run's pins: on an error path it is left attached as found.
     adopted: bool,
+    /// `xdp` is the link of a libxdp dispatcher's component ([`XdpChain::Multiprog`]): the
+    /// dispatcher's pins hold it, and leaving takes it out of the dispatcher.
+    chained: bool,
 }
 
 /// How the egress program is attached to an interface.
@@ -356,6 +360,8 @@ pub struct Firewall {
     link_dir: Option<PathBuf>,
     /// How the egress program is attached to an interface attached anew.
     egress: EgressAttach,
+    /// How the XDP program takes an interface's hook.
+    chain: XdpChain,
 }
 
 impl Firewall {
@@ -375,7 +381,7 @@ impl Firewall {
     /// when the kernel refuses a map of that size, [`LoaderError::VerifierRejected`] when it
     /// refuses a program, other variants for aya failures.
     pub fn load_with(object: &[u8], sizes: &MapSizes) -> Result<Self, LoaderError> {
-        Self::load_inner(object, sizes, None)
+        Self::load_inner(object, sizes, None, XdpChain::Exclusive)
     }
 
     /// Like [`Firewall::load_with`], but every map the programs of successive runs share
@@ -387,13 +393,29 @@ impl Firewall {
     /// # Errors
     /// As for [`Firewall::load_with`].
     pub fn load_pinned(object: &[u8], sizes: &MapSizes, dir: &Path) -> Result<Self, LoaderError> {
-        Self::load_inner(object, sizes, Some(dir))
+        Self::load_inner(object, sizes, Some(dir), XdpChain::Exclusive)
+    }
+
+    /// [`Firewall::load_pinned`] with the XDP program taking interfaces as `chain` says: with
+    /// [`XdpChain::Multiprog`] it is loaded as an `freplace` component when it is first
+    /// attached, against that interface's new dispatcher ([`crate::kernel::multiprog`]).
+    ///
+    /// # Errors
+    /// As for [`Firewall::load_with`].
+    pub fn load_pinned_chained(
+        object: &[u8],
+        sizes: &MapSizes,
+        dir: &Path,
+        chain: XdpChain,
+    ) -> Result<Self, LoaderError> {
+        Self::load_inner(object, sizes, Some(dir), chain)
     }
 
     fn load_inner(
         object: &[u8],
         sizes: &MapSizes,
         dir: Option<&Path>,
+        chain: XdpChain,
     ) -> Result<Self, LoaderError> {
         if object.is_empty() {
             return Err(LoaderError::ObjectNotBuilt);
@@ -404,6 +426,9 @@ impl Firewall {
         };
         lift_memlock_limit();
         let mut loader = EbpfLoader::new();
+        if chain == XdpChain::Multiprog {
+            loader.extension(PROG_XDP_INGRESS);
+        }
         for (name, entries) in sizes.entries() {
             loader.map_max_entries(name, entries);
         }
@@ -433,11 +458,14 @@ impl Firewall {
             attachments: Vec::new(),
             link_dir: dir.map(Path::to_path_buf),
             egress: EgressAttach::Auto,
+            chain,
         };
-        firewall
-            .xdp_mut()?
-            .load()
-            .map_err(|e| program_load_error(xdp_ingress_program(), e))?;
+        if chain == XdpChain::Exclusive {
+            firewall
+                .xdp_mut()?
+                .load()
+                .map_err(|e| program_load_error(xdp_ingress_program(), e))?;
+        }
         firewall
             .tc_egress_mut()?
             .load()
@@ -497,7 +525,24 @@ impl Firewall {
         let ifindex = interface_index(iface)?;
         // XDP first: it refuses a second firewall on the same interface, so an
         // `mptcp_tc_egress` netlink filter found afterwards is an older loader's leftover.
-        let (xdp_mode, xdp) = self.attach_xdp(iface, ifindex, how)?;
+        let (xdp_mode, xdp) = self.attach_or_chain_xdp(iface, ifindex, how)?;
+        let chained = self.chain == XdpChain::Multiprog;
+        let result = self.attach_egress_after(iface, ifindex, xdp_mode, xdp, chained);
+        if result.is_err() && chained {
+            leave_dispatcher(iface, ifindex);
+        }
+        result
+    }
+
+    /// The rest of [`Firewall::attach`] once XDP is attached: egress, then the pins.
+    fn attach_egress_after(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        xdp_mode: AttachedMode,
+        xdp: FdLink,
+        chained: bool,
+    ) -> Result<InterfaceAttachment, LoaderError> {
         let stale_filters_removed = netlink::remove_stale_filters(iface).unwrap_or_else(|e| {
             log::warn!("could not look for stale tc filters on {iface}: {e}");
             false
@@ -515,7 +560,13 @@ impl Firewall {
                 (Egress::Tcx { link, pin: None }, ids)
             }
         };
-        let (xdp, xdp_pin) = match self.pin_link(xdp, &xdp_link_pin(ifindex)) {
+        let pinned = if chained {
+            // The dispatcher's pins hold it.
+            Ok((xdp, None))
+        } else {
+            self.pin_link(xdp, &xdp_link_pin(ifindex))
+        };
+        let (xdp, xdp_pin) = match pinned {
             Ok(pinned) => pinned,
             Err(e) => {
                 // A filter is not undone by dropping anything.
@@ -543,6 +594,7 @@ impl Firewall {
             xdp_pin,
             tc,
             adopted: false,
+            chained,
         });
         Ok(InterfaceAttachment {
             xdp: xdp_mode,
@@ -569,6 +621,11 @@ impl Firewall {
     ) -> Result<AdoptedInterface, LoaderError> {
         let ifindex = links.ifindex;
         let (xdp, xdp_pin, xdp_programs) = match &links.xdp {
+            Some(_) if self.chain == XdpChain::Multiprog => {
+                return Err(LoaderError::ChainModeChange {
+                    iface: iface.to_owned(),
+                })
+            }
             Some(path) => {
                 let (link, outcome) = self.adopt_link::<Xdp>(iface, ifindex, path, swap)?;
                 (link, Some(path.clone()), outcome)
@@ -578,8 +635,13 @@ impl Firewall {
                     AttachedMode::Native => XdpAttach::Native,
                     AttachedMode::Skb => XdpAttach::Skb,
                 };
-                let (_, link) = self.attach_xdp(iface, ifindex, how)?;
-                let (link, pin) = self.pin_link(link, &xdp_link_pin(ifindex))?;
+                let (_, link) = self.attach_or_chain_xdp(iface, ifindex, how)?;
+                let (link, pin) = if self.chain == XdpChain::Multiprog {
+                    // A component of the dispatcher: an earlier run's went in the swap.
+                    (link, None)
+                } else {
+                    self.pin_link(link, &xdp_link_pin(ifindex))?
+                };
                 (link, pin, ProgramsOutcome::Attached)
             }
         };
@@ -589,6 +651,9 @@ impl Firewall {
                 // An XDP link this call attached anew goes again; an adopted one stays pinned.
                 if xdp_programs == ProgramsOutcome::Attached {
                     unpin(xdp_pin.as_deref());
+                    if self.chain == XdpChain::Multiprog {
+                        leave_dispatcher(iface, ifindex);
+                    }
                 }
                 return Err(e);
             }
@@ -608,6 +673,7 @@ impl Firewall {
             xdp_pin,
             tc,
             adopted: true,
+            chained: self.chain == XdpChain::Multiprog,
         });
         Ok(adopted)
     }
@@ -709,6 +775,53 @@ impl Firewall {
             .map_err(|source| link_update_error(path, source))?;
         let link: FdLink = link.try_into().map_err(|_| not_a_link(path))?;
         Ok((link, ProgramsOutcome::Replaced))
+    }
+
+    /// XDP alone ([`Firewall::attach_xdp`]) or, with [`XdpChain::Multiprog`], as the
+    /// firewall's component of the interface's libxdp dispatcher (replacing an earlier run's
+    /// component atomically).
+    fn attach_or_chain_xdp(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        how: XdpAttach,
+    ) -> Result<(AttachedMode, FdLink), LoaderError> {
+        if self.chain == XdpChain::Exclusive {
+            return self.attach_xdp(iface, ifindex, how);
+        }
+        let program: &mut Extension = self
+            .ebpf
+            .program_mut(PROG_XDP_INGRESS)
+            .ok_or(LoaderError::MissingInObject {
+                kind: "program",
+                name: PROG_XDP_INGRESS,
+            })?
+            .try_into()
+            .map_err(|e| program_load_error(PROG_XDP_INGRESS, e))?;
+        let member = multiprog::Member {
+            name: PROG_XDP_INGRESS,
+            slot: multiprog::FIREWALL_SLOT,
+            program,
+        };
+        let (swap, link) = multiprog::install_linked(
+            iface,
+            ifindex,
+            how,
+            member,
+            Path::new(multiprog::DISPATCHER_OBJECT),
+        )?;
+        log::info!(
+            "{iface}: libxdp dispatcher {} runs {} (replaced {:?})",
+            swap.dispatcher.unwrap_or(0),
+            swap.components.join(", "),
+            swap.replaced
+        );
+        let mode = netlink::xdp_attached(ifindex)
+            .ok()
+            .flatten()
+            .and_then(|a| AttachedMode::from_netlink(a.mode))
+            .unwrap_or(AttachedMode::Skb);
+        Ok((mode, link))
     }
 
     fn attach_xdp(
@@ -863,7 +976,7 @@ impl Firewall {
         std::mem::take(&mut self.attachments)
             .into_iter()
             .map(|a| {
-                if a.xdp_pin.is_none() {
+                if a.xdp_pin.is_none() && !a.chained {
                     log::warn!(
                         "{}: its links were not pinned, so they go with this process",
                         a.iface
@@ -959,6 +1072,7 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
         xdp,
         tc,
         xdp_pin,
+        chained,
         ..
     } = attachment;
     let mut links = Vec::new();
@@ -966,8 +1080,18 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
         Egress::Tcx { link, pin } => links.push((link, pin)),
         Egress::Clsact => remove_clsact_filter(&iface),
     }
-    links.push((xdp, xdp_pin));
     let mut result = Ok(());
+    if chained {
+        // Out of the dispatcher (the others stay); its pins held our link.
+        result = multiprog::uninstall(
+            &iface,
+            ifindex,
+            PROG_XDP_INGRESS,
+            Path::new(multiprog::DISPATCHER_OBJECT),
+        )
+        .map(drop);
+    }
+    links.push((xdp, xdp_pin));
     for (link, pin) in links {
         if let Some(pin) = pin {
             if let Err(e) = fs::remove_file(&pin) {
@@ -984,6 +1108,14 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
         }
     }
     result.map(|()| DetachedInterface { iface, ifindex })
+}
+
+/// Error paths of a chained attach: takes the firewall's component out of the dispatcher again.
+fn leave_dispatcher(iface: &str, ifindex: u32) {
+    let object = Path::new(multiprog::DISPATCHER_OBJECT);
+    if let Err(e) = multiprog::uninstall(iface, ifindex, PROG_XDP_INGRESS, object) {
+        log::warn!("{iface}: could not leave the dispatcher: {e}");
+    }
 }
 
 /// Takes the clsact filter aya just attached (`id`) out of the program's links and forgets it:
@@ -1187,9 +1319,19 @@ fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderEr
                 prog_id: attached.map_or(0, |a| a.prog_id),
             }
         }
-        None => LoaderError::XdpAlreadyAttached {
-            iface: iface.to_owned(),
-        },
+        None => {
+            let occupant = attached.map(|a| crate::kernel::multiprog::XdpOccupant::of(ifindex, a));
+            LoaderError::XdpAlreadyAttached {
+                iface: iface.to_owned(),
+                occupant: occupant
+                    .as_ref()
+                    .map_or_else(|| "another XDP program".to_owned(), ToString::to_string),
+                remedy: occupant.map_or_else(
+                    || format!("see `ip link show {iface}` and remove it first"),
+                    |o| o.remedy(iface),
+                ),
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod detach;
 pub mod firewall;
 pub mod layout;
 pub mod map_sizes;
+pub mod multiprog;
 pub mod netlink;
 pub mod pins;
 pub mod preflight;

@@ -94,6 +94,69 @@ pub fn xdp_attached(ifindex: u32) -> io::Result<Option<XdpAttached>> {
         .find_map(|payload| xdp_of_link(payload, ifindex)))
 }
 
+/// `IFLA_XDP_FD`, `IFLA_XDP_FLAGS`, `IFLA_XDP_EXPECTED_FD` (inside `IFLA_XDP`).
+const IFLA_XDP_FD: u16 = 1;
+const IFLA_XDP_FLAGS: u16 = 3;
+const IFLA_XDP_EXPECTED_FD: u16 = 8;
+/// `NLA_F_NESTED`.
+const NLA_F_NESTED: u16 = 1 << 15;
+/// `XDP_FLAGS_UPDATE_IF_NOEXIST`: fail with `EBUSY` if the interface has a program.
+pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
+/// `XDP_FLAGS_SKB_MODE`.
+pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+/// `XDP_FLAGS_DRV_MODE`.
+pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `XDP_FLAGS_REPLACE`: replace only the program given as expected (`IFLA_XDP_EXPECTED_FD`).
+pub const XDP_FLAGS_REPLACE: u32 = 1 << 4;
+
+/// Attaches program `fd` (-1: none) to interface `ifindex` through netlink (`RTM_SETLINK`,
+/// `IFLA_XDP`) with `flags`; with `expected`, only if the interface runs exactly that program
+/// (`XDP_FLAGS_REPLACE`), which makes the swap atomic: the interface never runs neither.
+/// libxdp attaches its dispatchers this way (not through a bpf_link, which no one else could
+/// replace).
+///
+/// # Errors
+/// The kernel's (`EEXIST`/`EBUSY`: taken, or not the expected program).
+pub fn set_xdp(ifindex: u32, fd: i32, flags: u32, expected: Option<i32>) -> io::Result<()> {
+    let socket = Netlink::open(libc::NETLINK_ROUTE)?;
+    let seq = 4;
+    socket
+        .transact(&set_xdp_request(ifindex, fd, flags, expected, seq), seq)
+        .map(drop)
+}
+
+/// The `RTM_SETLINK` request of [`set_xdp`].
+fn set_xdp_request(ifindex: u32, fd: i32, flags: u32, expected: Option<i32>, seq: u32) -> Vec<u8> {
+    let attribute = |kind: u16, value: &[u8]| {
+        let len = u16::try_from(4 + value.len()).expect("small attribute");
+        let mut out = Vec::with_capacity(usize::from(len).next_multiple_of(4));
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    };
+    let flags = if expected.is_some() {
+        flags | XDP_FLAGS_REPLACE
+    } else {
+        flags
+    };
+    let mut xdp = attribute(IFLA_XDP_FD, &fd.to_ne_bytes());
+    xdp.extend(attribute(IFLA_XDP_FLAGS, &flags.to_ne_bytes()));
+    if let Some(expected) = expected {
+        xdp.extend(attribute(IFLA_XDP_EXPECTED_FD, &expected.to_ne_bytes()));
+    }
+    let mut body = vec![0u8; IFINFOMSG_LEN];
+    body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    body.extend(attribute(IFLA_XDP | NLA_F_NESTED, &xdp));
+    encode(
+        libc::RTM_SETLINK,
+        request_flags(libc::NLM_F_REQUEST | libc::NLM_F_ACK),
+        seq,
+        &body,
+    )
+}
+
 /// The `IFLA_XDP` of an `RTM_NEWLINK` payload (`ifinfomsg` then attributes) for `ifindex`.
 fn xdp_of_link(payload: &[u8], ifindex: u32) -> Option<XdpAttached> {
     if payload.len() < IFINFOMSG_LEN || u32_at(payload, 4) != ifindex {
@@ -522,6 +585,32 @@ mod tests {
             p.extend(attribute(IFLA_XDP | 0x8000, &nested)); // NLA_F_NESTED set
         }
         p
+    }
+
+    #[test]
+    fn set_xdp_request_replaces_only_the_expected_program() {
+        let request = set_xdp_request(7, 11, XDP_FLAGS_SKB_MODE, Some(12), 4);
+        assert_eq!(
+            u16::from_ne_bytes([request[4], request[5]]),
+            libc::RTM_SETLINK
+        );
+        let body = &request[NLMSG_HDR_LEN..];
+        assert_eq!(u32_at(body, 4), 7, "ifindex");
+        let (kind, xdp) = attributes(&body[IFINFOMSG_LEN..]).next().expect("IFLA_XDP");
+        assert_eq!(kind, IFLA_XDP);
+        let inner: Vec<(u16, u32)> = attributes(xdp).map(|(k, v)| (k, u32_at(v, 0))).collect();
+        assert_eq!(
+            inner,
+            [
+                (IFLA_XDP_FD, 11),
+                (IFLA_XDP_FLAGS, XDP_FLAGS_SKB_MODE | XDP_FLAGS_REPLACE),
+                (IFLA_XDP_EXPECTED_FD, 12)
+            ]
+        );
+        let first = set_xdp_request(7, 11, XDP_FLAGS_UPDATE_IF_NOEXIST, None, 4);
+        let body = &first[NLMSG_HDR_LEN..];
+        let (_, xdp) = attributes(&body[IFINFOMSG_LEN..]).next().expect("IFLA_XDP");
+        assert_eq!(attributes(xdp).count(), 2, "no expected fd");
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub enum LoaderError {
     XdpAlreadyAttached {
         /// Interface name.
         iface: String,
-        /// What is there ([`crate::kernel::multiprog::XdpOccupant`]), or "another XDP program".
+        /// What is there (the multi-program module's `XdpOccupant`), or "another XDP program".
         occupant: String,
         /// What to do about it.
         remedy: String,
@@ -608,7 +608,7 @@ mod tests {
                 detail: "No such file or directory (os error 2)".into(),
             },
             LoaderError::MultiprogUnsupported {
-                detail: crate::kernel::multiprog::unsupported_reason(libc::EPERM),
+                detail: "the kernel refuses BPF_PROG_TYPE_EXT (freplace) programs".into(),
             },
             LoaderError::ChainModeChange {
                 iface: "veth0".into(),

@@ -24,7 +24,10 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_UNSPEC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes,
+    },
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -213,7 +216,7 @@ fn drop_event(ctx: &XdpContext, reason: Counter) {
     let Some(tat) = MPTCP_EVBUDGET.get_ptr_mut(0) else {
         return;
     };
-    let now = now_ns();
+    let now = now_coarse_ns();
     // SAFETY: per-CPU slot.
     let (conforms, next) = gcra(unsafe { *tat }, now, NS_PER_S / rate.max(1), burst);
     if rate == 0 || !conforms {
@@ -436,6 +439,15 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// [`now_ns`] to the last timer tick (CLOCK_MONOTONIC_COARSE, kernels >= 5.11): enough for a
+/// subflow's activity in seconds and the drop-event budget, and several times cheaper than
+/// reading the clock source (a VM's clock read is one of the larger costs of a forged frame).
+#[inline(always)]
+fn now_coarse_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Parses the frame, does the map work, prepares the crypto jobs and stores the frame's reason
 /// so far. Each stage leaves its result in per-CPU map memory, so the next stage is verified
 /// once for all the paths of the previous one (see `WalkState`, `HmacJob`).
@@ -588,7 +600,7 @@ fn note_activity_of(flow: &FlowKey) {
 /// loader's idle sweep reads it).
 #[inline(always)]
 fn refresh_last_seen(flow: *mut FlowRef) {
-    let now_s = (now_ns() / NS_PER_S) as u32;
+    let now_s = (now_coarse_ns() / NS_PER_S) as u32;
     // SAFETY: a map value pointer from a successful lookup; a racing writer stores a time too.
     unsafe {
         if now_s.wrapping_sub((*flow).last_seen_s) >= ACTIVITY_GRANULARITY_S {

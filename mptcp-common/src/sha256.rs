@@ -116,18 +116,23 @@ macro_rules! schedule {
     }};
 }
 
+/// `T1` of a round: `h + Σ1(e) + Ch(e, f, g) + K + W`.
+#[inline(always)]
+fn t1(e: u64, f: u64, g: u64, h: u64, k: u32, w: u32) -> u64 {
+    let e2 = doubled(e);
+    h.wrapping_add((e2 >> 6) ^ (e2 >> 11) ^ (e2 >> 25))
+        .wrapping_add((e & f) ^ (!e & g))
+        .wrapping_add(u64::from(k))
+        .wrapping_add(u64::from(w))
+}
+
 /// One round on 64-bit working values whose high halves may hold garbage: only the low 32 bits
 /// are ever read (additions and bitwise operations carry no information downwards, `doubled`
 /// drops the high half). The caller rotates the roles of the eight working variables instead of
 /// moving them, so a round is only its arithmetic.
 macro_rules! round {
     ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $k:expr, $w:expr) => {{
-        let e2 = doubled($e);
-        let t1 = $h
-            .wrapping_add((e2 >> 6) ^ (e2 >> 11) ^ (e2 >> 25))
-            .wrapping_add(($e & $f) ^ (!$e & $g))
-            .wrapping_add(u64::from($k))
-            .wrapping_add(u64::from($w));
+        let t1 = t1($e, $f, $g, $h, $k, $w);
         let a2 = doubled($a);
         let t2 = ((a2 >> 2) ^ (a2 >> 13) ^ (a2 >> 22)).wrapping_add(($a & $b) | ($c & ($a | $b)));
         $d = $d.wrapping_add(t1);
@@ -135,17 +140,11 @@ macro_rules! round {
     }};
 }
 
-/// One round that only advances `e` (in `$d`): the `a` it would compute (`t2`) is not needed
+/// One round that only advances `e` (in `$d`): the `a` it would compute (`T2`) is not needed
 /// by the words a truncated digest keeps (see [`compress_h6_h7`]).
 macro_rules! round_e_only {
     ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $k:expr, $w:expr) => {{
-        let e2 = doubled($e);
-        let t1 = $h
-            .wrapping_add((e2 >> 6) ^ (e2 >> 11) ^ (e2 >> 25))
-            .wrapping_add(($e & $f) ^ (!$e & $g))
-            .wrapping_add(u64::from($k))
-            .wrapping_add(u64::from($w));
-        $d = $d.wrapping_add(t1);
+        $d = $d.wrapping_add(t1($e, $f, $g, $h, $k, $w));
     }};
 }
 

@@ -58,6 +58,13 @@ fn main() -> anyhow::Result<()> {
     // aya-build tracks the eBPF crate's directory; the shared crate is compiled into it too.
     println!("cargo:rerun-if-changed={}", common_dir.display());
 
+    // The object is built for BPF CPU v3 (32-bit ALU and jumps): rustc hands bpf-linker its
+    // `-C target-cpu`, which cannot be set because aya-build replaces the nested build's
+    // rustflags, so the eBPF crate's wrapper script links with `--cpu v3` instead.
+    env::set_var(
+        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER",
+        ebpf_dir.join("bpf-linker-v3"),
+    );
     let root_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("the path {} is not UTF-8", ebpf_dir.display()))?;

@@ -4,7 +4,7 @@
 //! The HMAC key is always `sender key || receiver key` (16 wire bytes, zero-padded to 64).
 //! Every MPTCP message (7, 8 or 19 bytes) fits one final block with its padding.
 
-use crate::sha256::{compress, compressed, Block, State, IV};
+use crate::sha256::{compress, compress_h6_h7, compressed, Block, State, IV};
 
 /// Inner and outer SHA-256 states after absorbing `key ^ ipad` and `key ^ opad`.
 #[repr(C)]
@@ -119,19 +119,47 @@ pub fn finish(mid: &Midstate, inner_block: &Block) -> State {
 /// block); the HMAC is written to `out`.
 #[inline(always)]
 pub fn finish_into(mid: &Midstate, block: &mut Block, out: &mut State) {
-    *out = mid.inner;
+    inner_into_outer_block(mid, block, out);
+    *out = mid.outer;
     compress(out, block);
-    // The outer block, written in place (a temporary would cost the BPF stack 64 bytes).
+}
+
+/// The 8 bytes an ADD_ADDR carries (digest bytes 24..31, outer words H6 and H7), from the
+/// midstates and its final inner block, with only the outer work those words need
+/// ([`compress_h6_h7`]). `block` is consumed as in [`finish_into`]; `scratch` holds the inner
+/// digest.
+#[inline(always)]
+pub fn add_addr_tag_into(mid: &Midstate, block: &mut Block, scratch: &mut State) -> [u8; 8] {
+    inner_into_outer_block(mid, block, scratch);
+    let [h6, h7] = compress_h6_h7(&mid.outer, block);
+    let (a, b) = (h6.to_be_bytes(), h7.to_be_bytes());
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+}
+
+/// [`add_addr_tag_into`] on a copy of the block.
+#[inline(always)]
+#[must_use]
+pub fn add_addr_tag(mid: &Midstate, inner_block: &Block) -> [u8; 8] {
+    let mut block = *inner_block;
+    let mut scratch = [0u32; 8];
+    add_addr_tag_into(mid, &mut block, &mut scratch)
+}
+
+/// The inner compression, leaving the outer hash's one block (the inner digest and its padding)
+/// in `block`, written in place (a temporary would cost the BPF stack 64 bytes); `digest` is
+/// scratch.
+#[inline(always)]
+fn inner_into_outer_block(mid: &Midstate, block: &mut Block, digest: &mut State) {
+    *digest = mid.inner;
+    compress(digest, block);
     let mut i = 0;
     while i < 8 {
-        block[i] = out[i];
+        block[i] = digest[i];
         block[i + 8] = 0;
         i += 1;
     }
     block[8] = 0x8000_0000;
     block[15] = OUTER_BIT_LEN;
-    *out = mid.outer;
-    compress(out, block);
 }
 
 /// Final inner block for an IPv4 ADD_ADDR: `id || addr(4) || port(2)` (port `00 00` when absent).
@@ -316,6 +344,25 @@ mod tests {
         }
 
         #[test]
+        fn compress_h6_h7_matches_sha2(state in any::<[u32; 8]>(), block in any::<[u8; 64]>()) {
+            let mut expected = state;
+            sha2::compress256(&mut expected, &[block.into()]);
+            let mut words: Block = core::array::from_fn(|i| u32::from_be_bytes(block[i * 4..i * 4 + 4].try_into().unwrap()));
+            prop_assert_eq!(crate::sha256::compress_h6_h7(&state, &mut words), [expected[6], expected[7]]);
+        }
+
+        #[test]
+        fn add_addr_tag_matches_hmac_crate(ks in any::<[u8; 8]>(), kr in any::<[u8; 8]>(), id in any::<u8>(),
+                                           a4 in any::<[u8; 4]>(), a6 in any::<[u8; 16]>(), port in any::<[u8; 2]>()) {
+            // The shortcut against the full HMAC of the `hmac` crate: its rightmost 8 bytes.
+            let mid = midstate(&ks, &kr);
+            let mut msg = std::vec![id]; msg.extend_from_slice(&a4); msg.extend_from_slice(&port);
+            prop_assert_eq!(&add_addr_tag(&mid, &add_addr_v4_block(id, &a4, &port))[..], &reference_hmac(&ks, &kr, &msg)[24..]);
+            let mut msg = std::vec![id]; msg.extend_from_slice(&a6); msg.extend_from_slice(&port);
+            prop_assert_eq!(&add_addr_tag(&mid, &add_addr_v6_block(id, &a6, &port))[..], &reference_hmac(&ks, &kr, &msg)[24..]);
+        }
+
+        #[test]
         fn join_matches_hmac_crate(ks in any::<[u8; 8]>(), kr in any::<[u8; 8]>(), rs in any::<[u8; 4]>(), rr in any::<[u8; 4]>()) {
             let mut msg = rs.to_vec(); msg.extend_from_slice(&rr);
             prop_assert_eq!(bytes_of(&finish(&midstate(&ks, &kr), &join_block(&rs, &rr))), reference_hmac(&ks, &kr, &msg));
@@ -474,6 +521,19 @@ mod tests {
         for (_, _, got, want) in cases {
             assert_eq!(add_addr_truncated(&got).to_vec(), hex(want));
         }
+        // The shortcut on the same vectors (the first of each key order).
+        assert_eq!(
+            add_addr_tag(&midstate(&ka, &kb), &add_addr_v4_block(1, &v4, &[0, 0])).to_vec(),
+            hex("4e42b6a25d2d16fb")
+        );
+        assert_eq!(
+            add_addr_tag(
+                &midstate(&kb, &ka),
+                &add_addr_v6_block(3, &v6, &443u16.to_be_bytes())
+            )
+            .to_vec(),
+            hex("caa42c86995e1e2b")
+        );
     }
 
     #[test]
@@ -495,6 +555,7 @@ mod tests {
         let (from_a, from_b) = (midstate(&ka, &kb), midstate(&kb, &ka));
         let check = |mid: &Midstate, block: Block, want: &str| {
             assert_eq!(add_addr_truncated(&finish(mid, &block)).to_vec(), hex(want));
+            assert_eq!(add_addr_tag(mid, &block).to_vec(), hex(want), "shortcut");
         };
         check(
             &from_b,

@@ -393,7 +393,7 @@ const _: () = assert!(core::mem::size_of::<JoinRateKey>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC to the last timer tick (a few ms).
     pub seen_ns: u64,
     /// The segment's addresses and ports, as on the wire.
     pub flow: FlowKey,

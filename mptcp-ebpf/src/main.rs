@@ -24,7 +24,10 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_UNSPEC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes,
+    },
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -32,7 +35,7 @@ use aya_ebpf::{
 use mptcp_common::{
     counters::{Counter, COUNTER_CAPACITY},
     hmac::join_block,
-    hmac::{add_addr_truncated, finish_into, join_synack_truncated, midstate_into, token_into},
+    hmac::{add_addr_tag_into, finish_into, join_synack_truncated, midstate_into, token_into},
     maps::{
         AddAddrTagKey, Config, ConnState, DropEvent, FlowKey, FlowRef, HmacJob, HmacJobs,
         JoinRateKey, JoinState, KeyEvent, Token, TokenRef, ACTIVITY_GRANULARITY_S,
@@ -227,7 +230,7 @@ fn drop_event<const FRAGS: bool>(ctx: &XdpContext, reason: Counter) {
     let Some(tat) = MPTCP_EVBUDGET.get_ptr_mut(0) else {
         return;
     };
-    let now = now_ns();
+    let now = now_coarse_ns();
     // SAFETY: per-CPU slot.
     let (conforms, next) = gcra(unsafe { *tat }, now, NS_PER_S / rate.max(1), burst);
     if rate == 0 || !conforms {
@@ -478,6 +481,15 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// [`now_ns`] to the last timer tick (CLOCK_MONOTONIC_COARSE, kernels >= 5.11): enough for a
+/// subflow's activity in seconds and the drop-event budget, and several times cheaper than
+/// reading the clock source (a VM's clock read is one of the larger costs of a forged frame).
+#[inline(always)]
+fn now_coarse_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Parses the frame, does the map work, prepares the crypto jobs and stores the frame's reason
 /// so far. Each stage leaves its result in per-CPU map memory, so the next stage is verified
 /// once for all the paths of the previous one (see `WalkState`, `HmacJob`).
@@ -496,31 +508,39 @@ fn prepare<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
     };
     // SAFETY: per-CPU map value, used only by this invocation.
     let walk = unsafe { &mut *walk };
-    let reason = match parse_into(ctx, walk) {
-        Some(reason) => reason,
-        // No options, no FIN or RST: nothing to look at (most data segments without timestamps).
-        None if walk.seg.opts_start >= walk.seg.opts_end
-            && walk.seg.flags & end_flags(EGRESS) == 0 =>
-        {
+    if !parse_into(ctx, walk, jobs) {
+        return;
+    }
+    let reason =
+        if walk.seg.opts_start >= walk.seg.opts_end && walk.seg.flags & end_flags(EGRESS) == 0 {
+            // No options, no FIN or RST: nothing to look at (most data segments without timestamps).
             Counter::TcpNoMptcp
-        }
-        None => {
+        } else {
             walk_options(ctx, walk);
             decide::<C, EGRESS>(ctx, core::hint::black_box(walk), jobs)
-        }
-    };
+        };
     jobs.reason = reason as u32;
 }
 
-/// Parses L2..L4 into `walk.seg`; returns the reason when the frame is not examined further.
+/// Parses L2..L4 into `walk.seg` and returns true, or stores the reason the frame is not
+/// examined further in `jobs.reason` and returns false.
+///
+/// Not an `Option<Counter>`: rustc encodes its `None` as the niche -1, and LLVM's BPF backend
+/// with 32-bit ALU but without JMP32 (`--cpu-features=+alu32` on CPU v1) compared that returned
+/// value, zero-extended, with a sign-extended -1: `None` was never seen and every frame on the
+/// general path was counted `mptcp_other`. A bool (returned zero-extended) and a reason in map
+/// memory leave nothing to extend. `tests/tests/prog_test_run.rs` checks the object's CPU level.
 #[inline(never)]
-fn parse_into<C: PacketCtx>(ctx: &C, walk: &mut WalkState) -> Option<Counter> {
+fn parse_into<C: PacketCtx>(ctx: &C, walk: &mut WalkState, jobs: &mut HmacJobs) -> bool {
     match parse_tcp(&Frame(ctx)) {
         Ok(seg) => {
             walk.seg = seg;
-            None
+            true
         }
-        Err(reason) => Some(reason),
+        Err(reason) => {
+            jobs.reason = reason as u32;
+            false
+        }
     }
 }
 
@@ -550,11 +570,14 @@ fn decide<C: PacketCtx, const EGRESS: bool>(
     };
     if let Some(opt) = opts.capable_keys {
         reason = reason.max(learn_keys(ctx, &frame, seg, opt, jobs));
-    } else if opts.join.is_some()
-        || opts.add_addrs[0].is_some()
+    } else if opts.add_addrs[0].is_none()
+        && opts.join.is_none()
         // SAFETY: helper without preconditions.
-        || unsafe { bpf_get_prandom_u32() } & (ACTIVITY_SAMPLE_ONE_IN - 1) == 0
+        && unsafe { bpf_get_prandom_u32() } & (ACTIVITY_SAMPLE_ONE_IN - 1) == 0
     {
+        // An ADD_ADDR refreshes its subflow where it looks it up (`prepare_add_addr`), and an
+        // MP_JOIN's subflow is not tracked before its HMAC is checked: neither pays for a
+        // second round of lookups here.
         note_activity(seg);
     }
     if let Some(opt) = opts.join {
@@ -604,19 +627,27 @@ fn note_activity_of(flow: &FlowKey) {
     let Some(flow) = MPTCP_FLOWS.get_ptr_mut(&key) else {
         return;
     };
-    let now_s = (now_ns() / NS_PER_S) as u32;
-    // SAFETY: map value pointer from a successful lookup; a racing writer stores a time too.
-    let conn_id = unsafe {
-        if now_s.wrapping_sub((*flow).last_seen_s) >= ACTIVITY_GRANULARITY_S {
-            (*flow).last_seen_s = now_s;
-        }
-        (*flow).conn_id
-    };
+    refresh_last_seen(flow);
+    // SAFETY: map value pointer from a successful lookup.
+    let conn_id = unsafe { (*flow).conn_id };
     if let Some(conn) = MPTCP_CONNS.get_ptr(&conn_id) {
         // SAFETY: map value pointer from a successful lookup.
         let (token_a, token_b) = unsafe { ((*conn).token_a, (*conn).token_b) };
         let _ = MPTCP_TOKENS.get_ptr(&token_a);
         let _ = MPTCP_TOKENS.get_ptr(&token_b);
+    }
+}
+
+/// Records that a tracked subflow was seen now, at most once per `ACTIVITY_GRANULARITY_S` (the
+/// loader's idle sweep reads it).
+#[inline(always)]
+fn refresh_last_seen(flow: *mut FlowRef) {
+    let now_s = (now_coarse_ns() / NS_PER_S) as u32;
+    // SAFETY: a map value pointer from a successful lookup; a racing writer stores a time too.
+    unsafe {
+        if now_s.wrapping_sub((*flow).last_seen_s) >= ACTIVITY_GRANULARITY_S {
+            (*flow).last_seen_s = now_s;
+        }
     }
 }
 
@@ -878,6 +909,7 @@ fn prepare_add_addr<C: PacketCtx>(
     let Some((flow, announcer_role)) = lookup_flow(seg) else {
         return unknown(Counter::AddAddrUnknownConn, ifindex);
     };
+    refresh_last_seen(flow);
     // SAFETY: map value pointer from a successful lookup. An ADD_ADDR comes after the
     // handshake: the subflow is established.
     let conn_id = unsafe {
@@ -1330,14 +1362,16 @@ fn run_job(job: &mut HmacJob, mode: u32) {
         }
         count(Counter::MidstateComputedInline);
     }
+    if job.kind == JOB_ADD_ADDR {
+        // Only the outer words the tag keeps are computed (`compress_h6_h7`).
+        let tag = add_addr_tag_into(&job.mid, &mut job.block, &mut job.digest);
+        let _ = MPTCP_ADDTAGS.insert(&job.tag_key, &tag, BPF_ANY);
+        job.outcome = add_addr_reason(tag == job.expected[..8], mode) as u32;
+        return;
+    }
     finish_into(&job.mid, &mut job.block, &mut job.digest);
     let digest = &job.digest;
     let outcome = match job.kind {
-        JOB_ADD_ADDR => {
-            let tag = add_addr_truncated(digest);
-            let _ = MPTCP_ADDTAGS.insert(&job.tag_key, &tag, BPF_ANY);
-            add_addr_reason(tag == job.expected[..8], mode)
-        }
         JOB_JOIN_SYNACK => {
             let ok = join_synack_truncated(digest) == job.expected[..8];
             if ok {

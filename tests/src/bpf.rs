@@ -26,6 +26,24 @@ pub const XDP_PASS: u32 = 2;
 /// that the programs and filters after it still run.
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
+/// Environment variable naming another build of the eBPF object for the BPF_PROG_TEST_RUN
+/// tests (A/B builds, e.g. another BPF CPU version); unset: the object embedded in the loader.
+pub const TEST_OBJECT_ENV: &str = "MPTCP_TEST_EBPF_OBJECT";
+
+/// The object the tests load: [`TEST_OBJECT_ENV`]'s file, else the embedded one.
+///
+/// # Panics
+/// If the file named by [`TEST_OBJECT_ENV`] cannot be read.
+#[must_use]
+pub fn object_under_test() -> std::borrow::Cow<'static, [u8]> {
+    match std::env::var_os(TEST_OBJECT_ENV) {
+        Some(path) => std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{TEST_OBJECT_ENV}={}: {e}", path.display()))
+            .into(),
+        None => mptcp_loader::EBPF_OBJ.into(),
+    }
+}
+
 /// A freshly loaded copy of the object.
 pub struct BpfValidator {
     /// The loaded object (tests reach its maps directly).
@@ -51,15 +69,16 @@ impl BpfValidator {
     /// As [`Self::load`].
     #[must_use]
     pub fn load_with_sizes(mode: u32, sizes: &[(&str, u32)]) -> Self {
+        let object = object_under_test();
         assert!(
-            !mptcp_loader::EBPF_OBJ.is_empty(),
+            !object.is_empty(),
             "the eBPF object was not built (run `cargo xtask setup`)"
         );
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes {
             loader.map_max_entries(name, *entries);
         }
-        let mut ebpf = loader.load(mptcp_loader::EBPF_OBJ).expect("load object");
+        let mut ebpf = loader.load(&object).expect("load object");
         for name in [xdp_ingress_program(), PROG_XDP_PASS_BASELINE] {
             let prog: &mut Xdp = ebpf.program_mut(name).expect(name).try_into().expect("xdp");
             prog.load()

@@ -146,10 +146,48 @@ fn model(frames: &[Vec<u8>]) -> Expected {
     }
 }
 
+/// The object is built for BPF CPU v3 (`mptcp-ebpf/bpf-linker-v3`): 32-bit ALU and 32-bit
+/// jumps. Never 32-bit ALU without 32-bit jumps (`--cpu-features=+alu32` on v1): LLVM's BPF
+/// backend then compared a subprogram's returned 32-bit -1, zero-extended, with a sign-extended
+/// -1, and every frame on the general path was counted `mptcp_other` (see `parse_into`).
+#[test]
+fn object_is_built_for_bpf_cpu_v3() {
+    const CLASS_MASK: u8 = 0x07;
+    const BPF_ALU: u8 = 0x04;
+    const BPF_JMP32: u8 = 0x06;
+    const OP_MASK: u8 = 0xf0;
+    // Byte swaps are BPF_ALU-class instructions on every CPU version.
+    const BPF_END: u8 = 0xd0;
+    let object = mptcp_tests::bpf::object_under_test();
+    let parsed = aya_obj::Object::parse(&object).expect("parse object");
+    let (mut alu32, mut jmp32) = (0usize, 0usize);
+    for insn in parsed
+        .functions
+        .values()
+        .flat_map(|f| f.instructions.iter())
+    {
+        match insn.code & CLASS_MASK {
+            BPF_ALU if insn.code & OP_MASK != BPF_END => alu32 += 1,
+            BPF_JMP32 => jmp32 += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        alu32 == 0 || jmp32 > 0,
+        "{alu32} 32-bit ALU instructions and no 32-bit jump: built with alu32 on BPF CPU v1, \
+         which LLVM miscompiles; build for v3 (mptcp-ebpf/bpf-linker-v3)"
+    );
+    assert!(
+        jmp32 > 0,
+        "no 32-bit jump: the object was not built for BPF CPU v3 (mptcp-ebpf/bpf-linker-v3, \
+         which mptcp-loader/build.rs makes the linker)"
+    );
+}
+
 #[test]
 fn object_has_every_program_and_map() {
     let ebpf = EbpfLoader::new()
-        .load(mptcp_loader::EBPF_OBJ)
+        .load(&mptcp_tests::bpf::object_under_test())
         .expect("load object");
     for name in [PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE] {
         assert!(ebpf.program(name).is_some(), "program {name}");

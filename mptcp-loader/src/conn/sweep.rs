@@ -6,12 +6,13 @@
 //! whose hosts vanished without either, or one forwarded through this host (a gateway), stays
 //! until the LRU evicts it, which on a quiet system is never. The sweep bounds that: a connection's last activity is
 //! the latest of its subflows' `FlowRef::last_seen_s` and its `ConnState::learned_s` (seconds of
-//! CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`); once that is older than the timeout, its
-//! state and its subflows are removed. Subflows whose connection is gone (evicted) are removed
-//! after the same timeout.
+//! CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` and, to the tick, of
+//! `bpf_ktime_get_coarse_ns`); once that is older than the timeout, its state and its subflows
+//! are removed. Subflows whose connection is gone (evicted) are removed after the same timeout.
 //!
-//! Its two tokens are **not** removed. `last_seen_s` is refreshed by every signalling segment but
-//! only by a random sample of plain data segments (`mptcp_common::maps::ACTIVITY_SAMPLE_ONE_IN`),
+//! Its two tokens are **not** removed. `last_seen_s` is set when a handshake (MP_CAPABLE, or a
+//! validated MP_JOIN) inserts the subflow and refreshed by every ADD_ADDR, but only by a random
+//! sample of other segments (`mptcp_common::maps::ACTIVITY_SAMPLE_ONE_IN`),
 //! so a connection the sweep forgets may in fact still be alive. Forgetting it must only make the
 //! fast path fail open for it: with its tokens still in the token map, a later MP_JOIN SYN naming
 //! one passes as `join_state_missing` (the token outlived its connection) instead of being

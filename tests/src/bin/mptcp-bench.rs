@@ -13,17 +13,18 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use clap::Parser;
 use mptcp_common::{
+    counters::Counter,
     hmac::{join_block, midstate, Midstate},
     maps::{
-        Config, ConnState, FlowKey, FlowRef, JoinState, TokenRef, MAP_CONFIG, MAP_CONNS, MAP_FLOWS,
-        MAP_JOINS, MAP_TOKENS, MODE_ENFORCE, PROG_TC_EGRESS, PROG_XDP_PARSE_REFERENCE,
-        PROG_XDP_PASS_BASELINE,
+        Config, ConnState, FlowKey, FlowRef, JoinState, TokenRef, MAP_CONFIG, MAP_CONNS,
+        MAP_COUNTERS, MAP_FLOWS, MAP_JOINS, MAP_TOKENS, MODE_ENFORCE, PROG_TC_EGRESS,
+        PROG_XDP_PARSE_REFERENCE, PROG_XDP_PASS_BASELINE,
     },
     packet::{TCP_ACK, TCP_SYN},
     sha256::Block,
@@ -361,6 +362,36 @@ fn not_sampled(mut frame: Vec<u8>) -> Vec<u8> {
     frame
 }
 
+/// What a failed verdict assertion prints: the frame's TCP options (where every class differs).
+fn frame_summary(frame: &[u8]) -> String {
+    let opts = mptcp_common::packet::parse_tcp(frame)
+        .map(|seg| frame[seg.opts_start..seg.opts_end].to_vec());
+    format!("a frame with TCP options {opts:02x?}")
+}
+
+/// The counters one more run of `prog` on `frame` moves, for a failed verdict assertion.
+fn counters_of_one_run(ebpf: &Ebpf, prog: &Xdp, frame: &[u8]) -> String {
+    let read = || -> Vec<u64> {
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(ebpf.map(MAP_COUNTERS).expect("counters")).expect("per-CPU");
+        Counter::ALL
+            .iter()
+            .map(|c| counters.get(&(*c as u32), 0).map_or(0, |v| v.iter().sum()))
+            .collect()
+    };
+    let before = read();
+    let mut opts = TestRunOptions::default();
+    opts.data_in = Some(frame);
+    let verdict = prog.test_run(opts).map(|r| r.return_value);
+    let moved: Vec<String> = Counter::ALL
+        .iter()
+        .zip(before.iter().zip(read()))
+        .filter(|(_, (b, a))| a != *b)
+        .map(|(c, (b, a))| format!("{} +{}", c.name(), a - b))
+        .collect();
+    format!("[{}] (verdict {verdict:?})", moved.join(", "))
+}
+
 fn run_once(ebpf: &Ebpf, frame: &[u8], expect: u32) {
     let prog: &Xdp = ebpf
         .program(xdp_ingress_program())
@@ -379,7 +410,14 @@ fn ns_per_packet(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32, expect: u32
     opts.data_in = Some(frame);
     opts.repeat = repeat;
     let r = prog.test_run(opts).expect("test_run");
-    assert_eq!(r.return_value, expect, "{name}");
+    if r.return_value != expect {
+        panic!(
+            "{name} returned {} instead of {expect} on {}; one more run counts {}",
+            r.return_value,
+            frame_summary(frame),
+            counters_of_one_run(ebpf, prog, frame)
+        );
+    }
     // The kernel reports the mean duration of one run.
     r.duration.as_secs_f64() * 1e9
 }

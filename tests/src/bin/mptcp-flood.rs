@@ -560,7 +560,7 @@ fn write_report(run: &Run) -> Result<()> {
          real Linux MPTCP stack on both sides. The **victim** is a live MPTCP connection \
          (client 198.18.1.1 -> server 198.18.1.2, a second subflow on path 2), established, \
          idle and held open. Its sequence numbers, timestamps and keys are read from a capture \
-         of its handshake, and `mptcp_tests::profiles` writes its trafgen profiles. Before each \
+         of its handshake, and `mptcp_profiles` writes its trafgen profiles. Before each \
          configuration is measured, one `add_addr_valid` segment from those profiles must be \
          accepted by the server's kernel (`MPTcpExtAddAddr` +1): the forged ADD_ADDRs differ from \
          it only in their HMAC, so the kernel does its full work on them (TCP checks, then the \

@@ -9,6 +9,11 @@ pub const PROG_XDP_INGRESS: &str = "mptcp_xdp_ingress";
 /// The same program without `xdp.frags` and the 5.18 helpers, for older kernels (the loader
 /// picks one of the two; both are `mptcp_xdp_ingre` to the kernel, which keeps 15 characters).
 pub const PROG_XDP_INGRESS_SINGLE_BUFFER: &str = "mptcp_xdp_ingress_single_buffer";
+/// The eBPF object's read-only global saying whether the fast path may call
+/// `bpf_ktime_get_coarse_ns` (Linux 5.11): 1 in the object, set to 0 by the loader on older
+/// kernels. The verifier knows a frozen read-only global's value and never visits the call it
+/// rules out, so one object loads on both.
+pub const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// Name of the tc (clsact) egress program: learns what the host itself sends (its MP_CAPABLE
 /// keys, the nonces of its MP_JOIN SYN and SYN/ACK). It never drops.
 pub const PROG_TC_EGRESS: &str = "mptcp_tc_egress";

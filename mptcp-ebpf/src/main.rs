@@ -486,9 +486,21 @@ fn now_ns() -> u64 {
 /// reading the clock source (a VM's clock read is one of the larger costs of a forged frame).
 #[inline(always)]
 fn now_coarse_ns() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: a read of a read-only global (a constant to the verifier), then helpers without
+    // preconditions. Both clocks are CLOCK_MONOTONIC, so times from either compare.
+    unsafe {
+        if core::ptr::read_volatile(&COARSE_CLOCK) != 0 {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
 }
+
+/// `mptcp_common::maps::GLOBAL_COARSE_CLOCK`: whether this kernel has
+/// `bpf_ktime_get_coarse_ns` (5.11); the loader writes 0 before loading on older kernels.
+#[no_mangle]
+static COARSE_CLOCK: u8 = 1;
 
 /// Parses the frame, does the map work, prepares the crypto jobs and stores the frame's reason
 /// so far. Each stage leaves its result in per-CPU map memory, so the next stage is verified

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader, TestRunResult,
+    Ebpf, TestRunResult,
 };
 use mptcp_common::{
     counters::Counter,
@@ -16,7 +16,7 @@ use mptcp_common::{
         PROG_XDP_PASS_BASELINE,
     },
 };
-use mptcp_loader::kernel::firewall::xdp_ingress_program;
+use mptcp_loader::kernel::firewall::{object_loader, xdp_ingress_program};
 
 /// XDP_DROP.
 pub const XDP_DROP: u32 = 1;
@@ -74,7 +74,7 @@ impl BpfValidator {
             !object.is_empty(),
             "the eBPF object was not built (run `cargo xtask setup`)"
         );
-        let mut loader = EbpfLoader::new();
+        let mut loader = object_loader();
         for (name, entries) in sizes {
             loader.map_max_entries(name, *entries);
         }

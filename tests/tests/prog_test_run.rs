@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aya::EbpfLoader;
 use mptcp_common::{
     counters::Counter,
     maps::{
@@ -186,7 +185,7 @@ fn object_is_built_for_bpf_cpu_v3() {
 
 #[test]
 fn object_has_every_program_and_map() {
-    let ebpf = EbpfLoader::new()
+    let ebpf = mptcp_loader::kernel::firewall::object_loader()
         .load(&mptcp_tests::bpf::object_under_test())
         .expect("load object");
     for name in [PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE] {

@@ -46,6 +46,31 @@ pub fn kernel_has_xdp_frags() -> bool {
     }
 }
 
+/// Whether the kernel has `bpf_ktime_get_coarse_ns` (5.11): loads `call
+/// bpf_ktime_get_coarse_ns; r0 = XDP_PASS; exit`. Older kernels reject the unknown helper.
+#[must_use]
+pub fn kernel_has_coarse_clock() -> bool {
+    // call 160 (bpf_ktime_get_coarse_ns); mov64 r0, 2 (XDP_PASS); exit
+    let insns: [u64; 3] = [
+        0x0000_00a0_0000_0085,
+        0x0000_0002_0000_00b7,
+        0x0000_0000_0000_0095,
+    ];
+    let license = c"GPL";
+    let mut attr = [0u64; 16];
+    attr[0] = BPF_PROG_TYPE_XDP | (insns.len() as u64) << 32;
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    match sys_bpf(BPF_PROG_LOAD, &mut attr).map(i32::try_from) {
+        Ok(Ok(fd)) => {
+            // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            true
+        }
+        _ => false,
+    }
+}
+
 /// `bpf_link_type` values we look at.
 pub const BPF_LINK_TYPE_XDP: u32 = 6;
 /// `BPF_LINK_TYPE_TCX`.

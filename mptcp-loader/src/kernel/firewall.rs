@@ -36,8 +36,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use mptcp_common::maps::{
-    MAP_CONNS, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS, MAP_TOKENS,
-    PROG_TC_EGRESS, PROG_XDP_INGRESS, PROG_XDP_INGRESS_SINGLE_BUFFER,
+    GLOBAL_COARSE_CLOCK, MAP_CONNS, MAP_COUNTERS, MAP_DROP_EVENTS, MAP_FLOWS, MAP_KEY_EVENTS,
+    MAP_TOKENS, PROG_TC_EGRESS, PROG_XDP_INGRESS, PROG_XDP_INGRESS_SINGLE_BUFFER,
 };
 
 use crate::{
@@ -425,7 +425,7 @@ impl Firewall {
             None => None,
         };
         lift_memlock_limit();
-        let mut loader = EbpfLoader::new();
+        let mut loader = object_loader();
         if chain == XdpChain::Multiprog {
             loader.extension(PROG_XDP_INGRESS);
         }
@@ -1451,4 +1451,25 @@ mod tests {
         assert_eq!(AttachedMode::Native.to_string(), "native XDP");
         assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
     }
+}
+
+/// An `EbpfLoader` for the firewall's object, with its globals set for this kernel: the fast
+/// path's coarse clock ([`GLOBAL_COARSE_CLOCK`]) is turned off where the kernel lacks it
+/// (before 5.11). Every load of the object goes through here. Probed once per process.
+#[must_use]
+pub fn object_loader() -> EbpfLoader<'static> {
+    static HAS_COARSE_CLOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static NO_COARSE_CLOCK: u8 = 0;
+    let mut loader = EbpfLoader::new();
+    let has_coarse = *HAS_COARSE_CLOCK.get_or_init(|| {
+        let has = crate::kernel::bpf_sys::kernel_has_coarse_clock();
+        if !has {
+            log::info!("this kernel has no bpf_ktime_get_coarse_ns (5.11): the fast path reads the precise clock");
+        }
+        has
+    });
+    if !has_coarse {
+        loader.override_global(GLOBAL_COARSE_CLOCK, &NO_COARSE_CLOCK, true);
+    }
+    loader
 }

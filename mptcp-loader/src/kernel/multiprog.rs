@@ -285,7 +285,7 @@ pub fn load_component(
 /// object's load errors.
 pub fn probe(object: &[u8], dispatcher_object: &Path) -> Result<(), LoaderError> {
     let dispatcher = Dispatcher::load_file(dispatcher_object, &[FIREWALL_SLOT])?;
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = crate::kernel::firewall::object_loader()
         .extension(PROG_XDP_PASS_BASELINE)
         .load(object)
         .map_err(|source| LoaderError::Object { source })?;
@@ -298,7 +298,7 @@ pub fn probe(object: &[u8], dispatcher_object: &Path) -> Result<(), LoaderError>
 /// # Errors
 /// aya's, as [`LoaderError::Object`].
 pub fn load_object_as_component(object: &[u8]) -> Result<Ebpf, LoaderError> {
-    EbpfLoader::new()
+    crate::kernel::firewall::object_loader()
         .extension(PROG_XDP_INGRESS)
         .load(object)
         .map_err(|source| LoaderError::Object { source })

@@ -15,7 +15,7 @@ use std::{
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use clap::Parser;
 use mptcp_common::{
@@ -31,7 +31,7 @@ use mptcp_common::{
     testing::Frame,
     validate::add_addr_block,
 };
-use mptcp_loader::kernel::firewall::xdp_ingress_program;
+use mptcp_loader::kernel::firewall::{object_loader, xdp_ingress_program};
 use mptcp_tests::mptcp_frames::{
     add_addr, dss, join_ack, join_syn, join_synack, mpc_third_ack, timestamps, token, KEY_A, KEY_B,
 };
@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         Some(path) => std::fs::read(path)?,
         None => mptcp_loader::EBPF_OBJ.to_vec(),
     };
-    let mut ebpf = EbpfLoader::new().load(&object)?;
+    let mut ebpf = object_loader().load(&object)?;
     for name in [xdp_ingress_program(), PROG_XDP_PASS_BASELINE] {
         let prog: &mut Xdp = ebpf.program_mut(name).expect(name).try_into()?;
         prog.load()?;
@@ -584,7 +584,7 @@ fn memory_per_connection(conns: u32) -> anyhow::Result<Memory> {
         (MAP_TOKENS, 2 * conns),
         (MAP_JOINS, 16_384),
     ];
-    let mut loader = EbpfLoader::new();
+    let mut loader = object_loader();
     for (name, n) in sizes {
         loader.map_max_entries(name, n);
     }

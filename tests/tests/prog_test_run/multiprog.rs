@@ -352,14 +352,9 @@ fn shares_an_interface() {
                 ["10", "xdpfilt_alw_all"],
                 "{status}"
             );
-            // libxdp prints the name from the program's BTF when it reads it, else the
-            // kernel's copy, cut to 15 bytes (BPF_OBJ_NAME_LEN): seen both ways on 6.1.
-            let ours = row("mptcp_xdp_ingre");
+            let ours = row(&PROG_XDP_INGRESS[..15]);
             assert_eq!(ours[1], "20", "{status}");
-            assert!(
-                "mptcp_xdp_ingress".starts_with(&ours[2]) && ours[2].len() >= 15,
-                "{status}"
-            );
+            assert!(shows(&ours[2], PROG_XDP_INGRESS), "{status}");
             assert_eq!(
                 ours.last().map(String::as_str),
                 Some("XDP_PASS"),
@@ -666,7 +661,10 @@ fn run_in_a_dispatcher() {
         .filter(|l| l.trim_start().starts_with("=>"))
         .map(|l| l.split_whitespace().nth(2).unwrap_or(""))
         .collect();
-    assert_eq!(order, [NEIGHBOUR, PROG_XDP_INGRESS], "{status}");
+    assert!(
+        order.len() == 2 && shows(order[0], NEIGHBOUR) && shows(order[1], PROG_XDP_INGRESS),
+        "{status}"
+    );
 
     let sender = LoopbackSender::new();
     let base = Frame::v4(&mpc_ab());
@@ -765,4 +763,11 @@ fn run_in_a_dispatcher() {
         mptcp_loader::kernel::netlink::xdp_attached(LO).unwrap(),
         None
     );
+}
+
+/// Whether `printed` is `name` as `xdp-loader status` may print it: libxdp shows the name from
+/// the program's BTF when it reads it, else the kernel's copy, cut to 15 bytes
+/// (BPF_OBJ_NAME_LEN); both were seen in the VMs (6.1 and 6.12).
+fn shows(printed: &str, name: &str) -> bool {
+    name.starts_with(printed) && printed.len() >= name.len().min(15)
 }

@@ -427,7 +427,7 @@ impl Firewall {
         lift_memlock_limit();
         let mut loader = object_loader();
         if chain == XdpChain::Multiprog {
-            loader.extension(PROG_XDP_INGRESS);
+            loader.extension(xdp_ingress_program());
         }
         for (name, entries) in sizes.entries() {
             loader.map_max_entries(name, entries);
@@ -791,15 +791,15 @@ impl Firewall {
         }
         let program: &mut Extension = self
             .ebpf
-            .program_mut(PROG_XDP_INGRESS)
+            .program_mut(xdp_ingress_program())
             .ok_or(LoaderError::MissingInObject {
                 kind: "program",
-                name: PROG_XDP_INGRESS,
+                name: xdp_ingress_program(),
             })?
             .try_into()
-            .map_err(|e| program_load_error(PROG_XDP_INGRESS, e))?;
+            .map_err(|e| program_load_error(xdp_ingress_program(), e))?;
         let member = multiprog::Member {
-            name: PROG_XDP_INGRESS,
+            name: xdp_ingress_program(),
             slot: multiprog::FIREWALL_SLOT,
             program,
         };
@@ -1086,7 +1086,7 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
         result = multiprog::uninstall(
             &iface,
             ifindex,
-            PROG_XDP_INGRESS,
+            xdp_ingress_program(),
             Path::new(multiprog::DISPATCHER_OBJECT),
         )
         .map(drop);
@@ -1113,7 +1113,7 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
 /// Error paths of a chained attach: takes the firewall's component out of the dispatcher again.
 fn leave_dispatcher(iface: &str, ifindex: u32) {
     let object = Path::new(multiprog::DISPATCHER_OBJECT);
-    if let Err(e) = multiprog::uninstall(iface, ifindex, PROG_XDP_INGRESS, object) {
+    if let Err(e) = multiprog::uninstall(iface, ifindex, xdp_ingress_program(), object) {
         log::warn!("{iface}: could not leave the dispatcher: {e}");
     }
 }

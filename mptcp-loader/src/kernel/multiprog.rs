@@ -299,7 +299,7 @@ pub fn probe(object: &[u8], dispatcher_object: &Path) -> Result<(), LoaderError>
 /// aya's, as [`LoaderError::Object`].
 pub fn load_object_as_component(object: &[u8]) -> Result<Ebpf, LoaderError> {
     crate::kernel::firewall::object_loader()
-        .extension(PROG_XDP_INGRESS)
+        .extension(crate::kernel::firewall::xdp_ingress_program())
         .load(object)
         .map_err(|source| LoaderError::Object { source })
 }

@@ -8,7 +8,8 @@
 //! `cargo xtask vm-test` sets `MPTCP_TESTS_REQUIRE_FREPLACE=1`: Debian's kernels must accept it.
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use mptcp_common::maps::{Config, MODE_ENFORCE, PROG_XDP_INGRESS};
+use mptcp_common::maps::{Config, MODE_ENFORCE};
+use mptcp_loader::kernel::firewall::xdp_ingress_program;
 use mptcp_loader::{
     kernel::multiprog::{
         self, Dispatcher, DispatcherConfig, Slot, DISPATCHER_OBJECT, FIREWALL_SLOT,
@@ -71,7 +72,7 @@ fn the_firewall_runs_as_a_dispatcher_component() {
     let d = dispatcher(&[FIREWALL_SLOT]);
     let mut ebpf =
         multiprog::load_object_as_component(mptcp_loader::EBPF_OBJ).expect("load object");
-    let _link = match multiprog::load_component(&mut ebpf, PROG_XDP_INGRESS, &d, 0) {
+    let _link = match multiprog::load_component(&mut ebpf, xdp_ingress_program(), &d, 0) {
         Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
             assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
             eprintln!("this kernel refuses freplace programs, as the loader says: {detail}");
@@ -310,7 +311,7 @@ fn shares_an_interface() {
     assert_eq!(first.components, ["xdpfilt_alw_all"]);
 
     let mut old = firewall_component();
-    let joined = install_on_lo(&mut old, PROG_XDP_INGRESS, FIREWALL_SLOT);
+    let joined = install_on_lo(&mut old, xdp_ingress_program(), FIREWALL_SLOT);
     assert_eq!(joined.replaced, first.dispatcher);
     assert_eq!(joined.components, ["xdpfilt_alw_all", "mptcp_xdp_ingre"]);
     let attached = netlink::xdp_attached(LO).unwrap().expect("XDP on lo");
@@ -352,9 +353,9 @@ fn shares_an_interface() {
                 ["10", "xdpfilt_alw_all"],
                 "{status}"
             );
-            let ours = row(&PROG_XDP_INGRESS[..15]);
+            let ours = row(&xdp_ingress_program()[..15]);
             assert_eq!(ours[1], "20", "{status}");
-            assert!(shows(&ours[2], PROG_XDP_INGRESS), "{status}");
+            assert!(shows(&ours[2], xdp_ingress_program()), "{status}");
             assert_eq!(
                 ours.last().map(String::as_str),
                 Some("XDP_PASS"),
@@ -426,7 +427,7 @@ fn shares_an_interface() {
             sent
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let restarted = install_on_lo(&mut new, PROG_XDP_INGRESS, FIREWALL_SLOT);
+        let restarted = install_on_lo(&mut new, xdp_ingress_program(), FIREWALL_SLOT);
         assert_ne!(restarted.replaced, None);
         let mut expected = vec!["xdpfilt_alw_all", "mptcp_xdp_ingre"];
         if libxdp_added {
@@ -456,7 +457,7 @@ fn shares_an_interface() {
     );
 
     // Both leave; the last one takes the dispatcher with it.
-    let left = multiprog::uninstall("lo", LO, PROG_XDP_INGRESS, object).unwrap();
+    let left = multiprog::uninstall("lo", LO, xdp_ingress_program(), object).unwrap();
     assert_eq!(left.components[0], "xdpfilt_alw_all");
     let mut gone = multiprog::uninstall("lo", LO, NEIGHBOUR, object).unwrap();
     if libxdp_added {
@@ -662,7 +663,7 @@ fn run_in_a_dispatcher() {
         .map(|l| l.split_whitespace().nth(2).unwrap_or(""))
         .collect();
     assert!(
-        order.len() == 2 && shows(order[0], NEIGHBOUR) && shows(order[1], PROG_XDP_INGRESS),
+        order.len() == 2 && shows(order[0], NEIGHBOUR) && shows(order[1], xdp_ingress_program()),
         "{status}"
     );
 
@@ -722,7 +723,7 @@ fn run_in_a_dispatcher() {
     assert_eq!(seen + dropped, sent, "every frame met the firewall");
     let status = xdp_loader(&["status", "lo"]);
     assert!(
-        status.contains(NEIGHBOUR) && status.contains(PROG_XDP_INGRESS),
+        status.contains(NEIGHBOUR) && status.contains(&xdp_ingress_program()[..15]),
         "{status}"
     );
 
@@ -730,7 +731,10 @@ fn run_in_a_dispatcher() {
     // out and leaves xdp-filter.
     assert!(second.stop(libc::SIGTERM).success());
     let status = xdp_loader(&["status", "lo"]);
-    assert!(status.contains(PROG_XDP_INGRESS), "kept attached: {status}");
+    assert!(
+        status.contains(&xdp_ingress_program()[..15]),
+        "kept attached: {status}"
+    );
     let out = std::process::Command::new(&bin)
         .arg("detach")
         .arg("--pin-dir")
@@ -746,7 +750,7 @@ fn run_in_a_dispatcher() {
         let status = xdp_loader(&["status", "lo"]);
         eprintln!("{when}:\n{status}");
         assert!(
-            status.contains(NEIGHBOUR) && !status.contains(PROG_XDP_INGRESS),
+            status.contains(NEIGHBOUR) && !status.contains(&xdp_ingress_program()[..15]),
             "{status}"
         );
     };
@@ -755,7 +759,7 @@ fn run_in_a_dispatcher() {
     // A run's exit without --keep-attached takes it out too.
     let mut third = LoaderRun::start(&bin, &pins, "third", &[]);
     third.wait_attached();
-    assert!(xdp_loader(&["status", "lo"]).contains(PROG_XDP_INGRESS));
+    assert!(xdp_loader(&["status", "lo"]).contains(&xdp_ingress_program()[..15]));
     assert!(third.stop(libc::SIGTERM).success());
     only_filter("after the run");
     xdp_loader(&["unload", "lo", "--all"]);

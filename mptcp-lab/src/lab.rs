@@ -134,15 +134,7 @@ impl Lab {
             self.add_path(&path)?;
         }
         for ns in [&self.client, &self.server] {
-            ns.ip(&[
-                "mptcp",
-                "limits",
-                "set",
-                "subflows",
-                "4",
-                "add_addr_accepted",
-                "4",
-            ])?;
+            ns.allow_mptcp_paths()?;
         }
         let p2 = PATH2;
         self.client.ip(&[

@@ -132,6 +132,24 @@ impl Netns {
             .map(drop)
     }
 
+    /// `ip mptcp limits set subflows 4 add_addr_accepted 4`: room for the labs' second subflow
+    /// and announced addresses (Linux's defaults accept none).
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn allow_mptcp_paths(&self) -> Result<()> {
+        self.ip(&[
+            "mptcp",
+            "limits",
+            "set",
+            "subflows",
+            "4",
+            "add_addr_accepted",
+            "4",
+        ])
+        .map(drop)
+    }
+
     /// Reads the namespace's SNMP/MIB counters (`/proc/net/netstat` and `/proc/net/snmp` as
     /// seen from inside; the same numbers as `nstat -az`).
     ///

@@ -251,15 +251,7 @@ impl GatewayLab {
         }
         self.client.sysctl("net.ipv4.ip_forward", "0")?;
         for ns in [&self.client, &self.server] {
-            ns.ip(&[
-                "mptcp",
-                "limits",
-                "set",
-                "subflows",
-                "4",
-                "add_addr_accepted",
-                "4",
-            ])?;
+            ns.allow_mptcp_paths()?;
         }
         self.client.ip(&[
             "mptcp",

@@ -262,7 +262,19 @@ impl ConnState {
     }
 }
 
-/// Ring-buffer record: the fast path learned a new connection's keys.
+/// `KeyEvent::kind`: the fast path learned a new connection's keys (from an MP_CAPABLE).
+pub const KEY_EVENT_LEARNED: u8 = 0;
+/// `KeyEvent::kind`: a join's HMAC validated and its subflow is now tracked as part of the
+/// connection whose Key-A is `key_a` (`key_b` is zero). `flow` is the subflow oriented
+/// initiator -> responder, `role` the initiator's role.
+pub const KEY_EVENT_JOINED: u8 = 1;
+/// `KeyEvent::kind`: the fast path forgot the connection on evidence it authenticated (an
+/// MP_FASTCLOSE carrying the receiver's key, or the host's own end of its last subflow).
+/// `flow` is zero.
+pub const KEY_EVENT_ENDED: u8 = 2;
+
+/// Ring-buffer record ([`MAP_KEY_EVENTS`]): what the fast path learned about a connection
+/// (`kind`: [`KEY_EVENT_LEARNED`], [`KEY_EVENT_JOINED`], [`KEY_EVENT_ENDED`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct KeyEvent {
@@ -278,8 +290,12 @@ pub struct KeyEvent {
     pub ifindex: u32,
     /// MP_CAPABLE flags byte (`opt[3]`), e.g. 0x81 when DSS checksums are on.
     pub mpc_flags: u8,
+    /// `KEY_EVENT_*`.
+    pub kind: u8,
+    /// For [`KEY_EVENT_JOINED`]: the initiator's role ([`ROLE_A`] / [`ROLE_B`]).
+    pub role: u8,
     /// Always zero.
-    pub pad: [u8; 3],
+    pub pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<KeyEvent>() == 72);
 
@@ -567,9 +583,14 @@ pub struct HmacJobs {
     pub reason: u32,
     /// Interface the frame arrived on (its mode may differ from the global one).
     pub ifindex: u32,
+    /// A join validated or a connection ended by this frame, for the loader (sent once the
+    /// frame is judged); `kind` [`KEY_EVENT_LEARNED`] here means nothing to send (a learn is
+    /// sent where it happens).
+    pub announce: KeyEvent,
 }
-// 3 jobs + token job (8+8+8+8+64+32) + note (24) + reason + ifindex: no implicit padding.
-const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 360 + 128 + 24 + 8);
+// 3 jobs + token job (8+8+8+8+64+32) + note (24) + reason + ifindex + announce: no implicit
+// padding.
+const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 360 + 128 + 24 + 8 + 72);
 
 #[cfg(feature = "user")]
 mod pod {

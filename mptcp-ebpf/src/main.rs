@@ -43,9 +43,10 @@ use mptcp_common::{
         CONN_CRYPTO_PER_S, CONN_FLAG_KEY_CONFLICT, DROP_EVENTS_BYTES, DROP_SNAP_LEN, FAMILY_V4,
         FLOW_ESTABLISHED, JOB_ADD_ADDR, JOB_JOIN_ACK, JOB_JOIN_SYNACK, JOB_NONE, JOIN_ACK_VALID,
         JOIN_CHECKS_MAX, JOIN_HAVE_RESPONDER_NONCE, JOIN_JOB_SLOT, JOIN_SYNACK_VALID,
-        KEY_EVENTS_BYTES, MAX_ADD_ADDR_TAGS, MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_CONNS,
-        MAX_FLOWS, MAX_IFACE_MODES, MAX_JOINS, MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR,
-        ROLE_A, ROLE_B, TOKENS_INSTALL, TOKENS_NONE, TOKENS_REMOVE,
+        KEY_EVENTS_BYTES, KEY_EVENT_ENDED, KEY_EVENT_JOINED, KEY_EVENT_LEARNED, MAX_ADD_ADDR_TAGS,
+        MAX_ALLOW_PORTS, MAX_ALLOW_PREFIXES, MAX_CONNS, MAX_FLOWS, MAX_IFACE_MODES, MAX_JOINS,
+        MAX_JOIN_RATE_SOURCES, MAX_TOKENS, MODE_MONITOR, ROLE_A, ROLE_B, TOKENS_INSTALL,
+        TOKENS_NONE, TOKENS_REMOVE,
     },
     packet::{
         everyday, everyday_flow, parse_tcp, read_add_addr, read_capable_keys, read_fastclose_key,
@@ -416,12 +417,32 @@ fn process<C: PacketCtx, const EGRESS: bool>(ctx: &C) -> Counter {
         && jobs.jobs[JOIN_JOB_SLOT].kind == JOB_NONE
     {
         // The common case: no crypto for this frame.
+        announce(jobs);
         return counter_from(jobs.reason);
     }
     let reason = run_jobs(jobs);
     // Left where the differential tests read each frame's reason.
     jobs.reason = reason as u32;
+    announce(jobs);
     reason
+}
+
+/// Sends the loader what this frame proved about a connection (a validated join's subflow, an
+/// authenticated end), if anything: a loader that shares its connections with other boxes
+/// tells them.
+#[inline(never)]
+fn announce(jobs: &mut HmacJobs) {
+    if jobs.announce.kind == KEY_EVENT_LEARNED {
+        return;
+    }
+    jobs.announce.seen_ns = now_ns();
+    jobs.announce.ifindex = jobs.ifindex;
+    if MPTCP_KEYEVENTS
+        .output::<KeyEvent>(&jobs.announce, 0)
+        .is_err()
+    {
+        count(Counter::KeyEventLost);
+    }
 }
 
 /// `HmacJobs::reason` before a frame's reason is known.
@@ -514,6 +535,7 @@ fn prepare<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
     jobs.ifindex = ctx.ifindex();
     jobs.note.family = 0;
     jobs.note.token = [0; 4];
+    jobs.announce.kind = KEY_EVENT_LEARNED;
     let Some(walk) = MPTCP_WALK.get_ptr_mut(0) else {
         jobs.reason = Counter::MptcpOther as u32;
         return;
@@ -734,6 +756,13 @@ fn forget_conn(conn_id: u64, conn: *const ConnState, jobs: &mut HmacJobs) {
         jobs.tokens.conn_id = conn_id;
         jobs.tokens.op = TOKENS_REMOVE;
     }
+    // SAFETY: as above.
+    unsafe {
+        jobs.announce.key_a = (*conn).key_a;
+        jobs.announce.key_b = (*conn).key_b;
+    }
+    jobs.announce.flow = FlowKey::default();
+    jobs.announce.kind = KEY_EVENT_ENDED;
     if MPTCP_CONNS.remove(&conn_id).is_ok() {
         count(Counter::ConnClosed);
     }
@@ -845,7 +874,9 @@ fn learn_keys<C: PacketCtx>(
                 seen_ns: now,
                 ifindex: ctx.ifindex(),
                 mpc_flags: frame.load::<4>(opt.off).map_or(0, |b| b[3]),
-                pad: [0; 3],
+                kind: KEY_EVENT_LEARNED,
+                role: 0,
+                pad: 0,
             });
             entry.submit(0);
         }
@@ -1317,7 +1348,7 @@ fn run_jobs(jobs: &mut HmacJobs) -> Counter {
     // Each job leaves its outcome in map memory and returns nothing, so the verifier sees the
     // same state after every job whatever its result, and verifies the next job only once.
     for i in 0..=JOIN_JOB_SLOT {
-        run_job(&mut jobs.jobs[i], mode);
+        run_job(&mut jobs.jobs[i], &mut jobs.announce, mode);
     }
     let mut reason = counter_from(jobs.reason);
     for i in 0..=JOIN_JOB_SLOT {
@@ -1330,7 +1361,7 @@ fn run_jobs(jobs: &mut HmacJobs) -> Counter {
 
 /// One HMAC check: 2 compressions, plus 2 when the midstates are not installed yet.
 #[inline(never)]
-fn run_job(job: &mut HmacJob, mode: u32) {
+fn run_job(job: &mut HmacJob, announce: &mut KeyEvent, mode: u32) {
     if job.kind == JOB_NONE {
         return;
     }
@@ -1387,14 +1418,14 @@ fn run_job(job: &mut HmacJob, mode: u32) {
         JOB_JOIN_SYNACK => {
             let ok = join_synack_truncated(digest) == job.expected[..8];
             if ok {
-                join_validated(job, JOIN_SYNACK_VALID);
+                join_validated(job, announce, JOIN_SYNACK_VALID);
             }
             join_synack_reason(ok, mode)
         }
         _ => {
             let ok = leftmost_160_equal(digest, &job.expected);
             if ok {
-                join_validated(job, JOIN_ACK_VALID);
+                join_validated(job, announce, JOIN_ACK_VALID);
             }
             join_ack_reason(ok, mode)
         }
@@ -1420,9 +1451,9 @@ fn leftmost_160_equal(digest: &[u32; 8], expected: &[u8; 20]) -> bool {
 }
 
 /// A join's HMAC was right: record it and track the subflow as part of its connection, so its
-/// ADD_ADDRs validate and its end is followed.
+/// ADD_ADDRs validate and its end is followed; a new subflow is announced to the loader.
 #[inline(always)]
-fn join_validated(job: &HmacJob, flag: u8) {
+fn join_validated(job: &HmacJob, announce: &mut KeyEvent, flag: u8) {
     if let Some(state) = MPTCP_JOINS.get_ptr_mut(&job.flow) {
         // SAFETY: map value pointer from a successful lookup.
         unsafe {
@@ -1456,6 +1487,11 @@ fn join_validated(job: &HmacJob, flag: u8) {
                 atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, 1)
             };
         }
+        announce.flow = job.flow;
+        announce.key_a = job.conn_id.to_ne_bytes();
+        announce.key_b = [0; 8];
+        announce.role = job.initiator_role & 1;
+        announce.kind = KEY_EVENT_JOINED;
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use mptcp_common::{
     counters::Counter,
-    maps::{KeyEvent, MAP_COUNTERS},
+    maps::{KeyEvent, KEY_EVENT_ENDED, KEY_EVENT_JOINED, MAP_COUNTERS},
 };
 
 use crate::{
@@ -166,6 +166,9 @@ impl MapKeeper {
             let event = parse_key_event(&record);
             drop(record);
             match event {
+                Some(event) if matches!(event.kind, KEY_EVENT_JOINED | KEY_EVENT_ENDED) => {
+                    self.share_proof(&event);
+                }
                 Some(event) => self.handle(&event),
                 None => log::warn!("ignoring a key event of unexpected size"),
             }
@@ -220,6 +223,30 @@ impl MapKeeper {
                 log::warn!("connection {flow} on {iface}: the connection map holds other keys than the event; skipped");
             }
             Err(e) => log::warn!("connection {flow} on {iface}: {e}"),
+        }
+    }
+
+    /// A join the fast path validated, or an end it authenticated: its maps are already up to
+    /// date; the shared store, if there is one, tells the other boxes.
+    fn share_proof(&mut self, event: &KeyEvent) {
+        let token_a = hex(&token_and_idsn(&event.key_a).0);
+        if event.kind == KEY_EVENT_ENDED {
+            log::info!(
+                "connection token-A {token_a} token-B {}: ended (an MP_FASTCLOSE with the right key, or the host's own end)",
+                hex(&token_and_idsn(&event.key_b).0)
+            );
+        } else {
+            log::debug!(
+                "connection token-A {token_a}: subflow {} validated by a join",
+                format_flow(&event.flow)
+            );
+        }
+        if let Some(store) = &mut self.store {
+            if event.kind == KEY_EVENT_ENDED {
+                store.ended(&event.key_a, &mut self.counters);
+            } else {
+                store.joined(event, &mut self.counters);
+            }
         }
     }
 
@@ -292,6 +319,11 @@ impl MapKeeper {
         let mut outcome = ClosedOutcome::default();
         let result = self.check_closed_once(&mut outcome);
         self.counters.add_closed(&outcome);
+        if let Some(store) = &mut self.store {
+            for key_a in &outcome.ended_keys_a {
+                store.ended(key_a, &mut self.counters);
+            }
+        }
         if outcome.subflows_closed > 0 {
             log::debug!(
                 "closed-subflow check: {} subflow(s) the kernel confirmed closed removed, {} connection(s) with them; {} marked closing are not local (left to the idle sweep)",

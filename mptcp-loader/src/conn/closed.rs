@@ -54,7 +54,7 @@ pub fn plan_closed(conns: &[(u64, ConnState)], flows: &[(FlowKey, FlowRef)]) -> 
 }
 
 /// What one check removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClosedOutcome {
     /// Subflows the kernel confirmed closed, removed.
     pub subflows_closed: u64,
@@ -62,6 +62,9 @@ pub struct ClosedOutcome {
     pub conns_closed: u64,
     /// Subflows marked closing that the kernel cannot confirm (no local address).
     pub not_local: u64,
+    /// Key-A of each connection removed: ends the host's kernel confirmed, which a shared store
+    /// tells the other boxes.
+    pub ended_keys_a: Vec<[u8; 8]>,
 }
 
 /// Asks the kernel about each planned subflow; removes the ones that are over, and each
@@ -112,6 +115,7 @@ pub fn apply_closed(
         }
         if maps.remove_conn(flow.conn_id)? {
             outcome.conns_closed += 1;
+            outcome.ended_keys_a.push(conn.key_a);
         }
         for token in [conn.token_a, conn.token_b] {
             if maps
@@ -257,7 +261,8 @@ mod tests {
             ClosedOutcome {
                 subflows_closed: 1,
                 conns_closed: 0,
-                not_local: 1
+                not_local: 1,
+                ended_keys_a: Vec::new(),
             }
         );
         assert_eq!(maps.conns[&7].subflows, 1);
@@ -266,6 +271,7 @@ mod tests {
         let mut outcome = ClosedOutcome::default();
         apply_closed(&mut maps, &sockets, &[key(2)], &mut outcome).unwrap();
         assert_eq!((outcome.subflows_closed, outcome.conns_closed), (1, 1));
+        assert_eq!(outcome.ended_keys_a, [conn(2).key_a]);
         assert!(maps.conns.is_empty() && maps.tokens.is_empty());
         assert_eq!(maps.flows.len(), 1, "the forwarded one stays");
     }

@@ -62,6 +62,15 @@ mptcp_common::named_counters! {
         StoreRefreshed = "loader_store_refreshed",
         /// Times the connection to the store failed (or could not be made).
         StoreDisconnects = "loader_store_disconnects",
+        /// Subflows a peer's join validated, tracked here as part of their connection.
+        StoreSubflowsApplied = "loader_store_subflows_applied",
+        /// Connections removed here because a peer authenticated their end (an MP_FASTCLOSE
+        /// with the right key, or its host's own end).
+        StoreEndsApplied = "loader_store_ends_applied",
+        /// Publications the store refused: a learn of a connection whose end is recorded there,
+        /// or whose token another live connection holds; a join or end of a connection it does
+        /// not hold as named.
+        StoreRefused = "loader_store_refused",
     }
 }
 
@@ -105,12 +114,13 @@ impl LoaderCounters {
         );
     }
 
-    /// Connections the loader itself removed: expired by the idle sweep, or closed with their
-    /// last kernel-confirmed subflow (the eviction count subtracts them).
+    /// Connections the loader itself removed: expired by the idle sweep, closed with their
+    /// last kernel-confirmed subflow, or ended by a peer (the eviction count subtracts them).
     #[must_use]
     pub fn conns_removed(&self) -> u64 {
         self.get(LoaderCounter::ConnsExpired)
             .wrapping_add(self.get(LoaderCounter::ConnsClosed))
+            .wrapping_add(self.get(LoaderCounter::StoreEndsApplied))
     }
 
     /// Adds up what a closed-subflow check removed.
@@ -277,6 +287,9 @@ mod tests {
                 ("loader_store_apply_failed", 0),
                 ("loader_store_refreshed", 0),
                 ("loader_store_disconnects", 0),
+                ("loader_store_subflows_applied", 0),
+                ("loader_store_ends_applied", 0),
+                ("loader_store_refused", 0),
             ]
         );
     }

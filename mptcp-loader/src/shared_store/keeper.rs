@@ -1,15 +1,16 @@
-//! The loop's side of the store: what [`crate::run`]'s map keeper calls. Publishes this host's
-//! learns, applies the peers' records through [`super::apply`], counts, and keeps the pinned
-//! [`StoreState`] current.
+//! The loop's side of the store: what [`crate::run`]'s map keeper calls. Publishes what this
+//! host's fast path proved (learns, validated joins, authenticated ends), applies the peers'
+//! records through [`super::apply`], counts, and keeps the pinned [`StoreState`] current.
 
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, MapData};
-use mptcp_common::maps::{ConnState, KeyEvent};
+use mptcp_common::maps::{ConnState, FlowKey, FlowRef, KeyEvent, FLOW_ESTABLISHED};
 
 use super::{
-    apply::{apply_learned, Applied},
+    apply::{apply_end, apply_join, apply_learned, Applied, EndApplied, JoinApplied},
     link::FromStore,
+    record::{ConnName, Record, SharedConn, SharedEnd, SharedJoin, SharedSubflow},
     SharedStore, StoreOptions,
 };
 use crate::{
@@ -75,7 +76,33 @@ impl StoreKeeper {
     /// Publishes a connection this host's fast path learned.
     pub fn learned(&mut self, event: &KeyEvent, counters: &mut LoaderCounters) {
         let seen = ClockOffset::now().unix_ns(event.seen_ns);
-        if !self.store.publish_learned(event, seen) {
+        let conn = SharedConn::from_event(event, self.store.id(), seen);
+        self.publish(Record::Learn(conn), counters);
+    }
+
+    /// Publishes a subflow a join validated on this host's fast path (`KEY_EVENT_JOINED`).
+    pub fn joined(&mut self, event: &KeyEvent, counters: &mut LoaderCounters) {
+        let seen = ClockOffset::now().unix_ns(event.seen_ns);
+        let join = SharedJoin::from_event(event, self.store.id(), seen);
+        self.publish(Record::Join(join), counters);
+    }
+
+    /// Publishes the end of the connection whose Key-A is `key_a`, which this host
+    /// authenticated: its fast path saw an MP_FASTCLOSE with the right key or the host's own
+    /// end of the last subflow (`KEY_EVENT_ENDED`), or the host's kernel confirmed the last
+    /// subflow closed. Never called for an idle sweep's removal (see the README: a connection
+    /// idle here may be busy on another box).
+    pub fn ended(&mut self, key_a: &[u8; 8], counters: &mut LoaderCounters) {
+        let end = SharedEnd {
+            conn: ConnName::of(key_a),
+            origin: self.store.id().to_owned(),
+            ended_unix_ns: unix_now_ns(),
+        };
+        self.publish(Record::End(end), counters);
+    }
+
+    fn publish(&mut self, record: Record, counters: &mut LoaderCounters) {
+        if !self.store.publish(record) {
             counters.add(LoaderCounter::StorePublishFailed, 1);
         }
     }
@@ -156,47 +183,87 @@ impl StoreKeeper {
                 self.state.caught_up = 1;
                 self.state.catch_up_conns = conns;
             }
-            FromStore::Learned { conn, live } => {
-                let now_ns = monotonic_now_ns();
-                match apply_learned(maps, &conn, monotonic_now_s(), now_ns) {
-                    Ok(applied) => {
-                        if live {
-                            let delay = unix_now_ns().saturating_sub(conn.seen_unix_ns);
-                            self.replication.record_ns(delay);
-                        }
-                        let counter = match applied {
-                            Applied::Installed => {
-                                log::debug!(
-                                    "installed connection token-A {} from {} (learned at {})",
-                                    hex(&conn.token_a()),
-                                    conn.origin,
-                                    crate::conn::install::format_flow(&conn.flow)
-                                );
-                                LoaderCounter::StoreApplied
-                            }
-                            Applied::AlreadyKnown => LoaderCounter::StoreAlreadyKnown,
-                            Applied::KeysDiffer | Applied::Lost => LoaderCounter::StoreApplyFailed,
-                        };
-                        counters.add(counter, 1);
-                    }
-                    Err(e) => {
-                        counters.add(LoaderCounter::StoreApplyFailed, 1);
-                        log::warn!(
-                            "could not install connection token-A {} from the store: {e}",
-                            hex(&conn.token_a())
-                        );
-                    }
-                }
+            FromStore::Record { record, live } => self.apply(&record, live, maps, counters),
+            FromStore::Published { count, refused } => {
+                counters.add(LoaderCounter::StorePublished, count);
+                counters.add(LoaderCounter::StoreRefused, refused);
             }
-            FromStore::Published { count } => counters.add(LoaderCounter::StorePublished, count),
             FromStore::PublishFailed { count } => {
                 counters.add(LoaderCounter::StorePublishFailed, count);
             }
         }
     }
 
+    /// Applies one peer's record, counts it, and records the replication delay of a live learn.
+    fn apply(
+        &mut self,
+        record: &Record,
+        live: bool,
+        maps: &mut KernelMaps,
+        counters: &mut LoaderCounters,
+    ) {
+        let now_s = monotonic_now_s();
+        let result = match record {
+            Record::Learn(conn) => self.apply_conn(conn, live, maps, counters, now_s),
+            Record::Join(join) => apply_join(maps, &join.conn, &join.subflow, now_s)
+                .map(|applied| count_join(applied, counters)),
+            Record::End(end) => apply_end(maps, &end.conn).map(|applied| {
+                if applied == EndApplied::Ended {
+                    log::info!(
+                        "connection {:?}: ended (authenticated by {}); forgotten here too",
+                        end.conn,
+                        end.origin
+                    );
+                    counters.add(LoaderCounter::StoreEndsApplied, 1);
+                }
+            }),
+            Record::Touch(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            counters.add(LoaderCounter::StoreApplyFailed, 1);
+            log::warn!(
+                "could not apply a {} record of the store: {e}",
+                record.op().as_str()
+            );
+        }
+    }
+
+    /// A peer's connection, then its validated subflows.
+    fn apply_conn(
+        &mut self,
+        conn: &SharedConn,
+        live: bool,
+        maps: &mut KernelMaps,
+        counters: &mut LoaderCounters,
+        now_s: u32,
+    ) -> Result<(), LoaderError> {
+        let applied = apply_learned(maps, conn, now_s, monotonic_now_ns())?;
+        if live {
+            let delay = unix_now_ns().saturating_sub(conn.seen_unix_ns);
+            self.replication.record_ns(delay);
+        }
+        let counter = match applied {
+            Applied::Installed => {
+                log::debug!(
+                    "installed connection token-A {} from {} (learned at {})",
+                    hex(&conn.token_a()),
+                    conn.origin,
+                    crate::conn::install::format_flow(&conn.flow)
+                );
+                LoaderCounter::StoreApplied
+            }
+            Applied::AlreadyKnown => LoaderCounter::StoreAlreadyKnown,
+            Applied::KeysDiffer | Applied::Lost => LoaderCounter::StoreApplyFailed,
+        };
+        counters.add(counter, 1);
+        for subflow in &conn.subflows {
+            count_join(apply_join(maps, &conn.name(), subflow, now_s)?, counters);
+        }
+        Ok(())
+    }
+
     /// Publishes every connection in the maps with the subflow it is tracked on (each one a
-    /// peer may be missing).
+    /// peer may be missing), and its other established subflows.
     fn republish(&mut self, maps: &KernelMaps, counters: &mut LoaderCounters) {
         let (conns, flows) = match (maps.all_conns(), maps.all_flows()) {
             (Ok(c), Ok(f)) => (c, f),
@@ -205,21 +272,24 @@ impl StoreKeeper {
                 return;
             }
         };
-        let first_flow: std::collections::HashMap<u64, _> = flows
-            .iter()
-            .rev()
-            .map(|(key, f)| (f.conn_id, (*key, f.src_role)))
-            .collect();
-        let clock = ClockOffset::now();
+        let mut subflows: std::collections::HashMap<u64, Vec<(FlowKey, FlowRef)>> =
+            std::collections::HashMap::new();
+        for (key, flow) in &flows {
+            subflows
+                .entry(flow.conn_id)
+                .or_default()
+                .push((*key, *flow));
+        }
+        let seen = ClockOffset::now().unix_ns(monotonic_now_ns());
         let mut queued = 0u64;
         for (id, state) in &conns {
-            let Some(event) = event_of(*id, state, first_flow.get(id).copied()) else {
+            let Some(conn) = subflows
+                .get(id)
+                .and_then(|flows| self.conn_of(*id, state, flows, seen))
+            else {
                 continue;
             };
-            if self
-                .store
-                .publish_learned(&event, clock.unix_ns(monotonic_now_ns()))
-            {
+            if self.store.publish(Record::Learn(conn)) {
                 queued += 1;
             } else {
                 counters.add(LoaderCounter::StorePublishFailed, 1);
@@ -251,7 +321,10 @@ impl StoreKeeper {
         let mut refreshed = 0;
         for (id, state) in &conns {
             if latest[id] >= self.refreshed_s {
-                if self.store.touch(&state.key_a, &state.key_b) {
+                if self
+                    .store
+                    .publish(Record::Touch(ConnName::of(&state.key_a)))
+                {
                     refreshed += 1;
                 } else {
                     counters.add(LoaderCounter::StorePublishFailed, 1);
@@ -282,28 +355,52 @@ impl StoreKeeper {
     }
 }
 
-/// The key event that would have announced a tracked connection: its keys and one of its
-/// subflows oriented A -> B. `None` without a subflow, or for a connection whose keys conflict.
-fn event_of(
-    id: u64,
-    state: &ConnState,
-    flow: Option<(mptcp_common::maps::FlowKey, u8)>,
-) -> Option<KeyEvent> {
-    let (key, src_role) = flow?;
-    if ConnState::id_of(&state.key_a) != id
-        || state.flags & mptcp_common::maps::CONN_FLAG_KEY_CONFLICT != 0
-    {
-        return None;
-    }
-    let flow = if src_role == mptcp_common::maps::ROLE_A {
-        key
-    } else {
-        key.reversed()
+fn count_join(applied: JoinApplied, counters: &mut LoaderCounters) {
+    let counter = match applied {
+        JoinApplied::Added => LoaderCounter::StoreSubflowsApplied,
+        JoinApplied::AlreadyKnown => LoaderCounter::StoreAlreadyKnown,
+        JoinApplied::UnknownConn => LoaderCounter::StoreApplyFailed,
     };
-    Some(KeyEvent {
-        flow,
-        key_a: state.key_a,
-        key_b: state.key_b,
-        ..KeyEvent::default()
-    })
+    counters.add(counter, 1);
+}
+
+impl StoreKeeper {
+    /// A tracked connection as shared: its keys, its first subflow oriented A -> B (as the key
+    /// event of its MP_CAPABLE would have it), and its other established subflows. `None` for
+    /// a connection whose keys conflict (nothing a peer should trust) or without a subflow.
+    fn conn_of(
+        &self,
+        id: u64,
+        state: &ConnState,
+        flows: &[(FlowKey, FlowRef)],
+        seen_unix_ns: u64,
+    ) -> Option<SharedConn> {
+        if ConnState::id_of(&state.key_a) != id
+            || state.flags & mptcp_common::maps::CONN_FLAG_KEY_CONFLICT != 0
+        {
+            return None;
+        }
+        let ((first_key, first), rest) = flows.split_first()?;
+        let flow = if first.src_role == mptcp_common::maps::ROLE_A {
+            *first_key
+        } else {
+            first_key.reversed()
+        };
+        let event = KeyEvent {
+            flow,
+            key_a: state.key_a,
+            key_b: state.key_b,
+            ..KeyEvent::default()
+        };
+        let mut conn = SharedConn::from_event(&event, self.store.id(), seen_unix_ns);
+        conn.subflows = rest
+            .iter()
+            .filter(|(_, f)| f.flags & FLOW_ESTABLISHED != 0)
+            .map(|(key, f)| SharedSubflow {
+                flow: *key,
+                src_role: f.src_role & 1,
+            })
+            .collect();
+        Some(conn)
+    }
 }

@@ -1,7 +1,14 @@
-//! The connection to Redis: one task that publishes this loader's learns and TTL refreshes, catches up
-//! from the hashes on every (re)connection, and follows the stream for the peers' records. It
-//! talks to the loop only through two channels, so a slow or dead store never blocks the loop
-//! that installs this host's own keys.
+//! The connection to Redis: one task that publishes this loader's records and TTL refreshes,
+//! catches up from the hashes on every (re)connection, and follows the stream for the peers'
+//! records. It talks to the loop only through two channels, so a slow or dead store never
+//! blocks the loop that installs this host's own keys.
+//!
+//! Learns, joins and ends are written by three small Lua scripts ([`LEARN_SCRIPT`],
+//! [`JOIN_SCRIPT`], [`END_SCRIPT`]), each of which reads the hash, decides, writes it and
+//! appends the stream entry in one atomic step: a learn does not bring back a connection whose
+//! tombstone is there, nor take a token another live connection holds; a join is only added to
+//! the live connection it names; an end only turns its own connection (same IDSN) into a
+//! tombstone, never a newer connection whose Key-A has the same token.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -12,7 +19,7 @@ use redis::{
 };
 use tokio::sync::mpsc;
 
-use super::record::{Op, SharedConn, StreamEntry, CONN_KEY_PREFIX, EVENTS_STREAM, STREAM_MAX_LEN};
+use super::record::{Record, StoredConn, CONN_KEY_PREFIX, EVENTS_STREAM, STREAM_MAX_LEN};
 
 /// How long one `XREAD` waits for new entries before it is sent again.
 const READ_BLOCK_MS: u64 = 1_000;
@@ -35,10 +42,11 @@ pub enum FromStore {
         /// The error.
         reason: String,
     },
-    /// A peer's connection: from the stream (`live`), or from the catch-up.
-    Learned {
-        /// The connection.
-        conn: SharedConn,
+    /// A peer's record: from the stream (`live`), or from the catch-up (a live hash is a
+    /// [`Record::Learn`] with its subflows, a tombstone a [`Record::End`]).
+    Record {
+        /// What it says.
+        record: Record,
         /// Read from the stream as it was published (its delay is a replication delay).
         live: bool,
     },
@@ -51,6 +59,10 @@ pub enum FromStore {
     Published {
         /// How many.
         count: u64,
+        /// Of them, how many the store refused: a learn of a connection whose tombstone is
+        /// there, or whose token another live connection holds; a join or an end of a
+        /// connection the store does not hold as it names it.
+        refused: u64,
     },
     /// Publications that could not be written (the connection failed under them); the loop
     /// publishes everything again at the next `Connected`.
@@ -73,7 +85,7 @@ pub struct LinkConfig {
 /// Runs until `outgoing` is closed (the loop ended).
 pub async fn run(
     config: LinkConfig,
-    mut outgoing: mpsc::Receiver<StreamEntry>,
+    mut outgoing: mpsc::Receiver<Record>,
     incoming: mpsc::Sender<FromStore>,
 ) {
     let mut retry = RETRY_FIRST;
@@ -100,7 +112,7 @@ pub async fn run(
 /// One connection's life: connect, catch up, then publish and follow until an error.
 async fn session(
     config: &LinkConfig,
-    outgoing: &mut mpsc::Receiver<StreamEntry>,
+    outgoing: &mut mpsc::Receiver<Record>,
     incoming: &mpsc::Sender<FromStore>,
 ) -> RedisResult<()> {
     let settings = AsyncConnectionConfig::new()
@@ -116,6 +128,7 @@ async fn session(
         .client
         .get_multiplexed_async_connection_with_config(&settings)
         .await?;
+    let scripts = Scripts::load(&mut writer).await?;
     if incoming.send(FromStore::Connected).await.is_err() {
         return Ok(());
     }
@@ -139,9 +152,9 @@ async fn session(
                 }
             }
             let count = batch.len() as u64;
-            match publish(&mut writer, &batch, config.ttl_s).await {
-                Ok(()) => {
-                    let _ = incoming.send(FromStore::Published { count }).await;
+            match publish(&mut writer, &scripts, &batch, config.ttl_s).await {
+                Ok(refused) => {
+                    let _ = incoming.send(FromStore::Published { count, refused }).await;
                 }
                 Err(e) => {
                     let _ = incoming.send(FromStore::PublishFailed { count }).await;
@@ -152,14 +165,11 @@ async fn session(
     };
     let read = async {
         loop {
-            for entry in read_after(&mut reader, &mut last_id).await? {
-                if entry.conn.origin == config.id || entry.op != Op::Learn {
+            for record in read_after(&mut reader, &mut last_id).await? {
+                if record.origin() == config.id || matches!(record, Record::Touch(_)) {
                     continue;
                 }
-                let message = FromStore::Learned {
-                    conn: entry.conn,
-                    live: true,
-                };
+                let message = FromStore::Record { record, live: true };
                 if incoming.send(message).await.is_err() {
                     return Ok(());
                 }
@@ -191,6 +201,8 @@ async fn stream_end(conn: &mut MultiplexedConnection) -> RedisResult<String> {
 /// Reads every connection hash and hands it to the loop; returns how many hashes it read. This
 /// loader's own are included: with a fixed `--store-id`, a run that lost its maps (a reboot)
 /// gets back what it had learned itself; installing what the maps hold already changes nothing.
+/// Tombstones are handed over as ends: a loader that was away when a connection ended forgets
+/// it now.
 async fn catch_up(
     conn: &mut MultiplexedConnection,
     incoming: &mpsc::Sender<FromStore>,
@@ -216,11 +228,13 @@ async fn catch_up(
             for fields in hashes {
                 read += 1;
                 // Expired between SCAN and HGETALL (empty), or not ours to read: skipped.
-                let Some(c) = SharedConn::from_fields(&fields) else {
-                    continue;
+                let record = match StoredConn::from_fields(&fields) {
+                    Some(StoredConn::Live(conn)) => Record::Learn(conn),
+                    Some(StoredConn::Ended(end)) => Record::End(end),
+                    None => continue,
                 };
-                let message = FromStore::Learned {
-                    conn: c,
+                let message = FromStore::Record {
+                    record,
                     live: false,
                 };
                 if incoming.send(message).await.is_err() {
@@ -235,50 +249,137 @@ async fn catch_up(
     }
 }
 
-/// Writes a batch in one round trip: per learn the hash (with its TTL) and a stream entry, per
-/// touch the hash's TTL.
+/// Writes a batch in one round trip: learns, joins and ends through their scripts, touches as
+/// an `EXPIRE`. Returns how many the store refused.
 async fn publish(
     conn: &mut MultiplexedConnection,
-    batch: &[StreamEntry],
+    scripts: &Scripts,
+    batch: &[Record],
     ttl_s: u64,
-) -> RedisResult<()> {
+) -> RedisResult<u64> {
     let mut pipe = redis::pipe();
-    for entry in batch {
-        let key = entry.conn.conn_key();
-        match entry.op {
-            Op::Learn => {
-                pipe.cmd("HSET").arg(&key);
-                for (name, value) in entry.conn.fields() {
-                    pipe.arg(name).arg(value);
-                }
-                pipe.ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(ttl_s).ignore();
-            }
-            Op::Touch => {
-                pipe.cmd("EXPIRE").arg(&key).arg(ttl_s).ignore();
+    for record in batch {
+        let key = record.conn_key();
+        let (sha, fixed) = match record {
+            Record::Touch(_) => {
+                pipe.cmd("EXPIRE").arg(&key).arg(ttl_s);
                 continue;
             }
-        }
-        pipe.cmd("XADD")
+            Record::Learn(c) => (&scripts.learn, vec![c.name().idsn_text()]),
+            Record::Join(j) => {
+                let (field, role) = j.subflow.field();
+                (&scripts.join, vec![j.conn.idsn_text(), field, role])
+            }
+            Record::End(e) => (&scripts.end, vec![e.conn.idsn_text()]),
+        };
+        pipe.cmd("EVALSHA")
+            .arg(sha)
+            .arg(2)
+            .arg(&key)
             .arg(EVENTS_STREAM)
-            .arg("MAXLEN")
-            .arg("~")
+            .arg(ttl_s)
             .arg(STREAM_MAX_LEN)
-            .arg("*");
-        for (name, value) in entry.fields() {
+            .arg(fixed);
+        for (name, value) in record.stream_fields() {
             pipe.arg(name).arg(value);
         }
-        pipe.ignore();
     }
-    pipe.query_async::<()>(conn).await
+    // EXPIRE answers 0 for a hash that is gone: not a refusal.
+    let replies: Vec<i64> = pipe.query_async(conn).await?;
+    Ok(batch
+        .iter()
+        .zip(replies)
+        .filter(|(record, reply)| !matches!(record, Record::Touch(_)) && *reply != 1)
+        .count() as u64)
 }
+
+/// The SHA-1 names of the scripts, loaded (`SCRIPT LOAD`) at every connection: a store that
+/// restarted has forgotten them.
+struct Scripts {
+    learn: String,
+    join: String,
+    end: String,
+}
+
+impl Scripts {
+    async fn load(conn: &mut MultiplexedConnection) -> RedisResult<Self> {
+        let load = |code: &'static str| {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(code);
+            cmd
+        };
+        let (learn, join, end) = (load(LEARN_SCRIPT), load(JOIN_SCRIPT), load(END_SCRIPT));
+        Ok(Self {
+            learn: learn.query_async(conn).await?,
+            join: join.query_async(conn).await?,
+            end: end.query_async(conn).await?,
+        })
+    }
+}
+
+/// The arguments every script takes: `KEYS` = the connection's hash and the stream; `ARGV[1]`
+/// the TTL, `ARGV[2]` the stream's length, `ARGV[3]` the IDSN of Key-A (what names the
+/// connection besides the token). The stream entry's fields (`op` first) come last. The
+/// scripts spell the hash fields [`super::record::FIELD_IDSN`] (`'i'`) and
+/// [`super::record::FIELD_ENDED`] (`'e'`) themselves (a test checks they agree).
+///
+/// A learn (`ARGV[4..]`: the entry, whose fields after `op` are the hash's): refused (0) over
+/// the tombstone of this connection, and (2) over another live connection with the same token
+/// (the first one keeps it, as in the fast path's token map); a tombstone of another
+/// connection is replaced.
+pub const LEARN_SCRIPT: &str = r"
+local i = redis.call('HGET', KEYS[1], 'i')
+if i then
+  if redis.call('HEXISTS', KEYS[1], 'e') == 1 then
+    if i == ARGV[3] then return 0 end
+    redis.call('DEL', KEYS[1])
+  elseif i ~= ARGV[3] then
+    return 2
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+return 1
+";
+
+/// A join (`ARGV[4]`, `ARGV[5]`: the subflow's hash field and value; `ARGV[6..]`: the entry):
+/// added only to the live hash of the connection it names (else 0).
+pub const JOIN_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'i') ~= ARGV[3] or redis.call('HEXISTS', KEYS[1], 'e') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 6))
+return 1
+";
+
+/// An end (`ARGV[4..]`: the entry, whose fields after `op` are the tombstone's): the hash of
+/// this connection, or none, becomes its tombstone (keys and subflows gone); a live hash of
+/// another connection with the same token is left alone (2); a tombstone already there only
+/// has its TTL restarted (0: the peers were told).
+pub const END_SCRIPT: &str = r"
+local i = redis.call('HGET', KEYS[1], 'i')
+local ended = redis.call('HEXISTS', KEYS[1], 'e') == 1
+if i and i ~= ARGV[3] and not ended then return 2 end
+if i == ARGV[3] and ended then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+return 1
+";
 
 /// The stream entries after `last_id` (waiting up to [`READ_BLOCK_MS`] for some); advances
 /// `last_id`. Malformed entries are skipped.
 async fn read_after(
     conn: &mut MultiplexedConnection,
     last_id: &mut String,
-) -> RedisResult<Vec<StreamEntry>> {
+) -> RedisResult<Vec<Record>> {
     let reply: Option<StreamReadReply> = redis::cmd("XREAD")
         .arg("COUNT")
         .arg(READ_BATCH)
@@ -301,13 +402,13 @@ async fn read_after(
     Ok(entries)
 }
 
-fn parse_entry(id: StreamId) -> Option<StreamEntry> {
+fn parse_entry(id: StreamId) -> Option<Record> {
     let fields: HashMap<String, Vec<u8>> = id
         .map
         .into_iter()
         .filter_map(|(name, value)| bytes_of(value).map(|v| (name, v)))
         .collect();
-    StreamEntry::from_fields(&fields)
+    Record::from_stream(&fields)
 }
 
 fn bytes_of(value: Value) -> Option<Vec<u8>> {
@@ -315,5 +416,25 @@ fn bytes_of(value: Value) -> Option<Vec<u8>> {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared_store::record::{FIELD_ENDED, FIELD_IDSN};
+
+    #[test]
+    fn the_scripts_spell_the_fields_as_the_records_do() {
+        for script in [LEARN_SCRIPT, JOIN_SCRIPT, END_SCRIPT] {
+            assert!(
+                script.contains(&format!("KEYS[1], '{FIELD_IDSN}')")),
+                "{script}"
+            );
+            assert!(
+                script.contains(&format!("KEYS[1], '{FIELD_ENDED}')")),
+                "{script}"
+            );
+        }
     }
 }

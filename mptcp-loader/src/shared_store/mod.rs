@@ -2,18 +2,20 @@
 //! paths learn, so that a join arriving at another box than its connection's handshake is
 //! judged with the keys the first box saw.
 //!
-//! Each loader publishes every connection its own fast path learns (the keys and the subflow of
-//! the MP_CAPABLE) as one Redis hash per connection (TTL: the idle timeout) plus one entry of a
-//! Redis stream; it follows the stream for its peers' records and installs them through the
-//! same path as its own key events ([`apply`]). A loader that starts, or reconnects, first reads
-//! every hash (the catch-up), so it knows what its peers learned while it was away before it
-//! attaches and enforces.
+//! Each loader publishes what its own fast path proves about a connection (see [`record`]): the
+//! connections it learns (the keys and the subflow of the MP_CAPABLE), the subflows joins
+//! validate, and the ends it authenticated, as one Redis hash per connection (TTL: the idle
+//! timeout; an ended connection's hash is a tombstone) plus one entry of a Redis stream each;
+//! it follows the stream for its peers' records and applies them ([`apply`]: a connection
+//! through the same path as its own key events). A loader that starts, or reconnects, first
+//! reads every hash (the catch-up), so it knows what its peers learned (and what ended) while it
+//! was away before it attaches and enforces.
 //!
-//! The interface to the loop is narrow: [`SharedStore::publish_learned`] /
-//! [`SharedStore::touch`] on the way out, [`SharedStore::next`] on the way in (one
-//! [`link::FromStore`] at a time, applied by the loop with [`apply::apply_learned`]). Key
-//! material crosses it but is never logged: [`record::SharedConn`]'s `Debug` shows the token
-//! only, and the URL (which may hold a password) is never printed, only its host and port.
+//! The interface to the loop is narrow: [`SharedStore::publish`] on the way out,
+//! [`SharedStore::next`] on the way in (one [`link::FromStore`] at a time, applied by the loop
+//! with [`apply::apply_record`]). Key material crosses it but is never logged:
+//! [`record::SharedConn`]'s `Debug` shows the token only, joins and ends carry no key, and the
+//! URL (which may hold a password) is never printed, only its host and port.
 
 pub mod apply;
 pub mod keeper;
@@ -22,13 +24,12 @@ pub mod record;
 
 use std::path::PathBuf;
 
-use mptcp_common::maps::KeyEvent;
 use redis::{IntoConnectionInfo as _, TlsCertificates};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use self::{
     link::{FromStore, LinkConfig},
-    record::{Op, SharedConn, StreamEntry},
+    record::Record,
 };
 use crate::errors::LoaderError;
 
@@ -178,7 +179,7 @@ pub fn default_id() -> String {
 
 /// The loop's end of the store: publishes, receives, and counts.
 pub struct SharedStore {
-    outgoing: mpsc::Sender<StreamEntry>,
+    outgoing: mpsc::Sender<Record>,
     incoming: mpsc::Receiver<FromStore>,
     task: JoinHandle<()>,
     id: String,
@@ -229,27 +230,10 @@ impl SharedStore {
         PUBLISH_QUEUE - self.outgoing.capacity()
     }
 
-    /// Queues a connection this host's fast path learned; `false` when the queue is full (the
-    /// store is away for long; it is published again at the next reconnection).
-    pub fn publish_learned(&self, event: &KeyEvent, seen_unix_ns: u64) -> bool {
-        self.queue(
-            Op::Learn,
-            SharedConn::from_event(event, &self.id, seen_unix_ns),
-        )
-    }
-
-    /// Queues a TTL refresh of a connection still active here.
-    pub fn touch(&self, key_a: &[u8; 8], key_b: &[u8; 8]) -> bool {
-        let event = KeyEvent {
-            key_a: *key_a,
-            key_b: *key_b,
-            ..KeyEvent::default()
-        };
-        self.queue(Op::Touch, SharedConn::from_event(&event, &self.id, 0))
-    }
-
-    fn queue(&self, op: Op, conn: SharedConn) -> bool {
-        self.outgoing.try_send(StreamEntry { op, conn }).is_ok()
+    /// Queues a publication; `false` when the queue is full (the store is away for long; what
+    /// the maps hold is published again at the next reconnection).
+    pub fn publish(&self, record: Record) -> bool {
+        self.outgoing.try_send(record).is_ok()
     }
 
     /// The next message from the store (pending forever once the task has ended).

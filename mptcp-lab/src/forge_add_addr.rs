@@ -239,11 +239,26 @@ struct Snapshot {
 
 const NOT_SEEN: &str = "the connection has not been seen yet";
 
+/// Where forged frames go instead of the sniffed interface and its next hop: another interface
+/// and next hop, as when a segment of the subflow reaches another box than the one its path
+/// goes through (an ECMP rehash, a failover).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detour {
+    /// Interface the forged frames leave by.
+    pub iface: String,
+    /// Their source MAC.
+    pub src_mac: [u8; 6],
+    /// Their destination MAC (the other box's interface).
+    pub dst_mac: [u8; 6],
+}
+
 /// Sniffs one connection and forges segments into it.
 pub struct AddAddrForger {
     target: Target,
     conn: Arc<Mutex<Conn>>,
     tx: PacketSocket,
+    /// Source and destination MACs of a [`Detour`].
+    detour_macs: Option<([u8; 6], [u8; 6])>,
     stop: Arc<AtomicBool>,
     sniffer: Option<JoinHandle<()>>,
 }
@@ -255,8 +270,21 @@ impl AddAddrForger {
     /// # Errors
     /// When the packet sockets cannot be opened (not root, no such interface).
     pub fn start(iface: &str, target: Target) -> io::Result<AddAddrForger> {
+        AddAddrForger::start_via(iface, target, None)
+    }
+
+    /// [`AddAddrForger::start`], the forged frames leaving by `detour` if given.
+    ///
+    /// # Errors
+    /// When the packet sockets cannot be opened.
+    pub fn start_via(
+        iface: &str,
+        target: Target,
+        detour: Option<Detour>,
+    ) -> io::Result<AddAddrForger> {
         let rx = PacketSocket::sniffer(Some(iface), SNIFF_POLL)?;
-        let tx = PacketSocket::sender(iface)?;
+        let tx = PacketSocket::sender(detour.as_ref().map_or(iface, |d| d.iface.as_str()))?;
+        let detour_macs = detour.map(|d| (d.src_mac, d.dst_mac));
         let conn = Arc::new(Mutex::new(Conn::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let sniffer = {
@@ -280,6 +308,7 @@ impl AddAddrForger {
             target,
             conn,
             tx,
+            detour_macs,
             stop,
             sniffer: Some(sniffer),
         })
@@ -332,8 +361,11 @@ impl AddAddrForger {
             options.extend(timestamps_option(val, ecr));
         }
         options.extend_from_slice(option);
+        let (mac_client, mac_server) = self
+            .detour_macs
+            .unwrap_or((snap.mac_client, snap.mac_server));
         let seg = Segment {
-            macs: (snap.mac_server, snap.mac_client),
+            macs: (mac_server, mac_client),
             src: (self.target.client, snap.sport),
             dst: (self.target.server, self.target.port),
             seq,

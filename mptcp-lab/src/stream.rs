@@ -8,6 +8,9 @@
 //!         send <bytes>           writes that many bytes, answers SENT <bytes>
 //!         close                  shuts down its side, waits for the server's FIN,
 //!                                answers CLOSED and returns
+//!         abort                  closes with SO_LINGER 0: Linux ends the connection with an
+//!                                MP_FASTCLOSE (carrying the server's key) on an RST; answers
+//!                                ABORTED and returns
 //! ```
 
 use std::{
@@ -39,6 +42,12 @@ pub fn client(addr: SocketAddr, input: impl BufRead) -> io::Result<()> {
                 Err(e) => say(&format!("ERR send {n}: {e}")),
             },
             ["close"] => break,
+            ["abort"] => {
+                socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO))?;
+                drop(conn);
+                say("ABORTED");
+                return Ok(());
+            }
             _ => say(&format!("ERR unknown command {:?}", line.trim())),
         }
     }

@@ -108,6 +108,42 @@ impl Forger {
         Ok(Forger { proc })
     }
 
+    /// [`Forger::start`], sniffing `iface` but sending out of `via`'s client interface to its
+    /// server MAC: a segment of the sniffed subflow reaching another box (an ECMP rehash).
+    ///
+    /// # Errors
+    /// When the forger fails to start.
+    pub fn start_via(
+        ns: &Netns,
+        peer_bin: &Path,
+        iface: &str,
+        via: &crate::lab::LabPath,
+        client: Ipv4Addr,
+        server: SocketAddrV4,
+    ) -> Result<Forger> {
+        let args = [
+            "forge-add-addr",
+            "--iface",
+            iface,
+            "--tx-iface",
+            via.client_iface,
+            "--src-mac",
+            via.client_mac,
+            "--dst-mac",
+            via.server_mac,
+        ];
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let proc = spawn(
+            ns,
+            "ADD_ADDR forger (detour)",
+            peer_bin,
+            args,
+            client,
+            server,
+        )?;
+        Ok(Forger { proc })
+    }
+
     /// Sends `count` forged ADD_ADDRs announcing `addr` with address ID `id`, 20 ms apart.
     /// The forger first waits until the client has been quiet for 150 ms, so the seq/ack/TS it
     /// uses are the latest.

@@ -330,6 +330,18 @@ impl GatewayLab {
             .map(drop)
     }
 
+    /// Takes the client's `subflow` endpoint away: a connection opened from now on (without
+    /// announcing) has only its initial subflow, through gw1, so gw2 sees none of its segments
+    /// (nor its end).
+    ///
+    /// # Errors
+    /// When `ip mptcp endpoint delete` fails.
+    pub fn no_client_joins(&self) -> Result<()> {
+        self.client
+            .ip(&["mptcp", "endpoint", "delete", "id", SUBFLOW_ENDPOINT_ID])
+            .map(drop)
+    }
+
     /// Path 2 as the join forger sees it: it sends out of c2 to gateway 2's MAC.
     #[must_use]
     pub fn forger_path2() -> LabPath {
@@ -778,6 +790,23 @@ impl Connection {
             client_join_after: wait_for(&lab.server, &self.srv0)?,
             server_join_after: wait_for(&lab.client, &self.cli0)?,
         })
+    }
+
+    /// Sends `bytes` more.
+    ///
+    /// # Errors
+    /// When the client fails.
+    pub fn send(&mut self, bytes: u64) -> Result<()> {
+        self.client.send(bytes)
+    }
+
+    /// Ends it from the client with `SO_LINGER` 0: Linux sends an MP_FASTCLOSE carrying the
+    /// server's key on an RST on every subflow.
+    ///
+    /// # Errors
+    /// When the client fails.
+    pub fn abort(self) -> Result<()> {
+        self.client.abort()
     }
 
     /// Sends 100 kB more, closes; returns (bytes sent, bytes the server received).

@@ -321,6 +321,18 @@ impl StreamClient {
         Ok(())
     }
 
+    /// Aborts the connection (`SO_LINGER` 0): Linux sends an MP_FASTCLOSE on an RST.
+    ///
+    /// # Errors
+    /// When it does not report it.
+    pub fn abort(mut self) -> Result<()> {
+        self.proc.send_line("abort")?;
+        self.proc
+            .wait_for_prefix("ABORTED", Duration::from_secs(10))?;
+        self.proc.wait_exit(Duration::from_secs(5))?;
+        Ok(())
+    }
+
     /// Closes and returns the bytes sent.
     ///
     /// # Errors

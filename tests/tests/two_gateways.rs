@@ -637,3 +637,232 @@ fn a_gateway_that_lost_its_maps_gets_them_back_from_the_store() {
     conn.finish();
     drop((loader2, store));
 }
+
+/// Polls `stats --json` in `ns` until `name` reaches `at_least` (or `wait` passes); returns the
+/// last reading.
+fn wait_for_counter(ns: &Netns, name: &str, at_least: u64, wait: Duration) -> Value {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let stats = stats_json(ns);
+        if counter(&stats, name) >= at_least || std::time::Instant::now() >= deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A subflow that a join validated at gateway 2 is shared: when segments of it reach gateway 1,
+/// which never saw that join (an ECMP rehash upstream), gateway 1 knows which connection the
+/// subflow belongs to and drops forged ADD_ADDRs on it (without the shared subflow they pass as
+/// `add_addr_unknown_conn`, fail-open).
+#[test]
+fn a_subflow_joined_through_gateway_2_is_judged_by_gateway_1() {
+    let test = "a_subflow_joined_through_gateway_2_is_judged_by_gateway_1";
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: loader2,
+        ..
+    }) = start_with_store(test)
+    else {
+        return;
+    };
+    let tools = tools();
+    // Later segments of path 2's subflow reach gw1, which never saw its join (an ECMP rehash
+    // upstream): the forger sniffs the subflow on the client's path-2 interface (from its join
+    // on) and sends its segments to gw1 instead.
+    let [_, c2] = GatewayLab::client_ifaces();
+    let mut forger = Forger::start_via(
+        &lab.client,
+        &tools.peer_bin,
+        c2,
+        &GatewayLab::forger_path1(),
+        CLIENT_PATH2,
+        SERVER,
+    )
+    .expect("ADD_ADDR forger on path 2's subflow, sending to gw1");
+    let mut conn = Connection::open(&lab);
+    let joined = conn.wait_joins(&lab, Duration::from_secs(10));
+    assert!(joined.client_join_after.is_some(), "{}", loader2.log());
+    // gw2 validated the client's join (and the server's) and published the subflows.
+    let gw1 = wait_for_counter(
+        &lab.gw1,
+        "loader_store_subflows_applied",
+        1,
+        Duration::from_secs(5),
+    );
+    let w = |stats: &Value| {
+        format!(
+            "gw1: {stats}\ngw1 loader:\n{}\ngw2 loader:\n{}",
+            loader1.log(),
+            loader2.log()
+        )
+    };
+    eprintln!(
+        "gw1 tracks {} subflow(s) validated at gw2 (loader_store_subflows_applied)",
+        counter(&gw1, "loader_store_subflows_applied")
+    );
+
+    let before = stats_json(&lab.gw1);
+    let forged = forger
+        .inject(HmacKind::Bad, 9, std::net::Ipv4Addr::new(198, 18, 7, 11), 5)
+        .expect("forged ADD_ADDRs on path 2's subflow, to gw1");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = stats_json(&lab.gw1);
+    let dropped = delta(&after, &before, Counter::AddAddrBadHmacDropped.name());
+    let unknown = delta(&after, &before, Counter::AddAddrUnknownConn.name());
+    eprintln!(
+        "{} forged ADD_ADDR(s) on path 2's subflow sent to gw1 ({}): {dropped} dropped for a bad HMAC, {unknown} passed as of an unknown connection",
+        forged.sent, forged.detail
+    );
+    assert_eq!(dropped, u64::from(forged.sent), "{}", w(&after));
+    assert_eq!(unknown, 0, "{}", w(&after));
+    assert!(
+        counter(&gw1, "loader_store_subflows_applied") >= 1,
+        "{}",
+        w(&gw1)
+    );
+    forger.quit();
+    conn.finish();
+    drop(store);
+}
+
+/// The end of a connection one gateway authenticated (a genuine MP_FASTCLOSE, sent by Linux on
+/// an abortive close) is shared: the other gateway, which saw none of the connection's
+/// segments, forgets its keys and tokens too, so a join naming it is dropped there as blind,
+/// and the store keeps no key of it. A gateway whose loader was away when a connection ended
+/// learns the end from the store's tombstone when it comes back, and its republication of
+/// the connection does not bring it back.
+#[test]
+fn an_authenticated_end_is_shared_and_outlives_a_loader_restart() {
+    let test = "an_authenticated_end_is_shared_and_outlives_a_loader_restart";
+    let Some(StoreRun {
+        lab,
+        store,
+        gw1: loader1,
+        gw2: loader2,
+        bin,
+    }) = start_with_store(test)
+    else {
+        return;
+    };
+    let store = store.expect("store");
+    let tools = tools();
+    // Only path 1: gw2 sees nothing of these connections but what the store tells it.
+    lab.no_client_joins()
+        .expect("removing the client's subflow endpoint");
+    let forger_for = |server| {
+        JoinForger::start(
+            &lab.client,
+            &tools.peer_bin,
+            &GatewayLab::forger_path2(),
+            CLIENT_PATH1,
+            server,
+        )
+        .expect("join forger")
+    };
+    let mut forger_a = forger_for(SERVER);
+    let mut forger_b = forger_for(SERVER_B);
+    let conn_a = Connection::open_to(&lab, SERVER, false);
+    let conn_b = Connection::open_to(&lab, SERVER_B, false);
+    let installed = wait_for_counter(&lab.gw2, "loader_store_applied", 2, Duration::from_secs(5));
+    assert!(
+        counter(&installed, "loader_store_applied") >= 2,
+        "{installed}\n{}",
+        loader2.log()
+    );
+    let unknown = Counter::JoinSynUnknownTokenDropped.name();
+
+    // 1. Both loaders up: A ends at gw1, gw2 forgets it.
+    let before = stats_json(&lab.gw2);
+    conn_a.0.abort().expect("aborting A");
+    let gw1 = wait_for_counter(
+        &lab.gw1,
+        Counter::FastcloseValid.name(),
+        1,
+        Duration::from_secs(5),
+    );
+    let gw2 = wait_for_counter(
+        &lab.gw2,
+        "loader_store_ends_applied",
+        1,
+        Duration::from_secs(5),
+    );
+    let w = |gw2: &Value| {
+        format!(
+            "gw1: {gw1}\ngw2: {gw2}\ngw1 loader:\n{}\ngw2 loader:\n{}",
+            loader1.log(),
+            loader2.log()
+        )
+    };
+    eprintln!(
+        "A ended: gw1 validated {} MP_FASTCLOSE(s); gw2 applied {} end(s) from the store",
+        counter(&gw1, Counter::FastcloseValid.name()),
+        counter(&gw2, "loader_store_ends_applied")
+    );
+    assert!(
+        counter(&gw1, Counter::FastcloseValid.name()) >= 1,
+        "{}",
+        w(&gw2)
+    );
+    let join_a = forger_a.join(AckHmac::Bad, 1).expect("a join naming A");
+    let after = stats_json(&lab.gw2);
+    eprintln!(
+        "a join SYN naming A through gw2 after its end: {} sent, {} dropped as blind",
+        join_a.syns,
+        delta(&after, &before, unknown)
+    );
+    assert_eq!(
+        delta(&after, &before, unknown),
+        u64::from(join_a.syns),
+        "{}",
+        w(&after)
+    );
+    assert_eq!(join_a.synacks, 0, "{join_a:?}");
+    assert_eq!(counter(&gw2, "loader_store_ends_applied"), 1, "{}", w(&gw2));
+
+    // 2. gw2's loader away (SIGKILL: its pinned maps keep B) while B ends at gw1.
+    // SAFETY: kill(2) on the loader's own pid.
+    unsafe { libc::kill(i32::try_from(loader2.pid()).expect("pid"), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(200));
+    conn_b.0.abort().expect("aborting B");
+    wait_for_counter(
+        &lab.gw1,
+        Counter::FastcloseValid.name(),
+        2,
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let loader2 = start_store_gateway(test, &lab, &store, &bin, 2).expect("restarting gw2");
+    // Its catch-up reads B's tombstone; its republication of B (still in its maps) is refused.
+    let gw2 = wait_for_counter(&lab.gw2, "loader_store_refused", 1, Duration::from_secs(5));
+    let w = |gw2: &Value| format!("gw2: {gw2}\ngw2 loader:\n{}", loader2.log());
+    eprintln!(
+        "gw2 restarted: {} end(s) applied in all, {} republication(s) refused by the store",
+        counter(&gw2, "loader_store_ends_applied"),
+        counter(&gw2, "loader_store_refused")
+    );
+    let before = stats_json(&lab.gw2);
+    let join_b = forger_b.join(AckHmac::Bad, 1).expect("a join naming B");
+    let after = stats_json(&lab.gw2);
+    eprintln!(
+        "a join SYN naming B through gw2 after its end: {} sent, {} dropped as blind",
+        join_b.syns,
+        delta(&after, &before, unknown)
+    );
+    assert_eq!(
+        delta(&after, &before, unknown),
+        u64::from(join_b.syns),
+        "{}",
+        w(&after)
+    );
+    assert_eq!(counter(&gw2, "loader_store_ends_applied"), 2, "{}", w(&gw2));
+    assert!(counter(&gw2, "loader_store_refused") >= 1, "{}", w(&gw2));
+    // No key of either connection is left in the store: tombstones only.
+    let keys = store.keys_in_store(&lab).expect("reading the store");
+    assert!(keys.is_empty(), "{} key(s) left in the store", keys.len());
+    forger_a.quit();
+    forger_b.quit();
+    drop(loader1);
+}

@@ -17,7 +17,8 @@
 //! mptcp-peer stream <addr:port>              a client that sends when told (mptcp_lab::stream)
 //! mptcp-peer storm server|genuine <addr:port> | storm open <addr:port> <n> <per-second>
 //!                                            connections held open (mptcp_lab::storm)
-//! mptcp-peer forge-add-addr --iface .. --client .. --server .. --port ..
+//! mptcp-peer forge-add-addr --iface .. [--tx-iface .. --src-mac .. --dst-mac ..] --client ..
+//!     --server .. --port ..
 //!                                            (mptcp_lab::forge_add_addr)
 //! mptcp-peer forge-join --tx-iface .. --src .. --src-mac .. --dst-mac .. --client .. --server ..
 //!     --port ..                              (mptcp_lab::forge_join)
@@ -37,7 +38,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use mptcp_lab::{
     endpoints::{self, say, Amount},
-    forge_add_addr::{AddAddrForger, Target},
+    forge_add_addr::{AddAddrForger, Detour, Target},
     forge_join::{JoinForger, Source},
     storm, stream,
     wire::parse_mac,
@@ -82,6 +83,15 @@ enum Command {
         /// Client-side interface to sniff and send on.
         #[arg(long)]
         iface: String,
+        /// Send the forged frames out of this interface instead (with --src-mac, --dst-mac).
+        #[arg(long, requires_all = ["src_mac", "dst_mac"])]
+        tx_iface: Option<String>,
+        /// Source MAC of detoured frames.
+        #[arg(long, value_parser = parse_mac, requires = "tx_iface")]
+        src_mac: Option<[u8; 6]>,
+        /// Destination MAC of detoured frames (the other box's interface).
+        #[arg(long, value_parser = parse_mac, requires = "tx_iface")]
+        dst_mac: Option<[u8; 6]>,
         #[command(flatten)]
         target: TargetArgs,
     },
@@ -162,8 +172,24 @@ fn main() -> ExitCode {
                 StormCommand::Genuine { addr } => storm::genuine_command(addr, io::stdin().lock()),
             }
         }
-        Command::ForgeAddAddr { iface, target } => AddAddrForger::start(&iface, target.into())
-            .and_then(|forger| obey(|line| forger.command(line))),
+        Command::ForgeAddAddr {
+            iface,
+            tx_iface,
+            src_mac,
+            dst_mac,
+            target,
+        } => {
+            let detour = match (tx_iface, src_mac, dst_mac) {
+                (Some(iface), Some(src_mac), Some(dst_mac)) => Some(Detour {
+                    iface,
+                    src_mac,
+                    dst_mac,
+                }),
+                _ => None,
+            };
+            AddAddrForger::start_via(&iface, target.into(), detour)
+                .and_then(|forger| obey(|line| forger.command(line)))
+        }
         Command::ForgeJoin {
             tx_iface,
             src,

@@ -75,18 +75,24 @@ pub(crate) fn delete_namespace(name: &str) {
     }
 }
 
-fn kill_namespace_processes(name: &str) {
+/// The processes inside the namespace `name` (`ip netns pids`; none when it cannot be asked).
+#[must_use]
+pub fn namespace_pids(name: &str) -> Vec<i32> {
     let Ok(out) = Command::new("ip")
         .args(["netns", "pids", name])
         .stderr(Stdio::null())
         .output()
     else {
-        return;
+        return Vec::new();
     };
-    let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter_map(|pid| pid.parse().ok())
-        .collect();
+        .collect()
+}
+
+fn kill_namespace_processes(name: &str) {
+    let pids = namespace_pids(name);
     for &pid in &pids {
         // SAFETY: kill(2) with a pid read from `ip netns pids`; no memory is involved.
         unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -484,6 +484,10 @@ fn the_store_killed_and_restarted_loses_nothing() {
     drop(store);
 }
 
+/// Set (to anything but `0`): the storm test runs both loaders and redis-server at
+/// SCHED_FIFO 20, to tell their waits for a CPU apart from the store path's own delay.
+const STORM_FIFO_ENV: &str = "MPTCP_TESTS_STORM_FIFO";
+
 /// Connections of the storm, and how fast they are opened.
 const STORM_CONNS: u32 = 2_000;
 const STORM_PER_SECOND: u32 = 1_000;
@@ -491,6 +495,8 @@ const STORM_PER_SECOND: u32 = 1_000;
 #[test]
 fn replication_delay_under_a_connection_storm() {
     let test = "replication_delay_under_a_connection_storm";
+    // Debug logging: gw2 says where the time of each slow replication went.
+    std::env::set_var("RUST_LOG", "info,mptcp_loader=debug");
     let Some(StoreRun {
         lab,
         store,
@@ -504,6 +510,25 @@ fn replication_delay_under_a_connection_storm() {
     let peer_bin = tools().peer_bin;
     let to = SocketAddrV4::new(*SERVER.ip(), 10_002);
     let mut holder = HoldingServer::start(&lab.server, &peer_bin, to).expect("holding server");
+    if std::env::var_os(STORM_FIFO_ENV).is_some_and(|v| v != "0") {
+        let mut pids = vec![loader1.pid(), loader2.pid()];
+        pids.extend(
+            mptcp_tests::teardown::namespace_pids(lab.store_ns.name())
+                .into_iter()
+                .filter_map(|pid| u32::try_from(pid).ok()),
+        );
+        for pid in &pids {
+            let fifo = std::process::Command::new("chrt")
+                .args(["--fifo", "--all-tasks", "--pid", "20", &pid.to_string()])
+                .status();
+            assert!(fifo.is_ok_and(|s| s.success()), "chrt --fifo {pid}");
+        }
+        eprintln!("{STORM_FIFO_ENV}: both loaders and redis-server run at SCHED_FIFO 20");
+    }
+    let waited_before = [
+        run_queue_wait_ns(loader1.pid()),
+        run_queue_wait_ns(loader2.pid()),
+    ];
     // Every storm connection also joins through gw2 (the client's subflow endpoint).
     let (storm, took) = Storm::open(
         &lab.client,
@@ -540,8 +565,65 @@ fn replication_delay_under_a_connection_storm() {
         "{w}"
     );
     assert_eq!(counter(&gw2, "loader_store_apply_failed"), 0, "{w}");
+    let waited = [
+        run_queue_wait_ns(loader1.pid()),
+        run_queue_wait_ns(loader2.pid()),
+    ];
+    eprintln!(
+        "gw1: its own install latency (fast path -> its loader's maps) µs {}; the loaders waited for a CPU {} ms (gw1) and {} ms (gw2) during the storm",
+        gw1["install_latency_us"],
+        waited[0].saturating_sub(waited_before[0]) / 1_000_000,
+        waited[1].saturating_sub(waited_before[1]) / 1_000_000
+    );
+    report_slow_replications(&loader2.log());
     storm.close().expect("closing the storm");
     drop((loader1, store));
+}
+
+/// Nanoseconds the threads of process `pid` have spent runnable but waiting for a CPU
+/// (`/proc/<pid>/task/*/schedstat`, second field); 0 when unreadable.
+fn run_queue_wait_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What gw2's loader said about its slow replications (over 20 ms: how long until the store
+/// appended the record, how long from there).
+fn report_slow_replications(log: &str) {
+    let slow: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("slow replication"))
+        .collect();
+    let field = |line: &str, after: &str| -> u64 {
+        line.split(after)
+            .next()
+            .and_then(|head| head.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let to_store = slow
+        .iter()
+        .map(|l| field(l, " ms until the store"))
+        .max()
+        .unwrap_or(0);
+    let from_store = slow
+        .iter()
+        .map(|l| field(l, " ms from there"))
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "gw2: {} replication(s) over 20 ms (longest part until the store appended them: {to_store} ms; from there to gw2's maps: {from_store} ms)",
+        slow.len()
+    );
+    for line in slow.iter().take(3) {
+        eprintln!("  {line}");
+    }
 }
 
 #[test]

@@ -24,6 +24,9 @@ use crate::{
     observe::store_state::{StoreState, PIN_STORE_STATE},
 };
 
+/// A replication delay above which the loader says (at debug level) where the time went.
+const SLOW_REPLICATION_NS: u64 = 20_000_000;
+
 /// The store, its counters' owner's view of it, and its pinned state.
 pub struct StoreKeeper {
     store: SharedStore,
@@ -183,7 +186,10 @@ impl StoreKeeper {
                 self.state.caught_up = 1;
                 self.state.catch_up_conns = conns;
             }
-            FromStore::Record { record, live } => self.apply(&record, live, maps, counters),
+            FromStore::Record {
+                record,
+                stored_unix_ms,
+            } => self.apply(&record, stored_unix_ms, maps, counters),
             FromStore::Published { count, refused } => {
                 counters.add(LoaderCounter::StorePublished, count);
                 counters.add(LoaderCounter::StoreRefused, refused);
@@ -194,17 +200,18 @@ impl StoreKeeper {
         }
     }
 
-    /// Applies one peer's record, counts it, and records the replication delay of a live learn.
+    /// Applies one peer's record, counts it, and records the replication delay of a learn read
+    /// from the stream.
     fn apply(
         &mut self,
         record: &Record,
-        live: bool,
+        stored_unix_ms: Option<u64>,
         maps: &mut KernelMaps,
         counters: &mut LoaderCounters,
     ) {
         let now_s = monotonic_now_s();
         let result = match record {
-            Record::Learn(conn) => self.apply_conn(conn, live, maps, counters, now_s),
+            Record::Learn(conn) => self.apply_conn(conn, stored_unix_ms, maps, counters, now_s),
             Record::Join(join) => apply_join(maps, &join.conn, &join.subflow, now_s)
                 .map(|applied| count_join(applied, counters)),
             Record::End(end) => apply_end(maps, &end.conn).map(|applied| {
@@ -232,15 +239,28 @@ impl StoreKeeper {
     fn apply_conn(
         &mut self,
         conn: &SharedConn,
-        live: bool,
+        stored_unix_ms: Option<u64>,
         maps: &mut KernelMaps,
         counters: &mut LoaderCounters,
         now_s: u32,
     ) -> Result<(), LoaderError> {
         let applied = apply_learned(maps, conn, now_s, monotonic_now_ns())?;
-        if live {
+        if let Some(stored_ms) = stored_unix_ms {
             let delay = unix_now_ns().saturating_sub(conn.seen_unix_ns);
             self.replication.record_ns(delay);
+            if delay > SLOW_REPLICATION_NS {
+                // Where the time went: the store's clock splits it (across hosts the parts
+                // include the clocks' differences).
+                let stored_ns = stored_ms.saturating_mul(1_000_000);
+                log::debug!(
+                    "slow replication: connection token-A {} from {} installed {} ms after its keys were seen: {} ms until the store appended it, {} ms from there",
+                    hex(&conn.token_a()),
+                    conn.origin,
+                    delay / 1_000_000,
+                    stored_ns.saturating_sub(conn.seen_unix_ns) / 1_000_000,
+                    unix_now_ns().saturating_sub(stored_ns) / 1_000_000
+                );
+            }
         }
         let counter = match applied {
             Applied::Installed => {

@@ -42,13 +42,15 @@ pub enum FromStore {
         /// The error.
         reason: String,
     },
-    /// A peer's record: from the stream (`live`), or from the catch-up (a live hash is a
+    /// A peer's record: from the stream, or from the catch-up (a live hash is a
     /// [`Record::Learn`] with its subflows, a tombstone a [`Record::End`]).
     Record {
         /// What it says.
         record: Record,
-        /// Read from the stream as it was published (its delay is a replication delay).
-        live: bool,
+        /// Read from the stream as it was published (its delay is a replication delay): when
+        /// the store appended it, Unix ms of the store's clock (the stream entry's id).
+        /// `None` from the catch-up.
+        stored_unix_ms: Option<u64>,
     },
     /// The catch-up after a connection is done: `conns` hashes were read.
     CaughtUp {
@@ -165,11 +167,14 @@ async fn session(
     };
     let read = async {
         loop {
-            for record in read_after(&mut reader, &mut last_id).await? {
+            for (record, stored_unix_ms) in read_after(&mut reader, &mut last_id).await? {
                 if record.origin() == config.id || matches!(record, Record::Touch(_)) {
                     continue;
                 }
-                let message = FromStore::Record { record, live: true };
+                let message = FromStore::Record {
+                    record,
+                    stored_unix_ms: Some(stored_unix_ms),
+                };
                 if incoming.send(message).await.is_err() {
                     return Ok(());
                 }
@@ -235,7 +240,7 @@ async fn catch_up(
                 };
                 let message = FromStore::Record {
                     record,
-                    live: false,
+                    stored_unix_ms: None,
                 };
                 if incoming.send(message).await.is_err() {
                     return Ok(read);
@@ -374,12 +379,13 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
 return 1
 ";
 
-/// The stream entries after `last_id` (waiting up to [`READ_BLOCK_MS`] for some); advances
-/// `last_id`. Malformed entries are skipped.
+/// The stream entries after `last_id` (waiting up to [`READ_BLOCK_MS`] for some), each with
+/// the Unix ms its id holds (when the store appended it); advances `last_id`. Malformed entries
+/// are skipped.
 async fn read_after(
     conn: &mut MultiplexedConnection,
     last_id: &mut String,
-) -> RedisResult<Vec<Record>> {
+) -> RedisResult<Vec<(Record, u64)>> {
     let reply: Option<StreamReadReply> = redis::cmd("XREAD")
         .arg("COUNT")
         .arg(READ_BATCH)
@@ -394,8 +400,14 @@ async fn read_after(
     for key in reply.map(|r| r.keys).unwrap_or_default() {
         for id in key.ids {
             last_id.clone_from(&id.id);
+            let stored_ms = id
+                .id
+                .split('-')
+                .next()
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(0);
             if let Some(entry) = parse_entry(id) {
-                entries.push(entry);
+                entries.push((entry, stored_ms));
             }
         }
     }

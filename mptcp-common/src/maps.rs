@@ -264,9 +264,9 @@ impl ConnState {
 
 /// `KeyEvent::kind`: the fast path learned a new connection's keys (from an MP_CAPABLE).
 pub const KEY_EVENT_LEARNED: u8 = 0;
-/// `KeyEvent::kind`: a join's HMAC validated and its subflow is now tracked as part of the
-/// connection whose Key-A is `key_a` (`key_b` is zero). `flow` is the subflow oriented
-/// initiator -> responder, `role` the initiator's role.
+/// `KeyEvent::kind`: a join's third ACK validated (both ends proved the keys) and its subflow
+/// is tracked as part of the connection whose Key-A is `key_a` (`key_b` is zero). `flow` is the
+/// subflow oriented initiator -> responder, `role` the initiator's role.
 pub const KEY_EVENT_JOINED: u8 = 1;
 /// `KeyEvent::kind`: the fast path forgot the connection on evidence it authenticated (an
 /// MP_FASTCLOSE carrying the receiver's key, or the host's own end of its last subflow).

@@ -1451,9 +1451,12 @@ fn leftmost_160_equal(digest: &[u32; 8], expected: &[u8; 20]) -> bool {
 }
 
 /// A join's HMAC was right: record it and track the subflow as part of its connection, so its
-/// ADD_ADDRs validate and its end is followed; a new subflow is announced to the loader.
+/// ADD_ADDRs validate and its end is followed. The first valid third ACK announces the subflow
+/// to the loader (for other boxes): only then have both ends proved the keys, since a SYN/ACK
+/// answers a SYN anyone who saw the token can send.
 #[inline(always)]
 fn join_validated(job: &HmacJob, announce: &mut KeyEvent, flag: u8) {
+    let mut first_ack = false;
     if let Some(state) = MPTCP_JOINS.get_ptr_mut(&job.flow) {
         // SAFETY: map value pointer from a successful lookup.
         unsafe {
@@ -1461,6 +1464,7 @@ fn join_validated(job: &HmacJob, announce: &mut KeyEvent, flag: u8) {
                 (*state).nonce_responder = job.nonce_responder;
                 (*state).flags |= JOIN_HAVE_RESPONDER_NONCE;
             }
+            first_ack = flag == JOIN_ACK_VALID && (*state).flags & JOIN_ACK_VALID == 0;
             (*state).flags |= flag;
         }
     }
@@ -1487,6 +1491,8 @@ fn join_validated(job: &HmacJob, announce: &mut KeyEvent, flag: u8) {
                 atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*conn).subflows, 1)
             };
         }
+    }
+    if first_ack {
         announce.flow = job.flow;
         announce.key_a = job.conn_id.to_ne_bytes();
         announce.key_b = [0; 8];

@@ -128,7 +128,7 @@ pub fn apply_join(
     subflow: &SharedSubflow,
     now_s: u32,
 ) -> Result<JoinApplied, LoaderError> {
-    let Some((id, mut state)) = find(maps, name)? else {
+    let Some((id, _)) = find(maps, name)? else {
         return Ok(JoinApplied::UnknownConn);
     };
     let (key, swapped) = subflow.flow.canonical();
@@ -146,8 +146,11 @@ pub fn apply_join(
     if !maps.insert_new_flow(&key, &flow)? {
         return Ok(JoinApplied::AlreadyKnown);
     }
-    state.subflows = state.subflows.saturating_add(1);
-    maps.update_existing_conn(id, &state)?;
+    // Read again just before the write: the fast path may have changed the entry meanwhile.
+    if let Some(mut state) = maps.conn(id)? {
+        state.subflows = state.subflows.saturating_add(1);
+        maps.update_existing_conn(id, &state)?;
+    }
     Ok(JoinApplied::Added)
 }
 

@@ -305,7 +305,7 @@ impl StoreKeeper {
         for (id, state) in &conns {
             let Some(conn) = subflows
                 .get(id)
-                .and_then(|flows| self.conn_of(*id, state, flows, seen))
+                .and_then(|flows| conn_of(*id, state, flows, self.store.id(), seen))
             else {
                 continue;
             };
@@ -384,43 +384,103 @@ fn count_join(applied: JoinApplied, counters: &mut LoaderCounters) {
     counters.add(counter, 1);
 }
 
-impl StoreKeeper {
-    /// A tracked connection as shared: its keys, its first subflow oriented A -> B (as the key
-    /// event of its MP_CAPABLE would have it), and its other established subflows. `None` for
-    /// a connection whose keys conflict (nothing a peer should trust) or without a subflow.
-    fn conn_of(
-        &self,
-        id: u64,
-        state: &ConnState,
-        flows: &[(FlowKey, FlowRef)],
-        seen_unix_ns: u64,
-    ) -> Option<SharedConn> {
-        if ConnState::id_of(&state.key_a) != id
-            || state.flags & mptcp_common::maps::CONN_FLAG_KEY_CONFLICT != 0
-        {
-            return None;
+/// A tracked connection as shared by `origin`: its keys, its first subflow oriented A -> B (as
+/// the key event of its MP_CAPABLE would have it), and its other established subflows. `None`
+/// for a connection whose keys conflict (nothing a peer should trust) or without a subflow.
+fn conn_of(
+    id: u64,
+    state: &ConnState,
+    flows: &[(FlowKey, FlowRef)],
+    origin: &str,
+    seen_unix_ns: u64,
+) -> Option<SharedConn> {
+    if ConnState::id_of(&state.key_a) != id
+        || state.flags & mptcp_common::maps::CONN_FLAG_KEY_CONFLICT != 0
+    {
+        return None;
+    }
+    let ((first_key, first), rest) = flows.split_first()?;
+    let flow = if first.src_role == mptcp_common::maps::ROLE_A {
+        *first_key
+    } else {
+        first_key.reversed()
+    };
+    let event = KeyEvent {
+        flow,
+        key_a: state.key_a,
+        key_b: state.key_b,
+        ..KeyEvent::default()
+    };
+    let mut conn = SharedConn::from_event(&event, origin, seen_unix_ns);
+    conn.subflows = rest
+        .iter()
+        .filter(|(_, f)| f.flags & FLOW_ESTABLISHED != 0)
+        .map(|(key, f)| SharedSubflow {
+            flow: *key,
+            src_role: f.src_role & 1,
+        })
+        .collect();
+    Some(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mptcp_common::maps::{CONN_FLAG_KEY_CONFLICT, FAMILY_V4, ROLE_A, ROLE_B};
+
+    fn key(last: u8, port: u16) -> FlowKey {
+        let mut k = FlowKey {
+            family: FAMILY_V4,
+            sport: port.to_be_bytes(),
+            dport: 10_000u16.to_be_bytes(),
+            ..FlowKey::default()
+        };
+        k.saddr[..4].copy_from_slice(&[198, 18, 1, last]);
+        k.daddr[..4].copy_from_slice(&[198, 18, 3, 2]);
+        k
+    }
+
+    fn flow(src_role: u8, flags: u8) -> FlowRef {
+        FlowRef {
+            src_role,
+            flags,
+            ..FlowRef::default()
         }
-        let ((first_key, first), rest) = flows.split_first()?;
-        let flow = if first.src_role == mptcp_common::maps::ROLE_A {
-            *first_key
-        } else {
-            first_key.reversed()
+    }
+
+    #[test]
+    fn a_republished_connection_carries_its_established_subflows() {
+        let state = ConnState {
+            key_a: [1; 8],
+            key_b: [2; 8],
+            ..ConnState::default()
         };
-        let event = KeyEvent {
-            flow,
-            key_a: state.key_a,
-            key_b: state.key_b,
-            ..KeyEvent::default()
+        let id = ConnState::id_of(&[1; 8]);
+        // The learning subflow is stored with B's address first: sent back oriented A -> B.
+        let flows = [
+            (key(1, 40_000), flow(ROLE_B, FLOW_ESTABLISHED)),
+            (key(2, 40_001), flow(ROLE_A, FLOW_ESTABLISHED)),
+            (key(3, 40_002), flow(ROLE_A, 0)),
+        ];
+        let conn = conn_of(id, &state, &flows, "gw1", 7).unwrap();
+        assert_eq!(conn.flow, key(1, 40_000).reversed());
+        assert_eq!(
+            (conn.key_a, conn.key_b, conn.origin.as_str()),
+            ([1; 8], [2; 8], "gw1")
+        );
+        assert_eq!(
+            conn.subflows,
+            [SharedSubflow {
+                flow: key(2, 40_001),
+                src_role: ROLE_A
+            }],
+            "only the established one"
+        );
+        assert_eq!(conn_of(id, &state, &[], "gw1", 7), None);
+        let conflict = ConnState {
+            flags: CONN_FLAG_KEY_CONFLICT,
+            ..state
         };
-        let mut conn = SharedConn::from_event(&event, self.store.id(), seen_unix_ns);
-        conn.subflows = rest
-            .iter()
-            .filter(|(_, f)| f.flags & FLOW_ESTABLISHED != 0)
-            .map(|(key, f)| SharedSubflow {
-                flow: *key,
-                src_role: f.src_role & 1,
-            })
-            .collect();
-        Some(conn)
+        assert_eq!(conn_of(id, &conflict, &flows, "gw1", 7), None);
     }
 }

@@ -948,3 +948,138 @@ fn an_authenticated_end_is_shared_and_outlives_a_loader_restart() {
     forger_b.quit();
     drop(loader1);
 }
+
+/// The store's scripts on the lab's redis-server, driven by the loader's own client
+/// (`SharedStore`): a join or an end that names the connection's token with another IDSN (an
+/// older connection whose Key-A had the same token: a stale or replayed record) changes nothing;
+/// an end turns the hash into a tombstone without keys; a learn of the ended connection (a box
+/// that was away publishing its maps again) is refused; a loader catching up reads the end.
+#[test]
+fn the_store_keeps_tombstones_and_never_ends_another_connection() {
+    use mptcp_loader::shared_store::{
+        link::FromStore,
+        record::{ConnName, Record, SharedConn, SharedEnd, SharedJoin, SharedSubflow},
+        SharedStore, StoreOptions,
+    };
+    let test = "the_store_keeps_tombstones_and_never_ends_another_connection";
+    if loader_or_skip(test, missing()).is_none() {
+        return;
+    }
+    let lab = GatewayLab::new().expect("building the lab");
+    let store = StoreServer::start(&lab).expect("starting redis-server");
+    let password_file = store.password_file().to_path_buf();
+    let options = |id: &str| {
+        let mut options = StoreOptions::new(&GatewayLab::store_urls()[0]);
+        options.password_file = Some(password_file.clone());
+        options.id = Some(id.to_owned());
+        options
+    };
+    let mut flow = mptcp_common::maps::FlowKey {
+        family: mptcp_common::maps::FAMILY_V4,
+        sport: 40_000u16.to_be_bytes(),
+        dport: 10_000u16.to_be_bytes(),
+        ..Default::default()
+    };
+    flow.saddr[..4].copy_from_slice(&CLIENT_PATH1.octets());
+    flow.daddr[..4].copy_from_slice(&SERVER.ip().octets());
+    let conn = SharedConn {
+        key_a: [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88],
+        key_b: [0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x01],
+        flow,
+        origin: "writer".into(),
+        seen_unix_ns: 1,
+        subflows: Vec::new(),
+    };
+    let name = conn.name();
+    let older = ConnName {
+        idsn_a: name.idsn_a ^ 1,
+        ..name
+    };
+    let join = |conn: ConnName| {
+        let mut subflow = flow;
+        subflow.saddr[..4].copy_from_slice(&CLIENT_PATH2.octets());
+        Record::Join(SharedJoin {
+            conn,
+            subflow: SharedSubflow {
+                flow: subflow,
+                src_role: mptcp_common::maps::ROLE_A,
+            },
+            origin: "writer".into(),
+            seen_unix_ns: 2,
+        })
+    };
+    let end = |conn: ConnName| {
+        Record::End(SharedEnd {
+            conn,
+            origin: "writer".into(),
+            ended_unix_ns: 3,
+        })
+    };
+    let steps = [
+        ("the learn", Record::Learn(conn.clone()), 0),
+        ("a join naming an older connection", join(older), 1),
+        ("an end of an older connection", end(older), 1),
+        ("the join", join(name), 0),
+        ("the end", end(name), 0),
+        ("the end again", end(name), 1),
+        (
+            "the learn again, after the end",
+            Record::Learn(conn.clone()),
+            1,
+        ),
+    ];
+    let (refused, caught_up) = lab
+        .gw1
+        .enter(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut writer = SharedStore::start(&options("writer"), 60).expect("writer");
+                let mut refused = Vec::new();
+                for (what, record, _) in &steps {
+                    assert!(writer.publish(record.clone()), "{what}: queue full");
+                    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                        loop {
+                            match writer.next().await {
+                                FromStore::Published { count, refused } => break (count, refused),
+                                FromStore::PublishFailed { count } => break (0, count),
+                                _ => {}
+                            }
+                        }
+                    })
+                    .await;
+                    let (count, n) = answer.unwrap_or_else(|_| panic!("{what}: no answer in 10 s"));
+                    assert_eq!(count, 1, "{what}");
+                    refused.push(n);
+                }
+                // A loader that starts now: its catch-up reads the tombstone.
+                let mut reader = SharedStore::start(&options("reader"), 60).expect("reader");
+                let read = tokio::time::timeout(Duration::from_secs(10), async {
+                    let mut records = Vec::new();
+                    loop {
+                        match reader.next().await {
+                            FromStore::Record { record, .. } => records.push(record),
+                            FromStore::CaughtUp { .. } => break records,
+                            _ => {}
+                        }
+                    }
+                })
+                .await;
+                (refused, read.expect("the catch-up: no answer in 10 s"))
+            })
+        })
+        .expect("entering gw1's namespace");
+    for ((what, _, expected), got) in steps.iter().zip(&refused) {
+        eprintln!("{what}: refused {got}");
+        assert_eq!(got, expected, "{what}");
+    }
+    assert_eq!(
+        caught_up,
+        vec![end(name)],
+        "what a loader catching up reads"
+    );
+    let keys = store.keys_in_store(&lab).expect("reading the store");
+    assert!(keys.is_empty(), "{} key(s) left in the store", keys.len());
+}

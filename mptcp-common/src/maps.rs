@@ -567,9 +567,14 @@ pub struct HmacJobs {
     pub reason: u32,
     /// Interface the frame arrived on (its mode may differ from the global one).
     pub ifindex: u32,
+    /// `MODE_*` on that interface, looked up once per frame before the options are judged.
+    pub mode: u32,
+    /// Always zero.
+    pub pad: u32,
 }
-// 3 jobs + token job (8+8+8+8+64+32) + note (24) + reason + ifindex: no implicit padding.
-const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 360 + 128 + 24 + 8);
+// 3 jobs + token job (8+8+8+8+64+32) + note (24) + reason, ifindex, mode, pad: no implicit
+// padding.
+const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 360 + 128 + 24 + 16);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -471,8 +471,8 @@ fn config() -> Config {
 
 /// The reason for signalling of a connection the program does not know (fail-open or -closed).
 #[inline(always)]
-fn unknown(pass_reason: Counter, ifindex: u32) -> Counter {
-    unknown_conn_reason(pass_reason, config().unknown_conn, mode(ifindex))
+fn unknown(pass_reason: Counter, mode: u32) -> Counter {
+    unknown_conn_reason(pass_reason, config().unknown_conn, mode)
 }
 
 #[inline(always)]
@@ -512,6 +512,7 @@ fn prepare<C: PacketCtx, const EGRESS: bool>(ctx: &C, jobs: &mut HmacJobs) {
     }
     jobs.tokens.op = TOKENS_NONE;
     jobs.ifindex = ctx.ifindex();
+    jobs.mode = mode(jobs.ifindex);
     jobs.note.family = 0;
     jobs.note.token = [0; 4];
     let Some(walk) = MPTCP_WALK.get_ptr_mut(0) else {
@@ -753,7 +754,7 @@ fn learn_keys<C: PacketCtx>(
     };
     let conn_id = ConnState::id_of(&key_a);
     let (flow_key, swapped) = seg.flow.canonical();
-    let mode = mode(jobs.ifindex);
+    let mode = jobs.mode;
     if let Some(flow) = MPTCP_FLOWS.get_ptr_mut(&flow_key) {
         // SAFETY: map value pointer from a successful lookup.
         let known_id = unsafe { (*flow).conn_id };
@@ -858,7 +859,30 @@ fn learn_keys<C: PacketCtx>(
 /// installed (copied into `job.mid`).
 #[inline(always)]
 fn load_keys(conn: *const ConnState, sender_role: u8, job: &mut HmacJob) {
-    let idx = usize::from(sender_role & 1);
+    load_sender_keys(conn, sender_role, job);
+    load_midstates(conn, job);
+}
+
+/// The sender/receiver keys of a connection for a sender role (what the tag cache is keyed by).
+#[inline(always)]
+fn load_sender_keys(conn: *const ConnState, sender_role: u8, job: &mut HmacJob) {
+    // SAFETY: map value pointer from a successful lookup.
+    unsafe {
+        if sender_role & 1 == ROLE_A {
+            job.key_sender = (*conn).key_a;
+            job.key_receiver = (*conn).key_b;
+        } else {
+            job.key_sender = (*conn).key_b;
+            job.key_receiver = (*conn).key_a;
+        }
+    }
+    job.role = sender_role & 1;
+}
+
+/// The midstates of `job.role`, if installed (else `need_midstate`).
+#[inline(always)]
+fn load_midstates(conn: *const ConnState, job: &mut HmacJob) {
+    let idx = usize::from(job.role & 1);
     // SAFETY: map value pointer from a successful lookup. A concurrent writer (the loader, the
     // fast path on another CPU) only ever stores the same deterministic midstates.
     unsafe {
@@ -869,15 +893,7 @@ fn load_keys(conn: *const ConnState, sender_role: u8, job: &mut HmacJob) {
             // The key-learning window: the loader has not installed the midstates yet.
             job.need_midstate = 1;
         }
-        if idx == usize::from(ROLE_A) {
-            job.key_sender = (*conn).key_a;
-            job.key_receiver = (*conn).key_b;
-        } else {
-            job.key_sender = (*conn).key_b;
-            job.key_receiver = (*conn).key_a;
-        }
     }
-    job.role = sender_role & 1;
 }
 
 /// The connection of a tracked subflow, unless it is gone or untrusted.
@@ -914,12 +930,12 @@ fn prepare_add_addr<C: PacketCtx>(
         jobs.note.port = add_addr.port;
         jobs.note.id = add_addr.id;
     }
-    let ifindex = jobs.ifindex;
+    let mode = jobs.mode;
     if !add_addr_allowed(add_addr.family, &add_addr.addr, &add_addr.port) {
-        return add_addr_policy_reason(mode(ifindex));
+        return add_addr_policy_reason(mode);
     }
     let Some((flow, announcer_role)) = lookup_flow(seg) else {
-        return unknown(Counter::AddAddrUnknownConn, ifindex);
+        return unknown(Counter::AddAddrUnknownConn, mode);
     };
     refresh_last_seen(flow);
     // SAFETY: map value pointer from a successful lookup. An ADD_ADDR comes after the
@@ -933,12 +949,12 @@ fn prepare_add_addr<C: PacketCtx>(
     let conn = match trusted_conn(conn_id) {
         Ok(conn) => conn,
         Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
-        Err(_) => return unknown(Counter::AddAddrUnknownConn, ifindex),
+        Err(_) => return unknown(Counter::AddAddrUnknownConn, mode),
     };
     let Some(job) = jobs.jobs.get_mut(slot) else {
         return Counter::MptcpOther;
     };
-    load_keys(conn, announcer_role, job);
+    load_sender_keys(conn, announcer_role, job);
     job.tag_key = AddAddrTagKey {
         key_sender: job.key_sender,
         key_receiver: job.key_receiver,
@@ -948,6 +964,14 @@ fn prepare_add_addr<C: PacketCtx>(
         family: add_addr.family,
         pad: [0; 4],
     };
+    // Seen before (a retransmission, or the same forgery again): judged from the cache, before
+    // anything a computation needs is prepared.
+    if let Some(tag) = MPTCP_ADDTAGS.get_ptr(&job.tag_key) {
+        count(Counter::AddAddrTagCached);
+        // SAFETY: map value pointer from a successful lookup.
+        return add_addr_reason(unsafe { *tag } == add_addr.hmac, mode);
+    }
+    load_midstates(conn, job);
     job.block = add_addr_block(&add_addr);
     job.expected[..8].copy_from_slice(&add_addr.hmac);
     job.conn_id = conn_id;
@@ -965,7 +989,8 @@ fn crypto_conforms(conn_tat: *mut u64) -> bool {
     if rate == 0 {
         return true;
     }
-    let now = now_ns();
+    // The budgets are seconds long: the tick's time keeps their long-run rate exactly.
+    let now = now_coarse_ns();
     let conn_next = match (!conn_tat.is_null()).then_some(conn_tat) {
         Some(tat) => {
             // SAFETY: a field of a map value from a successful lookup.
@@ -1061,7 +1086,8 @@ fn join_syn_conforms(seg: &TcpSegment) -> bool {
         pad: [0; 3],
     };
     let interval = NS_PER_S / u64::from(config.join_syn_rate);
-    let now = now_ns();
+    // GCRA keeps its long-run rate on the tick's time; only the instant of a refill is coarser.
+    let now = now_coarse_ns();
     match MPTCP_JOINRATE.get_ptr_mut(&key) {
         Some(tat) => {
             // SAFETY: map value pointer; a racing CPU only makes the limit slightly looser.
@@ -1104,16 +1130,18 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             ..
         } => {
             jobs.note.token = token;
-            if !EGRESS && !join_syn_conforms(seg) {
-                return join_syn_rate_reason(mode(jobs.ifindex));
-            }
             let Some(token_ref) = MPTCP_TOKENS.get_ptr(&token) else {
                 if EGRESS {
                     count(Counter::EgressJoinUnknownToken);
                     return Counter::MptcpOther;
                 }
-                return join_syn_reason(false, mode(jobs.ifindex));
+                return join_syn_reason(false, jobs.mode);
             };
+            // After the token: a blind join is dropped anyway, and must not spend the budget
+            // of the source address it spoofs.
+            if !EGRESS && !join_syn_conforms(seg) {
+                return join_syn_rate_reason(jobs.mode);
+            }
             // SAFETY: map value pointer from a successful lookup.
             let token_ref = unsafe { *token_ref };
             let conn_id = u64::from_ne_bytes(token_ref.conn_id);
@@ -1123,7 +1151,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 return if EGRESS {
                     Counter::MptcpOther
                 } else {
-                    unknown(Counter::JoinStateMissing, jobs.ifindex)
+                    unknown(Counter::JoinStateMissing, jobs.mode)
                 };
             }
             if !EGRESS && keeps_pending_join(&seg.flow, &nonce) {
@@ -1157,7 +1185,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 return if EGRESS {
                     Counter::MptcpOther
                 } else {
-                    unknown(Counter::JoinStateMissing, jobs.ifindex)
+                    unknown(Counter::JoinStateMissing, jobs.mode)
                 };
             };
             if EGRESS {
@@ -1175,7 +1203,7 @@ fn join<C: PacketCtx, const EGRESS: bool>(
             let conn = match trusted_conn(state.conn_id) {
                 Ok(conn) => conn,
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
-                Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
+                Err(_) => return unknown(Counter::JoinStateMissing, jobs.mode),
             };
             // HMAC(Key-B || Key-A, R-B || R-A): the responder is the sender.
             let job = &mut jobs.jobs[JOIN_JOB_SLOT];
@@ -1194,17 +1222,17 @@ fn join<C: PacketCtx, const EGRESS: bool>(
                 return Counter::MptcpOther;
             }
             let Some(state) = fresh_join(&seg.flow) else {
-                return unknown(Counter::JoinStateMissing, jobs.ifindex);
+                return unknown(Counter::JoinStateMissing, jobs.mode);
             };
             // SAFETY: map value pointer from a successful lookup.
             let state = unsafe { *state };
             if state.flags & JOIN_HAVE_RESPONDER_NONCE == 0 {
-                return unknown(Counter::JoinStateMissing, jobs.ifindex);
+                return unknown(Counter::JoinStateMissing, jobs.mode);
             }
             let conn = match trusted_conn(state.conn_id) {
                 Ok(conn) => conn,
                 Err(Counter::UntrustedConn) => return Counter::UntrustedConn,
-                Err(_) => return unknown(Counter::JoinStateMissing, jobs.ifindex),
+                Err(_) => return unknown(Counter::JoinStateMissing, jobs.mode),
             };
 
             // HMAC(Key-A || Key-B, R-A || R-B): the initiator is the sender.
@@ -1275,7 +1303,7 @@ fn fastclose<C: PacketCtx, const EGRESS: bool>(
         if EGRESS {
             Counter::MptcpOther
         } else {
-            unknown(Counter::FastcloseUnknownConn, jobs.ifindex)
+            unknown(Counter::FastcloseUnknownConn, jobs.mode)
         }
     };
     let Some((flow, sender_role)) = lookup_flow(seg) else {
@@ -1303,7 +1331,7 @@ fn fastclose<C: PacketCtx, const EGRESS: bool>(
     if EGRESS {
         Counter::MptcpOther
     } else {
-        fastclose_reason(key_ok, mode(jobs.ifindex))
+        fastclose_reason(key_ok, jobs.mode)
     }
 }
 
@@ -1313,7 +1341,7 @@ fn fastclose<C: PacketCtx, const EGRESS: bool>(
 #[inline(always)]
 fn run_jobs(jobs: &mut HmacJobs) -> Counter {
     run_token_job(jobs);
-    let mode = mode(jobs.ifindex);
+    let mode = jobs.mode;
     // Each job leaves its outcome in map memory and returns nothing, so the verifier sees the
     // same state after every job whatever its result, and verifies the next job only once.
     for i in 0..=JOIN_JOB_SLOT {
@@ -1333,25 +1361,6 @@ fn run_jobs(jobs: &mut HmacJobs) -> Counter {
 fn run_job(job: &mut HmacJob, mode: u32) {
     if job.kind == JOB_NONE {
         return;
-    }
-    if job.kind == JOB_ADD_ADDR {
-        if let Some(tag) = MPTCP_ADDTAGS.get_ptr(&job.tag_key) {
-            // Seen before: a retransmission, or the same forgery again.
-            count(Counter::AddAddrTagCached);
-            let carried = [
-                job.expected[0],
-                job.expected[1],
-                job.expected[2],
-                job.expected[3],
-                job.expected[4],
-                job.expected[5],
-                job.expected[6],
-                job.expected[7],
-            ];
-            // SAFETY: map value pointer from a successful lookup.
-            job.outcome = add_addr_reason(unsafe { *tag } == carried, mode) as u32;
-            return;
-        }
     }
     if !job_within_budget(job) {
         job.outcome = crypto_budget_reason(mode) as u32;

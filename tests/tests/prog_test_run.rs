@@ -1023,6 +1023,19 @@ fn join_syn_rate_limit_per_source() {
         ))
     };
     syn.flags = TCP_SYN;
+    // Blind joins from the same address (a token nobody announced) are dropped as such and do
+    // not spend the budget of the address they spoof.
+    let mut blind = Frame {
+        ports: (50001, 10000),
+        ..Frame::v4(&mptcp_tests::mptcp_frames::join_syn(
+            1,
+            &[0xde, 0xad, 0xbe, 0xef],
+            &[1, 2, 3, 4],
+        ))
+    };
+    blind.flags = TCP_SYN;
+    let blind_verdicts: Vec<u32> = (0..5).map(|_| v.run(&blind.bytes())).collect();
+    assert_eq!(blind_verdicts, [XDP_DROP; 5]);
     let verdicts: Vec<u32> = (0..8).map(|_| v.run(&syn.bytes())).collect();
     // One, plus a burst of two, within the same instant; the rest wait for the rate.
     assert_eq!(
@@ -1037,9 +1050,10 @@ fn join_syn_rate_limit_per_source() {
     assert_eq!(
         (
             c["join_syn_known_token"],
-            c["join_syn_rate_limited_dropped"]
+            c["join_syn_rate_limited_dropped"],
+            c["join_syn_unknown_token_dropped"]
         ),
-        (4, 5),
+        (4, 5, 5),
         "{c:?}"
     );
 }

@@ -67,6 +67,17 @@ struct RunArgs {
     /// Skip the XDP_DROP / XDP_PASS reference configurations.
     #[arg(long)]
     no_floors: bool,
+    /// The attacks to run, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Attack::ALL)]
+    attacks: Vec<Attack>,
+    /// Skip the genuine transfers.
+    #[arg(long)]
+    no_transfers: bool,
+    /// Also time the XDP programs themselves with the kernel's `bpf_stats`: each window then
+    /// reports the time spent inside the receiving program (this adds two clock reads to every
+    /// XDP run, so the CPU-time columns of such a run are not comparable with others).
+    #[arg(long)]
+    program_stats: bool,
     /// The loader binary [default: $MPTCP_LOADER_BIN, else next to this binary].
     #[arg(long)]
     loader: Option<PathBuf>,
@@ -202,6 +213,9 @@ fn run_bench(mut args: RunArgs) -> Result<()> {
     if args.reps == 0 || args.rates.is_empty() || args.rates.contains(&0) {
         bail!("--reps and --rates must be positive");
     }
+    if args.attacks.is_empty() {
+        bail!("--attacks names none: give one or more of add-addr, add-addr-random, join-syn, join-ack");
+    }
     let mut command_line = std::env::args().collect::<Vec<_>>().join(" ");
     if let Ok(outer) = std::env::var("MPTCP_BENCH_COMMAND") {
         command_line = format!("{outer} (ran: {command_line})");
@@ -238,6 +252,9 @@ fn run_bench(mut args: RunArgs) -> Result<()> {
         coalesce: (args.coalesce_us > 0).then(|| Duration::from_micros(args.coalesce_us)),
     };
     let mut lab = FloodLab::new(&exe, &loader, delivery)?;
+    if args.program_stats {
+        lab.enable_program_stats()?;
+    }
     let mut run = Run {
         command_line,
         floods: Vec::new(),
@@ -330,18 +347,22 @@ fn measure_block(
         stat,
         secs,
     });
-    for attack in Attack::ALL {
-        for &rate in &run.args.rates {
+    for attack in run.args.attacks.clone() {
+        for rate in run.args.rates.clone() {
             let loader0 = lab.loader_cpu_ns();
             let w = lab.flood(victim, attached, attack, rate, window)?;
             let loader_ns = loader0
                 .zip(lab.loader_cpu_ns())
                 .map(|(a, b)| b.saturating_sub(a));
             eprintln!(
-                "  {:<32} {rate:>7} pps: {} processed, {:.0} ns/packet",
+                "  {:<32} {rate:>7} pps: {} processed, {:.0} ns/packet{}",
                 attack.label(),
                 w.processed,
-                w.ns_per_packet()
+                w.ns_per_packet(),
+                w.program.map_or(String::new(), |p| format!(
+                    ", {:.0} ns per run inside the XDP program",
+                    p.ns_per_run()
+                ))
             );
             run.floods.push(FloodRecord {
                 rep,
@@ -353,7 +374,7 @@ fn measure_block(
             });
         }
     }
-    if receiver.passes_traffic() {
+    if receiver.passes_traffic() && !run.args.no_transfers {
         let t = lab.transfer(transfer, None)?;
         eprintln!("  genuine transfer, no flood: {:.2} Gbit/s", t.gbps());
         run.transfers.push(TransferRecord {
@@ -362,10 +383,8 @@ fn measure_block(
             transfer: t,
         });
         let quick = run.args.quick;
-        for attack in Attack::ALL
-            .into_iter()
-            .filter(|a| !quick || !a.defeats_cache())
-        {
+        let attacks = run.args.attacks.clone();
+        for attack in attacks.into_iter().filter(|a| !quick || !a.defeats_cache()) {
             let t = lab.transfer(transfer, Some((victim, attack, transfer_rate)))?;
             eprintln!(
                 "  genuine transfer during {} at {transfer_rate} pps: {:.2} Gbit/s",
@@ -450,6 +469,15 @@ impl Run {
         spread(
             self.windows(receiver, attack, rate)
                 .map(|f| f.window.ns_per_packet())
+                .collect(),
+        )
+    }
+
+    /// ns per run inside the receiving XDP program (`--program-stats` runs only).
+    fn program_ns(&self, receiver: Receiver, attack: Attack, rate: u32) -> Option<Spread> {
+        spread(
+            self.windows(receiver, attack, rate)
+                .filter_map(|f| f.window.program.map(|p| p.ns_per_run()))
                 .collect(),
         )
     }
@@ -680,7 +708,7 @@ fn write_report(run: &Run) -> Result<()> {
     )?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|:---:|")?;
     let mut verdicts = Vec::new();
-    for attack in Attack::ALL {
+    for &attack in &run.args.attacks {
         let (bound, bound_label) = attack.target();
         for &rate in &a.rates {
             let ratio = run.per_rep(attack, rate, |k, v, _, _| v / k);
@@ -717,7 +745,7 @@ fn write_report(run: &Run) -> Result<()> {
             "| attack | offered rate (pps) | XDP_DROP floor | XDP_PASS | validator − floor | kernel (XDP_PASS) − floor | incremental ratio |"
         )?;
         writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
-        for attack in Attack::ALL {
+        for &attack in &run.args.attacks {
             for &rate in &a.rates {
                 let inc_v = run.per_rep(attack, rate, |_, v, d, _| d.map_or(f64::NAN, |d| v - d));
                 let inc_k = run.per_rep(attack, rate, |_, _, d, p| match (d, p) {
@@ -743,6 +771,42 @@ fn write_report(run: &Run) -> Result<()> {
         }
     }
 
+    if a.program_stats {
+        writeln!(md, "\n## Inside the XDP program (bpf_stats)\n")?;
+        writeln!(
+            md,
+            "Time per run inside the program attached to the receiving veth, from the kernel's \
+             per-program run time and count (`BPF_ENABLE_STATS`), and what is left of the \
+             validator's cost above the XDP_DROP floor once its own run time is taken out. With \
+             the stats on, every XDP run pays two more clock reads, so this run's CPU times are \
+             not comparable with a run without `--program-stats`.\n"
+        )?;
+        writeln!(
+            md,
+            "| attack | offered rate (pps) | validator run (ns) | XDP_DROP run (ns) | validator − floor (ns) | outside the validator's run (ns) |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+        for &attack in &a.attacks {
+            for &rate in &a.rates {
+                let outside = run.per_rep(attack, rate, |_, v, d, _| d.map_or(f64::NAN, |d| v - d));
+                let inside = run.program_ns(Receiver::Validator, attack, rate);
+                writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    attack.label(),
+                    thousands(u64::from(rate)),
+                    fmt_spread(inside, 0),
+                    fmt_spread(run.program_ns(Receiver::XdpDrop, attack, rate), 0),
+                    fmt_spread(outside, 0),
+                    match (outside, inside) {
+                        (Some(o), Some(i)) => format!("{:.0}", o.median - i.median),
+                        _ => "–".to_owned(),
+                    }
+                )?;
+            }
+        }
+    }
+
     writeln!(md, "\n## Genuine MPTCP transfer\n")?;
     let tput_receivers: Vec<Receiver> = [Receiver::Kernel, Receiver::XdpPass, Receiver::Validator]
         .into_iter()
@@ -755,7 +819,7 @@ fn write_report(run: &Run) -> Result<()> {
     writeln!(md, "| condition | {} |", header.join(" | "))?;
     writeln!(md, "|---|{}", "---:|".repeat(tput_receivers.len()))?;
     let mut conditions = vec![(None, "no flood".to_owned())];
-    for attack in Attack::ALL {
+    for &attack in &run.args.attacks {
         conditions.push((
             Some(attack),
             format!(
@@ -815,7 +879,7 @@ fn write_report(run: &Run) -> Result<()> {
         Some(run.gbps(r, Some(attack))?.median / base)
     };
     writeln!(md)?;
-    for attack in Attack::ALL {
+    for &attack in &run.args.attacks {
         let fmt = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.0} %", x * 100.0));
         writeln!(
             md,
@@ -860,7 +924,7 @@ fn write_report(run: &Run) -> Result<()> {
     if floors {
         receivers.extend([Receiver::XdpDrop, Receiver::XdpPass]);
     }
-    for attack in Attack::ALL {
+    for &attack in &run.args.attacks {
         for &rate in &a.rates {
             for &r in &receivers {
                 let ws: Vec<&FloodRecord> = run.windows(r, attack, rate).collect();
@@ -972,7 +1036,8 @@ fn chart(run: &Run) -> String {
         (Receiver::XdpPass, "#e8890c"),
     ];
     let a = &run.args;
-    let groups: Vec<(Attack, u32)> = Attack::ALL
+    let groups: Vec<(Attack, u32)> = a
+        .attacks
         .iter()
         .flat_map(|&attack| a.rates.iter().map(move |&r| (attack, r)))
         .collect();
@@ -995,7 +1060,7 @@ fn chart(run: &Run) -> String {
     let panel1 = 46.0 + group_h * groups.len() as f64;
     let tput_rows: Vec<(Option<Attack>, String)> = std::iter::once((None, "no flood".to_owned()))
         .chain(
-            Attack::ALL
+            a.attacks
                 .iter()
                 .map(|&at| (Some(at), format!("during {}", at.label()))),
         )

@@ -2,7 +2,7 @@
 //! (`mptcp_common::maps` constants). Parses the ELF only: needs no root.
 
 use mptcp_common::maps::{
-    MAP_CONFIG, MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_JOINS, MAP_KEY_EVENTS, MAP_SCRATCH,
+    MAP_CONFIG, MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_FRAME, MAP_JOINS, MAP_KEY_EVENTS,
     MAP_TOKENS, PROG_TC_EGRESS, PROG_XDP_INGRESS, PROG_XDP_INGRESS_SINGLE_BUFFER,
 };
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -44,7 +44,7 @@ fn program_and_map_names_exist() {
         MAP_COUNTERS,
         MAP_KEY_EVENTS,
         MAP_CONFIG,
-        MAP_SCRATCH,
+        MAP_FRAME,
     ] {
         assert_eq!(section_of(map), "maps", "map `{map}`");
     }

@@ -22,9 +22,7 @@ use std::{path::Path, sync::OnceLock};
 
 use aya::EbpfError;
 use aya_obj::EbpfSectionKind;
-use mptcp_common::maps::{
-    DropEvent, KeyEvent, MAP_HMAC_JOBS, MAP_REFERENCE_COUNT, MAP_SCRATCH, MAP_WALK,
-};
+use mptcp_common::maps::{DropEvent, KeyEvent, MAP_FRAME, MAP_REFERENCE_COUNT};
 
 use crate::{
     errors::LoaderError,
@@ -53,8 +51,7 @@ pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// Per-CPU scratch maps of the programs: used within one invocation only, so each run keeps its
 /// own (they are neither pinned nor shared).
-pub const PER_INVOCATION_MAPS: [&str; 4] =
-    [MAP_SCRATCH, MAP_WALK, MAP_HMAC_JOBS, MAP_REFERENCE_COUNT];
+pub const PER_INVOCATION_MAPS: [&str; 2] = [MAP_FRAME, MAP_REFERENCE_COUNT];
 
 /// What the kernel reports about a map, or what we expect of it.
 #[derive(Clone, Debug, PartialEq, Eq)]

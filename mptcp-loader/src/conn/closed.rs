@@ -17,7 +17,7 @@ use std::{collections::HashMap, io};
 
 use mptcp_common::maps::{ConnState, FlowKey, FlowRef, FAMILY_V4};
 
-use crate::{errors::LoaderError, kernel::store::FirewallMaps};
+use crate::{kernel::error::KernelError, kernel::store::FirewallMaps};
 
 /// How often the check runs (seconds).
 pub const CLOSED_CHECK_INTERVAL_S: u64 = 10;
@@ -78,7 +78,7 @@ pub fn apply_closed(
     sockets: &impl SocketTable,
     planned: &[FlowKey],
     outcome: &mut ClosedOutcome,
-) -> Result<(), LoaderError> {
+) -> Result<(), KernelError> {
     for key in planned {
         let Some(flow) = maps.flow(key)? else {
             continue;

@@ -15,7 +15,7 @@ use std::{
 use aya::programs::{tc::qdisc_detach_program, TcAttachType, TcError};
 use mptcp_common::maps::PROG_TC_EGRESS;
 
-use crate::errors::LoaderError;
+use crate::kernel::error::KernelError;
 
 /// `struct nlmsghdr` size.
 const NLMSG_HDR_LEN: usize = 16;
@@ -303,7 +303,7 @@ fn bpf_filter_of(payload: &[u8]) -> Option<BpfFilter> {
 ///
 /// # Errors
 /// When listing or deleting filters fails.
-pub fn remove_stale_filters(iface: &str) -> Result<bool, LoaderError> {
+pub fn remove_stale_filters(iface: &str) -> Result<bool, KernelError> {
     match qdisc_detach_program(iface, TcAttachType::Egress, PROG_TC_EGRESS) {
         Ok(()) => Ok(true),
         Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -313,7 +313,7 @@ pub fn remove_stale_filters(iface: &str) -> Result<bool, LoaderError> {
         {
             Ok(false)
         }
-        Err(source) => Err(LoaderError::Clsact {
+        Err(source) => Err(KernelError::Clsact {
             iface: iface.to_owned(),
             source,
         }),

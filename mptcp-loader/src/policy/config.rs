@@ -39,7 +39,6 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::{
-    errors::LoaderError,
     mode::FilterMode,
     policy::{Policy, PortRule, Prefix, RateLimit, UnknownConn},
 };
@@ -561,12 +560,6 @@ pub fn check_report(source: &PolicySource, policy: &Policy) -> String {
         ));
     }
     out
-}
-
-impl From<ConfigError> for LoaderError {
-    fn from(error: ConfigError) -> Self {
-        Self::Config(Box::new(error))
-    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,9 @@
 use aya::programs::{TestRun as _, TestRunOptions};
 use mptcp_common::maps::{Config, MODE_ENFORCE};
 use mptcp_loader::kernel::firewall::xdp_ingress_program;
-use mptcp_loader::{
-    kernel::multiprog::{
-        self, Dispatcher, DispatcherConfig, Slot, DISPATCHER_OBJECT, FIREWALL_SLOT,
-    },
-    LoaderError,
+use mptcp_loader::kernel::{
+    multiprog::{self, Dispatcher, DispatcherConfig, Slot, DISPATCHER_OBJECT, FIREWALL_SLOT},
+    KernelError,
 };
 
 use super::{add_addr_from, mpc_ab, Frame, Validator, XDP_DROP, XDP_PASS};
@@ -73,7 +71,7 @@ fn the_firewall_runs_as_a_dispatcher_component() {
     let mut ebpf =
         multiprog::load_object_as_component(mptcp_loader::EBPF_OBJ).expect("load object");
     let _link = match multiprog::load_component(&mut ebpf, xdp_ingress_program(), &d, 0) {
-        Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
+        Err(KernelError::MultiprogUnsupported { detail }) if !require => {
             assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
             eprintln!("this kernel refuses freplace programs, as the loader says: {detail}");
             return;
@@ -258,7 +256,7 @@ fn in_own_netns_if_chaining(body: fn()) {
         loopback_up();
         let require = std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_some();
         match multiprog::probe(mptcp_loader::EBPF_OBJ, DISPATCHER_OBJECT.as_ref()) {
-            Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
+            Err(KernelError::MultiprogUnsupported { detail }) if !require => {
                 assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
                 eprintln!("this kernel refuses freplace programs: {detail}");
             }

@@ -85,9 +85,7 @@ mod tests {
             },
         ];
         for e in errors {
-            let msg = e.to_string();
-            assert!(!msg.contains('\n'), "{msg}");
-            assert!(msg.contains(": ") || msg.contains("; "), "no hint in {msg}");
+            crate::errors::assert_operator_message(&e);
         }
     }
 

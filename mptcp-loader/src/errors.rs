@@ -50,10 +50,11 @@ impl OsError {
 
 /// Asserts what every operator-facing message is: one line, with what to do after `: ` or `; `.
 #[cfg(test)]
-pub(crate) fn assert_operator_message(error: &dyn std::error::Error) {
-    let msg = error.to_string();
-    assert!(!msg.contains('\n'), "{msg}");
-    assert!(msg.contains(": ") || msg.contains("; "), "no hint in {msg}");
+pub(crate) fn assert_operator_messages<E: std::error::Error>(errors: &[E]) {
+    for msg in errors.iter().map(ToString::to_string) {
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains(": ") || msg.contains("; "), "no hint in {msg}");
+    }
 }
 
 #[cfg(test)]

@@ -597,9 +597,7 @@ mod tests {
                 source: ProgramError::NotLoaded,
             },
         ];
-        for e in errors {
-            crate::errors::assert_operator_message(&e);
-        }
+        crate::errors::assert_operator_messages(&errors);
     }
 
     #[test]

@@ -84,9 +84,7 @@ mod tests {
                 source: io::Error::from_raw_os_error(libc::EADDRINUSE),
             },
         ];
-        for e in errors {
-            crate::errors::assert_operator_message(&e);
-        }
+        crate::errors::assert_operator_messages(&errors);
     }
 
     #[test]

@@ -511,11 +511,7 @@ mod tests {
 
     fn report() -> StatsReport {
         StatsReport {
-            counters: Counter::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name(), i as u64))
-                .collect(),
+            counters: crate::observe::stats::numbered_counters(),
             loader: LoaderCounter::ALL.iter().map(|c| (c.name(), 3)).collect(),
             maps: vec![MapFill {
                 name: MAP_CONNS,

@@ -296,6 +296,16 @@ pub fn format_summary_line(counters: &[(&'static str, u64)]) -> String {
     line
 }
 
+/// Every fast-path counter, valued by its index: distinct numbers for the formatting tests.
+#[cfg(test)]
+pub(crate) fn numbered_counters() -> Vec<(&'static str, u64)> {
+    Counter::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name(), i as u64))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,11 +313,7 @@ mod tests {
 
     fn report(latency: Option<LatencySummary>) -> StatsReport {
         StatsReport {
-            counters: Counter::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name(), i as u64))
-                .collect(),
+            counters: numbered_counters(),
             loader: LoaderCounter::ALL
                 .iter()
                 .enumerate()

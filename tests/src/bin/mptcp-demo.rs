@@ -90,16 +90,8 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() -> ExitCode {
-    let result = run();
-    // After Ctrl-C, errors are just children dying: let the signal thread finish and exit.
-    teardown::wait_for_signal_teardown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mptcp-demo: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // After Ctrl-C, errors are just children dying: the signal thread finishes and exits.
+    teardown::exit_code("mptcp-demo", run())
 }
 
 fn run() -> Result<()> {

@@ -108,14 +108,7 @@ fn main() -> ExitCode {
         Some(helper) => run_helper(helper),
         None => run_bench(cli.run),
     };
-    teardown::wait_for_signal_teardown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mptcp-flood: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    teardown::exit_code("mptcp-flood", result)
 }
 
 fn run_helper(helper: Helper) -> Result<()> {

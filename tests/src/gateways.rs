@@ -176,12 +176,12 @@ impl GatewayLab {
         for ns in [&self.gw1, &self.gw2] {
             ns.sysctl("net.ipv4.ip_forward", "1")?;
         }
-        self.link(&self.client, &self.gw1, &CLIENT_GW1)?;
-        self.link(&self.client, &self.gw2, &CLIENT_GW2)?;
-        self.link(&self.server, &self.gw1, &SERVER_GW1)?;
-        self.link(&self.server, &self.gw2, &SERVER_GW2)?;
-        self.link(&self.store_ns, &self.gw1, &STORE_GW1)?;
-        self.link(&self.store_ns, &self.gw2, &STORE_GW2)?;
+        Self::link(&self.client, &self.gw1, &CLIENT_GW1)?;
+        Self::link(&self.client, &self.gw2, &CLIENT_GW2)?;
+        Self::link(&self.server, &self.gw1, &SERVER_GW1)?;
+        Self::link(&self.server, &self.gw2, &SERVER_GW2)?;
+        Self::link(&self.store_ns, &self.gw1, &STORE_GW1)?;
+        Self::link(&self.store_ns, &self.gw2, &STORE_GW2)?;
         // Client: path 1 by default, path 2 for what leaves from 198.18.2.1.
         let gw1 = CLIENT_GW1.b_addr.to_string();
         let gw2 = CLIENT_GW2.b_addr.to_string();
@@ -243,7 +243,7 @@ impl GatewayLab {
         ]
     }
 
-    fn link(&self, a: &Netns, b: &Netns, l: &Link) -> Result<()> {
+    fn link(a: &Netns, b: &Netns, l: &Link) -> Result<()> {
         veth_with_macs((a, l.a_iface, l.a_mac), (b, l.b_iface, l.b_mac))?;
         for (ns, iface, addr) in [(a, l.a_iface, l.a_addr), (b, l.b_iface, l.b_addr)] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;

@@ -452,7 +452,7 @@ fn the_store_killed_and_restarted_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     let before = stats_json(&lab.gw2);
     let mut conn_b = Connection::open_to(&lab, SERVER_B, false);
-    std::thread::sleep(Duration::from_millis(2_000));
+    std::thread::sleep(Duration::from_secs(2));
     let down = stats_json(&lab.gw2);
     let dropped = delta(&down, &before, Counter::JoinSynUnknownTokenDropped.name());
     eprintln!(
@@ -511,7 +511,7 @@ fn replication_delay_under_a_connection_storm() {
         to,
         STORM_CONNS,
         STORM_PER_SECOND,
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .expect("the storm");
     // Room for the joins whose first SYN lost the race (retransmitted after 1 s).

@@ -308,7 +308,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     // What is queued now would otherwise wait for the next run.
     keeper.drain(key_ring.get_mut());
     keeper.drain_drops(drop_ring.get_mut());
-    finish(plan, firewall, keeper, state, pin_dir)
+    finish(&plan, firewall, keeper, state, pin_dir)
 }
 
 /// A state directory this run is about to create: removed again if the run fails before its
@@ -425,7 +425,7 @@ fn attach_all(
 /// After SIGINT/SIGTERM: detach and remove the pins, or with `--keep-attached` leave both; then
 /// print the summaries.
 fn finish(
-    plan: RunPlan,
+    plan: &RunPlan,
     mut firewall: Firewall,
     keeper: MapKeeper,
     mut state: PinnedState,

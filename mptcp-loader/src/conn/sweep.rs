@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(sweep_interval(0), None);
         assert_eq!(sweep_interval(2), Some(Duration::from_millis(500)));
         assert_eq!(sweep_interval(100), Some(Duration::from_secs(25)));
-        assert_eq!(sweep_interval(7200), Some(Duration::from_secs(60)));
+        assert_eq!(sweep_interval(7200), Some(Duration::from_mins(1)));
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn take_inventory(dir: &Path, layout: &ObjectLayout) -> Result<Inventory, Ke
         let recorded = records
             .iter()
             .find(|r| r.ifindex == ifindex)
-            .and_then(|r| r.mode());
+            .and_then(super::state::IfaceRecord::mode);
         inventory.ifaces.push(PinnedIface {
             links,
             name,

@@ -53,23 +53,22 @@ pub fn select_links(
     let Some((iface, ifindex)) = only else {
         return Ok(links.to_vec());
     };
-    match links.iter().find(|l| l.ifindex == ifindex) {
-        Some(found) => Ok(vec![found.clone()]),
-        None => {
-            let names: Vec<String> = links
-                .iter()
-                .map(|l| interface_name_of(l.ifindex).unwrap_or_else(|| format!("if{}", l.ifindex)))
-                .collect();
-            Err(KernelError::NotAttachedHere {
-                pin_dir: pin_dir.to_path_buf(),
-                iface: iface.to_owned(),
-                attached: if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                },
-            })
-        }
+    if let Some(found) = links.iter().find(|l| l.ifindex == ifindex) {
+        Ok(vec![found.clone()])
+    } else {
+        let names: Vec<String> = links
+            .iter()
+            .map(|l| interface_name_of(l.ifindex).unwrap_or_else(|| format!("if{}", l.ifindex)))
+            .collect();
+        Err(KernelError::NotAttachedHere {
+            pin_dir: pin_dir.to_path_buf(),
+            iface: iface.to_owned(),
+            attached: if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            },
+        })
     }
 }
 

@@ -549,16 +549,13 @@ impl Firewall {
         });
         // On an error below, dropping the unpinned links detaches them again.
         let xdp_link = link_ids(&xdp, iface)?;
-        let (tc, egress) = match self.egress.resolve() {
-            EgressAttach::Clsact => {
-                let prog = self.attach_clsact(iface)?;
-                (Egress::Clsact, EgressIds::Clsact { prog })
-            }
-            _ => {
-                let link = self.attach_tcx(iface)?;
-                let ids = EgressIds::Tcx(link_ids(&link, iface)?);
-                (Egress::Tcx { link, pin: None }, ids)
-            }
+        let (tc, egress) = if self.egress.resolve() == EgressAttach::Clsact {
+            let prog = self.attach_clsact(iface)?;
+            (Egress::Clsact, EgressIds::Clsact { prog })
+        } else {
+            let link = self.attach_tcx(iface)?;
+            let ids = EgressIds::Tcx(link_ids(&link, iface)?);
+            (Egress::Tcx { link, pin: None }, ids)
         };
         let pinned = if chained {
             // The dispatcher's pins hold it.
@@ -1347,7 +1344,7 @@ fn lift_memlock_limit() {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads the struct it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
         log::warn!(
             "could not lift RLIMIT_MEMLOCK ({}): map creation may fail on this kernel",
             std::io::Error::last_os_error()
@@ -1436,23 +1433,6 @@ where
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_stub_object_is_refused_clearly() {
-        let err = Firewall::load(&[]).unwrap_err();
-        assert!(matches!(err, KernelError::ObjectNotBuilt), "{err}");
-    }
-
-    #[test]
-    fn attached_modes_read_well() {
-        assert_eq!(AttachedMode::Native.to_string(), "native XDP");
-        assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
-    }
-}
-
 /// An `EbpfLoader` for the firewall's object, with its globals set for this kernel: the fast
 /// path's coarse clock ([`GLOBAL_COARSE_CLOCK`]) is turned off where the kernel lacks it
 /// (before 5.11). Every load of the object goes through here. Probed once per process.
@@ -1472,4 +1452,21 @@ pub fn object_loader() -> EbpfLoader<'static> {
         loader.override_global(GLOBAL_COARSE_CLOCK, &NO_COARSE_CLOCK, true);
     }
     loader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stub_object_is_refused_clearly() {
+        let err = Firewall::load(&[]).unwrap_err();
+        assert!(matches!(err, KernelError::ObjectNotBuilt), "{err}");
+    }
+
+    #[test]
+    fn attached_modes_read_well() {
+        assert_eq!(AttachedMode::Native.to_string(), "native XDP");
+        assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
+    }
 }

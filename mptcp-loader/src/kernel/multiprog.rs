@@ -116,7 +116,7 @@ impl DispatcherConfig {
         let mut config = Self {
             magic: DISPATCHER_MAGIC,
             dispatcher_version: DISPATCHER_VERSION,
-            num_progs_enabled: slots.len() as u8,
+            num_progs_enabled: u8::try_from(slots.len()).expect("at most 10 slots"),
             // aya loads the dispatcher's `xdp` section without BPF_F_XDP_HAS_FRAGS, so the
             // dispatcher is not frags-aware whatever its components are (libxdp, rebuilding
             // it, loads it with the flag when every slot's `program_flags` has it).

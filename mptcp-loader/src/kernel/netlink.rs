@@ -173,7 +173,7 @@ fn xdp_of_link(payload: &[u8], ifindex: u32) -> Option<XdpAttached> {
                 mode = value
                     .first()
                     .copied()
-                    .and_then(XdpAttachMode::from_attached)
+                    .and_then(XdpAttachMode::from_attached);
             }
             IFLA_XDP_PROG_ID if value.len() >= 4 => prog_id = Some(u32_at(value, 0)),
             _ => {}
@@ -542,11 +542,19 @@ pub fn local_addresses() -> io::Result<Vec<(u8, [u8; 16])>> {
                 let mut bytes = [0u8; 16];
                 match i32::from((*addr).sa_family) {
                     libc::AF_INET => {
+                        #[allow(
+                            clippy::cast_ptr_alignment,
+                            reason = "getifaddrs stores each address as its family's own struct"
+                        )]
                         let sin = addr.cast::<libc::sockaddr_in>();
                         bytes[..4].copy_from_slice(&(*sin).sin_addr.s_addr.to_ne_bytes());
                         out.push((FAMILY_V4, bytes));
                     }
                     libc::AF_INET6 => {
+                        #[allow(
+                            clippy::cast_ptr_alignment,
+                            reason = "getifaddrs stores each address as its family's own struct"
+                        )]
                         let sin6 = addr.cast::<libc::sockaddr_in6>();
                         bytes.copy_from_slice(&(*sin6).sin6_addr.s6_addr);
                         out.push((FAMILY_V6, bytes));

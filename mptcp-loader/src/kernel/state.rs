@@ -356,15 +356,14 @@ pub fn pinned_links(dir: &Path) -> Result<Vec<PinnedLinks>, KernelError> {
         let Some((kind, ifindex)) = entry.file_name().to_str().and_then(parse_link_pin) else {
             continue;
         };
-        let slot = match found.iter_mut().position(|l| l.ifindex == ifindex) {
-            Some(i) => &mut found[i],
-            None => {
-                found.push(PinnedLinks {
-                    ifindex,
-                    ..PinnedLinks::default()
-                });
-                found.last_mut().expect("just pushed")
-            }
+        let slot = if let Some(i) = found.iter_mut().position(|l| l.ifindex == ifindex) {
+            &mut found[i]
+        } else {
+            found.push(PinnedLinks {
+                ifindex,
+                ..PinnedLinks::default()
+            });
+            found.last_mut().expect("just pushed")
         };
         match kind {
             LinkKind::Xdp => slot.xdp = Some(entry.path()),

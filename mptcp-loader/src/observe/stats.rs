@@ -257,7 +257,6 @@ pub fn format_table(report: &StatsReport) -> String {
                 0.0
             } else {
                 // Display only: precision loss beyond 2^52 entries does not matter.
-                #[allow(clippy::cast_precision_loss)]
                 let ratio = m.entries as f64 / f64::from(m.max);
                 ratio * 100.0
             };

@@ -161,7 +161,7 @@ impl PolicyStore for PolicyMaps {
             ..PolicyState::default()
         };
         // These maps change only here, so one walk of each sees every key exactly once.
-        for entry in self.interface_modes.iter() {
+        for entry in &self.interface_modes {
             let (ifindex, mode) = entry.map_err(KernelError::map(MAP_IFACE_MODES))?;
             state.interface_modes.insert(ifindex, mode);
         }

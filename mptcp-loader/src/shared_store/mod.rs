@@ -57,6 +57,10 @@ pub struct StoreOptions {
 }
 
 // By hand: the URL may hold a password, so `{:?}` shows only where the store is.
+#[allow(
+    clippy::missing_fields_in_debug,
+    reason = "the URL is shown as its address"
+)]
 impl std::fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreOptions")

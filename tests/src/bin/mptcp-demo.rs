@@ -122,25 +122,22 @@ fn run() -> Result<()> {
         lab.server.name()
     );
 
-    let running = match &loader {
-        Some(bin) => {
-            println!(
-                "starting {} run --iface {} --mode {}",
-                bin.display(),
-                SERVER_IFACES.join(" --iface "),
-                args.mode.as_str()
-            );
-            let v = Validator::start(&lab.server, bin, &SERVER_IFACES, args.mode)
-                .context("starting the validator")?;
-            for line in v.attach_lines() {
-                println!("  loader: {line}");
-            }
-            Some(v)
+    let running = if let Some(bin) = &loader {
+        println!(
+            "starting {} run --iface {} --mode {}",
+            bin.display(),
+            SERVER_IFACES.join(" --iface "),
+            args.mode.as_str()
+        );
+        let v = Validator::start(&lab.server, bin, &SERVER_IFACES, args.mode)
+            .context("starting the validator")?;
+        for line in v.attach_lines() {
+            println!("  loader: {line}");
         }
-        None => {
-            println!("no validator: this is the baseline (forged ADD_ADDRs reach the server)");
-            None
-        }
+        Some(v)
+    } else {
+        println!("no validator: this is the baseline (forged ADD_ADDRs reach the server)");
+        None
     };
 
     println!(

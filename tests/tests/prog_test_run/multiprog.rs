@@ -7,6 +7,12 @@
 //! before verifying); there the component test checks that the loader says so and stops.
 //! `cargo xtask vm-test` sets `MPTCP_TESTS_REQUIRE_FREPLACE=1`: Debian's kernels must accept it.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "libc's C integer types and raw packet bytes, written as C does"
+)]
+
 use aya::programs::{TestRun as _, TestRunOptions};
 use mptcp_common::maps::{Config, MODE_ENFORCE};
 use mptcp_loader::kernel::firewall::xdp_ingress_program;
@@ -514,14 +520,14 @@ impl LoaderRun {
 
     /// Waits for its "attached to lo" line (the verifier is slow under emulation).
     fn wait_attached(&mut self) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_mins(10);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with("attached to lo") => return line,
                 Ok(_) => {}
-                Err(_) => panic!(
-                    "run did not attach: {}",
+                Err(e) => panic!(
+                    "run did not attach ({e}): {}",
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 ),
             }

@@ -55,17 +55,6 @@ pub enum ObserveError {
     Io(#[from] IoError),
 }
 
-impl ObserveError {
-    /// An [`ObserveError::Io`] for `path`.
-    pub(crate) fn io(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(io::Error) -> Self {
-        let at = IoError::at(what, path);
-        move |source| Self::Io(at(source))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use crate::{
     clock::{rfc3339, ClockOffset},
     conn::keys::hex,
+    errors::IoError,
     kernel::preflight::interface_name,
     observe::error::ObserveError,
     observe::loader_counters::{LoaderCounter, LoaderCounters},
@@ -207,12 +208,12 @@ impl EventsFile {
     /// When the directory or the file cannot be created.
     pub fn open(state_dir: &Path, max_bytes: u64) -> Result<Self, ObserveError> {
         fs::create_dir_all(state_dir)
-            .map_err(ObserveError::io("creating the state directory", state_dir))?;
+            .map_err(IoError::at("creating the state directory", state_dir))?;
         let path = state_dir.join(EVENTS_FILE);
         let file = open_append(&path)?;
         let size = file
             .metadata()
-            .map_err(ObserveError::io("inspecting", &path))?
+            .map_err(IoError::at("inspecting", &path))?
             .len();
         Ok(Self {
             rotated: state_dir.join(EVENTS_FILE_ROTATED),
@@ -241,25 +242,24 @@ impl EventsFile {
         let len = bytes.len() as u64;
         let rotate = self.size > 0 && self.size + len > self.max_bytes;
         if rotate {
-            fs::rename(&self.path, &self.rotated)
-                .map_err(ObserveError::io("rotating", &self.path))?;
+            fs::rename(&self.path, &self.rotated).map_err(IoError::at("rotating", &self.path))?;
             self.file = open_append(&self.path)?;
             self.size = 0;
         }
         self.file
             .write_all(&bytes)
-            .map_err(ObserveError::io("writing", &self.path))?;
+            .map_err(IoError::at("writing", &self.path))?;
         self.size += len;
         Ok(rotate)
     }
 }
 
-fn open_append(path: &Path) -> Result<File, ObserveError> {
+fn open_append(path: &Path) -> Result<File, IoError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(ObserveError::io("opening", path))
+        .map_err(IoError::at("opening", path))
 }
 
 /// Where `run` puts drop events: the events file, the log (rate-limited), the pcap file.
@@ -286,7 +286,7 @@ impl DropEventSink {
                 let snaplen = u32::try_from(DROP_SNAP_LEN).expect("small");
                 PcapWriter::create(path, snaplen)
                     .map(|w| (path.to_path_buf(), w))
-                    .map_err(ObserveError::io("creating the pcap file", path))
+                    .map_err(IoError::at("creating the pcap file", path))
             })
             .transpose()?;
         Ok(Self {
@@ -374,13 +374,14 @@ pub fn print_events(state_dir: &Path, out: &mut impl Write) -> Result<(), Observ
     for path in [rotated, current] {
         match File::open(&path) {
             Ok(mut file) => {
-                io::copy(&mut file, out).map_err(ObserveError::io("reading", &path))?;
+                io::copy(&mut file, out).map_err(IoError::at("reading", &path))?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ObserveError::io("reading", &path)(e)),
+            Err(e) => return Err(IoError::at("reading", &path)(e).into()),
         }
     }
-    out.flush().map_err(ObserveError::io("writing", "stdout"))
+    out.flush().map_err(IoError::at("writing", "stdout"))?;
+    Ok(())
 }
 
 /// `tail -f` on the events file: prints what it holds, then every line appended to it, across
@@ -400,11 +401,11 @@ pub fn follow_events(
             io::ErrorKind::NotFound => ObserveError::NoEvents {
                 state_dir: state_dir.to_path_buf(),
             },
-            _ => ObserveError::io("opening", path)(e),
+            _ => IoError::at("opening", path)(e).into(),
         })?;
         let inode = file
             .metadata()
-            .map_err(ObserveError::io("inspecting", path))?
+            .map_err(IoError::at("inspecting", path))?
             .ino();
         Ok((BufReader::new(file), inode))
     };
@@ -428,11 +429,11 @@ pub fn follow_events(
             Ok(meta) => {
                 let position = reader
                     .stream_position()
-                    .map_err(ObserveError::io("reading", &path))?;
+                    .map_err(IoError::at("reading", &path))?;
                 if meta.len() < position {
                     reader
                         .seek(SeekFrom::Start(0))
-                        .map_err(ObserveError::io("reading", &path))?;
+                        .map_err(IoError::at("reading", &path))?;
                     partial.clear();
                 }
             }
@@ -453,13 +454,13 @@ fn drain_lines(
     loop {
         let read = reader
             .read_line(partial)
-            .map_err(ObserveError::io("reading", path))?;
+            .map_err(IoError::at("reading", path))?;
         if read == 0 || !partial.ends_with('\n') {
             return Ok(());
         }
         out.write_all(partial.as_bytes())
             .and_then(|()| out.flush())
-            .map_err(ObserveError::io("writing", "stdout"))?;
+            .map_err(IoError::at("writing", "stdout"))?;
         partial.clear();
     }
 }

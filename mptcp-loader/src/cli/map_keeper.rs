@@ -1,4 +1,4 @@
-//! The map work of `run`'s event loop ([`MapKeeper`]): installs the connections that key
+//! The map work of `run`'s event loop (`MapKeeper`): installs the connections that key
 //! events announce, records drop events, sweeps idle and closed connections, counts LRU
 //! evictions, and publishes the install latency and the loader's own counters for `stats`.
 

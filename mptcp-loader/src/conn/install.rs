@@ -2,7 +2,7 @@
 //! re-asserting the connection's two [`MAP_TOKENS`] entries.
 //!
 //! Map access goes through [`FirewallMaps`], so the logic is unit-tested against
-//! [`crate::kernel::store::MemoryMaps`] and runs against the kernel maps through
+//! `MemoryMaps` (tests only) and runs against the kernel maps through
 //! [`crate::kernel::store::KernelMaps`].
 //!
 //! [`MAP_CONNS`]: mptcp_common::maps::MAP_CONNS

@@ -4,7 +4,7 @@
 //! through pinned links and its state in pinned maps. The next run takes an [`Inventory`] of the
 //! directory (which links still hold an interface of this namespace, the layout record, the
 //! kernel's view of every pinned map), checks the layout
-//! ([`crate::kernel::layout::check_pinned_layout`]) and then decides per interface ([`plan_steps`]):
+//! ([`crate::kernel::layout::ObjectLayout::check_pinned`]) and then decides per interface ([`plan_steps`]):
 //! adopt the pinned links (and swap its programs in atomically), or attach anew. Links whose
 //! interface is gone are defunct: their pins are removed. When nothing attached is left, the
 //! directory is cleared and the run starts from scratch.

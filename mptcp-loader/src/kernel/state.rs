@@ -2,7 +2,7 @@
 //! attachment and `status` / `detach` can work without a loader process.
 //!
 //! bpffs holds only pins, so the records are small maps the loader creates and pins:
-//! - [`PIN_LAYOUT`]: one `u64`, the [`crate::kernel::layout::layout_hash`] of the build that created the
+//! - [`PIN_LAYOUT`]: one `u64`, the [`crate::kernel::layout::ObjectLayout::hash`] of the build that created the
 //!   pins (its format never changes, so any version can read it);
 //! - [`PIN_RUN_STATE`]: one [`RunState`] (since when the firewall is attached, which run holds it);
 //! - [`PIN_IFACES`]: ifindex -> [`IfaceRecord`] for every interface it is attached to.

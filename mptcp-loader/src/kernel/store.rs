@@ -1,5 +1,5 @@
 //! Access to the fast path's connection, subflow and token maps behind one trait, so the
-//! installation and idle-sweep logic is unit-tested against [`MemoryMaps`] and runs against the
+//! installation and idle-sweep logic is unit-tested against `MemoryMaps` (tests only) and runs against the
 //! kernel maps through [`KernelMaps`].
 
 #[cfg(test)]

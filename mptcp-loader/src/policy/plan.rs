@@ -28,7 +28,7 @@ pub struct PolicyState {
 }
 
 /// What `policy` looks like in the maps. Interface names are resolved with `ifindex_of`
-/// (normally [`interface_index`]) at each application: an interface re-created since the start
+/// (normally [`crate::kernel::preflight::interface_index`]) at each application: an interface re-created since the start
 /// gets its new index.
 ///
 /// # Errors

@@ -503,7 +503,7 @@ fn walk_step<P: PacketView + ?Sized>(
             }
             MptcpKind::AddAddrEcho => out.echoes = out.echoes.saturating_add(1),
             MptcpKind::JoinSyn | MptcpKind::JoinSynAck | MptcpKind::JoinAck => {
-                out.join = Some(here)
+                out.join = Some(here);
             }
             MptcpKind::Fastclose => out.fastclose = Some(here),
             MptcpKind::Other => {}

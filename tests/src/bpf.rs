@@ -145,8 +145,10 @@ impl BpfValidator {
         let Ok(prog) = <&P>::try_from(self.ebpf.program(name).unwrap()) else {
             panic!("{name} is not of the expected program type");
         };
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
         prog.test_run(opts)
             .unwrap_or_else(|e| panic!("test_run of {name} on {}: {e:?}", hex(frame)))
             .return_value
@@ -292,7 +294,7 @@ pub fn pin_to_cpu(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
             0,
             "sched_setaffinity"
         );

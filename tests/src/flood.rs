@@ -33,6 +33,12 @@
 //! resets the join, and answers every later one from the listener with a RST; the validator
 //! checks at most a pending join's budget of them and drops the rest without computing.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "packet counts from rate x seconds, rounded and non-negative"
+)]
+
 pub mod cpu;
 pub use mptcp_lab::endpoints;
 pub mod xdp;
@@ -1062,7 +1068,7 @@ impl FloodLab {
         )?;
         cpu::set_fifo(client.pid(), ENDPOINT_PRIORITY)
             .map_err(io_err("SCHED_FIFO for the transfer client".into()))?;
-        let line = server.wait_for_prefix("RECEIVED", duration + Duration::from_secs(60))?;
+        let line = server.wait_for_prefix("RECEIVED", duration + Duration::from_mins(1))?;
         client.wait_exit(Duration::from_secs(30))?;
         if let Some(t) = trafgen.as_mut() {
             t.wait_exit(duration + Duration::from_secs(30))?;
@@ -1144,7 +1150,7 @@ fn join_settings() -> Settings {
 fn profile_err(e: profiles::ProfileError) -> LabError {
     LabError::Io {
         what: format!("writing the join's profiles: {e}"),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(e),
     }
 }
 

@@ -48,14 +48,16 @@ enum JoinKind {
     Ack,
 }
 
+/// A join waiting for its next segment: (initiator key, responder key, R-A, R-B).
+type PendingJoin = ([u8; 8], [u8; 8], [u8; 4], Option<[u8; 4]>);
+
 fn model(frames: &[Vec<u8>]) -> Expected {
     let mut connections = HashMap::new();
     let mut add_addr_frames = Vec::new();
     let mut echo_frames = 0;
     let mut joins = Vec::new();
-    // Pending joins by initiator -> responder subflow: (initiator key, responder key, R-A, R-B).
-    let mut pending: HashMap<FlowKey, ([u8; 8], [u8; 8], [u8; 4], Option<[u8; 4]>)> =
-        HashMap::new();
+    // Pending joins by initiator -> responder subflow.
+    let mut pending: HashMap<FlowKey, PendingJoin> = HashMap::new();
     for (i, f) in frames.iter().enumerate() {
         let Ok(seg) = parse_tcp(f.as_slice()) else {
             continue;
@@ -374,8 +376,8 @@ fn loader_installed_midstates_give_the_same_verdicts() {
     // Learn the keys, let the loader's code install midstates, then replay the ADD_ADDRs.
     let mut v = Validator::load(MODE_ENFORCE);
     for f in &frames {
-        if parse_tcp(f.as_slice()).map(|s| walk_options(f.as_slice(), &s).capable_keys.is_some())
-            == Ok(true)
+        if parse_tcp(f.as_slice())
+            .is_ok_and(|s| walk_options(f.as_slice(), &s).capable_keys.is_some())
         {
             v.run(f);
         }

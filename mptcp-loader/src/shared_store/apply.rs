@@ -9,7 +9,7 @@ use super::record::SharedConn;
 use crate::{
     conn::install::{install_event, InstallOutcome},
     conn::keys::token_and_idsn,
-    errors::LoaderError,
+    kernel::error::KernelError,
     kernel::store::FirewallMaps,
 };
 
@@ -38,7 +38,7 @@ pub fn apply_learned(
     conn: &SharedConn,
     now_s: u32,
     now_ns: u64,
-) -> Result<Applied, LoaderError> {
+) -> Result<Applied, KernelError> {
     let id = ConnState::id_of(&conn.key_a);
     let created = maps.insert_new_conn(
         id,

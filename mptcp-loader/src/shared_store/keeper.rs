@@ -15,12 +15,12 @@ use super::{
 use crate::{
     clock::{monotonic_now_ns, monotonic_now_s, unix_now_ns, ClockOffset},
     conn::keys::hex,
-    errors::LoaderError,
     kernel::pins::{open_or_create_pinned_array, PinDir},
     kernel::store::{FirewallMaps, KernelMaps},
     observe::latency::LatencyStats,
     observe::loader_counters::{LoaderCounter, LoaderCounters},
     observe::store_state::{StoreState, PIN_STORE_STATE},
+    shared_store::error::StoreError,
 };
 
 /// The store, its counters' owner's view of it, and its pinned state.
@@ -37,12 +37,8 @@ impl StoreKeeper {
     /// Starts the connection and creates the pinned state.
     ///
     /// # Errors
-    /// A bad option ([`LoaderError::Store`]) or the pin.
-    pub fn start(
-        options: &StoreOptions,
-        ttl_s: u64,
-        pin_dir: &PinDir,
-    ) -> Result<Self, LoaderError> {
+    /// A bad option ([`StoreError::Option`]) or the pin.
+    pub fn start(options: &StoreOptions, ttl_s: u64, pin_dir: &PinDir) -> Result<Self, StoreError> {
         let store = SharedStore::start(options, ttl_s)?;
         let (pin, _) = open_or_create_pinned_array(pin_dir, PIN_STORE_STATE, 1)?;
         let mut keeper = Self {

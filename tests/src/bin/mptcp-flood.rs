@@ -11,6 +11,12 @@
 //! throughput with and without the flood. Writes `<out>/flood.md` and `<out>/flood.svg`.
 //! See `mptcp_tests::flood` for the lab and the README's "Flood resistance" section.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "statistics are rounded to non-negative counts, which `as` saturates"
+)]
+
 use std::{
     collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode,
     time::Duration,
@@ -119,14 +125,7 @@ fn main() -> ExitCode {
         Some(helper) => run_helper(helper),
         None => run_bench(cli.run),
     };
-    teardown::wait_for_signal_teardown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mptcp-flood: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    teardown::exit_code("mptcp-flood", result)
 }
 
 fn run_helper(helper: Helper) -> Result<()> {
@@ -420,7 +419,7 @@ fn spread(mut v: Vec<f64>) -> Option<Spread> {
     let median = if n % 2 == 1 {
         v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
     };
     Some(Spread {
         median,
@@ -1052,6 +1051,12 @@ fn write_report(run: &Run) -> Result<()> {
 /// Two panels: receiver ns per forged packet (bars per configuration, for each attack and
 /// rate), and the genuine transfer's goodput.
 fn chart(run: &Run) -> String {
+    // The throughput panel's bars, in the order drawn.
+    const TPUT: [(Receiver, &str); 3] = [
+        (Receiver::Kernel, "#999999"),
+        (Receiver::XdpPass, "#e8890c"),
+        (Receiver::Validator, "#2a6fdb"),
+    ];
     const COLOURS: [(Receiver, &str); 4] = [
         (Receiver::Kernel, "#999999"),
         (Receiver::Validator, "#2a6fdb"),
@@ -1088,11 +1093,6 @@ fn chart(run: &Run) -> String {
                 .map(|&at| (Some(at), format!("during {}", at.label()))),
         )
         .collect();
-    const TPUT: [(Receiver, &str); 3] = [
-        (Receiver::Kernel, "#999999"),
-        (Receiver::XdpPass, "#e8890c"),
-        (Receiver::Validator, "#2a6fdb"),
-    ];
     let height = panel1 + 40.0 + (3.0 * bar + 14.0) * tput_rows.len() as f64 + 10.0;
     let mut svg = Svg::new(left + width + 110.0, height);
     svg.heading(

@@ -14,6 +14,10 @@ pub(crate) trait PacketCtx {
     fn ifindex(&self) -> u32;
     /// Whether the frame is the host's own: sent by its stack, not received or forwarded.
     /// Only such segments are evidence an attacker cannot forge blind.
+    #[allow(
+        clippy::wrong_self_convention,
+        reason = "a question about the frame, not a conversion"
+    )]
     fn from_host(&self) -> bool;
 }
 

@@ -84,21 +84,18 @@ fn run_job(job: &mut HmacJob, mode: u32) {
     }
     finish_into(&job.mid, &mut job.block, &mut job.digest);
     let digest = &job.digest;
-    let outcome = match job.kind {
-        JOB_JOIN_SYNACK => {
-            let ok = join_synack_truncated(digest) == job.expected[..8];
-            if ok {
-                join_validated(job, JOIN_SYNACK_VALID);
-            }
-            join_synack_reason(ok, mode)
+    let outcome = if job.kind == JOB_JOIN_SYNACK {
+        let ok = join_synack_truncated(digest) == job.expected[..8];
+        if ok {
+            join_validated(job, JOIN_SYNACK_VALID);
         }
-        _ => {
-            let ok = leftmost_160_equal(digest, &job.expected);
-            if ok {
-                join_validated(job, JOIN_ACK_VALID);
-            }
-            join_ack_reason(ok, mode)
+        join_synack_reason(ok, mode)
+    } else {
+        let ok = leftmost_160_equal(digest, &job.expected);
+        if ok {
+            join_validated(job, JOIN_ACK_VALID);
         }
+        join_ack_reason(ok, mode)
     };
     job.outcome = outcome as u32;
 }

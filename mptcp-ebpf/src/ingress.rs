@@ -167,24 +167,17 @@ pub(crate) fn join_syn_conforms(seg: &TcpSegment) -> bool {
     let interval = NS_PER_S / u64::from(config.join_syn_rate);
     // GCRA keeps its long-run rate on the tick's time; only the instant of a refill is coarser.
     let now = now_coarse_ns();
-    match MPTCP_JOINRATE.get_ptr_mut(&key) {
-        Some(tat) => {
-            // SAFETY: map value pointer; a racing CPU only makes the limit slightly looser.
-            let (ok, next) = gcra(
-                unsafe { *tat },
-                now,
-                interval,
-                u64::from(config.join_syn_burst),
-            );
-            if ok {
-                unsafe { *tat = next };
-            }
-            ok
+    let Some(tat) = MPTCP_JOINRATE.get_ptr_mut(&key) else {
+        let _ = MPTCP_JOINRATE.insert(&key, &(now + interval), BPF_ANY);
+        return true;
+    };
+    // SAFETY: map value pointer; a racing CPU only makes the limit slightly looser.
+    unsafe {
+        let (ok, next) = gcra(*tat, now, interval, u64::from(config.join_syn_burst));
+        if ok {
+            *tat = next;
         }
-        None => {
-            let _ = MPTCP_JOINRATE.insert(&key, &(now + interval), BPF_ANY);
-            true
-        }
+        ok
     }
 }
 

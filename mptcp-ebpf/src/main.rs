@@ -24,7 +24,27 @@
 #![no_main]
 // Atomic add on map memory: the BPF target's core has no AtomicU64::fetch_add.
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics, for the atomic add above"
+)]
+// Map keys go to aya's lookups by reference: a key moved into the generic call is first
+// copied on the 512-byte BPF stack.
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys by reference keep them off the BPF stack"
+)]
+// Truncating casts here are deliberate: seconds since boot in u32 (they wrap, compared with
+// wrapping_sub), lengths bounded by DROP_SNAP_LEN or the frame, and counter codes.
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "each truncation is bounded or wraps by design"
+)]
+// aya's program macros hand each entry point its context by value.
+#![allow(
+    clippy::needless_pass_by_value,
+    reason = "entry point signatures are aya's"
+)]
 
 mod baselines;
 mod conn;
@@ -92,9 +112,8 @@ fn xdp_ingress<const FRAGS: bool>(ctx: &XdpContext) -> u32 {
 /// filters still run; `TC_ACT_OK` (`TCX_PASS`) would end the chain here.
 #[classifier]
 pub fn mptcp_tc_egress(ctx: TcContext) -> i32 {
-    match process::<TcContext, true>(&ctx) {
-        Counter::KeysLearned => count(Counter::EgressKeysLearned),
-        _ => {}
+    if process::<TcContext, true>(&ctx) == Counter::KeysLearned {
+        count(Counter::EgressKeysLearned);
     }
     count(Counter::Egress);
     TC_ACT_UNSPEC

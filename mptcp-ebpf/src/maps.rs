@@ -108,7 +108,7 @@ pub(crate) fn now_coarse_ns() -> u64 {
     // SAFETY: a read of a read-only global (a constant to the verifier), then helpers without
     // preconditions. Both clocks are CLOCK_MONOTONIC, so times from either compare.
     unsafe {
-        if core::ptr::read_volatile(&COARSE_CLOCK) != 0 {
+        if core::ptr::read_volatile(&raw const COARSE_CLOCK) != 0 {
             bpf_ktime_get_coarse_ns()
         } else {
             bpf_ktime_get_ns()

@@ -50,6 +50,7 @@ struct Cli {
 }
 
 #[derive(clap::Args)]
+#[allow(clippy::struct_excessive_bools, reason = "command-line switches")]
 struct RunArgs {
     /// Output folder for flood.md and flood.svg.
     #[arg(long, default_value = "results")]

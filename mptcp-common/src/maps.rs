@@ -61,12 +61,8 @@ pub const MAP_COUNTERS: &str = "MPTCP_COUNTERS";
 pub const MAP_KEY_EVENTS: &str = "MPTCP_KEYEVENTS";
 /// One-entry array holding the [`Config`] written by the loader.
 pub const MAP_CONFIG: &str = "MPTCP_CONFIG";
-/// Per-CPU scratch space used to build a [`ConnState`] off the 512-byte BPF stack.
-pub const MAP_SCRATCH: &str = "MPTCP_SCRATCH";
-/// Per-CPU option-walk state of the XDP program ([`crate::packet::WalkState`]).
-pub const MAP_WALK: &str = "MPTCP_WALK";
-/// Per-CPU HMAC work of the XDP program for the current frame ([`HmacJobs`]).
-pub const MAP_HMAC_JOBS: &str = "MPTCP_HMAC_JOBS";
+/// Per-CPU working state of the frame being examined ([`FrameScratch`]).
+pub const MAP_FRAME: &str = "MPTCP_FRAME";
 /// Capacity of the connection map (LRU: the least recently used connection goes first when full).
 pub const MAX_CONNS: u32 = 65_536;
 /// Capacity of the subflow map (LRU).
@@ -113,8 +109,9 @@ pub const FAMILY_V4: u8 = 4;
 /// `FlowKey::family` for IPv6.
 pub const FAMILY_V6: u8 = 6;
 
-/// One direction of a TCP subflow, addresses and ports as on the wire.
-#[repr(C)]
+/// One direction of a TCP subflow, addresses and ports as on the wire. Aligned to 8 so that
+/// the fast path copies and compares it in words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     /// Source address (IPv4 in bytes 0..4).
@@ -477,7 +474,7 @@ pub const JOB_JOIN_ACK: u8 = 3;
 /// Key of [`MAP_ADD_ADDR_TAGS`]: everything an ADD_ADDR's tag depends on. There is no nonce:
 /// the tag of (keys, address ID, address, port) never changes, so a cached tag is right for as
 /// long as the same keys are in the key.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct AddAddrTagKey {
     /// The announcer's key (the HMAC key is sender's key || receiver's key).
@@ -566,33 +563,55 @@ pub struct TokenJob {
     pub digest: crate::sha256::State,
 }
 
-/// Slots of [`HmacJobs::jobs`]: ADD_ADDRs use `0..MAX_ADD_ADDRS`, an MP_JOIN the last one.
+/// Slots of [`FrameChecks::jobs`]: ADD_ADDRs use `0..MAX_ADD_ADDRS`, an MP_JOIN the last one.
 pub const JOIN_JOB_SLOT: usize = crate::packet::MAX_ADD_ADDRS;
 
-/// Value of [`MAP_HMAC_JOBS`]: the crypto work of one frame and the frame's reason so far,
-/// kept here so that it is not a verifier-tracked register.
+/// Value of [`MAP_FRAME`]: what each stage of the fast path leaves for the next, for the frame
+/// being examined on this CPU. The stages are separate BPF functions that hand over through
+/// this map memory, not through registers or the stack: the verifier then checks each stage
+/// once for all the paths through the one before (see [`crate::packet::WalkState`]), and the
+/// buffers stay off the 512-byte BPF stack.
+///
+/// Order of the stages: the everyday shapes or the parser write `reason` (a decided frame ends
+/// there); the parser fills `walk`; `decide` (ingress checks or egress learning) writes
+/// `checks` and `reason`; the crypto stage runs `checks.jobs` and `checks.tokens` and writes
+/// the final `reason`; a drop event reports `checks.note`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct HmacJobs {
-    /// The prepared HMAC checks.
+pub struct FrameScratch {
+    /// [`crate::counters::Counter`] code of the frame: its reason so far, and its final reason
+    /// once the checks ran (tests read it after each BPF_PROG_TEST_RUN; it stays first).
+    pub reason: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// The parser's output: the segment's headers and the MPTCP options found.
+    pub walk: crate::packet::WalkState,
+    /// What `decide` prepares and the crypto stage and the drop event consume.
+    pub checks: FrameChecks,
+}
+const _: () = assert!(core::mem::offset_of!(FrameScratch, reason) == 0);
+
+/// The part of [`FrameScratch`] that `decide` writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrameChecks {
+    /// Interface the frame arrived on (its mode may differ from the global one).
+    pub ifindex: u32,
+    /// `MODE_*` on that interface, looked up once per frame before the options are judged.
+    pub mode: u32,
+    /// The HMAC checks to run.
     pub jobs: [HmacJob; JOIN_JOB_SLOT + 1],
     /// Token derivation for a connection learned or ended by this frame.
     pub tokens: TokenJob,
     /// What a drop event of this frame reports.
     pub note: EventNote,
-    /// [`crate::counters::Counter`] code of the frame: before the checks run, then its final
-    /// reason (which tests read after each BPF_PROG_TEST_RUN).
-    pub reason: u32,
-    /// Interface the frame arrived on (its mode may differ from the global one).
-    pub ifindex: u32,
+    /// A connection being learned, built here before it is inserted into [`MAP_CONNS`].
+    pub new_conn: ConnState,
     /// A join validated or a connection ended by this frame, for the loader (sent once the
     /// frame is judged); `kind` [`KEY_EVENT_LEARNED`] here means nothing to send (a learn is
     /// sent where it happens).
     pub announce: KeyEvent,
 }
-// 3 jobs + token job (8+8+8+8+64+32) + note (24) + reason + ifindex + announce: no implicit
-// padding.
-const _: () = assert!(core::mem::size_of::<HmacJobs>() == 3 * 360 + 128 + 24 + 8 + 72);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -606,7 +625,5 @@ mod pod {
     unsafe impl aya::Pod for super::JoinState {}
     unsafe impl aya::Pod for super::AddAddrTagKey {}
     unsafe impl aya::Pod for super::JoinRateKey {}
-    // Read by tests (each frame's final reason); no implicit padding (size asserted).
-    unsafe impl aya::Pod for super::HmacJobs {}
     unsafe impl aya::Pod for super::DropEvent {}
 }

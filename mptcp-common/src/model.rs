@@ -83,6 +83,9 @@ enum TokenOp {
     Remove(u64, [u8; 8], [u8; 8]),
 }
 
+/// An HMAC check decided after the frame's tokens are handled.
+type DeferredCheck = Box<dyn FnOnce(&mut Model) -> Counter>;
+
 /// The reference validator's state and configuration.
 #[derive(Default)]
 pub struct Model {
@@ -230,7 +233,7 @@ impl Model {
                 }
             };
         }
-        let mut deferred: Vec<Box<dyn FnOnce(&mut Model) -> Counter>> = Vec::new();
+        let mut deferred: Vec<DeferredCheck> = Vec::new();
         if let Some(opt) = opts.join {
             match read_join(frame, opt) {
                 None => reason = reason.max(Counter::Truncated),
@@ -454,14 +457,13 @@ impl Model {
     }
 
     /// Ok(reason) when decided now; Err(check) for an HMAC check that runs after the tokens.
-    #[allow(clippy::type_complexity)]
     fn join(
         &mut self,
         seg: &TcpSegment,
         join: Join,
         ifindex: u32,
         egress: bool,
-    ) -> Result<Counter, Box<dyn FnOnce(&mut Model) -> Counter>> {
+    ) -> Result<Counter, DeferredCheck> {
         match join {
             Join::Syn { token, nonce, .. } => {
                 assert_eq!(self.config.join_syn_rate, 0, "the model has no clock");

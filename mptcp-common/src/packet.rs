@@ -503,7 +503,7 @@ fn walk_step<P: PacketView + ?Sized>(
             }
             MptcpKind::AddAddrEcho => out.echoes = out.echoes.saturating_add(1),
             MptcpKind::JoinSyn | MptcpKind::JoinSynAck | MptcpKind::JoinAck => {
-                out.join = Some(here)
+                out.join = Some(here);
             }
             MptcpKind::Fastclose => out.fastclose = Some(here),
             MptcpKind::Other => {}
@@ -555,8 +555,10 @@ pub fn walk_options_in<P: PacketView + ?Sized>(p: &P, state: &mut WalkState) {
     }
 }
 
-/// The fields of an E=0 ADD_ADDR needed for its HMAC check.
+/// The fields of an E=0 ADD_ADDR needed for its HMAC check. (Aligned to 8: the fast path then
+/// fills and copies it in words, not bytes.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(align(8))]
 pub struct AddAddr {
     /// Address ID.
     pub id: u8,

@@ -66,7 +66,7 @@ fn ipv6_extension_headers() {
     assert!(o.add_addrs[0].is_some());
     f.v6_ext = std::vec![(IPV6_FRAGMENT, std::vec![0; 6])];
     assert_eq!(parse(&f.bytes()).unwrap_err(), Counter::Fragment);
-    f.v6_ext = (0..MAX_IPV6_EXT_HEADERS + 1)
+    f.v6_ext = (0..=MAX_IPV6_EXT_HEADERS)
         .map(|_| (IPV6_DSTOPTS, std::vec![0; 6]))
         .collect();
     assert_eq!(parse(&f.bytes()).unwrap_err(), Counter::HeaderChainTooLong);
@@ -172,9 +172,12 @@ fn capable_rules() {
     );
 }
 
+/// A connection's (Key-A, Key-B).
+type Keys = ([u8; 8], [u8; 8]);
+
 /// Replays a capture: learns keys from MP_CAPABLE, checks every ADD_ADDR. Returns (valid, invalid, unknown).
-fn replay(path: &str, flip: bool) -> (usize, usize, usize, HashMap<FlowKey, ([u8; 8], [u8; 8])>) {
-    let mut conns: HashMap<FlowKey, ([u8; 8], [u8; 8])> = HashMap::new();
+fn replay(path: &str, flip: bool) -> (usize, usize, usize, HashMap<FlowKey, Keys>) {
+    let mut conns: HashMap<FlowKey, Keys> = HashMap::new();
     let (mut valid, mut invalid, mut unknown) = (0, 0, 0);
     for mut f in crate::testing::pcap_frames(path) {
         let Ok((seg, o)) = parse(&f) else { continue };
@@ -197,9 +200,9 @@ fn replay(path: &str, flip: bool) -> (usize, usize, usize, HashMap<FlowKey, ([u8
                 continue;
             };
             if add_addr_hmac_ok(&mid, &a) {
-                valid += 1
+                valid += 1;
             } else {
-                invalid += 1
+                invalid += 1;
             }
         }
     }

@@ -112,7 +112,12 @@ macro_rules! schedule {
             .wrapping_add(u64::from($w[($i + 9) & 15]))
             .wrapping_add(s1);
         // Storing the low 32 bits is the reduction modulo 2^32.
-        $w[$i & 15] = sum as u32;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the truncation is the reduction"
+        )]
+        let low = sum as u32;
+        $w[$i & 15] = low;
     }};
 }
 

@@ -26,7 +26,7 @@ use std::{
 
 use crate::{
     error::{LabError, Result},
-    netns::Netns,
+    netns::{veth_with_macs, Netns},
     teardown,
 };
 
@@ -82,7 +82,7 @@ pub const PATHS: [LabPath; 2] = [PATH1, PATH2];
 pub const SERVER_IFACES: [&str; 2] = [PATH1.server_iface, PATH2.server_iface];
 
 /// Routing table the client uses for traffic sourced from its path-2 address.
-const CLIENT_PATH2_TABLE: &str = "102";
+pub const CLIENT_PATH2_TABLE: &str = "102";
 
 /// Set `MPTCP_TESTS_KEEP=1` to keep the lab's work directory (pcaps) after the run.
 pub const KEEP_ENV: &str = "MPTCP_TESTS_KEEP";
@@ -147,16 +147,8 @@ impl Lab {
             "signal",
             "subflow",
         ])?;
-        self.client.ip(&[
-            "rule",
-            "add",
-            "from",
-            &p2.client_addr.to_string(),
-            "table",
-            CLIENT_PATH2_TABLE,
-            "pref",
-            "100",
-        ])?;
+        self.client
+            .route_from(&p2.client_addr.to_string(), CLIENT_PATH2_TABLE)?;
         self.client.ip(&[
             "route",
             "add",
@@ -182,24 +174,10 @@ impl Lab {
 
     fn add_path(&self, p: &LabPath) -> Result<()> {
         // Create both ends directly in their namespaces: nothing appears in the caller's.
-        crate::proc::run_checked(std::process::Command::new("ip").args([
-            "link",
-            "add",
-            p.client_iface,
-            "address",
-            p.client_mac,
-            "netns",
-            self.client.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            p.server_iface,
-            "address",
-            p.server_mac,
-            "netns",
-            self.server.name(),
-        ]))?;
+        veth_with_macs(
+            (&self.client, p.client_iface, p.client_mac),
+            (&self.server, p.server_iface, p.server_mac),
+        )?;
         let ends = [
             (
                 &self.client,
@@ -226,17 +204,7 @@ impl Lab {
             ns.ip(&["addr", "add", &format!("{addr6}/64"), "dev", iface, "nodad"])?;
             ns.ip(&["link", "set", iface, "up"])?;
             for neighbour in [peer.to_string(), peer6.to_string()] {
-                ns.ip(&[
-                    "neigh",
-                    "replace",
-                    &neighbour,
-                    "lladdr",
-                    peer_mac,
-                    "dev",
-                    iface,
-                    "nud",
-                    "permanent",
-                ])?;
+                ns.static_neighbour(&neighbour, peer_mac, iface)?;
             }
         }
         Ok(())
@@ -254,28 +222,9 @@ impl Lab {
         let addr = addr.to_string();
         self.client
             .ip(&["addr", "add", &format!("{addr}/24"), "dev", p.client_iface])?;
-        self.client.ip(&[
-            "rule",
-            "add",
-            "from",
-            &addr,
-            "table",
-            CLIENT_PATH2_TABLE,
-            "pref",
-            "100",
-        ])?;
-        self.server.ip(&[
-            "neigh",
-            "replace",
-            &addr,
-            "lladdr",
-            p.client_mac,
-            "dev",
-            p.server_iface,
-            "nud",
-            "permanent",
-        ])?;
-        Ok(())
+        self.client.route_from(&addr, CLIENT_PATH2_TABLE)?;
+        self.server
+            .static_neighbour(&addr, p.client_mac, p.server_iface)
     }
 
     /// Where pcaps and other files of this lab go (removed on drop unless `MPTCP_TESTS_KEEP=1`).
@@ -285,15 +234,21 @@ impl Lab {
     }
 }
 
+/// Removes a lab's work directory, unless [`KEEP_ENV`] asks to keep it (then says where it is).
+/// For `Drop`: a failure is printed, not returned.
+pub fn remove_work_dir(dir: &Path) {
+    if std::env::var_os(KEEP_ENV).is_some_and(|v| v != "0") {
+        eprintln!("lab: keeping {}", dir.display());
+    } else if let Err(err) = std::fs::remove_dir_all(dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("lab teardown: removing {}: {err}", dir.display());
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        if std::env::var_os(KEEP_ENV).is_some_and(|v| v != "0") {
-            eprintln!("lab: keeping {}", self.work_dir.display());
-        } else if let Err(err) = std::fs::remove_dir_all(&self.work_dir) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("lab teardown: removing {}: {err}", self.work_dir.display());
-            }
-        }
+        remove_work_dir(&self.work_dir);
         // The namespaces are dropped (and deleted) right after this, as fields.
     }
 }

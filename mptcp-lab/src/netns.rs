@@ -150,6 +150,37 @@ impl Netns {
         .map(drop)
     }
 
+    /// `ip neigh replace ADDR lladdr MAC dev IFACE nud permanent`: a static neighbour, so the
+    /// link needs no ARP or neighbour discovery (and answers to an address no one owns reach
+    /// `mac`).
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn static_neighbour(&self, addr: &str, mac: &str, iface: &str) -> Result<()> {
+        self.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            iface,
+            "nud",
+            "permanent",
+        ])
+        .map(drop)
+    }
+
+    /// `ip rule add from ADDR table TABLE pref 100`: what leaves from `addr` is routed by
+    /// `table` (a second path's own default route).
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn route_from(&self, addr: &str, table: &str) -> Result<()> {
+        self.ip(&["rule", "add", "from", addr, "table", table, "pref", "100"])
+            .map(drop)
+    }
+
     /// Reads the namespace's SNMP/MIB counters (`/proc/net/netstat` and `/proc/net/snmp` as
     /// seen from inside; the same numbers as `nstat -az`).
     ///
@@ -214,6 +245,23 @@ pub fn veth(
         ns.ip(&["link", "set", iface, "up"])?;
     }
     Ok(())
+}
+
+/// A veth pair `a_if` (in `a`, MAC `a_mac`) <-> `b_if` (in `b`, MAC `b_mac`), down and without
+/// addresses: for labs whose static neighbours need known MACs. Both ends are created directly
+/// in their namespaces.
+///
+/// # Errors
+/// When `ip link add` fails.
+pub fn veth_with_macs(
+    (a, a_if, a_mac): (&Netns, &str, &str),
+    (b, b_if, b_mac): (&Netns, &str, &str),
+) -> Result<()> {
+    run_checked(Command::new("ip").args([
+        "link", "add", a_if, "address", a_mac, "netns", &a.name, "type", "veth", "peer", "name",
+        b_if, "address", b_mac, "netns", &b.name,
+    ]))
+    .map(drop)
 }
 
 /// Finds `prog/xdp id N` (or `xdp ... prog/xdp id N`) in `ip -d link show` output.

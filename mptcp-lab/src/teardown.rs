@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeSet,
     path::Path,
-    process::{Command, Stdio},
+    process::{Command, ExitCode, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Mutex, MutexGuard, PoisonError,
@@ -192,6 +192,19 @@ pub fn wait_for_signal_teardown() {
     if signal_teardown_started() {
         loop {
             thread::park();
+        }
+    }
+}
+
+/// The end of a lab tool's `main`: waits for a signal's teardown
+/// ([`wait_for_signal_teardown`]), then prints a failure as `TOOL: ERROR`.
+pub fn exit_code<E: std::fmt::Display>(tool: &str, result: Result<(), E>) -> ExitCode {
+    wait_for_signal_teardown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{tool}: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

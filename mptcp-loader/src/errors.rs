@@ -1,557 +1,60 @@
-//! The loader's error type. Every variant's message is one line that names the problem and, where
-//! the user can do something about it, what to do. `main` prints it after `error: `.
+//! What every layer's errors are made of. Each area has its own error type, next to its code
+//! (the kernel layer's, the policy file's, the observer's, the shared store's); the commands on
+//! top wrap them all in one, which `main` prints after `error: `. Every message is one line that
+//! names the problem and, where the user can do something about it, what to do.
+//!
+//! Here: the failures that happen in every layer alike, a file-system call and an OS call.
 
 use std::{io, path::PathBuf};
 
-use aya::{
-    maps::MapError,
-    pin::PinError,
-    programs::{links::LinkError, ProgramError, TcError},
-    EbpfError,
-};
 use thiserror::Error;
 
-/// Everything that can go wrong in `run` and `stats`.
+/// A file-system or system call on a path failed.
 #[derive(Debug, Error)]
-pub enum LoaderError {
-    /// Loading XDP programs and pinning maps needs root (CAP_BPF + CAP_NET_ADMIN).
-    #[error(
-        "mptcp-loader must run as root (effective uid is {euid}): try `sudo mptcp-loader ...`"
-    )]
-    NotRoot {
-        /// The effective uid we run with.
-        euid: u32,
-    },
-
-    /// `--iface` names an interface that does not exist in this network namespace.
-    #[error("network interface `{iface}` does not exist in this network namespace: check `ip link show`")]
-    UnknownInterface {
-        /// The name given on the command line.
-        iface: String,
-    },
-
-    /// `run` was given no interface.
-    #[error("no interface given: pass at least one `--iface IF`")]
-    NoInterface,
-
-    /// The pin directory is not on a BPF filesystem.
-    #[error(
-        "no BPF filesystem is mounted at {path}: run `mount -t bpf bpf /sys/fs/bpf` \
-         (inside `ip netns exec`, /sys is a fresh sysfs: mount it there, or enter the namespace \
-         with `nsenter --net=/run/netns/NAME` instead)"
-    )]
-    BpffsNotMounted {
-        /// The directory that should be on bpffs.
-        path: PathBuf,
-    },
-
-    /// The embedded eBPF object is the empty stub written when bpf-linker was missing.
-    #[error(
-        "the eBPF object was not built: run `cargo xtask setup` (installs bpf-linker and the \
-         nightly rust-src), then rebuild without AYA_BUILD_SKIP"
-    )]
-    ObjectNotBuilt,
-
-    /// aya could not parse the object or create its maps.
-    #[error("could not load the eBPF object: {source}")]
-    Object {
-        /// aya's error.
-        #[source]
-        source: EbpfError,
-    },
-
-    /// The object has no program or map of the expected name (object and loader out of sync).
-    #[error(
-        "the eBPF object has no {kind} named `{name}`: rebuild mptcp-loader so both sides agree"
-    )]
-    MissingInObject {
-        /// "program" or "map".
-        kind: &'static str,
-        /// The name looked up (a constant of `mptcp_common::maps`).
-        name: &'static str,
-    },
-
-    /// The kernel verifier refused the program. The log is kept for `RUST_LOG=debug`.
-    #[error(
-        "the kernel rejected the eBPF program `{program}` ({io_error}): rerun with RUST_LOG=debug \
-         to see the tail of the verifier log"
-    )]
-    VerifierRejected {
-        /// Program name.
-        program: &'static str,
-        /// What `BPF_PROG_LOAD` returned.
-        io_error: io::Error,
-        /// The verifier's log (can be megabytes; never printed whole).
-        verifier_log: String,
-    },
-
-    /// Loading a program failed for another reason than the verifier.
-    #[error("could not load the eBPF program `{program}`: {source}")]
-    ProgramLoad {
-        /// Program name.
-        program: &'static str,
-        /// aya's error.
-        #[source]
-        source: ProgramError,
-    },
-
-    /// Attaching XDP to an interface failed in every mode that was tried.
-    #[error("could not attach XDP to {iface} in {mode} mode: {source}")]
-    Attach {
-        /// Interface name.
-        iface: String,
-        /// The mode of the last attempt ("native" or "generic (skb)").
-        mode: &'static str,
-        /// aya's error.
-        #[source]
-        source: ProgramError,
-    },
-
-    /// The interface already runs an XDP program that is not a firewall's of ours.
-    #[error("{iface} already runs {occupant}: {remedy}")]
-    XdpAlreadyAttached {
-        /// Interface name.
-        iface: String,
-        /// What is there (the multi-program module's `XdpOccupant`), or "another XDP program".
-        occupant: String,
-        /// What to do about it.
-        remedy: String,
-    },
-
-    /// libxdp's dispatcher object could not be read or loaded.
-    #[error(
-        "could not load libxdp's XDP dispatcher {}: {detail}; install Debian's `libxdp1` \
-         package (`cargo xtask setup` does)",
-        path.display()
-    )]
-    DispatcherObject {
-        /// The dispatcher object file.
-        path: PathBuf,
-        /// What failed.
-        detail: String,
-    },
-
-    /// The kernel refuses what libxdp's multi-program protocol needs.
-    #[error(
-        "XDP programs cannot be chained through libxdp's dispatcher on this kernel: {detail}; \
-         run the firewall alone on the interface's XDP hook"
-    )]
-    MultiprogUnsupported {
-        /// Why (the kernel's answer).
-        detail: String,
-    },
-
-    /// An earlier exclusive-mode run's XDP link holds the interface; this run is multiprog.
-    #[error(
-        "{iface} runs the firewall alone through an XDP link pinned by an earlier run: it \
-         cannot join libxdp's dispatcher without a gap; run without `--xdp-chain multiprog`, \
-         or `mptcp-loader detach --iface {iface}` first"
-    )]
-    ChainModeChange {
-        /// Interface name.
-        iface: String,
-    },
-
-    /// A component program did not load into its dispatcher slot.
-    #[error(
-        "the kernel refused `{program}` as the freplace component of dispatcher slot {slot}: \
-         {source}; run with `RUST_LOG=debug` for the verifier log"
-    )]
-    ComponentLoad {
-        /// The program.
-        program: &'static str,
-        /// The slot.
-        slot: usize,
-        /// aya's error.
-        #[source]
-        source: ProgramError,
-    },
-
-    /// Another firewall (another run, or links pinned by one) already holds the interface.
-    #[error(
-        "{iface} is already protected by the mptcp-loader firewall pinned under {} ({owner}): \
-         stop that run, or run this one with `--pin-dir {}` to take it over, or remove it with \
-         `mptcp-loader detach --iface {iface} --pin-dir {}`",
-        pin_dir.display(), pin_dir.display(), pin_dir.display()
-    )]
-    InterfaceProtected {
-        /// Interface name.
-        iface: String,
-        /// The pin directory holding its links.
-        pin_dir: PathBuf,
-        /// "mptcp-loader run pid N" or "no loader process: ...".
-        owner: String,
-    },
-
-    /// Another firewall holds the interface, but its pins were not found.
-    #[error(
-        "{iface} is already protected by another mptcp-loader firewall (XDP program {prog_id}), \
-         pinned outside /sys/fs/bpf/mptcp-fw: stop its run, or remove it with `mptcp-loader \
-         detach --iface {iface} --pin-dir DIR` giving its pin directory"
-    )]
-    InterfaceProtectedElsewhere {
-        /// Interface name.
-        iface: String,
-        /// The program the interface runs.
-        prog_id: u32,
-    },
-
-    /// The kernel attached XDP without a bpf_link (Linux < 5.9: torvalds/linux@aa8d3a716b59): it
-    /// could not be pinned.
-    #[error(
-        "the kernel attached XDP to {iface} without a bpf_link, which cannot be pinned: \
-         mptcp-loader needs Linux >= 5.9 (XDP links)"
-    )]
-    NoXdpLinks {
-        /// Interface name.
-        iface: String,
-    },
-
-    /// `--xdp-mode native` on an interface whose driver has no native XDP.
-    #[error(
-        "the driver of {iface} does not support native XDP: use `--xdp-mode auto` or \
-         `--xdp-mode skb` (generic XDP)"
-    )]
-    NativeXdpUnsupported {
-        /// Interface name.
-        iface: String,
-    },
-
-    /// Removing a netlink tc filter left by an older loader version failed.
-    #[error(
-        "could not remove the old mptcp_tc_egress filter from {iface}: {source}: remove it with \
-         `tc filter del dev {iface} egress`"
-    )]
-    Clsact {
-        /// Interface name.
-        iface: String,
-        /// aya's error.
-        #[source]
-        source: TcError,
-    },
-
-    /// Attaching the tc egress program failed (XDP on the same interface was undone).
-    #[error(
-        "could not attach the tc egress program to {iface} as a TCX link: {source}: it needs \
-         Linux >= 6.6 (else use `--egress-attach clsact`); `bpftool net show dev {iface}` lists \
-         what is attached"
-    )]
-    TcAttach {
-        /// Interface name.
-        iface: String,
-        /// aya's error.
-        #[source]
-        source: ProgramError,
-    },
-
-    /// Attaching, finding or replacing the clsact egress filter failed.
-    #[error(
-        "could not attach the tc egress program to {iface} as a clsact filter (priority 1, \
-         handle 0x4d46): {source}: `tc filter show dev {iface} egress` lists what is there"
-    )]
-    ClsactAttach {
-        /// Interface name.
-        iface: String,
-        /// aya's error.
-        #[source]
-        source: ProgramError,
-    },
-
-    /// The kernel refused to create a map, typically because of its size (maps are
-    /// preallocated).
-    #[error(
-        "could not create map `{map}`{}: {io_error}: lower --max-conns / --max-joins, or check \
-         the memory lock limit (`ulimit -l`)",
-        entries.map(|n| format!(" with {n} entries")).unwrap_or_default()
-    )]
-    MapCreate {
-        /// Map name.
-        map: String,
-        /// The size asked for, if it was one we chose.
-        entries: Option<u32>,
-        /// What `BPF_MAP_CREATE` returned.
-        io_error: io::Error,
-    },
-
-    /// Reading or writing a map failed.
-    #[error("map `{map}`: {source}")]
-    Map {
-        /// Map name.
-        map: &'static str,
-        /// aya's error.
-        #[source]
-        source: MapError,
-    },
-
-    /// Pinning a map failed.
-    #[error("could not pin map `{map}` at {}: {source}", path.display())]
-    Pin {
-        /// Map name.
-        map: &'static str,
-        /// Pin path.
-        path: PathBuf,
-        /// aya's error.
-        #[source]
-        source: PinError,
-    },
-
-    /// Opening a pinned map failed.
-    #[error("could not open the pinned map {}: {source}", path.display())]
-    OpenPin {
-        /// Pin path.
-        path: PathBuf,
-        /// aya's error.
-        #[source]
-        source: MapError,
-    },
-
-    /// Another `run` holds the pin directory of this network namespace.
-    #[error(
-        "another mptcp-loader run is active in this network namespace ({owner}, pins under {}): \
-         stop it first, or pass a different --pin-dir",
-        pin_dir.display()
-    )]
-    AnotherRunActive {
-        /// The pin directory.
-        pin_dir: PathBuf,
-        /// Who holds it, e.g. "pid 1234" or "pid unknown".
-        owner: String,
-    },
-
-    /// `stats` found no pins.
-    #[error(
-        "no mptcp-loader run is active in this network namespace (no pins under {}); start \
-         `mptcp-loader run --iface IF`",
-        pin_dir.display()
-    )]
-    NoActiveRun {
-        /// The pin directory that was looked at.
-        pin_dir: PathBuf,
-    },
-
-    /// Pinning a link failed.
-    #[error("could not pin a link at {}: {source}", path.display())]
-    PinLink {
-        /// Pin path.
-        path: PathBuf,
-        /// aya's error.
-        #[source]
-        source: PinError,
-    },
-
-    /// Opening a pinned link failed.
-    #[error("could not open the pinned link {}: {source}: `mptcp-loader detach` removes it", path.display())]
-    OpenLink {
-        /// Pin path.
-        path: PathBuf,
-        /// aya's error.
-        #[source]
-        source: LinkError,
-    },
-
-    /// Reading a link's ids failed.
-    #[error("could not read the link attached to {iface}: {source}")]
-    LinkInfo {
-        /// Interface name.
-        iface: String,
-        /// aya's error.
-        #[source]
-        source: LinkError,
-    },
-
-    /// Replacing the program of a pinned link failed (it still runs the old one).
-    #[error(
-        "could not put this run's program into the pinned link {} (it keeps running the \
-         previous one): {source}",
-        path.display()
-    )]
-    LinkUpdate {
-        /// Pin path.
-        path: PathBuf,
-        /// aya's error.
-        #[source]
-        source: ProgramError,
-    },
-
-    /// The pins a run would adopt were made by a loader with another map layout.
-    #[error(
-        "pinned maps under {} have another layout (built by another version: {detail}): run \
-         `mptcp-loader detach` first",
-        pin_dir.display()
-    )]
-    IncompatiblePins {
-        /// The pin directory.
-        pin_dir: PathBuf,
-        /// What differs.
-        detail: String,
-    },
-
-    /// The pinned maps were created with other `--max-conns` / `--max-joins`.
-    #[error(
-        "the maps pinned under {} have other sizes ({map} holds {pinned} entries, this run asks \
-         for {asked}): pass the --max-conns / --max-joins the attached firewall was started with, \
-         or run `mptcp-loader detach` first",
-        pin_dir.display()
-    )]
-    PinnedSizesDiffer {
-        /// The pin directory.
-        pin_dir: PathBuf,
-        /// The map whose size differs.
-        map: &'static str,
-        /// Its pinned `max_entries`.
-        pinned: u32,
-        /// What this run asks for.
-        asked: u32,
-    },
-
-    /// Links pinned by an earlier run attach the firewall to an interface this run does not name.
-    #[error(
-        "the firewall pinned under {} is attached to {iface}, which this run does not name: add \
-         `--iface {iface}`, or remove it first with `mptcp-loader detach --iface {iface}`",
-        pin_dir.display()
-    )]
-    PinnedInterfaceNotRequested {
-        /// The pin directory.
-        pin_dir: PathBuf,
-        /// The interface.
-        iface: String,
-    },
-
-    /// The pinned XDP attachment runs in another mode than `--xdp-mode` asks for.
-    #[error(
-        "{iface} runs the firewall in {pinned} XDP mode through the links pinned under {}; \
-         --xdp-mode {asked} cannot be applied without detaching: use `--xdp-mode auto`, or run \
-         `mptcp-loader detach --iface {iface}` first",
-        pin_dir.display()
-    )]
-    XdpModeDiffers {
-        /// The pin directory.
-        pin_dir: PathBuf,
-        /// The interface.
-        iface: String,
-        /// The mode in use.
-        pinned: &'static str,
-        /// The mode asked for.
-        asked: &'static str,
-    },
-
-    /// `detach` while a run owns the pin directory.
-    #[error(
-        "mptcp-loader run pid {pid} owns {}: stop it with SIGINT or SIGTERM (it detaches on exit \
-         unless started with --keep-attached), then run `mptcp-loader detach` if needed",
-        pin_dir.display()
-    )]
-    DetachWhileRunning {
-        /// The pin directory.
-        pin_dir: PathBuf,
-        /// The run's pid.
-        pid: u32,
-    },
-
-    /// `detach --iface IF` for an interface the firewall is not attached to.
-    #[error(
-        "the firewall pinned under {} is not attached to {iface} (it is attached to: {attached}): \
-         see `mptcp-loader status`",
-        pin_dir.display()
-    )]
-    NotAttachedHere {
-        /// The pin directory.
-        pin_dir: PathBuf,
-        /// The interface asked for.
-        iface: String,
-        /// The interfaces it is attached to, or "none".
-        attached: String,
-    },
-
-    /// `detach` found no pins.
-    #[error(
-        "nothing to detach: no mptcp-loader pins under {} (see `mptcp-loader status`)",
-        pin_dir.display()
-    )]
-    NothingToDetach {
-        /// The pin directory looked at.
-        pin_dir: PathBuf,
-    },
-
-    /// `events` found no events file.
-    #[error(
-        "no drop events recorded under {} (no events.jsonl): `mptcp-loader run` records them \
-         there; pass --state-dir if it ran with another one",
-        state_dir.display()
-    )]
-    NoEvents {
-        /// The state directory looked at.
-        state_dir: PathBuf,
-    },
-
-    /// A file-system or system call failed.
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        /// What we were doing, e.g. "creating the pin directory".
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-
-    /// Setting up the async runtime or signal handlers failed.
-    #[error("{what}: {source}")]
-    Runtime {
-        /// What we were doing.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-
-    /// The policy (`--config` file or policy flags) is invalid; the message says where.
-    #[error(transparent)]
-    Config(Box<dyn std::error::Error + Send + Sync>),
-
-    /// A `--store*` option cannot be used; the message says which and what to do.
-    #[error("shared store (--store): {problem}")]
-    Store {
-        /// What is wrong, never with a password or key in it.
-        problem: String,
-    },
-
-    /// `--metrics ADDR:PORT` cannot be listened on.
-    #[error(
-        "could not serve metrics on {addr} (--metrics): {source}: pick a free address and port \
-         (`ss -ltnp` shows who listens)"
-    )]
-    MetricsListen {
-        /// The address given.
-        addr: std::net::SocketAddr,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+#[error("{what} {}: {source}", path.display())]
+pub struct IoError {
+    /// What we were doing, e.g. "creating the pin directory".
+    pub what: &'static str,
+    /// The path involved.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
 }
 
-impl LoaderError {
-    /// A [`LoaderError::Map`] for `map`.
-    pub(crate) fn map(map: &'static str) -> impl FnOnce(MapError) -> Self {
-        move |source| Self::Map { map, source }
-    }
-
-    /// A [`LoaderError::Io`] for `path`.
-    pub(crate) fn io(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(io::Error) -> Self {
+impl IoError {
+    /// An [`IoError`] for `path`, to give to `map_err`.
+    pub fn at(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { what, path, source }
+        move |source| Self { what, path, source }
     }
 }
 
-/// The last `lines` lines of a verifier log: where the verifier gave up.
-#[must_use]
-pub fn verifier_log_tail(log: &str, lines: usize) -> String {
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// A system call without a path failed (signal handlers, sockets, duplicating a descriptor).
+#[derive(Debug, Error)]
+#[error("{what}: {source}")]
+pub struct OsError {
+    /// What we were doing.
+    pub what: &'static str,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl OsError {
+    /// An [`OsError`] for `what`, to give to `map_err`.
+    pub fn doing(what: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |source| Self { what, source }
+    }
+}
+
+/// Asserts what every operator-facing message is: one line, with what to do after `: ` or `; `.
+#[cfg(test)]
+pub(crate) fn assert_operator_messages<E: std::error::Error>(errors: &[E]) {
+    for msg in errors.iter().map(ToString::to_string) {
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains(": ") || msg.contains("; "), "no hint in {msg}");
+    }
 }
 
 #[cfg(test)]
@@ -559,192 +62,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_are_one_line_and_say_what_to_do() {
-        let errors = [
-            LoaderError::NotRoot { euid: 1000 },
-            LoaderError::UnknownInterface {
-                iface: "nope0".into(),
-            },
-            LoaderError::BpffsNotMounted {
-                path: "/sys/fs/bpf".into(),
-            },
-            LoaderError::ObjectNotBuilt,
-            LoaderError::NoActiveRun {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-            },
-            LoaderError::AnotherRunActive {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                owner: "pid 42".into(),
-            },
-            LoaderError::TcAttach {
-                iface: "veth0".into(),
-                source: ProgramError::NotLoaded,
-            },
-            LoaderError::ClsactAttach {
-                iface: "veth0".into(),
-                source: ProgramError::NotLoaded,
-            },
-            LoaderError::Clsact {
-                iface: "veth0".into(),
-                source: TcError::AlreadyAttached,
-            },
-            LoaderError::MapCreate {
-                map: "MPTCP_FLOWS".into(),
-                entries: Some(33_554_432),
-                io_error: io::Error::from_raw_os_error(libc::ENOMEM),
-            },
-            LoaderError::InterfaceProtected {
-                iface: "veth0".into(),
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                owner: "mptcp-loader run pid 42".into(),
-            },
-            LoaderError::XdpAlreadyAttached {
-                iface: "veth0".into(),
-                occupant: "XDP program `xdpfilt_alw_all` (id 7, skb mode)".into(),
-                remedy: "remove it first".into(),
-            },
-            LoaderError::DispatcherObject {
-                path: "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o".into(),
-                detail: "No such file or directory (os error 2)".into(),
-            },
-            LoaderError::MultiprogUnsupported {
-                detail: "the kernel refuses BPF_PROG_TYPE_EXT (freplace) programs".into(),
-            },
-            LoaderError::ChainModeChange {
-                iface: "veth0".into(),
-            },
-            LoaderError::ComponentLoad {
-                program: "mptcp_xdp_ingress",
-                slot: 0,
-                source: ProgramError::NotLoaded,
-            },
-            LoaderError::NoXdpLinks {
-                iface: "veth0".into(),
-            },
-            LoaderError::InterfaceProtectedElsewhere {
-                iface: "veth0".into(),
-                prog_id: 7,
-            },
-            LoaderError::IncompatiblePins {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                detail: "no layout record".into(),
-            },
-            LoaderError::PinnedSizesDiffer {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                map: "MPTCP_CONNS",
-                pinned: 1024,
-                asked: 65536,
-            },
-            LoaderError::PinnedInterfaceNotRequested {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                iface: "veth0".into(),
-            },
-            LoaderError::XdpModeDiffers {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                iface: "veth0".into(),
-                pinned: "native",
-                asked: "skb",
-            },
-            LoaderError::DetachWhileRunning {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                pid: 42,
-            },
-            LoaderError::NotAttachedHere {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-                iface: "veth1".into(),
-                attached: "veth0".into(),
-            },
-            LoaderError::NothingToDetach {
-                pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-            },
-            LoaderError::NoEvents {
-                state_dir: "/run/mptcp-fw/netns-1".into(),
-            },
-            LoaderError::LinkUpdate {
-                path: "/sys/fs/bpf/mptcp-fw/netns-1/link_xdp_3".into(),
-                source: ProgramError::NotLoaded,
-            },
-        ];
-        for e in errors {
-            let msg = e.to_string();
-            assert!(!msg.contains('\n'), "{msg}");
-            assert!(msg.contains(": ") || msg.contains("; "), "no hint in {msg}");
-        }
-    }
-
-    #[test]
-    fn tc_and_map_errors_name_the_interface_and_the_fix() {
-        let msg = LoaderError::TcAttach {
-            iface: "veth0".into(),
-            source: ProgramError::NotLoaded,
-        }
-        .to_string();
-        assert!(
-            msg.starts_with("could not attach the tc egress program to veth0 as a TCX link: "),
-            "{msg}"
+    fn io_and_os_errors_name_what_was_done_and_where() {
+        let e = IoError::at("creating the pin directory", "/sys/fs/bpf/mptcp-fw")(
+            io::Error::from_raw_os_error(libc::EACCES),
         );
-        assert!(msg.contains("Linux >= 6.6"), "{msg}");
-        let msg = LoaderError::MapCreate {
-            map: "MPTCP_FLOWS".into(),
-            entries: Some(33_554_432),
-            io_error: io::Error::from_raw_os_error(libc::ENOMEM),
-        }
-        .to_string();
-        assert!(
-            msg.starts_with("could not create map `MPTCP_FLOWS` with 33554432 entries: "),
-            "{msg}"
-        );
-        assert!(msg.contains("lower --max-conns / --max-joins"), "{msg}");
-    }
-
-    #[test]
-    fn restart_errors_name_the_pins_and_the_fix() {
-        let msg = LoaderError::InterfaceProtected {
-            iface: "veth0".into(),
-            pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-            owner: "no loader process: programs attached by pinned links".into(),
-        }
-        .to_string();
         assert_eq!(
-            msg,
-            "veth0 is already protected by the mptcp-loader firewall pinned under \
-             /sys/fs/bpf/mptcp-fw/netns-1 (no loader process: programs attached by pinned links): \
-             stop that run, or run this one with `--pin-dir /sys/fs/bpf/mptcp-fw/netns-1` to take \
-             it over, or remove it with `mptcp-loader detach --iface veth0 --pin-dir \
-             /sys/fs/bpf/mptcp-fw/netns-1`"
+            e.to_string(),
+            "creating the pin directory /sys/fs/bpf/mptcp-fw: Permission denied (os error 13)"
         );
-        let msg = LoaderError::DetachWhileRunning {
-            pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-            pid: 42,
-        }
-        .to_string();
-        assert!(
-            msg.starts_with("mptcp-loader run pid 42 owns /sys/fs/bpf/mptcp-fw/netns-1: stop it"),
-            "{msg}"
-        );
-        let msg = LoaderError::IncompatiblePins {
-            pin_dir: "/sys/fs/bpf/mptcp-fw/netns-1".into(),
-            detail: "no layout record".into(),
-        }
-        .to_string();
+        let e = OsError::doing("installing the signal handlers")(io::Error::from_raw_os_error(
+            libc::EINVAL,
+        ));
         assert_eq!(
-            msg,
-            "pinned maps under /sys/fs/bpf/mptcp-fw/netns-1 have another layout (built by another \
-             version: no layout record): run `mptcp-loader detach` first"
+            e.to_string(),
+            "installing the signal handlers: Invalid argument (os error 22)"
         );
-    }
-
-    #[test]
-    fn object_not_built_names_the_fix() {
-        let msg = LoaderError::ObjectNotBuilt.to_string();
-        assert!(msg.starts_with("the eBPF object was not built: run `cargo xtask setup`"));
-    }
-
-    #[test]
-    fn verifier_tail_keeps_the_end() {
-        let log = "a\nb\nc\nd";
-        assert_eq!(verifier_log_tail(log, 2), "c\nd");
-        assert_eq!(verifier_log_tail(log, 10), log);
-        assert_eq!(verifier_log_tail("", 3), "");
     }
 }

@@ -32,11 +32,11 @@ pub mod cli;
 /// This loader's version, recorded in the pinned run state and shown by `status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use errors::LoaderError;
+pub use cli::error::LoaderError;
 pub use kernel::firewall::{AttachedMode, Firewall, InterfaceAttachment, XdpAttach};
 pub use mode::FilterMode;
 
 /// The eBPF object built by `build.rs` from `mptcp-ebpf`. Empty when the build was skipped
 /// (`AYA_BUILD_SKIP=1` or no bpf-linker); [`Firewall::load`] then fails with
-/// [`LoaderError::ObjectNotBuilt`].
+/// [`KernelError::ObjectNotBuilt`](kernel::KernelError::ObjectNotBuilt).
 pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));

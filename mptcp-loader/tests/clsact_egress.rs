@@ -23,19 +23,6 @@ use netlab::{can_run, load_probe, output_ok, probe_runs, start_run, veth, Netns,
 const HOST: &str = "198.18.102.1";
 const PEER: &str = "198.18.102.2";
 
-fn ping(ns: &Netns, count: u32) {
-    output_ok(ns.exec("ping").args([
-        "-q",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.05",
-        "-W",
-        "2",
-        PEER,
-    ]));
-}
-
 /// `tc ARGS` in `ns` (nsenter keeps the host's bpffs; `tc -n` would remount /sys).
 fn tc(ns: &Netns, args: &[&str]) -> String {
     output_ok(
@@ -121,7 +108,7 @@ fn a_clsact_egress_filter_survives_a_killed_run_and_is_adopted() {
     );
     let prog = filter_prog(&ns).expect("the filter in status");
     let (egress, probed) = (ns.counter("egress"), probe_runs(&probe));
-    ping(&ns, 10);
+    ns.ping(PEER, 10);
     let seen = (ns.counter("egress") - egress, probe_runs(&probe) - probed);
     assert!(
         seen.0 >= 10 && seen.1 >= 10,
@@ -134,7 +121,7 @@ fn a_clsact_egress_filter_survives_a_killed_run_and_is_adopted() {
     assert_eq!(first.wait_exit(std::time::Duration::from_secs(10)), None);
     assert_eq!(filter_prog(&ns), Some(prog), "still attached after SIGKILL");
     let egress = ns.counter("egress");
-    ping(&ns, 5);
+    ns.ping(PEER, 5);
     assert!(
         ns.counter("egress") >= egress + 5,
         "counts without a loader"

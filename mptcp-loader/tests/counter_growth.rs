@@ -22,23 +22,10 @@ use mptcp_common::{
     maps::MAP_COUNTERS,
 };
 use mptcp_loader::{kernel::layout::ObjectLayout, kernel::state::read_layout_hash};
-use netlab::{can_run, output_ok, start_run, veth, Netns};
+use netlab::{can_run, start_run, veth, Netns};
 
 const HOST: &str = "198.18.100.1";
 const PEER: &str = "198.18.100.2";
-
-fn ping(ns: &Netns, count: u32) {
-    output_ok(ns.exec("ping").args([
-        "-q",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.05",
-        "-W",
-        "2",
-        PEER,
-    ]));
-}
 
 #[test]
 fn pins_of_a_build_with_fewer_counters_are_adopted_without_a_gap() {
@@ -51,7 +38,7 @@ fn pins_of_a_build_with_fewer_counters_are_adopted_without_a_gap() {
     veth(&ns, "g0", HOST, &peer, "g1", PEER);
 
     let mut first = start_run(&ns, &["--iface", "g0", "--keep-attached"]);
-    ping(&ns, 20);
+    ns.ping(PEER, 20);
     first.stop(libc::SIGTERM);
     let status = ns.loader_json(&["status"]);
     let (xdp_before, tc_before) = (
@@ -108,7 +95,7 @@ fn pins_of_a_build_with_fewer_counters_are_adopted_without_a_gap() {
     let status = ns.loader_json(&["status"]);
     assert_eq!(status["interfaces"][0]["xdp"], xdp_before);
     assert_eq!(status["interfaces"][0]["tc_egress"], tc_before);
-    ping(&ns, 5);
+    ns.ping(PEER, 5);
     let (not_tcp, egress) = (ns.counter("not_tcp"), ns.counter("egress"));
     second.stop(libc::SIGTERM);
     eprintln!(

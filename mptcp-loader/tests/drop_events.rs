@@ -12,7 +12,8 @@ mod netlab;
 use std::{process::Command, time::Duration};
 
 use netlab::{
-    can_run, eventually, output_ok, send_join_syns, start_run, veth, JoinSyn, Netns, Proc, BIN,
+    can_run, eventually, recvtok_is, send_join_syns, start_recording_run, tshark_fields, veth,
+    JoinSyn, Netns, Proc, Scratch, BIN,
 };
 
 const CLIENT: &str = "198.18.96.1";
@@ -29,27 +30,9 @@ fn drops_are_recorded_as_json_lines_and_pcap_frames() {
     let client_ns = Netns::new("ec");
     let server_ns = Netns::new("es");
     veth(&client_ns, "c0", CLIENT, &server_ns, "s0", SERVER);
-    let scratch = std::env::temp_dir().join(format!("mptcp-loader-drops-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).unwrap();
-    let pcap = scratch.join("drops.pcap");
-    let state_dir = scratch.join("state");
-
-    let pcap_arg = pcap.display().to_string();
-    let state_arg = state_dir.display().to_string();
-    let mut run = start_run(
-        &server_ns,
-        &[
-            "--iface",
-            "s0",
-            "--mode",
-            "enforce",
-            "--pcap",
-            &pcap_arg,
-            "--state-dir",
-            &state_arg,
-        ],
-    );
+    let scratch = Scratch::new("drops");
+    let (pcap_arg, state_arg) = (scratch.pcap(), scratch.state_dir());
+    let mut run = start_recording_run(&server_ns, &["--iface", "s0"], &scratch);
     // `events --follow` started before the drops prints them as they come.
     let mut follow = Proc::spawn("events --follow", {
         let mut cmd = Command::new(BIN);
@@ -107,28 +90,18 @@ fn drops_are_recorded_as_json_lines_and_pcap_frames() {
     drop(follow);
 
     // tshark reads the pcap back and decodes the MP_JOIN option with the forged token.
-    let text = output_ok(Command::new("tshark").args([
-        "-r",
+    let (text, frames) = tshark_fields(
         &pcap_arg,
-        "-T",
-        "fields",
-        "-e",
-        "ip.src",
-        "-e",
-        "tcp.options.mptcp.subtype",
-        "-e",
-        "tcp.options.mptcp.recvtok",
-    ]));
-    let frames: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+        &[
+            "ip.src",
+            "tcp.options.mptcp.subtype",
+            "tcp.options.mptcp.recvtok",
+        ],
+    );
     assert_eq!(frames.len(), 3, "{text}");
     for fields in &frames {
         assert_eq!(fields[0], CLIENT, "{text}");
         assert_eq!(fields[1], "1", "MP_JOIN subtype: {text}");
-        let recvtok = fields[2].trim_start_matches("0x");
-        assert!(
-            recvtok == token || recvtok == u32::from_str_radix(token, 16).unwrap().to_string(),
-            "{text}"
-        );
+        assert!(recvtok_is(&fields[2], token), "{text}");
     }
-    std::fs::remove_dir_all(&scratch).unwrap();
 }

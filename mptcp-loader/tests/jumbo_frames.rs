@@ -14,13 +14,16 @@
 
 mod netlab;
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use mptcp_lab::{
     endpoints::{self, Amount},
     storm::HoldingServer,
 };
-use netlab::{can_run, eventually, output_ok, send_join_syns, start_run, veth, JoinSyn, Netns};
+use netlab::{
+    can_run, eventually, output_ok, recvtok_is, send_join_syns, start_recording_run, tshark_fields,
+    veth, JoinSyn, Netns, Scratch,
+};
 
 const CLIENT: &str = "198.18.101.1";
 const SERVER: &str = "198.18.101.2";
@@ -39,27 +42,13 @@ fn native_xdp_at_mtu_9000_passes_genuine_and_drops_forged_frames() {
     veth(&client_ns, "j0", CLIENT, &server_ns, "j1", SERVER);
     client_ns.ip(&["link", "set", "dev", "j0", "mtu", "9000"]);
     server_ns.ip(&["link", "set", "dev", "j1", "mtu", "9000"]);
-    let scratch = std::env::temp_dir().join(format!("mptcp-loader-jumbo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).unwrap();
-    let pcap = scratch.join("drops.pcap");
-    let state_dir = scratch.join("state");
-    let (pcap_arg, state_arg) = (pcap.display().to_string(), state_dir.display().to_string());
+    let scratch = Scratch::new("jumbo");
+    let (pcap_arg, state_arg) = (scratch.pcap(), scratch.state_dir());
 
-    let mut run = start_run(
+    let mut run = start_recording_run(
         &server_ns,
-        &[
-            "--iface",
-            "j1",
-            "--xdp-mode",
-            "native",
-            "--mode",
-            "enforce",
-            "--pcap",
-            &pcap_arg,
-            "--state-dir",
-            &state_arg,
-        ],
+        &["--iface", "j1", "--xdp-mode", "native"],
+        &scratch,
     );
     assert!(
         run.log().contains("attached to j1 (native XDP ingress"),
@@ -121,7 +110,7 @@ fn native_xdp_at_mtu_9000_passes_genuine_and_drops_forged_frames() {
         0,
         "a forged join reached the server's stack"
     );
-    let events = std::fs::read_to_string(state_dir.join("events.jsonl")).unwrap();
+    let events = std::fs::read_to_string(Path::new(&state_arg).join("events.jsonl")).unwrap();
     let frame_lens: Vec<u64> = events
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -134,32 +123,18 @@ fn native_xdp_at_mtu_9000_passes_genuine_and_drops_forged_frames() {
     assert_eq!(frame_lens, [66, 66 + 8000], "{events}");
 
     // The snapshots, read with bpf_xdp_load_bytes, decode as the forged MP_JOINs.
-    let text = output_ok(Command::new("tshark").args([
-        "-r",
+    let (text, frames) = tshark_fields(
         &pcap_arg,
-        "-T",
-        "fields",
-        "-e",
-        "frame.len",
-        "-e",
-        "frame.cap_len",
-        "-e",
-        "tcp.options.mptcp.recvtok",
-    ]));
-    let frames: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+        &["frame.len", "frame.cap_len", "tcp.options.mptcp.recvtok"],
+    );
     assert_eq!(frames.len(), 2, "{text}");
     for (fields, len) in frames.iter().zip(["66", "8066"]) {
         assert_eq!(fields[0], len, "{text}");
         assert_eq!(fields[1], if len == "66" { "66" } else { "128" }, "{text}");
-        let recvtok = fields[2].trim_start_matches("0x");
-        assert!(
-            recvtok == token || recvtok == u32::from_str_radix(token, 16).unwrap().to_string(),
-            "{text}"
-        );
+        assert!(recvtok_is(&fields[2], token), "{text}");
     }
     eprintln!(
         "native XDP at MTU 9000: {TRANSFER} bytes in {data_segments} MPTCP segments passed, \
          forged join SYNs of 66 and 8066 bytes dropped and recorded"
     );
-    std::fs::remove_dir_all(&scratch).unwrap();
 }

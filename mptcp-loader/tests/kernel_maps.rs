@@ -2,6 +2,11 @@
 //! the loaded object, with sizes set from the command-line limits. Needs root and the built
 //! object; attaches nothing. Skipped otherwise.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test keys and header bytes built from small numbers by `as`"
+)]
+
 mod netlab;
 
 use std::time::Instant;
@@ -25,6 +30,9 @@ use mptcp_loader::{
 };
 use netlab::can_load;
 
+/// XDP verdicts.
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 const NOW: u32 = 1_000_000;
 const TIMEOUT: u32 = 100;
 
@@ -256,8 +264,6 @@ fn a_join_naming_a_swept_connection_fails_open() {
         };
         prog.test_run(opts).unwrap().return_value
     };
-    const XDP_DROP: u32 = 1;
-    const XDP_PASS: u32 = 2;
     let missing_before = counter(&firewall, "join_state_missing");
     assert_eq!(run(&firewall, &join_syn_frame(token_b)), XDP_PASS);
     assert_eq!(counter(&firewall, "join_state_missing"), missing_before + 1);

@@ -3,7 +3,9 @@
 //! records of its `maps` section read independently with the `object` crate. Every map of the
 //! object is either shared (pinned and adopted by the next run) or a per-invocation scratch map;
 //! the maps the loader reads as `mptcp-common` structs have those structs' sizes; the counter
-//! array has its capacity, not one slot per counter. Parses the ELF only: needs no root.
+//! array has its capacity, not one slot per counter. The programs and maps the loader looks up
+//! by name (`mptcp_common::maps` constants) are defined, in their sections. Parses the ELF only:
+//! needs no root.
 
 use mptcp_common::{
     counters::{COUNTER_CAPACITY, COUNTER_COUNT},
@@ -11,11 +13,30 @@ use mptcp_common::{
         Config, ConnState, FlowKey, FlowRef, JoinRateKey, JoinState, Token, TokenRef,
         MAP_ALLOW_PORTS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONNS, MAP_COUNTERS,
         MAP_DROP_EVENTS, MAP_EVENT_BUDGET, MAP_FLOWS, MAP_IFACE_MODES, MAP_JOINS, MAP_JOIN_RATE,
-        MAP_KEY_EVENTS, MAP_TOKENS,
+        MAP_KEY_EVENTS, MAP_TOKENS, PROG_TC_EGRESS, PROG_XDP_INGRESS,
+        PROG_XDP_INGRESS_SINGLE_BUFFER,
     },
 };
 use mptcp_loader::kernel::layout::{ObjectLayout, PER_INVOCATION_MAPS};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+/// The maps the loader shares with the fast path by name (pinned, adopted by the next run).
+const SHARED_MAPS: [&str; 14] = [
+    MAP_CONNS,
+    MAP_FLOWS,
+    MAP_TOKENS,
+    MAP_JOINS,
+    MAP_COUNTERS,
+    MAP_KEY_EVENTS,
+    MAP_CONFIG,
+    MAP_IFACE_MODES,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_ALLOW_PORTS,
+    MAP_JOIN_RATE,
+    MAP_DROP_EVENTS,
+    MAP_EVENT_BUDGET,
+];
 
 /// `struct bpf_map_def`: type, key_size, value_size, max_entries, map_flags, id, pinning.
 const MAP_DEF_LEN: usize = 28;
@@ -89,22 +110,7 @@ fn the_maps_the_loader_reads_have_its_sizes() {
             .find(|m| m.name == name)
             .unwrap_or_else(|| panic!("the object has no shared map `{name}`"))
     };
-    for name in [
-        MAP_CONNS,
-        MAP_FLOWS,
-        MAP_TOKENS,
-        MAP_JOINS,
-        MAP_COUNTERS,
-        MAP_KEY_EVENTS,
-        MAP_CONFIG,
-        MAP_IFACE_MODES,
-        MAP_ALLOW_V4,
-        MAP_ALLOW_V6,
-        MAP_ALLOW_PORTS,
-        MAP_JOIN_RATE,
-        MAP_DROP_EVENTS,
-        MAP_EVENT_BUDGET,
-    ] {
+    for name in SHARED_MAPS {
         map(name);
     }
     for (name, key, value) in [
@@ -128,4 +134,32 @@ fn the_maps_the_loader_reads_have_its_sizes() {
         0,
         "ring buffers"
     );
+}
+
+#[test]
+fn program_and_map_names_exist() {
+    if !object_built("program_and_map_names_exist") {
+        return;
+    }
+    let elf = object::File::parse(mptcp_loader::EBPF_OBJ).expect("the eBPF object is an ELF file");
+    let section_of = |name: &str| {
+        let symbol = elf
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no symbol `{name}` in the eBPF object"));
+        let index = symbol.section_index().expect("defined symbol");
+        elf.section_by_index(index)
+            .unwrap()
+            .name()
+            .unwrap()
+            .to_owned()
+    };
+    // Multi-buffer aware: aya loads it with BPF_F_XDP_HAS_FRAGS.
+    assert_eq!(section_of(PROG_XDP_INGRESS), "xdp.frags");
+    // Its twin for kernels before 5.18, which reject the frags flag.
+    assert_eq!(section_of(PROG_XDP_INGRESS_SINGLE_BUFFER), "xdp");
+    assert_eq!(section_of(PROG_TC_EGRESS), "classifier");
+    for map in SHARED_MAPS.into_iter().chain(PER_INVOCATION_MAPS) {
+        assert_eq!(section_of(map), "maps", "map `{map}`");
+    }
 }

@@ -429,11 +429,11 @@ fn a_restart_that_adopts_the_maps_applies_the_new_policy() {
 /// `stats --json`, in the metrics and in its log.
 #[test]
 fn evictions_of_a_full_connection_map_are_counted() {
+    const CONNS: usize = 300;
+    const MAX_CONNS: u64 = 64;
     if !can_run("evictions_of_a_full_connection_map_are_counted") {
         return;
     }
-    const CONNS: usize = 300;
-    const MAX_CONNS: u64 = 64;
     let lab = Lab::new("evict");
     let metrics = format!("127.0.0.1:{METRICS_PORT}");
     // Sweeps every second; connections are forgotten after 4 s idle.

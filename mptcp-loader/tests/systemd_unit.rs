@@ -54,11 +54,10 @@ fn words(command: &str) -> Vec<String> {
     command
         .split_whitespace()
         .flat_map(|word| match word.strip_prefix('$') {
-            Some(var) => env
-                .iter()
-                .find(|(k, _)| k == var)
-                .map(|(_, v)| v.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_else(|| vec![word.to_owned()]),
+            Some(var) => env.iter().find(|(k, _)| k == var).map_or_else(
+                || vec![word.to_owned()],
+                |(_, v)| v.split_whitespace().map(str::to_owned).collect(),
+            ),
             None => vec![word.to_owned()],
         })
         .collect()

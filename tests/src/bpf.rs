@@ -11,8 +11,8 @@ use aya::{
 use mptcp_common::{
     counters::Counter,
     maps::{
-        Config, ConnState, FlowKey, FlowRef, HmacJobs, JoinState, Token, TokenRef, MAP_CONFIG,
-        MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_HMAC_JOBS, MAP_JOINS, MAP_TOKENS, PROG_TC_EGRESS,
+        Config, ConnState, FlowKey, FlowRef, FrameScratch, JoinState, Token, TokenRef, MAP_CONFIG,
+        MAP_CONNS, MAP_COUNTERS, MAP_FLOWS, MAP_FRAME, MAP_JOINS, MAP_TOKENS, PROG_TC_EGRESS,
         PROG_XDP_PASS_BASELINE,
     },
 };
@@ -43,6 +43,17 @@ pub fn object_under_test() -> std::borrow::Cow<'static, [u8]> {
         None => mptcp_loader::EBPF_OBJ.into(),
     }
 }
+
+/// The bytes of the fast path's per-CPU `FrameScratch`: read as bytes because its parser part
+/// (`WalkState`) has Rust layout and padding, so the struct itself is not `Pod`. Its size is
+/// the same on the BPF target and the host (64-bit, same alignments); aya refuses a map whose
+/// value size differs.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct FrameBytes([u8; core::mem::size_of::<FrameScratch>()]);
+
+// SAFETY: a byte array: every bit pattern is valid and there is no padding.
+unsafe impl aya::Pod for FrameBytes {}
 
 /// A freshly loaded copy of the object.
 pub struct BpfValidator {
@@ -134,24 +145,27 @@ impl BpfValidator {
         let Ok(prog) = <&P>::try_from(self.ebpf.program(name).unwrap()) else {
             panic!("{name} is not of the expected program type");
         };
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
         prog.test_run(opts)
             .unwrap_or_else(|e| panic!("test_run of {name} on {}: {e:?}", hex(frame)))
             .return_value
     }
 
-    /// The reason the last frame run on CPU `cpu` was counted under (the fast path leaves it in
-    /// its per-CPU job memory).
+    /// The reason the last frame run on CPU `cpu` was counted under (the fast path leaves it
+    /// first in its per-CPU `FrameScratch`).
     ///
     /// # Panics
     /// If the map cannot be read.
     #[must_use]
     pub fn last_reason(&self, cpu: usize) -> Counter {
-        let jobs: PerCpuArray<&MapData, HmacJobs> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_HMAC_JOBS).unwrap()).unwrap();
-        let values = jobs.get(&0, 0).unwrap();
-        Counter::ALL[values[cpu].reason as usize]
+        let frames: PerCpuArray<&MapData, FrameBytes> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_FRAME).unwrap()).unwrap();
+        let values = frames.get(&0, 0).unwrap();
+        let reason = u32::from_ne_bytes(values[cpu].0[..4].try_into().unwrap());
+        Counter::ALL[reason as usize]
     }
 
     /// Every counter summed over CPUs.
@@ -280,7 +294,7 @@ pub fn pin_to_cpu(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
             0,
             "sched_setaffinity"
         );

@@ -33,6 +33,12 @@
 //! resets the join, and answers every later one from the listener with a RST; the validator
 //! checks at most a pending join's budget of them and drops the rest without computing.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "packet counts from rate x seconds, rounded and non-negative"
+)]
+
 pub mod cpu;
 pub use mptcp_lab::endpoints;
 pub mod xdp;
@@ -40,6 +46,7 @@ pub mod xdp;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -102,7 +109,7 @@ pub const JOIN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 99);
 pub const JOIN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x63];
 
 /// What the flood sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Attack {
     /// Forged ADD_ADDRs into the victim connection: right 4-tuple, in-window seq/ack, the
     /// latest timestamps, one address, wrong HMAC.
@@ -168,17 +175,37 @@ impl Attack {
         matches!(self, Attack::AddAddrRandom | Attack::JoinAck)
     }
 
-    /// The issue's target for validator / kernel CPU per forged packet: at most 1/3 for what
-    /// the cache answers and for join SYNs, at most 1 (never more than the kernel) for floods
-    /// that defeat the cache. `(bound, as written in reports)`.
+    /// The issue's target for this attack: for what the cache answers and for join SYNs, the
+    /// validator's cost above the XDP_DROP floor at most 1/3 of the kernel's cost above it;
+    /// for floods that defeat the cache, the validator never costs more than the kernel
+    /// (total CPU per packet, at most 1).
     #[must_use]
-    pub fn target(self) -> (f64, &'static str) {
+    pub fn target(self) -> Target {
         if self.defeats_cache() {
-            (1.0, "<= 1")
+            Target {
+                bound: 1.0,
+                label: "<= 1",
+                above_floor: false,
+            }
         } else {
-            (1.0 / 3.0, "<= 1/3")
+            Target {
+                bound: 1.0 / 3.0,
+                label: "<= 1/3",
+                above_floor: true,
+            }
         }
     }
+}
+
+/// A cost target of issue 12.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Target {
+    /// The largest validator / kernel ratio that meets it.
+    pub bound: f64,
+    /// As written in reports.
+    pub label: &'static str,
+    /// Whether the ratio is of the costs above the XDP_DROP floor (else of the total costs).
+    pub above_floor: bool,
 }
 
 /// What sits in front of the server's stack.
@@ -245,6 +272,8 @@ pub struct FloodLab {
     next_join_port: u16,
     /// What [`FloodLab::attach`] last put in front of the server.
     receiver: Receiver,
+    /// Held while the kernel keeps `bpf_stats` (run time per program) for this lab.
+    program_stats: Option<OwnedFd>,
 }
 
 /// How the server's veths deliver packets to their NAPI thread.
@@ -302,6 +331,33 @@ pub struct FloodWindow {
     pub validator_dropped: Option<u64>,
     /// Every validator counter that moved (validator configuration only).
     pub validator: Vec<(&'static str, u64)>,
+    /// Time and runs of the XDP program on the receiving veth over the window, from the
+    /// kernel's `bpf_stats` (only when [`FloodLab::enable_program_stats`] was called).
+    pub program: Option<ProgramRuns>,
+}
+
+/// Run time and run count of one XDP program (`bpf_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramRuns {
+    /// Nanoseconds spent inside the program.
+    pub run_ns: u64,
+    /// Times it ran.
+    pub runs: u64,
+}
+
+impl ProgramRuns {
+    /// Nanoseconds per run inside the program.
+    #[must_use]
+    pub fn ns_per_run(&self) -> f64 {
+        self.run_ns as f64 / self.runs.max(1) as f64
+    }
+
+    fn since(self, earlier: ProgramRuns) -> ProgramRuns {
+        ProgramRuns {
+            run_ns: self.run_ns.saturating_sub(earlier.run_ns),
+            runs: self.runs.saturating_sub(earlier.runs),
+        }
+    }
 }
 
 impl FloodWindow {
@@ -376,6 +432,7 @@ impl FloodLab {
             next_port: 20_000,
             next_join_port: 40_000,
             receiver: Receiver::Kernel,
+            program_stats: None,
         };
         flood.arrange(delivery)?;
         flood.repin()?;
@@ -486,6 +543,41 @@ impl FloodLab {
     fn port(&mut self) -> u16 {
         self.next_port += 1;
         self.next_port
+    }
+
+    /// Makes the kernel time every BPF program run (`BPF_ENABLE_STATS`) for the rest of the
+    /// lab's life, so that each flood window reports the time spent inside the receiving XDP
+    /// program. The timing itself costs two clock reads per run, on every XDP configuration.
+    ///
+    /// # Errors
+    /// When the kernel refuses.
+    pub fn enable_program_stats(&mut self) -> Result<()> {
+        let fd =
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| LabError::Unexpected {
+                process: "mptcp-flood".into(),
+                request: "BPF_ENABLE_STATS".into(),
+                line: e.to_string(),
+            })?;
+        self.program_stats = Some(fd);
+        Ok(())
+    }
+
+    /// Run time and count of the XDP program on the receiving veth, if stats are on and a
+    /// program is attached.
+    fn program_runs(&self) -> Result<Option<ProgramRuns>> {
+        if self.program_stats.is_none() {
+            return Ok(None);
+        }
+        let Some(id) = self.lab.server.xdp_prog_id(PATH1.server_iface)? else {
+            return Ok(None);
+        };
+        Ok(aya::programs::loaded_programs()
+            .filter_map(std::result::Result::ok)
+            .find(|p| p.id() == id)
+            .map(|p| ProgramRuns {
+                run_ns: u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
+                runs: p.run_count(),
+            }))
     }
 
     /// Puts `receiver` in front of the server's stack.
@@ -828,9 +920,10 @@ impl FloodLab {
         );
         let count = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
         let cfg = self.attack_cfg(victim, attack)?;
-        let (k0, v0) = (
+        let (k0, v0, prog0) = (
             self.lab.server.counters()?,
             Self::validator_counts(attached, &self.lab.server)?,
+            self.program_runs()?,
         );
         let (rx0, drops0) = (
             read_u64(&self.lab.server, &rx_path)?,
@@ -863,6 +956,9 @@ impl FloodLab {
         );
         let k1 = self.lab.server.counters()?;
         let v1 = Self::validator_counts(attached, &self.lab.server)?;
+        let program = prog0
+            .zip(self.program_runs()?)
+            .map(|(before, after)| after.since(before));
         let kernel = [
             mib::TCP_IN_SEGS,
             OUT_RSTS,
@@ -900,6 +996,7 @@ impl FloodLab {
             kernel,
             validator_dropped,
             validator: moved.into_iter().map(|(c, d)| (c.name(), d)).collect(),
+            program,
         })
     }
 
@@ -971,7 +1068,7 @@ impl FloodLab {
         )?;
         cpu::set_fifo(client.pid(), ENDPOINT_PRIORITY)
             .map_err(io_err("SCHED_FIFO for the transfer client".into()))?;
-        let line = server.wait_for_prefix("RECEIVED", duration + Duration::from_secs(60))?;
+        let line = server.wait_for_prefix("RECEIVED", duration + Duration::from_mins(1))?;
         client.wait_exit(Duration::from_secs(30))?;
         if let Some(t) = trafgen.as_mut() {
             t.wait_exit(duration + Duration::from_secs(30))?;
@@ -1053,7 +1150,7 @@ fn join_settings() -> Settings {
 fn profile_err(e: profiles::ProfileError) -> LabError {
     LabError::Io {
         what: format!("writing the join's profiles: {e}"),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(e),
     }
 }
 

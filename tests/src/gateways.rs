@@ -34,8 +34,8 @@ use crate::{
     counters::{mib, Counters},
     error::{LabError, Result},
     join_scenario::{StreamClient, StreamServer},
-    lab::LabPath,
-    netns::Netns,
+    lab::{remove_work_dir, LabPath, CLIENT_PATH2_TABLE},
+    netns::{veth_with_macs, Netns},
     proc::{run_checked, Proc},
     scenario::wait_for_counters,
     teardown,
@@ -122,7 +122,6 @@ pub const FORGER_PATH1: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 66);
 /// See [`FORGER_PATH1`]; this one is `join_forger::FORGER_ADDR`.
 pub const FORGER_PATH2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 66);
 
-const CLIENT_PATH2_TABLE: &str = "102";
 const SIGNAL_ENDPOINT_ID: &str = "1";
 const SUBFLOW_ENDPOINT_ID: &str = "2";
 
@@ -177,27 +176,18 @@ impl GatewayLab {
         for ns in [&self.gw1, &self.gw2] {
             ns.sysctl("net.ipv4.ip_forward", "1")?;
         }
-        self.link(&self.client, &self.gw1, &CLIENT_GW1)?;
-        self.link(&self.client, &self.gw2, &CLIENT_GW2)?;
-        self.link(&self.server, &self.gw1, &SERVER_GW1)?;
-        self.link(&self.server, &self.gw2, &SERVER_GW2)?;
-        self.link(&self.store_ns, &self.gw1, &STORE_GW1)?;
-        self.link(&self.store_ns, &self.gw2, &STORE_GW2)?;
+        Self::link(&self.client, &self.gw1, &CLIENT_GW1)?;
+        Self::link(&self.client, &self.gw2, &CLIENT_GW2)?;
+        Self::link(&self.server, &self.gw1, &SERVER_GW1)?;
+        Self::link(&self.server, &self.gw2, &SERVER_GW2)?;
+        Self::link(&self.store_ns, &self.gw1, &STORE_GW1)?;
+        Self::link(&self.store_ns, &self.gw2, &STORE_GW2)?;
         // Client: path 1 by default, path 2 for what leaves from 198.18.2.1.
         let gw1 = CLIENT_GW1.b_addr.to_string();
         let gw2 = CLIENT_GW2.b_addr.to_string();
         let path2 = CLIENT_PATH2.to_string();
         self.client.ip(&["route", "add", "default", "via", &gw1])?;
-        self.client.ip(&[
-            "rule",
-            "add",
-            "from",
-            &path2,
-            "table",
-            CLIENT_PATH2_TABLE,
-            "pref",
-            "100",
-        ])?;
+        self.client.route_from(&path2, CLIENT_PATH2_TABLE)?;
         self.client.ip(&[
             "route",
             "add",
@@ -209,45 +199,21 @@ impl GatewayLab {
             "table",
             CLIENT_PATH2_TABLE,
         ])?;
-        // Server: each client network through its gateway.
-        self.server.ip(&[
-            "route",
-            "add",
-            "198.18.1.0/24",
-            "via",
-            &SERVER_GW1.b_addr.to_string(),
-        ])?;
-        self.server.ip(&[
-            "route",
-            "add",
-            "198.18.2.0/24",
-            "via",
-            &SERVER_GW2.b_addr.to_string(),
-        ])?;
-        // Gateway 2 reaches the server's path-1 address over path 2.
-        self.gw2.ip(&[
-            "route",
-            "add",
-            "198.18.3.0/24",
-            "via",
-            &SERVER_GW2.a_addr.to_string(),
-        ])?;
+        // Server: each client network through its gateway. Gateway 2 reaches the server's
+        // path-1 address over path 2.
+        for (ns, net, via) in [
+            (&self.server, "198.18.1.0/24", SERVER_GW1.b_addr),
+            (&self.server, "198.18.2.0/24", SERVER_GW2.b_addr),
+            (&self.gw2, "198.18.3.0/24", SERVER_GW2.a_addr),
+        ] {
+            ns.ip(&["route", "add", net, "via", &via.to_string()])?;
+        }
         // The forgers' addresses: answers to them go to the client's interface.
         for (gw, link, forger) in [
             (&self.gw1, &CLIENT_GW1, FORGER_PATH1),
             (&self.gw2, &CLIENT_GW2, FORGER_PATH2),
         ] {
-            gw.ip(&[
-                "neigh",
-                "replace",
-                &forger.to_string(),
-                "lladdr",
-                link.a_mac,
-                "dev",
-                link.b_iface,
-                "nud",
-                "permanent",
-            ])?;
+            gw.static_neighbour(&forger.to_string(), link.a_mac, link.b_iface)?;
         }
         self.client.sysctl("net.ipv4.ip_forward", "0")?;
         for ns in [&self.client, &self.server] {
@@ -277,32 +243,15 @@ impl GatewayLab {
         ]
     }
 
-    fn link(&self, a: &Netns, b: &Netns, l: &Link) -> Result<()> {
-        run_checked(std::process::Command::new("ip").args([
-            "link",
-            "add",
-            l.a_iface,
-            "address",
-            l.a_mac,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            l.b_iface,
-            "address",
-            l.b_mac,
-            "netns",
-            b.name(),
-        ]))?;
+    fn link(a: &Netns, b: &Netns, l: &Link) -> Result<()> {
+        veth_with_macs((a, l.a_iface, l.a_mac), (b, l.b_iface, l.b_mac))?;
         for (ns, iface, addr) in [(a, l.a_iface, l.a_addr), (b, l.b_iface, l.b_addr)] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
             ns.ip(&["link", "set", iface, "up"])?;
         }
         // Static neighbours: no ARP needed on any path.
-        ns_neigh(a, l.a_iface, l.b_addr, l.b_mac)?;
-        ns_neigh(b, l.b_iface, l.a_addr, l.a_mac)?;
+        a.static_neighbour(&l.b_addr.to_string(), l.b_mac, l.a_iface)?;
+        b.static_neighbour(&l.a_addr.to_string(), l.a_mac, l.b_iface)?;
         Ok(())
     }
 
@@ -386,30 +335,9 @@ fn forger_path(l: &Link) -> LabPath {
     }
 }
 
-fn ns_neigh(ns: &Netns, iface: &str, addr: Ipv4Addr, mac: &str) -> Result<()> {
-    ns.ip(&[
-        "neigh",
-        "replace",
-        &addr.to_string(),
-        "lladdr",
-        mac,
-        "dev",
-        iface,
-        "nud",
-        "permanent",
-    ])
-    .map(drop)
-}
-
 impl Drop for GatewayLab {
     fn drop(&mut self) {
-        if std::env::var_os(crate::lab::KEEP_ENV).is_some_and(|v| v != "0") {
-            eprintln!("lab: keeping {}", self.work_dir.display());
-        } else if let Err(err) = std::fs::remove_dir_all(&self.work_dir) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("lab teardown: removing {}: {err}", self.work_dir.display());
-            }
-        }
+        remove_work_dir(&self.work_dir);
     }
 }
 

@@ -398,7 +398,7 @@ impl Outcome {
 }
 
 /// How long the client holds the connection at most (the scenario releases it earlier).
-const CLIENT_HOLD: Duration = Duration::from_secs(120);
+const CLIENT_HOLD: Duration = Duration::from_mins(2);
 /// Settling time around the forged window so stray segments are not attributed to it.
 const SETTLE: Duration = Duration::from_millis(300);
 /// Pause between the attack and the forged ADD_ADDRs: long enough for the validator to have
@@ -471,7 +471,7 @@ pub fn run_observed(
         &[(mib::ADD_ADDR, 1), (mib::MP_JOIN_ACK_RX, 1)],
         Duration::from_secs(10),
     )?;
-    let sent = client.wait_sent(Duration::from_secs(60))?;
+    let sent = client.wait_sent(Duration::from_mins(1))?;
     srv.after_genuine = lab.server.counters()?;
 
     thread::sleep(SETTLE);
@@ -682,9 +682,9 @@ pub fn run_validated(test: &str, tools: &Tools, mode: Mode, sc: &Scenario) -> Op
     eprintln!("{why}");
     Some(ValidatedRun {
         outcome,
-        conns_after_close,
         stats,
         stop,
+        conns_after_close,
         why,
     })
 }

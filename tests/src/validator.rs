@@ -358,6 +358,24 @@ pub struct StopReport {
     pub log: String,
 }
 
+impl StopReport {
+    /// Asserts that SIGINT stopped the run cleanly and it left no XDP program behind; `why`
+    /// (the scenario's context) ends each failure message.
+    #[track_caller]
+    pub fn assert_clean(&self, why: &str) {
+        assert!(
+            self.graceful && self.status.success(),
+            "SIGINT did not stop the loader cleanly: {}\n{why}",
+            self.status
+        );
+        assert!(
+            self.still_attached.is_empty(),
+            "XDP left on {:?} after the loader exited\n{why}",
+            self.still_attached
+        );
+    }
+}
+
 /// Whether `line` names `iface` as a word (so `sveth1` does not match `sveth10`).
 fn mentions(line: &str, iface: &str) -> bool {
     line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))

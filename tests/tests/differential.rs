@@ -13,6 +13,11 @@
 //! `MPTCP_DIFF_FRAMES` sets the number of frames (default 30000; `cargo xtask test --long` runs
 //! 1,000,000). `MPTCP_DIFF_SEED` replays a run.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "random frame fields cut from a random u64 by `as`, on purpose"
+)]
+
 use mptcp_common::{
     counters::Counter,
     maps::{

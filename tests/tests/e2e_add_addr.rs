@@ -53,16 +53,7 @@ fn assert_genuine_traffic_unharmed(r: &Run) {
         "the control (right HMAC) was not accepted\n{why}"
     );
     assert_eq!(o.control_seen_by_server(), 1, "{why}");
-    assert!(
-        r.stop.graceful && r.stop.status.success(),
-        "SIGINT did not stop the loader cleanly: {}\n{why}",
-        r.stop.status
-    );
-    assert!(
-        r.stop.still_attached.is_empty(),
-        "XDP left on {:?} after the loader exited\n{why}",
-        r.stop.still_attached
-    );
+    r.stop.assert_clean(why);
 }
 
 #[test]

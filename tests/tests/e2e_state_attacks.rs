@@ -135,16 +135,7 @@ fn assert_connection_still_judged(r: &ValidatedRun) {
     // HMAC, both joins by theirs.
     assert!(r.stats.get(Counter::AddAddrValid) >= 3, "{why}");
     assert!(r.stats.get(Counter::JoinAckValid) >= 2, "{why}");
-    assert!(
-        r.stop.graceful && r.stop.status.success(),
-        "SIGINT did not stop the loader cleanly: {}\n{why}",
-        r.stop.status
-    );
-    assert!(
-        r.stop.still_attached.is_empty(),
-        "XDP left on {:?} after the loader exited\n{why}",
-        r.stop.still_attached
-    );
+    r.stop.assert_clean(why);
 }
 
 #[test]

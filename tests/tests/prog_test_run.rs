@@ -48,14 +48,16 @@ enum JoinKind {
     Ack,
 }
 
+/// A join waiting for its next segment: (initiator key, responder key, R-A, R-B).
+type PendingJoin = ([u8; 8], [u8; 8], [u8; 4], Option<[u8; 4]>);
+
 fn model(frames: &[Vec<u8>]) -> Expected {
     let mut connections = HashMap::new();
     let mut add_addr_frames = Vec::new();
     let mut echo_frames = 0;
     let mut joins = Vec::new();
-    // Pending joins by initiator -> responder subflow: (initiator key, responder key, R-A, R-B).
-    let mut pending: HashMap<FlowKey, ([u8; 8], [u8; 8], [u8; 4], Option<[u8; 4]>)> =
-        HashMap::new();
+    // Pending joins by initiator -> responder subflow.
+    let mut pending: HashMap<FlowKey, PendingJoin> = HashMap::new();
     for (i, f) in frames.iter().enumerate() {
         let Ok(seg) = parse_tcp(f.as_slice()) else {
             continue;
@@ -374,8 +376,8 @@ fn loader_installed_midstates_give_the_same_verdicts() {
     // Learn the keys, let the loader's code install midstates, then replay the ADD_ADDRs.
     let mut v = Validator::load(MODE_ENFORCE);
     for f in &frames {
-        if parse_tcp(f.as_slice()).map(|s| walk_options(f.as_slice(), &s).capable_keys.is_some())
-            == Ok(true)
+        if parse_tcp(f.as_slice())
+            .is_ok_and(|s| walk_options(f.as_slice(), &s).capable_keys.is_some())
         {
             v.run(f);
         }
@@ -1023,6 +1025,19 @@ fn join_syn_rate_limit_per_source() {
         ))
     };
     syn.flags = TCP_SYN;
+    // Blind joins from the same address (a token nobody announced) are dropped as such and do
+    // not spend the budget of the address they spoof.
+    let mut blind = Frame {
+        ports: (50001, 10000),
+        ..Frame::v4(&mptcp_tests::mptcp_frames::join_syn(
+            1,
+            &[0xde, 0xad, 0xbe, 0xef],
+            &[1, 2, 3, 4],
+        ))
+    };
+    blind.flags = TCP_SYN;
+    let blind_verdicts: Vec<u32> = (0..5).map(|_| v.run(&blind.bytes())).collect();
+    assert_eq!(blind_verdicts, [XDP_DROP; 5]);
     let verdicts: Vec<u32> = (0..8).map(|_| v.run(&syn.bytes())).collect();
     // One, plus a burst of two, within the same instant; the rest wait for the rate.
     assert_eq!(
@@ -1037,9 +1052,10 @@ fn join_syn_rate_limit_per_source() {
     assert_eq!(
         (
             c["join_syn_known_token"],
-            c["join_syn_rate_limited_dropped"]
+            c["join_syn_rate_limited_dropped"],
+            c["join_syn_unknown_token_dropped"]
         ),
-        (4, 5),
+        (4, 5, 5),
         "{c:?}"
     );
 }

@@ -7,7 +7,7 @@
 //! Root only; needs the loader binary (`$MPTCP_LOADER_BIN`) and redis-server. Run with
 //! `cargo test -p mptcp-tests --release --test two_gateways -- --test-threads=1 --nocapture`.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use mptcp_common::counters::Counter;
 use mptcp_tests::{
@@ -85,7 +85,7 @@ struct StoreRun {
     store: Option<StoreServer>,
     gw1: Validator,
     gw2: Validator,
-    bin: std::path::PathBuf,
+    bin: PathBuf,
 }
 
 fn start_with_store(test: &str) -> Option<StoreRun> {
@@ -111,6 +111,22 @@ fn start_with_store_tls(test: &str, tls: bool) -> Option<StoreRun> {
         gw2,
         bin,
     })
+}
+
+/// A [`StoreRun`] as the tests name its parts: the lab, the store, gateway 1's and gateway 2's
+/// loaders, and the loader binary.
+type StoreRunParts = (
+    GatewayLab,
+    Option<StoreServer>,
+    Validator,
+    Validator,
+    PathBuf,
+);
+
+impl StoreRun {
+    fn into_parts(self) -> StoreRunParts {
+        (self.lab, self.store, self.gw1, self.gw2, self.bin)
+    }
 }
 
 /// Starts gateway `which`'s loader with the store.
@@ -140,13 +156,7 @@ fn with_the_store_genuine_joins_pass_and_forgeries_drop_on_both_gateways() {
     let test = "with_the_store_genuine_joins_pass_and_forgeries_drop_on_both_gateways";
     // Debug logging: the check below that no key is ever logged covers every line.
     std::env::set_var("RUST_LOG", "info,mptcp_loader=debug");
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: loader2,
-        ..
-    }) = start_with_store(test)
+    let Some((lab, store, loader1, loader2, _)) = start_with_store(test).map(StoreRun::into_parts)
     else {
         return;
     };
@@ -361,13 +371,8 @@ fn join_b_after(lab: &GatewayLab, conn: &mut Connection) -> Option<Duration> {
 #[test]
 fn a_gateway_loader_killed_and_restarted_loses_nothing() {
     let test = "a_gateway_loader_killed_and_restarted_loses_nothing";
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: mut loader2,
-        bin,
-    }) = start_with_store(test)
+    let Some((lab, store, loader1, mut loader2, bin)) =
+        start_with_store(test).map(StoreRun::into_parts)
     else {
         return;
     };
@@ -434,13 +439,7 @@ fn a_gateway_loader_killed_and_restarted_loses_nothing() {
 #[test]
 fn the_store_killed_and_restarted_loses_nothing() {
     let test = "the_store_killed_and_restarted_loses_nothing";
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: loader2,
-        ..
-    }) = start_with_store(test)
+    let Some((lab, store, loader1, loader2, _)) = start_with_store(test).map(StoreRun::into_parts)
     else {
         return;
     };
@@ -452,7 +451,7 @@ fn the_store_killed_and_restarted_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     let before = stats_json(&lab.gw2);
     let mut conn_b = Connection::open_to(&lab, SERVER_B, false);
-    std::thread::sleep(Duration::from_millis(2_000));
+    std::thread::sleep(Duration::from_secs(2));
     let down = stats_json(&lab.gw2);
     let dropped = delta(&down, &before, Counter::JoinSynUnknownTokenDropped.name());
     eprintln!(
@@ -497,13 +496,7 @@ fn replication_delay_under_a_connection_storm() {
     let test = "replication_delay_under_a_connection_storm";
     // Debug logging: gw2 says where the time of each slow replication went.
     std::env::set_var("RUST_LOG", "info,mptcp_loader=debug");
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: loader2,
-        ..
-    }) = start_with_store(test)
+    let Some((lab, store, loader1, loader2, _)) = start_with_store(test).map(StoreRun::into_parts)
     else {
         return;
     };
@@ -536,7 +529,7 @@ fn replication_delay_under_a_connection_storm() {
         to,
         STORM_CONNS,
         STORM_PER_SECOND,
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .expect("the storm");
     // Room for the joins whose first SYN lost the race (retransmitted after 1 s).
@@ -629,13 +622,8 @@ fn report_slow_replications(log: &str) {
 #[test]
 fn the_store_over_tls_carries_the_keys() {
     let test = "the_store_over_tls_carries_the_keys";
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: loader2,
-        ..
-    }) = start_with_store_tls(test, true)
+    let Some((lab, store, loader1, loader2, _)) =
+        start_with_store_tls(test, true).map(StoreRun::into_parts)
     else {
         return;
     };
@@ -669,13 +657,8 @@ fn the_store_over_tls_carries_the_keys() {
 #[test]
 fn a_gateway_that_lost_its_maps_gets_them_back_from_the_store() {
     let test = "a_gateway_that_lost_its_maps_gets_them_back_from_the_store";
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: loader2,
-        bin,
-    }) = start_with_store(test)
+    let Some((lab, store, loader1, loader2, bin)) =
+        start_with_store(test).map(StoreRun::into_parts)
     else {
         return;
     };
@@ -740,13 +723,7 @@ fn wait_for_counter(ns: &Netns, name: &str, at_least: u64, wait: Duration) -> Va
 #[test]
 fn a_subflow_joined_through_gateway_2_is_judged_by_gateway_1() {
     let test = "a_subflow_joined_through_gateway_2_is_judged_by_gateway_1";
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: loader2,
-        ..
-    }) = start_with_store(test)
+    let Some((lab, store, loader1, loader2, _)) = start_with_store(test).map(StoreRun::into_parts)
     else {
         return;
     };
@@ -819,13 +796,8 @@ fn a_subflow_joined_through_gateway_2_is_judged_by_gateway_1() {
 #[test]
 fn an_authenticated_end_is_shared_and_outlives_a_loader_restart() {
     let test = "an_authenticated_end_is_shared_and_outlives_a_loader_restart";
-    let Some(StoreRun {
-        lab,
-        store,
-        gw1: loader1,
-        gw2: loader2,
-        bin,
-    }) = start_with_store(test)
+    let Some((lab, store, loader1, loader2, bin)) =
+        start_with_store(test).map(StoreRun::into_parts)
     else {
         return;
     };

@@ -1,4 +1,4 @@
-//! The map work of `run`'s event loop ([`MapKeeper`]): installs the connections that key
+//! The map work of `run`'s event loop (`MapKeeper`): installs the connections that key
 //! events announce, records drop events, sweeps idle and closed connections, counts LRU
 //! evictions, and publishes the install latency and the loader's own counters for `stats`.
 
@@ -14,13 +14,15 @@ use mptcp_common::{
 };
 
 use crate::{
+    cli::error::LoaderError,
     cli::run::RunPlan,
     clock::{monotonic_now_ns, monotonic_now_s, ClockOffset},
     conn::closed::{apply_closed, plan_closed, ClosedOutcome, KernelSockets},
     conn::install::{format_flow, install_event, parse_key_event, InstallOutcome},
     conn::keys::{hex, token_and_idsn},
     conn::sweep::{sweep_maps_into, SweepOutcome},
-    errors::LoaderError,
+    errors::OsError,
+    kernel::error::KernelError,
     kernel::firewall::Firewall,
     kernel::pins::{open_or_create_pinned_array, PinDir, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
     kernel::preflight::interface_name,
@@ -75,7 +77,7 @@ impl MapKeeper {
             open_or_create_pinned_array(pin_dir, PIN_LOADER_COUNTERS, LOADER_COUNTER_COUNT)?;
         let counters = LoaderCounters::continuing(&previous);
         let counters_path = pin_dir.pin_path(MAP_COUNTERS);
-        let open_error = |source| LoaderError::OpenPin {
+        let open_error = |source| KernelError::OpenPin {
             path: counters_path.clone(),
             source,
         };
@@ -345,11 +347,9 @@ impl MapKeeper {
         if planned.is_empty() {
             return Ok(());
         }
-        let sockets = KernelSockets::new().map_err(|source| LoaderError::Runtime {
-            what: "reading this host's addresses (getifaddrs)",
-            source,
-        })?;
-        apply_closed(&mut self.maps, &sockets, &planned, outcome)
+        let sockets = KernelSockets::new()
+            .map_err(OsError::doing("reading this host's addresses (getifaddrs)"))?;
+        Ok(apply_closed(&mut self.maps, &sockets, &planned, outcome)?)
     }
 
     /// Counts the evictions without a sweep (`--idle-timeout 0`): inserted connections read

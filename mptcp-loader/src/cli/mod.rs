@@ -1,5 +1,6 @@
 //! Command line: `mptcp-loader run ...`, `stats`, `status`, `conns`, `events`, `detach`.
 
+pub mod error;
 pub mod map_keeper;
 pub mod policy_keeper;
 pub mod run;
@@ -11,9 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use mptcp_common::maps::{MAX_CONNS, MAX_JOINS};
 
 use crate::{
+    cli::error::LoaderError,
     cli::run::{run, RunPlan, DEFAULT_IDLE_TIMEOUT_S},
     conn::closed::CLOSED_CHECK_INTERVAL_S,
-    errors::LoaderError,
     kernel::detach::print_detach,
     kernel::firewall::{EgressAttach, XdpAttach},
     kernel::map_sizes::{parse_map_limit, MapSizes},
@@ -219,7 +220,7 @@ pub struct DetachArgs {
 fn pin_dir_or_default(pin_dir: Option<PathBuf>) -> Result<PathBuf, LoaderError> {
     match pin_dir {
         Some(dir) => Ok(dir),
-        None => default_pin_dir(),
+        None => Ok(default_pin_dir()?),
     }
 }
 
@@ -246,7 +247,7 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
                 policy.mode,
                 args.xdp_mode,
                 args.pin_dir,
-                default_pin_dir,
+                || Ok(default_pin_dir()?),
             )?;
             plan.egress = args.egress_attach;
             plan.xdp_chain = args.xdp_chain;
@@ -283,8 +284,9 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
             }
             if !report.live {
                 let attached = locate_pins(&pin_dir)
-                    .and_then(|dir| pinned_links(&dir))
-                    .is_ok_and(|links| !links.is_empty());
+                    .ok()
+                    .and_then(|dir| pinned_links(&dir).ok())
+                    .is_some_and(|links| !links.is_empty());
                 if attached {
                     eprintln!(
                         "warning: no loader process holds {}: the programs still run through pinned links (the loader counters stand still until the next run)",
@@ -301,7 +303,7 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
         }
         Command::Status(args) => {
             check_root(effective_uid())?;
-            print_status(&pin_dir_or_default(args.pin_dir)?, args.json)
+            print_status(&pin_dir_or_default(args.pin_dir)?, args.json).map_err(Into::into)
         }
         Command::Conns(args) => {
             check_root(effective_uid())?;
@@ -326,10 +328,11 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
                     &mut out,
                     std::time::Duration::from_millis(200),
                     || true,
-                )
+                )?;
             } else {
-                print_events(&state_dir, &mut out)
+                print_events(&state_dir, &mut out)?;
             }
+            Ok(())
         }
         Command::Detach(args) => {
             // The interface needs no privileges to check, so it is first (as for `run`).
@@ -338,6 +341,7 @@ pub async fn execute(cli: Cli) -> Result<(), LoaderError> {
             }
             check_root(effective_uid())?;
             print_detach(&pin_dir_or_default(args.pin_dir)?, args.iface.as_deref())
+                .map_err(Into::into)
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use aya::Ebpf;
 
 use crate::{
-    errors::LoaderError,
+    cli::error::LoaderError,
     kernel::preflight::interface_index,
     observe::loader_counters::{LoaderCounter, LoaderCounters},
     policy::config::PolicySource,

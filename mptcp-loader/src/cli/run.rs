@@ -24,13 +24,15 @@ use tokio::{
 };
 
 use crate::{
+    cli::error::LoaderError,
     cli::map_keeper::MapKeeper,
     cli::policy_keeper::PolicyKeeper,
     clock::unix_now_ns,
     conn::closed::CLOSED_CHECK_INTERVAL_S,
     conn::sweep::{sweep_interval, MAX_SWEEP_INTERVAL_S},
-    errors::LoaderError,
+    errors::OsError,
     kernel::adopt::{plan_steps, take_inventory, Step},
+    kernel::error::KernelError,
     kernel::firewall::{DetachedInterface, EgressAttach, Firewall, ProgramSwap, XdpAttach},
     kernel::layout::ObjectLayout,
     kernel::map_sizes::MapSizes,
@@ -150,7 +152,7 @@ impl RunPlan {
 ///
 /// # Errors
 /// The first problem found.
-pub fn preflight(plan: &RunPlan, euid: u32) -> Result<(), LoaderError> {
+pub fn preflight(plan: &RunPlan, euid: u32) -> Result<(), KernelError> {
     for iface in &plan.interfaces {
         interface_index(iface)?;
     }
@@ -165,7 +167,7 @@ pub fn preflight(plan: &RunPlan, euid: u32) -> Result<(), LoaderError> {
 /// what an earlier run pinned stays as it was), or a failure to clean up.
 pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     preflight(&plan, effective_uid())?;
-    let signal_error = |source| LoaderError::Runtime {
+    let signal_error = |source| OsError {
         what: "installing signal handlers",
         source,
     };
@@ -284,12 +286,12 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
                 keeper.publish_counters();
             }
             ready = key_ring.readable_mut() => {
-                let mut guard = ready.map_err(|source| LoaderError::Runtime { what: "polling the key-event ring buffer", source })?;
+                let mut guard = ready.map_err(OsError::doing("polling the key-event ring buffer"))?;
                 keeper.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
             ready = drop_ring.readable_mut() => {
-                let mut guard = ready.map_err(|source| LoaderError::Runtime { what: "polling the drop-event ring buffer", source })?;
+                let mut guard = ready.map_err(OsError::doing("polling the drop-event ring buffer"))?;
                 keeper.drain_drops(guard.get_inner_mut());
                 guard.clear_ready();
             }
@@ -306,7 +308,7 @@ pub async fn run(plan: RunPlan) -> Result<(), LoaderError> {
     // What is queued now would otherwise wait for the next run.
     keeper.drain(key_ring.get_mut());
     keeper.drain_drops(drop_ring.get_mut());
-    finish(plan, firewall, keeper, state, pin_dir)
+    finish(&plan, firewall, keeper, state, pin_dir)
 }
 
 /// A state directory this run is about to create: removed again if the run fails before its
@@ -342,17 +344,13 @@ impl Drop for NewStateDir {
 /// `ring` must keep its fd open until dropped (aya's `RingBuf` does).
 unsafe fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>, LoaderError> {
     // SAFETY: see the function's contract.
-    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-        LoaderError::Runtime {
-            what: "polling a ring buffer",
-            source: e.into_parts().1,
-        }
-    })
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| OsError::doing("polling a ring buffer")(e.into_parts().1).into())
 }
 
 /// Looks at what the pin directory holds and decides, per interface, to adopt or to attach.
 /// Clears pins that hold nothing attached any more.
-fn decide_steps(plan: &RunPlan, pin_dir: &mut PinDir) -> Result<Vec<Step>, LoaderError> {
+fn decide_steps(plan: &RunPlan, pin_dir: &mut PinDir) -> Result<Vec<Step>, KernelError> {
     let requested = plan
         .interfaces
         .iter()
@@ -368,7 +366,7 @@ fn decide_steps(plan: &RunPlan, pin_dir: &mut PinDir) -> Result<Vec<Step>, Loade
             "removing {}: its interface is gone, so it holds nothing any more",
             defunct.display()
         );
-        std::fs::remove_file(defunct).map_err(LoaderError::io("removing", defunct))?;
+        std::fs::remove_file(defunct).map_err(KernelError::io("removing", defunct))?;
     }
     if inventory.ifaces.is_empty() {
         log::info!(
@@ -427,7 +425,7 @@ fn attach_all(
 /// After SIGINT/SIGTERM: detach and remove the pins, or with `--keep-attached` leave both; then
 /// print the summaries.
 fn finish(
-    plan: RunPlan,
+    plan: &RunPlan,
     mut firewall: Firewall,
     keeper: MapKeeper,
     mut state: PinnedState,
@@ -481,7 +479,7 @@ fn finish(
     if detached.is_err() {
         // Something is still attached through its pin: keep the state that explains it.
         pin_dir.keep();
-        return detached.map(drop);
+        return detached.map(drop).map_err(Into::into);
     }
     pin_dir.remove()?;
     println!("removed the pins under {}", pins.display());
@@ -603,13 +601,13 @@ mod tests {
         let p = plan(&["lo", "mptcp-nope0"], None).unwrap();
         let err = preflight(&p, 1000).unwrap_err();
         assert!(
-            matches!(err, LoaderError::UnknownInterface { ref iface } if iface == "mptcp-nope0"),
+            matches!(err, KernelError::UnknownInterface { ref iface } if iface == "mptcp-nope0"),
             "{err}"
         );
         let p = plan(&["lo"], None).unwrap();
         assert!(matches!(
             preflight(&p, 1000),
-            Err(LoaderError::NotRoot { euid: 1000 })
+            Err(KernelError::NotRoot { euid: 1000 })
         ));
     }
 

@@ -13,11 +13,11 @@
 //! [`plan_closed`] decides on a snapshot and does no I/O; [`apply_closed`] re-reads each entry,
 //! asks [`SocketTable`] and removes.
 
-use std::{collections::HashMap, io};
+use std::{collections::HashSet, io};
 
 use mptcp_common::maps::{ConnState, FlowKey, FlowRef, FAMILY_V4};
 
-use crate::{errors::LoaderError, kernel::store::FirewallMaps};
+use crate::{kernel::error::KernelError, kernel::store::FirewallMaps};
 
 /// How often the check runs (seconds).
 pub const CLOSED_CHECK_INTERVAL_S: u64 = 10;
@@ -45,10 +45,10 @@ pub trait SocketTable {
 /// Subflows to ask about: marked closing, of a connection still tracked. Pure.
 #[must_use]
 pub fn plan_closed(conns: &[(u64, ConnState)], flows: &[(FlowKey, FlowRef)]) -> Vec<FlowKey> {
-    let tracked: HashMap<u64, ()> = conns.iter().map(|(id, _)| (*id, ())).collect();
+    let tracked: HashSet<u64> = conns.iter().map(|(id, _)| *id).collect();
     flows
         .iter()
-        .filter(|(_, flow)| flow.closing != 0 && tracked.contains_key(&flow.conn_id))
+        .filter(|(_, flow)| flow.closing != 0 && tracked.contains(&flow.conn_id))
         .map(|(key, _)| *key)
         .collect()
 }
@@ -81,7 +81,7 @@ pub fn apply_closed(
     sockets: &impl SocketTable,
     planned: &[FlowKey],
     outcome: &mut ClosedOutcome,
-) -> Result<(), LoaderError> {
+) -> Result<(), KernelError> {
     for key in planned {
         let Some(flow) = maps.flow(key)? else {
             continue;
@@ -187,6 +187,7 @@ mod tests {
     use super::*;
     use crate::kernel::store::MemoryMaps;
     use mptcp_common::maps::{TokenRef, RST_SEEN};
+    use std::collections::HashMap;
 
     struct FakeSockets(HashMap<FlowKey, SubflowSocket>);
 

@@ -2,7 +2,7 @@
 //! re-asserting the connection's two [`MAP_TOKENS`] entries.
 //!
 //! Map access goes through [`FirewallMaps`], so the logic is unit-tested against
-//! [`crate::kernel::store::MemoryMaps`] and runs against the kernel maps through
+//! `MemoryMaps` (tests only) and runs against the kernel maps through
 //! [`crate::kernel::store::KernelMaps`].
 //!
 //! [`MAP_CONNS`]: mptcp_common::maps::MAP_CONNS
@@ -16,7 +16,7 @@ use mptcp_common::maps::{
 
 use crate::{
     conn::keys::{derive, token_and_idsn, with_midstates, KeyMaterial},
-    errors::LoaderError,
+    kernel::error::KernelError,
     kernel::store::FirewallMaps,
 };
 
@@ -53,7 +53,7 @@ pub enum InstallOutcome {
 pub fn install_event(
     maps: &mut impl FirewallMaps,
     event: &KeyEvent,
-) -> Result<InstallOutcome, LoaderError> {
+) -> Result<InstallOutcome, KernelError> {
     let id = ConnState::id_of(&event.key_a);
     let Some(state) = maps.conn(id)? else {
         return Ok(InstallOutcome::NoConnection);
@@ -102,7 +102,7 @@ pub fn reassert_tokens(
     maps: &mut impl FirewallMaps,
     key_a: &[u8; 8],
     key_b: &[u8; 8],
-) -> Result<u32, LoaderError> {
+) -> Result<u32, KernelError> {
     let mut restored = 0;
     for (token, entry) in token_entries(key_a, key_b) {
         if maps.token(&token)? != Some(entry) {

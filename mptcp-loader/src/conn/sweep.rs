@@ -27,7 +27,7 @@ use std::collections::HashMap;
 
 use mptcp_common::maps::{ConnState, FlowKey, FlowRef};
 
-use crate::{errors::LoaderError, kernel::store::FirewallMaps};
+use crate::{kernel::error::KernelError, kernel::store::FirewallMaps};
 
 /// Longest pause between two sweeps, whatever the timeout.
 pub const MAX_SWEEP_INTERVAL_S: u64 = 60;
@@ -149,7 +149,7 @@ pub fn sweep_maps(
     maps: &mut impl FirewallMaps,
     now_s: impl FnOnce() -> u32,
     timeout_s: u32,
-) -> Result<(SweepPlan, SweepOutcome), LoaderError> {
+) -> Result<(SweepPlan, SweepOutcome), KernelError> {
     let mut outcome = SweepOutcome::default();
     let plan = sweep_maps_into(maps, now_s, timeout_s, &mut outcome)?;
     Ok((plan, outcome))
@@ -165,7 +165,7 @@ pub fn sweep_maps_into(
     now_s: impl FnOnce() -> u32,
     timeout_s: u32,
     outcome: &mut SweepOutcome,
-) -> Result<SweepPlan, LoaderError> {
+) -> Result<SweepPlan, KernelError> {
     let (conns, complete) = maps.all_conns_walked()?;
     let flows = maps.all_flows()?;
     let now_s = now_s();
@@ -198,7 +198,7 @@ pub fn apply_sweep(
     plan: &SweepPlan,
     now_s: u32,
     timeout_s: u32,
-) -> Result<SweepOutcome, LoaderError> {
+) -> Result<SweepOutcome, KernelError> {
     let mut outcome = SweepOutcome::default();
     apply_sweep_into(maps, plan, now_s, timeout_s, &mut outcome)?;
     Ok(outcome)
@@ -215,7 +215,7 @@ pub fn apply_sweep_into(
     now_s: u32,
     timeout_s: u32,
     outcome: &mut SweepOutcome,
-) -> Result<(), LoaderError> {
+) -> Result<(), KernelError> {
     for conn in &plan.expired {
         if !still_idle(maps, conn, now_s, timeout_s)? {
             outcome.conns_revived += 1;
@@ -249,7 +249,7 @@ fn still_idle(
     conn: &ExpiredConn,
     now_s: u32,
     timeout_s: u32,
-) -> Result<bool, LoaderError> {
+) -> Result<bool, KernelError> {
     let Some(state) = maps.conn(conn.id)? else {
         return Ok(false);
     };
@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(sweep_interval(0), None);
         assert_eq!(sweep_interval(2), Some(Duration::from_millis(500)));
         assert_eq!(sweep_interval(100), Some(Duration::from_secs(25)));
-        assert_eq!(sweep_interval(7200), Some(Duration::from_secs(60)));
+        assert_eq!(sweep_interval(7200), Some(Duration::from_mins(1)));
     }
 
     #[test]
@@ -492,46 +492,46 @@ mod tests {
     struct FlowsStuck(MemoryMaps);
 
     impl FirewallMaps for FlowsStuck {
-        fn conn(&self, id: u64) -> Result<Option<ConnState>, LoaderError> {
+        fn conn(&self, id: u64) -> Result<Option<ConnState>, KernelError> {
             self.0.conn(id)
         }
         fn update_existing_conn(
             &mut self,
             id: u64,
             state: &ConnState,
-        ) -> Result<bool, LoaderError> {
+        ) -> Result<bool, KernelError> {
             self.0.update_existing_conn(id, state)
         }
-        fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+        fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, KernelError> {
             self.0.insert_new_conn(id, state)
         }
-        fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError> {
+        fn remove_conn(&mut self, id: u64) -> Result<bool, KernelError> {
             self.0.remove_conn(id)
         }
-        fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError> {
+        fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, KernelError> {
             self.0.insert_new_flow(key, flow)
         }
-        fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError> {
+        fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, KernelError> {
             self.0.all_conns()
         }
-        fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError> {
+        fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, KernelError> {
             self.0.flow(key)
         }
-        fn remove_flow(&mut self, _: &FlowKey) -> Result<bool, LoaderError> {
-            Err(LoaderError::map(mptcp_common::maps::MAP_FLOWS)(
+        fn remove_flow(&mut self, _: &FlowKey) -> Result<bool, KernelError> {
+            Err(KernelError::map(mptcp_common::maps::MAP_FLOWS)(
                 aya::maps::MapError::KeyNotFound,
             ))
         }
-        fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, LoaderError> {
+        fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, KernelError> {
             self.0.all_flows()
         }
-        fn token(&self, token: &Token) -> Result<Option<TokenRef>, LoaderError> {
+        fn token(&self, token: &Token) -> Result<Option<TokenRef>, KernelError> {
             self.0.token(token)
         }
-        fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError> {
+        fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), KernelError> {
             self.0.put_token(token, entry)
         }
-        fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
+        fn remove_token(&mut self, token: &Token) -> Result<bool, KernelError> {
             self.0.remove_token(token)
         }
     }

@@ -4,7 +4,7 @@
 //! through pinned links and its state in pinned maps. The next run takes an [`Inventory`] of the
 //! directory (which links still hold an interface of this namespace, the layout record, the
 //! kernel's view of every pinned map), checks the layout
-//! ([`crate::kernel::layout::check_pinned_layout`]) and then decides per interface ([`plan_steps`]):
+//! ([`crate::kernel::layout::ObjectLayout::check_pinned`]) and then decides per interface ([`plan_steps`]):
 //! adopt the pinned links (and swap its programs in atomically), or attach anew. Links whose
 //! interface is gone are defunct: their pins are removed. When nothing attached is left, the
 //! directory is cleared and the run starts from scratch.
@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::MapInfo;
 
 use crate::{
-    errors::LoaderError,
     kernel::bpf_sys::{self, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
+    kernel::error::KernelError,
     kernel::firewall::{AttachedMode, XdpAttach},
     kernel::layout::{MapLayout, ObjectLayout},
     kernel::netlink,
@@ -58,7 +58,7 @@ fn is_live_link(path: &Path, link_type: u32, ifindex: u32) -> bool {
 ///
 /// # Errors
 /// When the directory cannot be listed.
-pub fn take_inventory(dir: &Path, layout: &ObjectLayout) -> Result<Inventory, LoaderError> {
+pub fn take_inventory(dir: &Path, layout: &ObjectLayout) -> Result<Inventory, KernelError> {
     let records = PinnedState::open(dir)
         .and_then(|state| state.ifaces())
         .unwrap_or_default();
@@ -97,7 +97,7 @@ pub fn take_inventory(dir: &Path, layout: &ObjectLayout) -> Result<Inventory, Lo
         let recorded = records
             .iter()
             .find(|r| r.ifindex == ifindex)
-            .and_then(|r| r.mode());
+            .and_then(super::state::IfaceRecord::mode);
         inventory.ifaces.push(PinnedIface {
             links,
             name,
@@ -142,21 +142,21 @@ pub enum Step {
 /// order), whether it adopts pinned links or attaches anew. Pure.
 ///
 /// # Errors
-/// [`LoaderError::PinnedInterfaceNotRequested`] when pinned links hold an interface the run
+/// [`KernelError::PinnedInterfaceNotRequested`] when pinned links hold an interface the run
 /// does not name (it would leave it protected by nobody's knowledge);
-/// [`LoaderError::XdpModeDiffers`] when a pinned XDP program runs in a mode `--xdp-mode`
-/// excludes; [`LoaderError::IncompatiblePins`] when the mode of a pinned XDP link is unknown.
+/// [`KernelError::XdpModeDiffers`] when a pinned XDP program runs in a mode `--xdp-mode`
+/// excludes; [`KernelError::IncompatiblePins`] when the mode of a pinned XDP link is unknown.
 pub fn plan_steps(
     pin_dir: &Path,
     requested: &[(String, u32)],
     how: XdpAttach,
     pinned: &[PinnedIface],
-) -> Result<Vec<Step>, LoaderError> {
+) -> Result<Vec<Step>, KernelError> {
     if let Some(other) = pinned
         .iter()
         .find(|p| !requested.iter().any(|(_, index)| *index == p.links.ifindex))
     {
-        return Err(LoaderError::PinnedInterfaceNotRequested {
+        return Err(KernelError::PinnedInterfaceNotRequested {
             pin_dir: pin_dir.to_path_buf(),
             iface: other.name.clone(),
         });
@@ -172,7 +172,7 @@ pub fn plan_steps(
             let mode = match (found.mode, &found.links.xdp, how) {
                 (Some(mode), _, _) if mode.satisfies(how) => mode,
                 (Some(mode), _, asked) => {
-                    return Err(LoaderError::XdpModeDiffers {
+                    return Err(KernelError::XdpModeDiffers {
                         pin_dir: pin_dir.to_path_buf(),
                         iface: iface.clone(),
                         pinned: mode.short(),
@@ -187,7 +187,7 @@ pub fn plan_steps(
                 (None, None, XdpAttach::Skb) => AttachedMode::Skb,
                 (None, None, _) => AttachedMode::Native,
                 (None, Some(_), _) => {
-                    return Err(LoaderError::IncompatiblePins {
+                    return Err(KernelError::IncompatiblePins {
                         pin_dir: pin_dir.to_path_buf(),
                         detail: format!("cannot tell in which XDP mode {iface} runs"),
                     })
@@ -331,7 +331,7 @@ mod tests {
                 XdpAttach::Auto,
                 &unknown
             ),
-            Err(LoaderError::IncompatiblePins { .. })
+            Err(KernelError::IncompatiblePins { .. })
         ));
     }
 }

@@ -9,8 +9,8 @@
 use std::{fs, io, path::Path};
 
 use crate::{
-    errors::LoaderError,
     kernel::bpf_sys,
+    kernel::error::KernelError,
     kernel::firewall::LinkIds,
     kernel::netlink,
     kernel::pins::{lock_owner, views_from_other_mount_namespaces, PinDir},
@@ -44,32 +44,31 @@ pub struct DetachReport {
 /// name, for the error). Pure.
 ///
 /// # Errors
-/// [`LoaderError::NotAttachedHere`] when `ifindex` has no pinned links.
+/// [`KernelError::NotAttachedHere`] when `ifindex` has no pinned links.
 pub fn select_links(
     pin_dir: &Path,
     links: &[PinnedLinks],
     only: Option<(&str, u32)>,
-) -> Result<Vec<PinnedLinks>, LoaderError> {
+) -> Result<Vec<PinnedLinks>, KernelError> {
     let Some((iface, ifindex)) = only else {
         return Ok(links.to_vec());
     };
-    match links.iter().find(|l| l.ifindex == ifindex) {
-        Some(found) => Ok(vec![found.clone()]),
-        None => {
-            let names: Vec<String> = links
-                .iter()
-                .map(|l| interface_name_of(l.ifindex).unwrap_or_else(|| format!("if{}", l.ifindex)))
-                .collect();
-            Err(LoaderError::NotAttachedHere {
-                pin_dir: pin_dir.to_path_buf(),
-                iface: iface.to_owned(),
-                attached: if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                },
-            })
-        }
+    if let Some(found) = links.iter().find(|l| l.ifindex == ifindex) {
+        Ok(vec![found.clone()])
+    } else {
+        let names: Vec<String> = links
+            .iter()
+            .map(|l| interface_name_of(l.ifindex).unwrap_or_else(|| format!("if{}", l.ifindex)))
+            .collect();
+        Err(KernelError::NotAttachedHere {
+            pin_dir: pin_dir.to_path_buf(),
+            iface: iface.to_owned(),
+            attached: if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            },
+        })
     }
 }
 
@@ -77,15 +76,15 @@ pub fn select_links(
 /// process of this network namespace (a run started with `ip netns exec`).
 ///
 /// # Errors
-/// [`LoaderError::NothingToDetach`] when neither exists.
-fn locate(pin_dir: &Path) -> Result<std::path::PathBuf, LoaderError> {
+/// [`KernelError::NothingToDetach`] when neither exists.
+fn locate(pin_dir: &Path) -> Result<std::path::PathBuf, KernelError> {
     if pin_dir.is_dir() {
         return Ok(pin_dir.to_path_buf());
     }
     views_from_other_mount_namespaces(pin_dir)
         .into_iter()
         .next()
-        .ok_or_else(|| LoaderError::NothingToDetach {
+        .ok_or_else(|| KernelError::NothingToDetach {
             pin_dir: pin_dir.to_path_buf(),
         })
 }
@@ -95,16 +94,16 @@ fn locate(pin_dir: &Path) -> Result<std::path::PathBuf, LoaderError> {
 /// privileges).
 ///
 /// # Errors
-/// [`LoaderError::NothingToDetach`] without pins, [`LoaderError::DetachWhileRunning`] while a
-/// run owns them, [`LoaderError::NotAttachedHere`] for an interface they do not attach to, I/O
+/// [`KernelError::NothingToDetach`] without pins, [`KernelError::DetachWhileRunning`] while a
+/// run owns them, [`KernelError::NotAttachedHere`] for an interface they do not attach to, I/O
 /// errors.
-pub fn detach(pin_dir: &Path, iface: Option<&str>) -> Result<DetachReport, LoaderError> {
+pub fn detach(pin_dir: &Path, iface: Option<&str>) -> Result<DetachReport, KernelError> {
     let only = iface
         .map(|name| interface_index(name).map(|index| (name, index)))
         .transpose()?;
     let dir = locate(pin_dir)?;
     if let Some(pid) = lock_owner(&dir) {
-        return Err(LoaderError::DetachWhileRunning { pin_dir: dir, pid });
+        return Err(KernelError::DetachWhileRunning { pin_dir: dir, pid });
     }
     // Held until the end, so no run starts on the directory meanwhile.
     let mut claimed = PinDir::claim(&dir)?;
@@ -127,7 +126,7 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> Result<DetachReport, Loade
             let held = bpf_sys::obj_get(pin).ok();
             match fs::remove_file(pin) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(LoaderError::io("unpinning the link", pin)(e))
+                    return Err(KernelError::io("unpinning the link", pin)(e))
                 }
                 _ => {}
             }
@@ -176,7 +175,7 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> Result<DetachReport, Loade
 ///
 /// # Errors
 /// See [`detach`].
-pub fn print_detach(pin_dir: &Path, iface: Option<&str>) -> Result<(), LoaderError> {
+pub fn print_detach(pin_dir: &Path, iface: Option<&str>) -> Result<(), KernelError> {
     let report = detach(pin_dir, iface)?;
     let ids = |l: Option<LinkIds>| l.map_or_else(|| "gone".to_owned(), |l| l.to_string());
     for d in &report.detached {
@@ -251,6 +250,6 @@ mod tests {
              `mptcp-loader status`)"
         );
         let err = detach(Path::new("/nonexistent/x"), Some("mptcp-nope0")).unwrap_err();
-        assert!(matches!(err, LoaderError::UnknownInterface { .. }), "{err}");
+        assert!(matches!(err, KernelError::UnknownInterface { .. }), "{err}");
     }
 }

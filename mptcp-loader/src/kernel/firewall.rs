@@ -41,8 +41,8 @@ use mptcp_common::maps::{
 };
 
 use crate::{
-    errors::{verifier_log_tail, LoaderError},
     kernel::bpf_sys::{self, LinkDetails, BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_XDP},
+    kernel::error::{verifier_log_tail, KernelError},
     kernel::layout::ObjectLayout,
     kernel::map_sizes::MapSizes,
     kernel::multiprog::{self, XdpChain},
@@ -369,7 +369,7 @@ impl Firewall {
     ///
     /// # Errors
     /// See [`Firewall::load_with`].
-    pub fn load(object: &[u8]) -> Result<Self, LoaderError> {
+    pub fn load(object: &[u8]) -> Result<Self, KernelError> {
         Self::load_with(object, &MapSizes::default())
     }
 
@@ -377,10 +377,10 @@ impl Firewall {
     /// the verifier. Nothing is attached yet.
     ///
     /// # Errors
-    /// [`LoaderError::ObjectNotBuilt`] for the empty stub object, [`LoaderError::MapCreate`]
-    /// when the kernel refuses a map of that size, [`LoaderError::VerifierRejected`] when it
+    /// [`KernelError::ObjectNotBuilt`] for the empty stub object, [`KernelError::MapCreate`]
+    /// when the kernel refuses a map of that size, [`KernelError::VerifierRejected`] when it
     /// refuses a program, other variants for aya failures.
-    pub fn load_with(object: &[u8], sizes: &MapSizes) -> Result<Self, LoaderError> {
+    pub fn load_with(object: &[u8], sizes: &MapSizes) -> Result<Self, KernelError> {
         Self::load_inner(object, sizes, None, XdpChain::Exclusive)
     }
 
@@ -392,7 +392,7 @@ impl Firewall {
     ///
     /// # Errors
     /// As for [`Firewall::load_with`].
-    pub fn load_pinned(object: &[u8], sizes: &MapSizes, dir: &Path) -> Result<Self, LoaderError> {
+    pub fn load_pinned(object: &[u8], sizes: &MapSizes, dir: &Path) -> Result<Self, KernelError> {
         Self::load_inner(object, sizes, Some(dir), XdpChain::Exclusive)
     }
 
@@ -407,7 +407,7 @@ impl Firewall {
         sizes: &MapSizes,
         dir: &Path,
         chain: XdpChain,
-    ) -> Result<Self, LoaderError> {
+    ) -> Result<Self, KernelError> {
         Self::load_inner(object, sizes, Some(dir), chain)
     }
 
@@ -416,9 +416,9 @@ impl Firewall {
         sizes: &MapSizes,
         dir: Option<&Path>,
         chain: XdpChain,
-    ) -> Result<Self, LoaderError> {
+    ) -> Result<Self, KernelError> {
         if object.is_empty() {
-            return Err(LoaderError::ObjectNotBuilt);
+            return Err(KernelError::ObjectNotBuilt);
         }
         let layout = match dir {
             Some(_) => Some(ObjectLayout::parse(object)?),
@@ -445,13 +445,13 @@ impl Firewall {
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, e)| *e);
-                LoaderError::MapCreate {
+                KernelError::MapCreate {
                     map: name,
                     entries,
                     io_error,
                 }
             }
-            source => LoaderError::Object { source },
+            source => KernelError::Object { source },
         })?;
         let mut firewall = Self {
             ebpf,
@@ -488,7 +488,7 @@ impl Firewall {
     ///
     /// # Errors
     /// When the object has no XDP program of that name.
-    pub fn xdp_mut(&mut self) -> Result<&mut Xdp, LoaderError> {
+    pub fn xdp_mut(&mut self) -> Result<&mut Xdp, KernelError> {
         typed_program(&mut self.ebpf, xdp_ingress_program())
     }
 
@@ -496,7 +496,7 @@ impl Firewall {
     ///
     /// # Errors
     /// When the object has no classifier named [`PROG_TC_EGRESS`].
-    pub fn tc_egress_mut(&mut self) -> Result<&mut SchedClassifier, LoaderError> {
+    pub fn tc_egress_mut(&mut self) -> Result<&mut SchedClassifier, KernelError> {
         typed_program(&mut self.ebpf, PROG_TC_EGRESS)
     }
 
@@ -513,15 +513,15 @@ impl Firewall {
     /// neither.
     ///
     /// # Errors
-    /// [`LoaderError::InterfaceProtected`] when another firewall holds the interface,
-    /// [`LoaderError::XdpAlreadyAttached`] when another XDP program does,
-    /// [`LoaderError::Attach`] and friends for XDP, [`LoaderError::TcAttach`] for tc,
-    /// [`LoaderError::PinLink`] when a link cannot be pinned.
+    /// [`KernelError::InterfaceProtected`] when another firewall holds the interface,
+    /// [`KernelError::XdpAlreadyAttached`] when another XDP program does,
+    /// [`KernelError::Attach`] and friends for XDP, [`KernelError::TcAttach`] for tc,
+    /// [`KernelError::PinLink`] when a link cannot be pinned.
     pub fn attach(
         &mut self,
         iface: &str,
         how: XdpAttach,
-    ) -> Result<InterfaceAttachment, LoaderError> {
+    ) -> Result<InterfaceAttachment, KernelError> {
         let ifindex = interface_index(iface)?;
         // XDP first: it refuses a second firewall on the same interface, so an
         // `mptcp_tc_egress` netlink filter found afterwards is an older loader's leftover.
@@ -542,23 +542,20 @@ impl Firewall {
         xdp_mode: AttachedMode,
         xdp: FdLink,
         chained: bool,
-    ) -> Result<InterfaceAttachment, LoaderError> {
+    ) -> Result<InterfaceAttachment, KernelError> {
         let stale_filters_removed = netlink::remove_stale_filters(iface).unwrap_or_else(|e| {
             log::warn!("could not look for stale tc filters on {iface}: {e}");
             false
         });
         // On an error below, dropping the unpinned links detaches them again.
         let xdp_link = link_ids(&xdp, iface)?;
-        let (tc, egress) = match self.egress.resolve() {
-            EgressAttach::Clsact => {
-                let prog = self.attach_clsact(iface)?;
-                (Egress::Clsact, EgressIds::Clsact { prog })
-            }
-            _ => {
-                let link = self.attach_tcx(iface)?;
-                let ids = EgressIds::Tcx(link_ids(&link, iface)?);
-                (Egress::Tcx { link, pin: None }, ids)
-            }
+        let (tc, egress) = if self.egress.resolve() == EgressAttach::Clsact {
+            let prog = self.attach_clsact(iface)?;
+            (Egress::Clsact, EgressIds::Clsact { prog })
+        } else {
+            let link = self.attach_tcx(iface)?;
+            let ids = EgressIds::Tcx(link_ids(&link, iface)?);
+            (Egress::Tcx { link, pin: None }, ids)
         };
         let pinned = if chained {
             // The dispatcher's pins hold it.
@@ -618,11 +615,11 @@ impl Firewall {
         links: &PinnedLinks,
         mode: AttachedMode,
         swap: ProgramSwap,
-    ) -> Result<AdoptedInterface, LoaderError> {
+    ) -> Result<AdoptedInterface, KernelError> {
         let ifindex = links.ifindex;
         let (xdp, xdp_pin, xdp_programs) = match &links.xdp {
             Some(_) if self.chain == XdpChain::Multiprog => {
-                return Err(LoaderError::ChainModeChange {
+                return Err(KernelError::ChainModeChange {
                     iface: iface.to_owned(),
                 })
             }
@@ -685,7 +682,7 @@ impl Firewall {
         iface: &str,
         links: &PinnedLinks,
         swap: ProgramSwap,
-    ) -> Result<(Egress, EgressIds, ProgramsOutcome), LoaderError> {
+    ) -> Result<(Egress, EgressIds, ProgramsOutcome), KernelError> {
         let ifindex = links.ifindex;
         if let Some(path) = &links.tcx {
             let (link, outcome) = self.adopt_link::<SchedClassifier>(iface, ifindex, path, swap)?;
@@ -693,7 +690,7 @@ impl Firewall {
             let pin = Some(path.clone());
             return Ok((Egress::Tcx { link, pin }, ids, outcome));
         }
-        let filter = clsact_filter(ifindex).map_err(|source| LoaderError::ClsactAttach {
+        let filter = clsact_filter(ifindex).map_err(|source| KernelError::ClsactAttach {
             iface: iface.to_owned(),
             source: ProgramError::IOError(source),
         })?;
@@ -724,8 +721,8 @@ impl Firewall {
         iface: &str,
         running: u32,
         swap: ProgramSwap,
-    ) -> Result<(u32, ProgramsOutcome), LoaderError> {
-        let tc_error = |source| LoaderError::ClsactAttach {
+    ) -> Result<(u32, ProgramsOutcome), KernelError> {
+        let tc_error = |source| KernelError::ClsactAttach {
             iface: iface.to_owned(),
             source,
         };
@@ -756,7 +753,7 @@ impl Firewall {
         ifindex: u32,
         path: &Path,
         swap: ProgramSwap,
-    ) -> Result<(FdLink, ProgramsOutcome), LoaderError>
+    ) -> Result<(FdLink, ProgramsOutcome), KernelError>
     where
         for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
     {
@@ -785,14 +782,14 @@ impl Firewall {
         iface: &str,
         ifindex: u32,
         how: XdpAttach,
-    ) -> Result<(AttachedMode, FdLink), LoaderError> {
+    ) -> Result<(AttachedMode, FdLink), KernelError> {
         if self.chain == XdpChain::Exclusive {
             return self.attach_xdp(iface, ifindex, how);
         }
         let program: &mut Extension = self
             .ebpf
             .program_mut(xdp_ingress_program())
-            .ok_or(LoaderError::MissingInObject {
+            .ok_or(KernelError::MissingInObject {
                 kind: "program",
                 name: xdp_ingress_program(),
             })?
@@ -829,7 +826,7 @@ impl Firewall {
         iface: &str,
         ifindex: u32,
         how: XdpAttach,
-    ) -> Result<(AttachedMode, FdLink), LoaderError> {
+    ) -> Result<(AttachedMode, FdLink), KernelError> {
         let attempts: &[AttachedMode] = match how {
             XdpAttach::Native => &[AttachedMode::Native],
             XdpAttach::Skb => &[AttachedMode::Skb],
@@ -842,14 +839,14 @@ impl Firewall {
                     let link =
                         self.xdp_mut()?
                             .take_link(id)
-                            .map_err(|source| LoaderError::Attach {
+                            .map_err(|source| KernelError::Attach {
                                 iface: iface.to_owned(),
                                 mode: mode.short(),
                                 source,
                             })?;
                     // Kernels without XDP links (< 5.9) get a netlink attachment, which can
                     // neither be pinned nor updated.
-                    let link = FdLink::try_from(link).map_err(|_| LoaderError::NoXdpLinks {
+                    let link = FdLink::try_from(link).map_err(|_| KernelError::NoXdpLinks {
                         iface: iface.to_owned(),
                     })?;
                     return Ok((mode, link));
@@ -870,11 +867,11 @@ impl Firewall {
         }
         let (mode, source) = last_error.expect("at least one attempt");
         if mode == AttachedMode::Native && attach_errno(&source) == Some(libc::EOPNOTSUPP) {
-            return Err(LoaderError::NativeXdpUnsupported {
+            return Err(KernelError::NativeXdpUnsupported {
                 iface: iface.to_owned(),
             });
         }
-        Err(LoaderError::Attach {
+        Err(KernelError::Attach {
             iface: iface.to_owned(),
             mode: mode.short(),
             source,
@@ -883,8 +880,8 @@ impl Firewall {
 
     /// Attaches the egress classifier as a TCX link (kernel >= 6.6; `bpftool net` lists it,
     /// `tc filter show` does not), after whatever other TCX programs the interface has.
-    fn attach_tcx(&mut self, iface: &str) -> Result<FdLink, LoaderError> {
-        let tc_error = |source| LoaderError::TcAttach {
+    fn attach_tcx(&mut self, iface: &str) -> Result<FdLink, KernelError> {
+        let tc_error = |source| KernelError::TcAttach {
             iface: iface.to_owned(),
             source,
         };
@@ -903,8 +900,8 @@ impl Firewall {
     /// Attaches the egress classifier as our clsact direct-action filter
     /// ([`EGRESS_FILTER_PRIORITY`], [`EGRESS_FILTER_HANDLE`]), adding a clsact qdisc if the
     /// interface has none. Returns the program's id.
-    fn attach_clsact(&mut self, iface: &str) -> Result<u32, LoaderError> {
-        let tc_error = |source| LoaderError::ClsactAttach {
+    fn attach_clsact(&mut self, iface: &str) -> Result<u32, KernelError> {
+        let tc_error = |source| KernelError::ClsactAttach {
             iface: iface.to_owned(),
             source,
         };
@@ -929,12 +926,12 @@ impl Firewall {
     }
 
     /// Pins `link` as `name` in the pin directory, if there is one.
-    fn pin_link(&self, link: FdLink, name: &str) -> Result<(FdLink, Option<PathBuf>), LoaderError> {
+    fn pin_link(&self, link: FdLink, name: &str) -> Result<(FdLink, Option<PathBuf>), KernelError> {
         let Some(dir) = &self.link_dir else {
             return Ok((link, None));
         };
         let path = dir.join(name);
-        let pinned = link.pin(&path).map_err(|source| LoaderError::PinLink {
+        let pinned = link.pin(&path).map_err(|source| KernelError::PinLink {
             path: path.clone(),
             source,
         })?;
@@ -954,7 +951,7 @@ impl Firewall {
     ///
     /// # Errors
     /// The first unpinning that failed (that link stays attached through its pin).
-    pub fn detach_all(&mut self) -> Result<Vec<DetachedInterface>, LoaderError> {
+    pub fn detach_all(&mut self) -> Result<Vec<DetachedInterface>, KernelError> {
         let mut detached = Vec::new();
         let mut first_error = None;
         // Newest first, the reverse of attaching.
@@ -994,21 +991,21 @@ impl Firewall {
     ///
     /// # Errors
     /// When the counter map is missing or cannot be read.
-    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, LoaderError> {
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, KernelError> {
         let map = self
             .ebpf
             .map(MAP_COUNTERS)
             .ok_or(missing_map(MAP_COUNTERS))?;
         let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(LoaderError::map(MAP_COUNTERS))?;
-        sum_counters(&counters).map_err(LoaderError::map(MAP_COUNTERS))
+            PerCpuArray::try_from(map).map_err(KernelError::map(MAP_COUNTERS))?;
+        sum_counters(&counters).map_err(KernelError::map(MAP_COUNTERS))
     }
 
     /// Takes the key-event ring buffer out of the object (for the event loop).
     ///
     /// # Errors
     /// When it is missing or not a ring buffer.
-    pub fn take_key_events(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
+    pub fn take_key_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         self.take_ring(MAP_KEY_EVENTS)
     }
 
@@ -1016,13 +1013,13 @@ impl Firewall {
     ///
     /// # Errors
     /// When it is missing or not a ring buffer.
-    pub fn take_drop_events(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
+    pub fn take_drop_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         self.take_ring(MAP_DROP_EVENTS)
     }
 
-    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, LoaderError> {
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, KernelError> {
         let map = self.ebpf.take_map(name).ok_or(missing_map(name))?;
-        RingBuf::try_from(map).map_err(LoaderError::map(name))
+        RingBuf::try_from(map).map_err(KernelError::map(name))
     }
 
     /// Takes the connection, subflow and token maps out of the object (for the event loop's
@@ -1030,7 +1027,7 @@ impl Firewall {
     ///
     /// # Errors
     /// When one is missing or its key/value sizes differ from ours.
-    pub fn take_maps(&mut self) -> Result<KernelMaps, LoaderError> {
+    pub fn take_maps(&mut self) -> Result<KernelMaps, KernelError> {
         Ok(KernelMaps {
             conns: self.take_hash_map(MAP_CONNS)?,
             flows: self.take_hash_map(MAP_FLOWS)?,
@@ -1041,9 +1038,9 @@ impl Firewall {
     fn take_hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
-    ) -> Result<HashMap<MapData, K, V>, LoaderError> {
+    ) -> Result<HashMap<MapData, K, V>, KernelError> {
         let map = self.ebpf.take_map(name).ok_or(missing_map(name))?;
-        HashMap::try_from(map).map_err(LoaderError::map(name))
+        HashMap::try_from(map).map_err(KernelError::map(name))
     }
 }
 
@@ -1065,7 +1062,7 @@ impl Drop for Firewall {
 
 /// Unpins and closes an interface's links, or removes its clsact filter (tc first, the reverse
 /// of attaching).
-fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
+fn detach(attachment: Attachment) -> Result<DetachedInterface, KernelError> {
     let Attachment {
         iface,
         ifindex,
@@ -1096,7 +1093,7 @@ fn detach(attachment: Attachment) -> Result<DetachedInterface, LoaderError> {
         if let Some(pin) = pin {
             if let Err(e) = fs::remove_file(&pin) {
                 if e.kind() != io::ErrorKind::NotFound && result.is_ok() {
-                    result = Err(LoaderError::io("unpinning the link", pin)(e));
+                    result = Err(KernelError::io("unpinning the link", pin)(e));
                 }
             }
         }
@@ -1161,8 +1158,8 @@ fn unpin(pin: Option<&Path>) {
 }
 
 /// Link and program ids of `link`.
-fn link_ids(link: &FdLink, iface: &str) -> Result<LinkIds, LoaderError> {
-    let info = link.info().map_err(|source| LoaderError::LinkInfo {
+fn link_ids(link: &FdLink, iface: &str) -> Result<LinkIds, KernelError> {
+    let info = link.info().map_err(|source| KernelError::LinkInfo {
         iface: iface.to_owned(),
         source,
     })?;
@@ -1173,30 +1170,30 @@ fn link_ids(link: &FdLink, iface: &str) -> Result<LinkIds, LoaderError> {
 }
 
 /// Opens a pinned link and checks that it is a live link of `link_type` on `ifindex`.
-fn open_link(path: &Path, link_type: u32, ifindex: u32) -> Result<FdLink, LoaderError> {
+fn open_link(path: &Path, link_type: u32, ifindex: u32) -> Result<FdLink, KernelError> {
     let link: FdLink = PinnedLink::from_pin(path)
-        .map_err(|source| LoaderError::OpenLink {
+        .map_err(|source| KernelError::OpenLink {
             path: path.to_path_buf(),
             source,
         })?
         .into();
     let id = link
         .info()
-        .map_err(|source| LoaderError::OpenLink {
+        .map_err(|source| KernelError::OpenLink {
             path: path.to_path_buf(),
             source,
         })?
         .id();
     let details =
-        bpf_sys::link_details_by_id(id).map_err(LoaderError::io("inspecting the link", path))?;
+        bpf_sys::link_details_by_id(id).map_err(KernelError::io("inspecting the link", path))?;
     if details.link_type != link_type || details.ifindex != ifindex {
         return Err(not_a_link(path));
     }
     Ok(link)
 }
 
-fn not_a_link(path: &Path) -> LoaderError {
-    LoaderError::IncompatiblePins {
+fn not_a_link(path: &Path) -> KernelError {
+    KernelError::IncompatiblePins {
         pin_dir: path.parent().unwrap_or(path).to_path_buf(),
         detail: format!(
             "{} is not the link this loader expects there",
@@ -1205,8 +1202,8 @@ fn not_a_link(path: &Path) -> LoaderError {
     }
 }
 
-fn link_update_error(path: &Path, source: ProgramError) -> LoaderError {
-    LoaderError::LinkUpdate {
+fn link_update_error(path: &Path, source: ProgramError) -> KernelError {
+    KernelError::LinkUpdate {
         path: path.to_path_buf(),
         source,
     }
@@ -1214,8 +1211,8 @@ fn link_update_error(path: &Path, source: ProgramError) -> LoaderError {
 
 /// Whether program `running` (by id) is the same code as `ours`: same tag. The tag hashes the
 /// instructions with map references zeroed, so two loads of one object compare equal.
-fn same_program(running: u32, ours: &impl OurProgram) -> Result<bool, LoaderError> {
-    let running = bpf_sys::prog_tag(running).map_err(LoaderError::io(
+fn same_program(running: u32, ours: &impl OurProgram) -> Result<bool, KernelError> {
+    let running = bpf_sys::prog_tag(running).map_err(KernelError::io(
         "reading the tag of",
         format!("program {running}"),
     ))?;
@@ -1245,10 +1242,10 @@ trait OurProgram {
     }
 
     /// The tag of the loaded program.
-    fn tag(&self) -> Result<u64, LoaderError> {
+    fn tag(&self) -> Result<u64, KernelError> {
         self.info()
             .map(|i| i.tag())
-            .map_err(|source| LoaderError::ProgramLoad {
+            .map_err(|source| KernelError::ProgramLoad {
                 program: Self::NAME,
                 source,
             })
@@ -1300,11 +1297,11 @@ impl OurProgram for SchedClassifier {
 
 /// The error for an interface whose XDP hook is taken: by another firewall (its pins found
 /// by the program id the interface runs) or by someone else's program.
-fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderError {
+fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> KernelError {
     let attached = netlink::xdp_attached(ifindex).ok().flatten();
     let owner = attached.and_then(|a| crate::kernel::pins::find_xdp_link_owner(a.prog_id, own_dir));
     match owner {
-        Some((pin_dir, pid)) => LoaderError::InterfaceProtected {
+        Some((pin_dir, pid)) => KernelError::InterfaceProtected {
             iface: iface.to_owned(),
             pin_dir,
             owner: pid.map_or_else(
@@ -1314,14 +1311,14 @@ fn busy_interface(iface: &str, ifindex: u32, own_dir: Option<&Path>) -> LoaderEr
         },
         // Ours, but pinned somewhere we did not look (a run with an unusual --pin-dir).
         None if attached.is_some_and(|a| runs_our_xdp_program(a.prog_id)) => {
-            LoaderError::InterfaceProtectedElsewhere {
+            KernelError::InterfaceProtectedElsewhere {
                 iface: iface.to_owned(),
                 prog_id: attached.map_or(0, |a| a.prog_id),
             }
         }
         None => {
             let occupant = attached.map(|a| crate::kernel::multiprog::XdpOccupant::of(ifindex, a));
-            LoaderError::XdpAlreadyAttached {
+            KernelError::XdpAlreadyAttached {
                 iface: iface.to_owned(),
                 occupant: occupant
                     .as_ref()
@@ -1347,7 +1344,7 @@ fn lift_memlock_limit() {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads the struct it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
         log::warn!(
             "could not lift RLIMIT_MEMLOCK ({}): map creation may fail on this kernel",
             std::io::Error::last_os_error()
@@ -1392,12 +1389,12 @@ fn attach_errno(error: &ProgramError) -> Option<i32> {
     }
 }
 
-fn missing_map(name: &'static str) -> LoaderError {
-    LoaderError::MissingInObject { kind: "map", name }
+fn missing_map(name: &'static str) -> KernelError {
+    KernelError::MissingInObject { kind: "map", name }
 }
 
 /// A verifier rejection becomes one line; its log goes to debug level.
-fn program_load_error(program: &'static str, source: ProgramError) -> LoaderError {
+fn program_load_error(program: &'static str, source: ProgramError) -> KernelError {
     match source {
         ProgramError::LoadError {
             io_error,
@@ -1408,49 +1405,32 @@ fn program_load_error(program: &'static str, source: ProgramError) -> LoaderErro
                 "verifier log (last {VERIFIER_TAIL_LINES} lines):\n{}",
                 verifier_log_tail(&verifier_log, VERIFIER_TAIL_LINES)
             );
-            LoaderError::VerifierRejected {
+            KernelError::VerifierRejected {
                 program,
                 io_error,
                 verifier_log,
             }
         }
-        source => LoaderError::ProgramLoad { program, source },
+        source => KernelError::ProgramLoad { program, source },
     }
 }
 
 /// The program `name` of the object as its concrete type (`Xdp`, `SchedClassifier`).
-fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let missing = LoaderError::MissingInObject {
+    let missing = KernelError::MissingInObject {
         kind: "program",
         name,
     };
     let program = ebpf.program_mut(name).ok_or(missing)?;
     program
         .try_into()
-        .map_err(|source| LoaderError::ProgramLoad {
+        .map_err(|source| KernelError::ProgramLoad {
             program: name,
             source,
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_stub_object_is_refused_clearly() {
-        let err = Firewall::load(&[]).unwrap_err();
-        assert!(matches!(err, LoaderError::ObjectNotBuilt), "{err}");
-    }
-
-    #[test]
-    fn attached_modes_read_well() {
-        assert_eq!(AttachedMode::Native.to_string(), "native XDP");
-        assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
-    }
 }
 
 /// An `EbpfLoader` for the firewall's object, with its globals set for this kernel: the fast
@@ -1472,4 +1452,21 @@ pub fn object_loader() -> EbpfLoader<'static> {
         loader.override_global(GLOBAL_COARSE_CLOCK, &NO_COARSE_CLOCK, true);
     }
     loader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stub_object_is_refused_clearly() {
+        let err = Firewall::load(&[]).unwrap_err();
+        assert!(matches!(err, KernelError::ObjectNotBuilt), "{err}");
+    }
+
+    #[test]
+    fn attached_modes_read_well() {
+        assert_eq!(AttachedMode::Native.to_string(), "native XDP");
+        assert_eq!(AttachedMode::Skb.to_string(), "generic (skb) XDP");
+    }
 }

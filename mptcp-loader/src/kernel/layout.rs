@@ -22,12 +22,10 @@ use std::{path::Path, sync::OnceLock};
 
 use aya::EbpfError;
 use aya_obj::EbpfSectionKind;
-use mptcp_common::maps::{
-    DropEvent, KeyEvent, MAP_HMAC_JOBS, MAP_REFERENCE_COUNT, MAP_SCRATCH, MAP_WALK,
-};
+use mptcp_common::maps::{DropEvent, KeyEvent, MAP_FRAME, MAP_REFERENCE_COUNT};
 
 use crate::{
-    errors::LoaderError,
+    kernel::error::KernelError,
     kernel::map_sizes::MapSizes,
     kernel::state::{IfaceRecord, RunState},
     EBPF_OBJ,
@@ -53,8 +51,7 @@ pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// Per-CPU scratch maps of the programs: used within one invocation only, so each run keeps its
 /// own (they are neither pinned nor shared).
-pub const PER_INVOCATION_MAPS: [&str; 4] =
-    [MAP_SCRATCH, MAP_WALK, MAP_HMAC_JOBS, MAP_REFERENCE_COUNT];
+pub const PER_INVOCATION_MAPS: [&str; 2] = [MAP_FRAME, MAP_REFERENCE_COUNT];
 
 /// What the kernel reports about a map, or what we expect of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,13 +116,13 @@ impl ObjectLayout {
     /// Reads the shared maps out of `object` (an eBPF ELF file).
     ///
     /// # Errors
-    /// [`LoaderError::ObjectNotBuilt`] for the empty stub object, [`LoaderError::Object`] when
+    /// [`KernelError::ObjectNotBuilt`] for the empty stub object, [`KernelError::Object`] when
     /// it cannot be parsed.
-    pub fn parse(object: &[u8]) -> Result<Self, LoaderError> {
+    pub fn parse(object: &[u8]) -> Result<Self, KernelError> {
         if object.is_empty() {
-            return Err(LoaderError::ObjectNotBuilt);
+            return Err(KernelError::ObjectNotBuilt);
         }
-        let parsed = aya_obj::Object::parse(object).map_err(|e| LoaderError::Object {
+        let parsed = aya_obj::Object::parse(object).map_err(|e| KernelError::Object {
             source: EbpfError::ParseError(e),
         })?;
         let maps = parsed
@@ -155,7 +152,7 @@ impl ObjectLayout {
     ///
     /// # Errors
     /// As [`ObjectLayout::parse`].
-    pub fn embedded() -> Result<&'static Self, LoaderError> {
+    pub fn embedded() -> Result<&'static Self, KernelError> {
         static EMBEDDED: OnceLock<ObjectLayout> = OnceLock::new();
         if let Some(layout) = EMBEDDED.get() {
             return Ok(layout);
@@ -230,16 +227,16 @@ impl ObjectLayout {
     /// pinned (`None`: not pinned; the new run creates it).
     ///
     /// # Errors
-    /// [`LoaderError::IncompatiblePins`] when the layout differs (another version built it);
-    /// [`LoaderError::PinnedSizesDiffer`] when only a per-run capacity differs.
+    /// [`KernelError::IncompatiblePins`] when the layout differs (another version built it);
+    /// [`KernelError::PinnedSizesDiffer`] when only a per-run capacity differs.
     pub fn check_pinned(
         &self,
         pin_dir: &Path,
         pinned_hash: Option<u64>,
         pinned_maps: &[(String, Option<MapLayout>)],
         sizes: &MapSizes,
-    ) -> Result<(), LoaderError> {
-        let incompatible = |detail: String| LoaderError::IncompatiblePins {
+    ) -> Result<(), KernelError> {
+        let incompatible = |detail: String| KernelError::IncompatiblePins {
             pin_dir: pin_dir.to_path_buf(),
             detail,
         };
@@ -271,7 +268,7 @@ impl ObjectLayout {
                 )));
             }
             if let Some(map) = sized.filter(|_| found.max_entries != expected.max_entries) {
-                return Err(LoaderError::PinnedSizesDiffer {
+                return Err(KernelError::PinnedSizesDiffer {
                     pin_dir: pin_dir.to_path_buf(),
                     map,
                     pinned: found.max_entries,
@@ -427,7 +424,7 @@ mod tests {
                 &sizes,
             )
             .unwrap_err();
-        assert!(matches!(err, LoaderError::IncompatiblePins { .. }), "{err}");
+        assert!(matches!(err, KernelError::IncompatiblePins { .. }), "{err}");
     }
 
     #[test]
@@ -465,7 +462,7 @@ mod tests {
             .max_entries += 1;
         assert!(matches!(
             ours.check_pinned(Path::new(DIR), Some(ours.hash()), &counters, &sizes),
-            Err(LoaderError::IncompatiblePins { .. })
+            Err(KernelError::IncompatiblePins { .. })
         ));
     }
 
@@ -519,7 +516,7 @@ mod tests {
         );
         assert!(matches!(
             ObjectLayout::parse(&[]),
-            Err(LoaderError::ObjectNotBuilt)
+            Err(KernelError::ObjectNotBuilt)
         ));
     }
 }

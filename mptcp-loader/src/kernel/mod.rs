@@ -7,6 +7,7 @@
 pub mod adopt;
 pub mod bpf_sys;
 pub mod detach;
+pub mod error;
 pub mod firewall;
 pub mod layout;
 pub mod map_sizes;
@@ -16,3 +17,5 @@ pub mod pins;
 pub mod preflight;
 pub mod state;
 pub mod store;
+
+pub use error::KernelError;

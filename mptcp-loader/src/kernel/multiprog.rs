@@ -27,7 +27,7 @@ use aya::{
 };
 use mptcp_common::maps::{PROG_XDP_INGRESS, PROG_XDP_PASS_BASELINE};
 
-use crate::{errors::LoaderError, kernel::netlink::XdpAttached};
+use crate::{kernel::error::KernelError, kernel::netlink::XdpAttached};
 
 /// The dispatcher object of Debian's `libxdp1` package (`cargo xtask setup` installs it).
 pub const DISPATCHER_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o";
@@ -116,7 +116,7 @@ impl DispatcherConfig {
         let mut config = Self {
             magic: DISPATCHER_MAGIC,
             dispatcher_version: DISPATCHER_VERSION,
-            num_progs_enabled: slots.len() as u8,
+            num_progs_enabled: u8::try_from(slots.len()).expect("at most 10 slots"),
             // aya loads the dispatcher's `xdp` section without BPF_F_XDP_HAS_FRAGS, so the
             // dispatcher is not frags-aware whatever its components are (libxdp, rebuilding
             // it, loads it with the flag when every slot's `program_flags` has it).
@@ -149,9 +149,9 @@ impl Dispatcher {
     /// Loads the dispatcher object at `path` configured for `slots`.
     ///
     /// # Errors
-    /// [`LoaderError::DispatcherObject`] when the file is missing or aya cannot load it.
-    pub fn load_file(path: &Path, slots: &[Slot]) -> Result<Self, LoaderError> {
-        let object = fs::read(path).map_err(|source| LoaderError::DispatcherObject {
+    /// [`KernelError::DispatcherObject`] when the file is missing or aya cannot load it.
+    pub fn load_file(path: &Path, slots: &[Slot]) -> Result<Self, KernelError> {
+        let object = fs::read(path).map_err(|source| KernelError::DispatcherObject {
             path: path.to_owned(),
             detail: source.to_string(),
         })?;
@@ -162,8 +162,8 @@ impl Dispatcher {
     ///
     /// # Errors
     /// As [`Dispatcher::load_file`].
-    pub fn load(object: &[u8], path: &Path, slots: &[Slot]) -> Result<Self, LoaderError> {
-        let failed = |detail: String| LoaderError::DispatcherObject {
+    pub fn load(object: &[u8], path: &Path, slots: &[Slot]) -> Result<Self, KernelError> {
+        let failed = |detail: String| KernelError::DispatcherObject {
             path: path.to_owned(),
             detail,
         };
@@ -192,8 +192,8 @@ impl Dispatcher {
     ///
     /// # Errors
     /// When the map is missing or cannot be read.
-    pub fn kernel_config(&self) -> Result<DispatcherConfig, LoaderError> {
-        let failed = |detail: String| LoaderError::DispatcherObject {
+    pub fn kernel_config(&self) -> Result<DispatcherConfig, KernelError> {
+        let failed = |detail: String| KernelError::DispatcherObject {
             path: PathBuf::from(DISPATCHER_OBJECT),
             detail,
         };
@@ -222,15 +222,15 @@ impl Dispatcher {
     ///
     /// # Errors
     /// When the fd cannot be duplicated.
-    pub fn fd(&self) -> Result<ProgramFd, LoaderError> {
+    pub fn fd(&self) -> Result<ProgramFd, KernelError> {
         let fd = self
             .program()
             .fd()
-            .map_err(|e| LoaderError::MultiprogUnsupported {
+            .map_err(|e| KernelError::MultiprogUnsupported {
                 detail: e.to_string(),
             })?;
         fd.try_clone()
-            .map_err(|e| LoaderError::MultiprogUnsupported {
+            .map_err(|e| KernelError::MultiprogUnsupported {
                 detail: format!("duplicating the dispatcher fd: {e}"),
             })
     }
@@ -241,20 +241,20 @@ impl Dispatcher {
 /// pinned (libxdp pins it as `progN-link`).
 ///
 /// # Errors
-/// [`LoaderError::MultiprogUnsupported`] when the kernel refuses the `freplace` program
-/// ([`unsupported_reason`] says why), [`LoaderError::VerifierRejected`]-like failures as
-/// [`LoaderError::ComponentLoad`].
+/// [`KernelError::MultiprogUnsupported`] when the kernel refuses the `freplace` program
+/// ([`unsupported_reason`] says why), [`KernelError::VerifierRejected`]-like failures as
+/// [`KernelError::ComponentLoad`].
 pub fn load_component(
     ebpf: &mut Ebpf,
     name: &'static str,
     dispatcher: &Dispatcher,
     slot: usize,
-) -> Result<FdLink, LoaderError> {
+) -> Result<FdLink, KernelError> {
     let failed = |source: ProgramError| match load_errno(&source) {
-        Some(errno) if errno == libc::EPERM => LoaderError::MultiprogUnsupported {
+        Some(errno) if errno == libc::EPERM => KernelError::MultiprogUnsupported {
             detail: unsupported_reason(errno),
         },
-        _ => LoaderError::ComponentLoad {
+        _ => KernelError::ComponentLoad {
             program: name,
             slot,
             source,
@@ -262,7 +262,7 @@ pub fn load_component(
     };
     let extension: &mut Extension = ebpf
         .program_mut(name)
-        .ok_or(LoaderError::MissingInObject {
+        .ok_or(KernelError::MissingInObject {
             kind: "program",
             name,
         })?
@@ -281,14 +281,14 @@ pub fn load_component(
 /// as its `freplace` component, then unloads both. Multi-program mode needs this.
 ///
 /// # Errors
-/// [`LoaderError::MultiprogUnsupported`] with the kernel's reason, or the dispatcher's and the
+/// [`KernelError::MultiprogUnsupported`] with the kernel's reason, or the dispatcher's and the
 /// object's load errors.
-pub fn probe(object: &[u8], dispatcher_object: &Path) -> Result<(), LoaderError> {
+pub fn probe(object: &[u8], dispatcher_object: &Path) -> Result<(), KernelError> {
     let dispatcher = Dispatcher::load_file(dispatcher_object, &[FIREWALL_SLOT])?;
     let mut ebpf = crate::kernel::firewall::object_loader()
         .extension(PROG_XDP_PASS_BASELINE)
         .load(object)
-        .map_err(|source| LoaderError::Object { source })?;
+        .map_err(|source| KernelError::Object { source })?;
     load_component(&mut ebpf, PROG_XDP_PASS_BASELINE, &dispatcher, 0).map(drop)
 }
 
@@ -296,15 +296,15 @@ pub fn probe(object: &[u8], dispatcher_object: &Path) -> Result<(), LoaderError>
 /// (for [`load_component`] with [`PROG_XDP_INGRESS`]).
 ///
 /// # Errors
-/// aya's, as [`LoaderError::Object`].
-pub fn load_object_as_component(object: &[u8]) -> Result<Ebpf, LoaderError> {
+/// aya's, as [`KernelError::Object`].
+pub fn load_object_as_component(object: &[u8]) -> Result<Ebpf, KernelError> {
     crate::kernel::firewall::object_loader()
         .extension(crate::kernel::firewall::xdp_ingress_program())
         .load(object)
-        .map_err(|source| LoaderError::Object { source })
+        .map_err(|source| KernelError::Object { source })
 }
 
-/// Why a kernel refuses `freplace` programs, for [`LoaderError::MultiprogUnsupported`].
+/// Why a kernel refuses `freplace` programs, for [`KernelError::MultiprogUnsupported`].
 #[must_use]
 pub fn unsupported_reason(errno: i32) -> String {
     format!(
@@ -461,10 +461,10 @@ impl Installed {
     /// naming the program when it is not a libxdp dispatcher.
     ///
     /// # Errors
-    /// [`LoaderError::XdpAlreadyAttached`] for a program that is not a dispatcher,
-    /// [`LoaderError::MultiprogUnsupported`] for a dispatcher that cannot be read.
-    pub fn read(iface: &str, ifindex: u32) -> Result<Option<Self>, LoaderError> {
-        let unreadable = |detail: String| LoaderError::MultiprogUnsupported {
+    /// [`KernelError::XdpAlreadyAttached`] for a program that is not a dispatcher,
+    /// [`KernelError::MultiprogUnsupported`] for a dispatcher that cannot be read.
+    pub fn read(iface: &str, ifindex: u32) -> Result<Option<Self>, KernelError> {
+        let unreadable = |detail: String| KernelError::MultiprogUnsupported {
             detail: format!("reading the dispatcher on {iface}: {detail}"),
         };
         let Some(attached) =
@@ -474,7 +474,7 @@ impl Installed {
         };
         let occupant = XdpOccupant::of(ifindex, attached);
         if occupant.components.is_none() {
-            return Err(LoaderError::XdpAlreadyAttached {
+            return Err(KernelError::XdpAlreadyAttached {
                 iface: iface.to_owned(),
                 occupant: occupant.to_string(),
                 remedy: occupant.remedy(iface),
@@ -547,8 +547,8 @@ pub fn dispatcher_dir(ifindex: u32, prog_id: u32) -> PathBuf {
 struct PinLock(#[allow(dead_code, reason = "held for its flock")] fs::File);
 
 impl PinLock {
-    fn take() -> Result<Self, LoaderError> {
-        let failed = |e: io::Error| LoaderError::MultiprogUnsupported {
+    fn take() -> Result<Self, KernelError> {
+        let failed = |e: io::Error| KernelError::MultiprogUnsupported {
             detail: format!("locking {LIBXDP_PIN_ROOT}: {e}"),
         };
         fs::create_dir_all(LIBXDP_PIN_ROOT).map_err(failed)?;
@@ -590,15 +590,15 @@ pub struct Swap {
 /// without XDP the dispatcher is attached in `how`'s mode.
 ///
 /// # Errors
-/// [`LoaderError::XdpAlreadyAttached`] when the interface runs a program that is not a
-/// dispatcher, [`LoaderError::MultiprogUnsupported`] when the kernel refuses a step.
+/// [`KernelError::XdpAlreadyAttached`] when the interface runs a program that is not a
+/// dispatcher, [`KernelError::MultiprogUnsupported`] when the kernel refuses a step.
 pub fn install(
     iface: &str,
     ifindex: u32,
     how: crate::kernel::firewall::XdpAttach,
     member: Member<'_>,
     dispatcher_object: &Path,
-) -> Result<Swap, LoaderError> {
+) -> Result<Swap, KernelError> {
     install_linked(iface, ifindex, how, member, dispatcher_object).map(|(swap, _)| swap)
 }
 
@@ -612,9 +612,9 @@ pub fn install_linked(
     how: crate::kernel::firewall::XdpAttach,
     member: Member<'_>,
     dispatcher_object: &Path,
-) -> Result<(Swap, FdLink), LoaderError> {
+) -> Result<(Swap, FdLink), KernelError> {
     let (swap, link) = swap(iface, ifindex, how, Some(member), "", dispatcher_object)?;
-    let link = link.ok_or_else(|| LoaderError::MultiprogUnsupported {
+    let link = link.ok_or_else(|| KernelError::MultiprogUnsupported {
         detail: format!("no link of the new component on {iface}"),
     })?;
     Ok((swap, link))
@@ -630,7 +630,7 @@ pub fn uninstall(
     ifindex: u32,
     name: &str,
     dispatcher_object: &Path,
-) -> Result<Swap, LoaderError> {
+) -> Result<Swap, KernelError> {
     swap(
         iface,
         ifindex,
@@ -647,7 +647,7 @@ pub fn uninstall(
 ///
 /// # Errors
 /// As [`uninstall`].
-pub fn leave(iface: &str, ifindex: u32) -> Result<bool, LoaderError> {
+pub fn leave(iface: &str, ifindex: u32) -> Result<bool, KernelError> {
     let ours = kernel_name(PROG_XDP_INGRESS);
     // A gone interface (or none of this namespace) has nothing to leave.
     if !matches!(crate::kernel::netlink::xdp_attached(ifindex), Ok(Some(_))) {
@@ -656,7 +656,7 @@ pub fn leave(iface: &str, ifindex: u32) -> Result<bool, LoaderError> {
     let member = match Installed::read(iface, ifindex) {
         Ok(Some(installed)) => installed.components.iter().any(|(name, _)| name == ours),
         // Nothing there, or not a dispatcher: not ours to take out.
-        Ok(None) | Err(LoaderError::XdpAlreadyAttached { .. }) => false,
+        Ok(None) | Err(KernelError::XdpAlreadyAttached { .. }) => false,
         Err(e) => return Err(e),
     };
     if member {
@@ -672,8 +672,8 @@ fn swap(
     member: Option<Member<'_>>,
     removed: &str,
     dispatcher_object: &Path,
-) -> Result<(Swap, Option<FdLink>), LoaderError> {
-    let failed = |what: &str, e: &dyn fmt::Display| LoaderError::MultiprogUnsupported {
+) -> Result<(Swap, Option<FdLink>), KernelError> {
+    let failed = |what: &str, e: &dyn fmt::Display| KernelError::MultiprogUnsupported {
         detail: format!("{what} on {iface}: {e}"),
     };
     let _lock = PinLock::take()?;
@@ -759,7 +759,7 @@ fn swap(
                     .and_then(|()| program.attach())
             }
             .map_err(|e| match load_errno(&e) {
-                Some(libc::EPERM) => LoaderError::MultiprogUnsupported {
+                Some(libc::EPERM) => KernelError::MultiprogUnsupported {
                     detail: unsupported_reason(libc::EPERM),
                 },
                 _ => failed(&format!("linking {name} into {function}"), &e),

@@ -15,7 +15,7 @@ use std::{
 use aya::programs::{tc::qdisc_detach_program, TcAttachType, TcError};
 use mptcp_common::maps::PROG_TC_EGRESS;
 
-use crate::errors::LoaderError;
+use crate::kernel::error::KernelError;
 
 /// `struct nlmsghdr` size.
 const NLMSG_HDR_LEN: usize = 16;
@@ -173,7 +173,7 @@ fn xdp_of_link(payload: &[u8], ifindex: u32) -> Option<XdpAttached> {
                 mode = value
                     .first()
                     .copied()
-                    .and_then(XdpAttachMode::from_attached)
+                    .and_then(XdpAttachMode::from_attached);
             }
             IFLA_XDP_PROG_ID if value.len() >= 4 => prog_id = Some(u32_at(value, 0)),
             _ => {}
@@ -303,7 +303,7 @@ fn bpf_filter_of(payload: &[u8]) -> Option<BpfFilter> {
 ///
 /// # Errors
 /// When listing or deleting filters fails.
-pub fn remove_stale_filters(iface: &str) -> Result<bool, LoaderError> {
+pub fn remove_stale_filters(iface: &str) -> Result<bool, KernelError> {
     match qdisc_detach_program(iface, TcAttachType::Egress, PROG_TC_EGRESS) {
         Ok(()) => Ok(true),
         Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -313,7 +313,7 @@ pub fn remove_stale_filters(iface: &str) -> Result<bool, LoaderError> {
         {
             Ok(false)
         }
-        Err(source) => Err(LoaderError::Clsact {
+        Err(source) => Err(KernelError::Clsact {
             iface: iface.to_owned(),
             source,
         }),
@@ -542,11 +542,19 @@ pub fn local_addresses() -> io::Result<Vec<(u8, [u8; 16])>> {
                 let mut bytes = [0u8; 16];
                 match i32::from((*addr).sa_family) {
                     libc::AF_INET => {
+                        #[allow(
+                            clippy::cast_ptr_alignment,
+                            reason = "getifaddrs stores each address as its family's own struct"
+                        )]
                         let sin = addr.cast::<libc::sockaddr_in>();
                         bytes[..4].copy_from_slice(&(*sin).sin_addr.s_addr.to_ne_bytes());
                         out.push((FAMILY_V4, bytes));
                     }
                     libc::AF_INET6 => {
+                        #[allow(
+                            clippy::cast_ptr_alignment,
+                            reason = "getifaddrs stores each address as its family's own struct"
+                        )]
                         let sin6 = addr.cast::<libc::sockaddr_in6>();
                         bytes.copy_from_slice(&(*sin6).sin6_addr.s6_addr);
                         out.push((FAMILY_V6, bytes));

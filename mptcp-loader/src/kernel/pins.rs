@@ -21,7 +21,7 @@ use std::{
 
 use aya::maps::{Array, Map, MapData};
 
-use crate::errors::LoaderError;
+use crate::kernel::error::KernelError;
 
 /// Where bpffs is normally mounted.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -46,18 +46,18 @@ pub fn pin_dir_for_netns(netns_inode: u64) -> PathBuf {
 ///
 /// # Errors
 /// When `/proc/self/ns/net` cannot be read (no /proc).
-pub fn current_netns_inode() -> Result<u64, LoaderError> {
+pub fn current_netns_inode() -> Result<u64, KernelError> {
     let path = "/proc/self/ns/net";
     fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(LoaderError::io("reading the network namespace from", path))
+        .map_err(KernelError::io("reading the network namespace from", path))
 }
 
 /// The default pin directory: the one of the current network namespace.
 ///
 /// # Errors
 /// See [`current_netns_inode`].
-pub fn default_pin_dir() -> Result<PathBuf, LoaderError> {
+pub fn default_pin_dir() -> Result<PathBuf, KernelError> {
     current_netns_inode().map(pin_dir_for_netns)
 }
 
@@ -89,18 +89,18 @@ fn fs_type(path: &Path) -> io::Result<i64> {
 /// existing ancestor.
 ///
 /// # Errors
-/// [`LoaderError::BpffsNotMounted`] naming the directory that is not on bpffs.
-pub fn check_bpffs(pin_dir: &Path) -> Result<(), LoaderError> {
+/// [`KernelError::BpffsNotMounted`] naming the directory that is not on bpffs.
+pub fn check_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
     let existing = pin_dir
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
     let f_type =
-        fs_type(existing).map_err(LoaderError::io("checking the file system of", existing))?;
+        fs_type(existing).map_err(KernelError::io("checking the file system of", existing))?;
     if is_bpffs_magic(f_type) {
         Ok(())
     } else {
-        Err(LoaderError::BpffsNotMounted {
+        Err(KernelError::BpffsNotMounted {
             path: existing.to_path_buf(),
         })
     }
@@ -150,10 +150,10 @@ impl PinDir {
     /// left for the caller to adopt or clear ([`PinDir::found_pins`]).
     ///
     /// # Errors
-    /// [`LoaderError::AnotherRunActive`] when a live process holds it; I/O errors otherwise.
-    pub fn claim(path: &Path) -> Result<Self, LoaderError> {
+    /// [`KernelError::AnotherRunActive`] when a live process holds it; I/O errors otherwise.
+    pub fn claim(path: &Path) -> Result<Self, KernelError> {
         if let Some(pid) = live_owner_elsewhere(path) {
-            return Err(LoaderError::AnotherRunActive {
+            return Err(KernelError::AnotherRunActive {
                 pin_dir: path.to_path_buf(),
                 owner: format!("pid {pid}, in another mount namespace"),
             });
@@ -161,32 +161,32 @@ impl PinDir {
         // A few rounds: the previous owner may remove the directory while we open it.
         for _ in 0..3 {
             if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(LoaderError::io("creating", parent))?;
+                fs::create_dir_all(parent).map_err(KernelError::io("creating", parent))?;
             }
             match fs::create_dir(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(LoaderError::io("creating the pin directory", path)(e)),
+                Err(e) => return Err(KernelError::io("creating the pin directory", path)(e)),
             }
             let lock =
-                File::open(path).map_err(LoaderError::io("opening the pin directory", path))?;
+                File::open(path).map_err(KernelError::io("opening the pin directory", path))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 let err = io::Error::last_os_error();
                 if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                     let owner = lock_owner(path)
                         .map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}"));
-                    return Err(LoaderError::AnotherRunActive {
+                    return Err(KernelError::AnotherRunActive {
                         pin_dir: path.to_path_buf(),
                         owner,
                     });
                 }
-                return Err(LoaderError::io("locking the pin directory", path)(err));
+                return Err(KernelError::io("locking the pin directory", path)(err));
             }
             // Locked; but is it still the directory at `path`?
             let locked = lock
                 .metadata()
-                .map_err(LoaderError::io("inspecting", path))?;
+                .map_err(KernelError::io("inspecting", path))?;
             match fs::metadata(path) {
                 Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => {}
                 _ => continue,
@@ -200,7 +200,7 @@ impl PinDir {
             dir.found_pins = !dir.entries()?.is_empty();
             return Ok(dir);
         }
-        Err(LoaderError::io("claiming the pin directory", path)(
+        Err(KernelError::io("claiming the pin directory", path)(
             io::Error::other("it kept being replaced by another process"),
         ))
     }
@@ -228,7 +228,7 @@ impl PinDir {
     ///
     /// # Errors
     /// When a pin cannot be removed.
-    pub fn clear(&mut self) -> Result<(), LoaderError> {
+    pub fn clear(&mut self) -> Result<(), KernelError> {
         self.remove_entries()?;
         self.found_pins = false;
         Ok(())
@@ -240,21 +240,21 @@ impl PinDir {
         self.keep = true;
     }
 
-    fn entries(&self) -> Result<Vec<PathBuf>, LoaderError> {
-        let read = fs::read_dir(&self.path).map_err(LoaderError::io("listing", &self.path))?;
+    fn entries(&self) -> Result<Vec<PathBuf>, KernelError> {
+        let read = fs::read_dir(&self.path).map_err(KernelError::io("listing", &self.path))?;
         read.map(|e| e.map(|e| e.path()))
             .collect::<io::Result<_>>()
-            .map_err(LoaderError::io("listing", &self.path))
+            .map_err(KernelError::io("listing", &self.path))
     }
 
-    fn remove_entries(&self) -> Result<(), LoaderError> {
+    fn remove_entries(&self) -> Result<(), KernelError> {
         for entry in self.entries()? {
             let removed = if entry.is_dir() {
                 fs::remove_dir_all(&entry)
             } else {
                 fs::remove_file(&entry)
             };
-            removed.map_err(LoaderError::io("removing", &entry))?;
+            removed.map_err(KernelError::io("removing", &entry))?;
         }
         Ok(())
     }
@@ -263,10 +263,10 @@ impl PinDir {
     ///
     /// # Errors
     /// When a pin or the directory cannot be removed.
-    pub fn remove(mut self) -> Result<(), LoaderError> {
+    pub fn remove(mut self) -> Result<(), KernelError> {
         self.keep = true;
         self.remove_entries()?;
-        fs::remove_dir(&self.path).map_err(LoaderError::io("removing", &self.path))
+        fs::remove_dir(&self.path).map_err(KernelError::io("removing", &self.path))
     }
 }
 
@@ -290,7 +290,7 @@ pub fn open_or_create_pinned_array<V: aya::Pod>(
     dir: &PinDir,
     name: &'static str,
     len: u32,
-) -> Result<(Array<MapData, V>, bool), LoaderError> {
+) -> Result<(Array<MapData, V>, bool), KernelError> {
     let path = dir.pin_path(name);
     let reopened = MapData::from_pin(&path)
         .and_then(Map::from_map_data)
@@ -302,7 +302,7 @@ pub fn open_or_create_pinned_array<V: aya::Pod>(
     }
     match fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(LoaderError::io("removing", &path)(e))
+            return Err(KernelError::io("removing", &path)(e))
         }
         _ => {}
     }
@@ -347,16 +347,16 @@ pub fn create_pinned_array<V: aya::Pod>(
     dir: &PinDir,
     name: &'static str,
     len: u32,
-) -> Result<Array<MapData, V>, LoaderError> {
+) -> Result<Array<MapData, V>, KernelError> {
     let path = dir.pin_path(name);
-    let map = Array::<MapData, V>::create(len, 0).map_err(LoaderError::map(name))?;
-    map.pin(&path).map_err(|source| LoaderError::Pin {
+    let map = Array::<MapData, V>::create(len, 0).map_err(KernelError::map(name))?;
+    map.pin(&path).map_err(|source| KernelError::Pin {
         map: name,
         path: path.clone(),
         source,
     })?;
     // `pin` consumed the handle; reopen it from the pin.
-    let open_error = |source| LoaderError::OpenPin {
+    let open_error = |source| KernelError::OpenPin {
         path: path.clone(),
         source,
     };
@@ -443,7 +443,7 @@ mod tests {
     fn a_plain_directory_is_not_bpffs() {
         let err = check_bpffs(Path::new("/proc/self/this/does/not/exist")).unwrap_err();
         assert!(
-            matches!(err, LoaderError::BpffsNotMounted { ref path } if path == Path::new("/proc/self")),
+            matches!(err, KernelError::BpffsNotMounted { ref path } if path == Path::new("/proc/self")),
             "{err}"
         );
     }
@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(lock_owner(&dir), Some(std::process::id()));
         let again = PinDir::claim(&dir).unwrap_err();
         assert!(
-            matches!(again, LoaderError::AnotherRunActive { .. }),
+            matches!(again, KernelError::AnotherRunActive { .. }),
             "{again}"
         );
         assert!(again

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use crate::errors::LoaderError;
+use crate::kernel::error::KernelError;
 
 /// Our effective uid.
 #[must_use]
@@ -15,21 +15,21 @@ pub fn effective_uid() -> u32 {
 /// Loading XDP programs and pinning maps needs root.
 ///
 /// # Errors
-/// [`LoaderError::NotRoot`] unless `euid` is 0.
-pub fn check_root(euid: u32) -> Result<(), LoaderError> {
+/// [`KernelError::NotRoot`] unless `euid` is 0.
+pub fn check_root(euid: u32) -> Result<(), KernelError> {
     if euid == 0 {
         Ok(())
     } else {
-        Err(LoaderError::NotRoot { euid })
+        Err(KernelError::NotRoot { euid })
     }
 }
 
 /// The interface index of `iface` in this network namespace.
 ///
 /// # Errors
-/// [`LoaderError::UnknownInterface`] when there is no such interface.
-pub fn interface_index(iface: &str) -> Result<u32, LoaderError> {
-    let unknown = || LoaderError::UnknownInterface {
+/// [`KernelError::UnknownInterface`] when there is no such interface.
+pub fn interface_index(iface: &str) -> Result<u32, KernelError> {
+    let unknown = || KernelError::UnknownInterface {
         iface: iface.to_owned(),
     };
     let c_name = CString::new(iface).map_err(|_| unknown())?;
@@ -85,7 +85,7 @@ mod tests {
             assert!(
                 matches!(
                     interface_index(bad),
-                    Err(LoaderError::UnknownInterface { .. })
+                    Err(KernelError::UnknownInterface { .. })
                 ),
                 "{bad:?}"
             );

@@ -2,7 +2,7 @@
 //! attachment and `status` / `detach` can work without a loader process.
 //!
 //! bpffs holds only pins, so the records are small maps the loader creates and pins:
-//! - [`PIN_LAYOUT`]: one `u64`, the [`crate::kernel::layout::layout_hash`] of the build that created the
+//! - [`PIN_LAYOUT`]: one `u64`, the [`crate::kernel::layout::ObjectLayout::hash`] of the build that created the
 //!   pins (its format never changes, so any version can read it);
 //! - [`PIN_RUN_STATE`]: one [`RunState`] (since when the firewall is attached, which run holds it);
 //! - [`PIN_IFACES`]: ifindex -> [`IfaceRecord`] for every interface it is attached to.
@@ -19,7 +19,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 
-use crate::{errors::LoaderError, kernel::firewall::AttachedMode, kernel::pins::PinDir};
+use crate::{kernel::error::KernelError, kernel::firewall::AttachedMode, kernel::pins::PinDir};
 
 /// Pin name of the layout record (one `u64`).
 pub const PIN_LAYOUT: &str = "layout";
@@ -178,14 +178,14 @@ pub fn version_bytes(version: &str) -> [u8; 32] {
     out
 }
 
-fn open_error(path: &Path) -> impl Fn(MapError) -> LoaderError + '_ {
-    move |source| LoaderError::OpenPin {
+fn open_error(path: &Path) -> impl Fn(MapError) -> KernelError + '_ {
+    move |source| KernelError::OpenPin {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn open_map(path: &Path) -> Result<Map, LoaderError> {
+fn open_map(path: &Path) -> Result<Map, KernelError> {
     let data = MapData::from_pin(path).map_err(open_error(path))?;
     Map::from_map_data(data).map_err(open_error(path))
 }
@@ -202,16 +202,16 @@ pub fn read_layout_hash(dir: &Path) -> Option<u64> {
 ///
 /// # Errors
 /// When the map cannot be created, pinned or written.
-pub fn write_layout_hash(dir: &PinDir, hash: u64) -> Result<(), LoaderError> {
+pub fn write_layout_hash(dir: &PinDir, hash: u64) -> Result<(), KernelError> {
     let path = dir.pin_path(PIN_LAYOUT);
     remove_if_present(&path)?;
     let mut array = crate::kernel::pins::create_pinned_array::<u64>(dir, PIN_LAYOUT, 1)?;
-    array.set(0, hash, 0).map_err(LoaderError::map(PIN_LAYOUT))
+    array.set(0, hash, 0).map_err(KernelError::map(PIN_LAYOUT))
 }
 
-fn remove_if_present(path: &Path) -> Result<(), LoaderError> {
+fn remove_if_present(path: &Path) -> Result<(), KernelError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LoaderError::io("removing", path)(e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(KernelError::io("removing", path)(e)),
         _ => Ok(()),
     }
 }
@@ -227,7 +227,7 @@ impl PinnedState {
     ///
     /// # Errors
     /// When they are missing or of another layout.
-    pub fn open(dir: &Path) -> Result<Self, LoaderError> {
+    pub fn open(dir: &Path) -> Result<Self, KernelError> {
         let run_path = dir.join(PIN_RUN_STATE);
         let ifaces_path = dir.join(PIN_IFACES);
         Ok(Self {
@@ -240,7 +240,7 @@ impl PinnedState {
     ///
     /// # Errors
     /// When they can be neither opened nor created.
-    pub fn open_or_create(dir: &PinDir) -> Result<Self, LoaderError> {
+    pub fn open_or_create(dir: &PinDir) -> Result<Self, KernelError> {
         if let Ok(state) = Self::open(dir.path()) {
             return Ok(state);
         }
@@ -250,8 +250,8 @@ impl PinnedState {
         let run = crate::kernel::pins::create_pinned_array::<RunState>(dir, PIN_RUN_STATE, 1)?;
         let path = dir.pin_path(PIN_IFACES);
         let ifaces = HashMap::<MapData, u32, IfaceRecord>::create(MAX_IFACE_RECORDS, 0)
-            .map_err(LoaderError::map(PIN_IFACES))?;
-        ifaces.pin(&path).map_err(|source| LoaderError::Pin {
+            .map_err(KernelError::map(PIN_IFACES))?;
+        ifaces.pin(&path).map_err(|source| KernelError::Pin {
             map: PIN_IFACES,
             path: path.clone(),
             source,
@@ -266,31 +266,31 @@ impl PinnedState {
     ///
     /// # Errors
     /// When the map cannot be read.
-    pub fn run(&self) -> Result<RunState, LoaderError> {
-        self.run.get(&0, 0).map_err(LoaderError::map(PIN_RUN_STATE))
+    pub fn run(&self) -> Result<RunState, KernelError> {
+        self.run.get(&0, 0).map_err(KernelError::map(PIN_RUN_STATE))
     }
 
     /// Replaces the run record.
     ///
     /// # Errors
     /// When the map cannot be written.
-    pub fn set_run(&mut self, state: &RunState) -> Result<(), LoaderError> {
+    pub fn set_run(&mut self, state: &RunState) -> Result<(), KernelError> {
         self.run
             .set(0, *state, 0)
-            .map_err(LoaderError::map(PIN_RUN_STATE))
+            .map_err(KernelError::map(PIN_RUN_STATE))
     }
 
     /// Every interface record, by ifindex.
     ///
     /// # Errors
     /// When the map cannot be read.
-    pub fn ifaces(&self) -> Result<Vec<IfaceRecord>, LoaderError> {
+    pub fn ifaces(&self) -> Result<Vec<IfaceRecord>, KernelError> {
         let mut records: Vec<IfaceRecord> = self
             .ifaces
             .iter()
             .map(|entry| entry.map(|(_, record)| record))
             .collect::<Result<_, _>>()
-            .map_err(LoaderError::map(PIN_IFACES))?;
+            .map_err(KernelError::map(PIN_IFACES))?;
         records.sort_by_key(|r| r.ifindex);
         Ok(records)
     }
@@ -299,11 +299,11 @@ impl PinnedState {
     ///
     /// # Errors
     /// When the map cannot be read.
-    pub fn iface(&self, ifindex: u32) -> Result<Option<IfaceRecord>, LoaderError> {
+    pub fn iface(&self, ifindex: u32) -> Result<Option<IfaceRecord>, KernelError> {
         match self.ifaces.get(&ifindex, 0) {
             Ok(record) => Ok(Some(record)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(LoaderError::map(PIN_IFACES)(e)),
+            Err(e) => Err(KernelError::map(PIN_IFACES)(e)),
         }
     }
 
@@ -311,20 +311,20 @@ impl PinnedState {
     ///
     /// # Errors
     /// When the map cannot be written (e.g. full).
-    pub fn put_iface(&mut self, record: &IfaceRecord) -> Result<(), LoaderError> {
+    pub fn put_iface(&mut self, record: &IfaceRecord) -> Result<(), KernelError> {
         self.ifaces
             .insert(record.ifindex, record, 0)
-            .map_err(LoaderError::map(PIN_IFACES))
+            .map_err(KernelError::map(PIN_IFACES))
     }
 
     /// Removes the record of an interface (no error if there is none).
     ///
     /// # Errors
     /// When the map cannot be written.
-    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), LoaderError> {
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), KernelError> {
         match self.ifaces.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(LoaderError::map(PIN_IFACES)(e)),
+            Err(e) => Err(KernelError::map(PIN_IFACES)(e)),
         }
     }
 }
@@ -344,27 +344,26 @@ pub struct PinnedLinks {
 ///
 /// # Errors
 /// When the directory cannot be listed (a missing one has no links).
-pub fn pinned_links(dir: &Path) -> Result<Vec<PinnedLinks>, LoaderError> {
+pub fn pinned_links(dir: &Path) -> Result<Vec<PinnedLinks>, KernelError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(LoaderError::io("listing", dir)(e)),
+        Err(e) => return Err(KernelError::io("listing", dir)(e)),
     };
     let mut found: Vec<PinnedLinks> = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(LoaderError::io("listing", dir))?;
+        let entry = entry.map_err(KernelError::io("listing", dir))?;
         let Some((kind, ifindex)) = entry.file_name().to_str().and_then(parse_link_pin) else {
             continue;
         };
-        let slot = match found.iter_mut().position(|l| l.ifindex == ifindex) {
-            Some(i) => &mut found[i],
-            None => {
-                found.push(PinnedLinks {
-                    ifindex,
-                    ..PinnedLinks::default()
-                });
-                found.last_mut().expect("just pushed")
-            }
+        let slot = if let Some(i) = found.iter_mut().position(|l| l.ifindex == ifindex) {
+            &mut found[i]
+        } else {
+            found.push(PinnedLinks {
+                ifindex,
+                ..PinnedLinks::default()
+            });
+            found.last_mut().expect("just pushed")
         };
         match kind {
             LinkKind::Xdp => slot.xdp = Some(entry.path()),

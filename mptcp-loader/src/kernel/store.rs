@@ -1,5 +1,5 @@
 //! Access to the fast path's connection, subflow and token maps behind one trait, so the
-//! installation and idle-sweep logic is unit-tested against [`MemoryMaps`] and runs against the
+//! installation and idle-sweep logic is unit-tested against `MemoryMaps` (tests only) and runs against the
 //! kernel maps through [`KernelMaps`].
 
 #[cfg(test)]
@@ -14,7 +14,7 @@ use mptcp_common::maps::{
     ConnState, FlowKey, FlowRef, Token, TokenRef, MAP_CONNS, MAP_FLOWS, MAP_TOKENS,
 };
 
-use crate::errors::LoaderError;
+use crate::kernel::error::KernelError;
 
 /// `BPF_ANY`: insert or replace.
 const BPF_ANY: u64 = 0;
@@ -31,32 +31,32 @@ pub trait FirewallMaps {
     ///
     /// # Errors
     /// When the map cannot be read.
-    fn conn(&self, id: u64) -> Result<Option<ConnState>, LoaderError>;
+    fn conn(&self, id: u64) -> Result<Option<ConnState>, KernelError>;
 
     /// Overwrites the entry of connection `id`; `false` if there was none (nothing written).
     ///
     /// # Errors
     /// When the map cannot be written.
-    fn update_existing_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError>;
+    fn update_existing_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, KernelError>;
 
     /// Creates the entry of connection `id`; `false` if there already was one (nothing written).
     /// For connections learned by a peer through the shared store.
     ///
     /// # Errors
     /// When the map cannot be written.
-    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError>;
+    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, KernelError>;
 
     /// Removes connection `id`; `false` if it was not there.
     ///
     /// # Errors
     /// When the map cannot be written.
-    fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError>;
+    fn remove_conn(&mut self, id: u64) -> Result<bool, KernelError>;
 
     /// Every connection (a snapshot: the fast path keeps changing the map meanwhile).
     ///
     /// # Errors
     /// When the map cannot be read.
-    fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError>;
+    fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, KernelError>;
 
     /// [`all_conns`](Self::all_conns), and whether the walk of the map was complete: `false`
     /// when heavy churn cut it short (see [`distinct_keys`]), so it may have missed entries
@@ -64,7 +64,7 @@ pub trait FirewallMaps {
     ///
     /// # Errors
     /// When the map cannot be read.
-    fn all_conns_walked(&self) -> Result<(Vec<(u64, ConnState)>, bool), LoaderError> {
+    fn all_conns_walked(&self) -> Result<(Vec<(u64, ConnState)>, bool), KernelError> {
         Ok((self.all_conns()?, true))
     }
 
@@ -72,43 +72,43 @@ pub trait FirewallMaps {
     ///
     /// # Errors
     /// When the map cannot be read.
-    fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError>;
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, KernelError>;
 
     /// Creates a subflow entry (canonical orientation); `false` if there already was one.
     ///
     /// # Errors
     /// When the map cannot be written.
-    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError>;
+    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, KernelError>;
 
     /// Removes a subflow; `false` if it was not there.
     ///
     /// # Errors
     /// When the map cannot be written.
-    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, LoaderError>;
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, KernelError>;
 
     /// Every subflow (a snapshot).
     ///
     /// # Errors
     /// When the map cannot be read.
-    fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, LoaderError>;
+    fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, KernelError>;
 
     /// The connection a token names.
     ///
     /// # Errors
     /// When the map cannot be read.
-    fn token(&self, token: &Token) -> Result<Option<TokenRef>, LoaderError>;
+    fn token(&self, token: &Token) -> Result<Option<TokenRef>, KernelError>;
 
     /// Inserts or replaces a token entry.
     ///
     /// # Errors
     /// When the map cannot be written.
-    fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError>;
+    fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), KernelError>;
 
     /// Removes a token entry; `false` if it was not there.
     ///
     /// # Errors
     /// When the map cannot be written.
-    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError>;
+    fn remove_token(&mut self, token: &Token) -> Result<bool, KernelError>;
 }
 
 /// The kernel maps, taken out of the loaded object.
@@ -126,11 +126,11 @@ fn lookup<K: aya::Pod, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     key: &K,
     name: &'static str,
-) -> Result<Option<V>, LoaderError> {
+) -> Result<Option<V>, KernelError> {
     match map.get(key, 0) {
         Ok(value) => Ok(Some(value)),
         Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(LoaderError::map(name)(e)),
+        Err(e) => Err(KernelError::map(name)(e)),
     }
 }
 
@@ -147,11 +147,11 @@ fn create<K: aya::Pod, V: aya::Pod>(
     key: &K,
     value: &V,
     name: &'static str,
-) -> Result<bool, LoaderError> {
+) -> Result<bool, KernelError> {
     match map.insert(key, value, BPF_NOEXIST) {
         Ok(()) => Ok(true),
         Err(e) if is_eexist(&e) => Ok(false),
-        Err(e) => Err(LoaderError::map(name)(e)),
+        Err(e) => Err(KernelError::map(name)(e)),
     }
 }
 
@@ -159,11 +159,11 @@ fn delete<K: aya::Pod, V: aya::Pod>(
     map: &mut BpfHashMap<MapData, K, V>,
     key: &K,
     name: &'static str,
-) -> Result<bool, LoaderError> {
+) -> Result<bool, KernelError> {
     match map.remove(key) {
         Ok(()) => Ok(true),
         Err(e) if is_enoent(&e) => Ok(false),
-        Err(e) => Err(LoaderError::map(name)(e)),
+        Err(e) => Err(KernelError::map(name)(e)),
     }
 }
 
@@ -178,7 +178,7 @@ fn delete<K: aya::Pod, V: aya::Pod>(
 pub fn distinct_keys<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     name: &'static str,
-) -> Result<Vec<K>, LoaderError> {
+) -> Result<Vec<K>, KernelError> {
     walk_keys(map, name).map(|walk| walk.keys)
 }
 
@@ -201,11 +201,11 @@ pub struct KeyWalk<K> {
 pub fn walk_keys<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     name: &'static str,
-) -> Result<KeyWalk<K>, LoaderError> {
+) -> Result<KeyWalk<K>, KernelError> {
     let max_entries = map
         .map()
         .info()
-        .map_err(LoaderError::map(name))?
+        .map_err(KernelError::map(name))?
         .max_entries();
     let step_limit = 2 * usize::try_from(max_entries).unwrap_or(usize::MAX / 4) + 16;
     let mut seen = HashSet::new();
@@ -218,7 +218,7 @@ pub fn walk_keys<K: aya::Pod + Eq + Hash, V: aya::Pod>(
             complete = true;
             break;
         };
-        let key = key.map_err(LoaderError::map(name))?;
+        let key = key.map_err(KernelError::map(name))?;
         if seen.insert(key) {
             keys.push(key);
         }
@@ -229,7 +229,7 @@ pub fn walk_keys<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 fn snapshot<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     name: &'static str,
-) -> Result<Vec<(K, V)>, LoaderError> {
+) -> Result<Vec<(K, V)>, KernelError> {
     snapshot_walked(map, name).map(|(entries, _)| entries)
 }
 
@@ -237,7 +237,7 @@ fn snapshot<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 fn snapshot_walked<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     name: &'static str,
-) -> Result<(Vec<(K, V)>, bool), LoaderError> {
+) -> Result<(Vec<(K, V)>, bool), KernelError> {
     let walk = walk_keys(map, name)?;
     let mut entries = Vec::new();
     for key in walk.keys {
@@ -250,61 +250,61 @@ fn snapshot_walked<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 }
 
 impl FirewallMaps for KernelMaps {
-    fn conn(&self, id: u64) -> Result<Option<ConnState>, LoaderError> {
+    fn conn(&self, id: u64) -> Result<Option<ConnState>, KernelError> {
         lookup(&self.conns, &id, MAP_CONNS)
     }
 
-    fn update_existing_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+    fn update_existing_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, KernelError> {
         match self.conns.insert(id, state, BPF_EXIST) {
             Ok(()) => Ok(true),
             Err(e) if is_enoent(&e) => Ok(false),
-            Err(e) => Err(LoaderError::map(MAP_CONNS)(e)),
+            Err(e) => Err(KernelError::map(MAP_CONNS)(e)),
         }
     }
 
-    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, KernelError> {
         create(&mut self.conns, &id, state, MAP_CONNS)
     }
 
-    fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError> {
+    fn remove_conn(&mut self, id: u64) -> Result<bool, KernelError> {
         delete(&mut self.conns, &id, MAP_CONNS)
     }
 
-    fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError> {
+    fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, KernelError> {
         snapshot(&self.conns, MAP_CONNS)
     }
 
-    fn all_conns_walked(&self) -> Result<(Vec<(u64, ConnState)>, bool), LoaderError> {
+    fn all_conns_walked(&self) -> Result<(Vec<(u64, ConnState)>, bool), KernelError> {
         snapshot_walked(&self.conns, MAP_CONNS)
     }
 
-    fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError> {
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, KernelError> {
         lookup(&self.flows, key, MAP_FLOWS)
     }
 
-    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError> {
+    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, KernelError> {
         create(&mut self.flows, key, flow, MAP_FLOWS)
     }
 
-    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, LoaderError> {
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, KernelError> {
         delete(&mut self.flows, key, MAP_FLOWS)
     }
 
-    fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, LoaderError> {
+    fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, KernelError> {
         snapshot(&self.flows, MAP_FLOWS)
     }
 
-    fn token(&self, token: &Token) -> Result<Option<TokenRef>, LoaderError> {
+    fn token(&self, token: &Token) -> Result<Option<TokenRef>, KernelError> {
         lookup(&self.tokens, token, MAP_TOKENS)
     }
 
-    fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError> {
+    fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), KernelError> {
         self.tokens
             .insert(token, entry, BPF_ANY)
-            .map_err(LoaderError::map(MAP_TOKENS))
+            .map_err(KernelError::map(MAP_TOKENS))
     }
 
-    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
+    fn remove_token(&mut self, token: &Token) -> Result<bool, KernelError> {
         delete(&mut self.tokens, token, MAP_TOKENS)
     }
 }
@@ -362,15 +362,15 @@ pub struct MemoryMaps {
 
 #[cfg(test)]
 impl FirewallMaps for MemoryMaps {
-    fn conn(&self, id: u64) -> Result<Option<ConnState>, LoaderError> {
+    fn conn(&self, id: u64) -> Result<Option<ConnState>, KernelError> {
         Ok(self.conns.get(&id).copied())
     }
 
-    fn update_existing_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+    fn update_existing_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, KernelError> {
         Ok(self.conns.get_mut(&id).map(|s| *s = *state).is_some())
     }
 
-    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, LoaderError> {
+    fn insert_new_conn(&mut self, id: u64, state: &ConnState) -> Result<bool, KernelError> {
         Ok(match self.conns.entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -380,19 +380,19 @@ impl FirewallMaps for MemoryMaps {
         })
     }
 
-    fn remove_conn(&mut self, id: u64) -> Result<bool, LoaderError> {
+    fn remove_conn(&mut self, id: u64) -> Result<bool, KernelError> {
         Ok(self.conns.remove(&id).is_some())
     }
 
-    fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, LoaderError> {
+    fn all_conns(&self) -> Result<Vec<(u64, ConnState)>, KernelError> {
         Ok(self.conns.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, LoaderError> {
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowRef>, KernelError> {
         Ok(self.flows.get(key).copied())
     }
 
-    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, LoaderError> {
+    fn insert_new_flow(&mut self, key: &FlowKey, flow: &FlowRef) -> Result<bool, KernelError> {
         Ok(match self.flows.entry(*key) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -402,24 +402,24 @@ impl FirewallMaps for MemoryMaps {
         })
     }
 
-    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, LoaderError> {
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, KernelError> {
         Ok(self.flows.remove(key).is_some())
     }
 
-    fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, LoaderError> {
+    fn all_flows(&self) -> Result<Vec<(FlowKey, FlowRef)>, KernelError> {
         Ok(self.flows.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn token(&self, token: &Token) -> Result<Option<TokenRef>, LoaderError> {
+    fn token(&self, token: &Token) -> Result<Option<TokenRef>, KernelError> {
         Ok(self.tokens.get(token).copied())
     }
 
-    fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), LoaderError> {
+    fn put_token(&mut self, token: &Token, entry: &TokenRef) -> Result<(), KernelError> {
         self.tokens.insert(*token, *entry);
         Ok(())
     }
 
-    fn remove_token(&mut self, token: &Token) -> Result<bool, LoaderError> {
+    fn remove_token(&mut self, token: &Token) -> Result<bool, KernelError> {
         Ok(self.tokens.remove(token).is_some())
     }
 }

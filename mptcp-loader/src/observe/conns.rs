@@ -17,8 +17,9 @@ use crate::{
     conn::install::format_flow,
     conn::keys::{hex, token_and_idsn},
     conn::sweep::age_s,
-    errors::LoaderError,
+    kernel::error::KernelError,
     kernel::store::{FirewallMaps as _, KernelMaps},
+    observe::error::ObserveError,
     observe::stats::locate_pins,
     observe::status::format_duration_s,
 };
@@ -204,9 +205,9 @@ pub fn conns_json(views: &[ConnView], show_keys: bool) -> Value {
 fn open_hash<K: aya::Pod, V: aya::Pod>(
     dir: &Path,
     name: &'static str,
-) -> Result<HashMap<MapData, K, V>, LoaderError> {
+) -> Result<HashMap<MapData, K, V>, KernelError> {
     let path = dir.join(name);
-    let open_error = |source| LoaderError::OpenPin {
+    let open_error = |source| KernelError::OpenPin {
         path: path.clone(),
         source,
     };
@@ -217,8 +218,8 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
 /// The connections tracked by the firewall pinned under `pin_dir`.
 ///
 /// # Errors
-/// [`LoaderError::NoActiveRun`] without pins; map errors otherwise.
-pub fn read_conns(pin_dir: &Path) -> Result<Vec<ConnView>, LoaderError> {
+/// [`ObserveError::NoActiveRun`] without pins; map errors otherwise.
+pub fn read_conns(pin_dir: &Path) -> Result<Vec<ConnView>, ObserveError> {
     let dir = locate_pins(pin_dir)?;
     let maps = KernelMaps {
         conns: open_hash(&dir, MAP_CONNS)?,

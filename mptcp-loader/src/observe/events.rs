@@ -32,8 +32,9 @@ use serde_json::{json, Value};
 use crate::{
     clock::{rfc3339, ClockOffset},
     conn::keys::hex,
-    errors::LoaderError,
+    errors::IoError,
     kernel::preflight::interface_name,
+    observe::error::ObserveError,
     observe::loader_counters::{LoaderCounter, LoaderCounters},
     observe::pcap::PcapWriter,
 };
@@ -205,14 +206,14 @@ impl EventsFile {
     ///
     /// # Errors
     /// When the directory or the file cannot be created.
-    pub fn open(state_dir: &Path, max_bytes: u64) -> Result<Self, LoaderError> {
+    pub fn open(state_dir: &Path, max_bytes: u64) -> Result<Self, ObserveError> {
         fs::create_dir_all(state_dir)
-            .map_err(LoaderError::io("creating the state directory", state_dir))?;
+            .map_err(IoError::at("creating the state directory", state_dir))?;
         let path = state_dir.join(EVENTS_FILE);
         let file = open_append(&path)?;
         let size = file
             .metadata()
-            .map_err(LoaderError::io("inspecting", &path))?
+            .map_err(IoError::at("inspecting", &path))?
             .len();
         Ok(Self {
             rotated: state_dir.join(EVENTS_FILE_ROTATED),
@@ -234,32 +235,31 @@ impl EventsFile {
     ///
     /// # Errors
     /// When writing or rotating fails.
-    pub fn append(&mut self, line: &str) -> Result<bool, LoaderError> {
+    pub fn append(&mut self, line: &str) -> Result<bool, ObserveError> {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
         let len = bytes.len() as u64;
         let rotate = self.size > 0 && self.size + len > self.max_bytes;
         if rotate {
-            fs::rename(&self.path, &self.rotated)
-                .map_err(LoaderError::io("rotating", &self.path))?;
+            fs::rename(&self.path, &self.rotated).map_err(IoError::at("rotating", &self.path))?;
             self.file = open_append(&self.path)?;
             self.size = 0;
         }
         self.file
             .write_all(&bytes)
-            .map_err(LoaderError::io("writing", &self.path))?;
+            .map_err(IoError::at("writing", &self.path))?;
         self.size += len;
         Ok(rotate)
     }
 }
 
-fn open_append(path: &Path) -> Result<File, LoaderError> {
+fn open_append(path: &Path) -> Result<File, IoError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(LoaderError::io("opening", path))
+        .map_err(IoError::at("opening", path))
 }
 
 /// Where `run` puts drop events: the events file, the log (rate-limited), the pcap file.
@@ -280,13 +280,13 @@ impl DropEventSink {
         state_dir: &Path,
         max_bytes: u64,
         pcap: Option<&Path>,
-    ) -> Result<Self, LoaderError> {
+    ) -> Result<Self, ObserveError> {
         let pcap = pcap
             .map(|path| {
                 let snaplen = u32::try_from(DROP_SNAP_LEN).expect("small");
                 PcapWriter::create(path, snaplen)
                     .map(|w| (path.to_path_buf(), w))
-                    .map_err(LoaderError::io("creating the pcap file", path))
+                    .map_err(IoError::at("creating the pcap file", path))
             })
             .transpose()?;
         Ok(Self {
@@ -362,49 +362,50 @@ pub fn suppressed_line(suppressed: u64) -> String {
 /// Prints every recorded event of `state_dir` (the rotated file first) to `out`.
 ///
 /// # Errors
-/// [`LoaderError::NoEvents`] when neither file exists; I/O errors.
-pub fn print_events(state_dir: &Path, out: &mut impl Write) -> Result<(), LoaderError> {
+/// [`ObserveError::NoEvents`] when neither file exists; I/O errors.
+pub fn print_events(state_dir: &Path, out: &mut impl Write) -> Result<(), ObserveError> {
     let current = state_dir.join(EVENTS_FILE);
     let rotated = state_dir.join(EVENTS_FILE_ROTATED);
     if !current.exists() && !rotated.exists() {
-        return Err(LoaderError::NoEvents {
+        return Err(ObserveError::NoEvents {
             state_dir: state_dir.to_path_buf(),
         });
     }
     for path in [rotated, current] {
         match File::open(&path) {
             Ok(mut file) => {
-                io::copy(&mut file, out).map_err(LoaderError::io("reading", &path))?;
+                io::copy(&mut file, out).map_err(IoError::at("reading", &path))?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LoaderError::io("reading", &path)(e)),
+            Err(e) => return Err(IoError::at("reading", &path)(e).into()),
         }
     }
-    out.flush().map_err(LoaderError::io("writing", "stdout"))
+    out.flush().map_err(IoError::at("writing", "stdout"))?;
+    Ok(())
 }
 
 /// `tail -f` on the events file: prints what it holds, then every line appended to it, across
 /// rotations, until `keep_going` says stop (checked every `poll`).
 ///
 /// # Errors
-/// [`LoaderError::NoEvents`] when the file does not exist; I/O errors.
+/// [`ObserveError::NoEvents`] when the file does not exist; I/O errors.
 pub fn follow_events(
     state_dir: &Path,
     out: &mut impl Write,
     poll: Duration,
     mut keep_going: impl FnMut() -> bool,
-) -> Result<(), LoaderError> {
+) -> Result<(), ObserveError> {
     let path = state_dir.join(EVENTS_FILE);
-    let open = |path: &Path| -> Result<(BufReader<File>, u64), LoaderError> {
+    let open = |path: &Path| -> Result<(BufReader<File>, u64), ObserveError> {
         let file = File::open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => LoaderError::NoEvents {
+            io::ErrorKind::NotFound => ObserveError::NoEvents {
                 state_dir: state_dir.to_path_buf(),
             },
-            _ => LoaderError::io("opening", path)(e),
+            _ => IoError::at("opening", path)(e).into(),
         })?;
         let inode = file
             .metadata()
-            .map_err(LoaderError::io("inspecting", path))?
+            .map_err(IoError::at("inspecting", path))?
             .ino();
         Ok((BufReader::new(file), inode))
     };
@@ -428,11 +429,11 @@ pub fn follow_events(
             Ok(meta) => {
                 let position = reader
                     .stream_position()
-                    .map_err(LoaderError::io("reading", &path))?;
+                    .map_err(IoError::at("reading", &path))?;
                 if meta.len() < position {
                     reader
                         .seek(SeekFrom::Start(0))
-                        .map_err(LoaderError::io("reading", &path))?;
+                        .map_err(IoError::at("reading", &path))?;
                     partial.clear();
                 }
             }
@@ -449,17 +450,17 @@ fn drain_lines(
     partial: &mut String,
     out: &mut impl Write,
     path: &Path,
-) -> Result<(), LoaderError> {
+) -> Result<(), ObserveError> {
     loop {
         let read = reader
             .read_line(partial)
-            .map_err(LoaderError::io("reading", path))?;
+            .map_err(IoError::at("reading", path))?;
         if read == 0 || !partial.ends_with('\n') {
             return Ok(());
         }
         out.write_all(partial.as_bytes())
             .and_then(|()| out.flush())
-            .map_err(LoaderError::io("writing", "stdout"))?;
+            .map_err(IoError::at("writing", "stdout"))?;
         partial.clear();
     }
 }
@@ -587,7 +588,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(matches!(
             print_events(&dir, &mut out),
-            Err(LoaderError::NoEvents { .. })
+            Err(ObserveError::NoEvents { .. })
         ));
         let mut file = EventsFile::open(&dir, 25).unwrap();
         assert!(!file.append("first line 1").unwrap());

@@ -5,7 +5,9 @@
 
 use aya::maps::{Array, MapData};
 
-use crate::{conn::sweep::SweepOutcome, errors::LoaderError, kernel::pins::PIN_LOADER_COUNTERS};
+use crate::{
+    conn::sweep::SweepOutcome, kernel::error::KernelError, kernel::pins::PIN_LOADER_COUNTERS,
+};
 
 mptcp_common::named_counters! {
     /// Index into the pinned loader-counter array. Names are always `loader_...`, so they cannot
@@ -168,10 +170,10 @@ impl LoaderCounters {
     ///
     /// # Errors
     /// When the array cannot be written.
-    pub fn publish(&self, pin: &mut Array<MapData, u64>) -> Result<(), LoaderError> {
+    pub fn publish(&self, pin: &mut Array<MapData, u64>) -> Result<(), KernelError> {
         for (index, value) in (0u32..).zip(self.values) {
             pin.set(index, value, 0)
-                .map_err(LoaderError::map(PIN_LOADER_COUNTERS))?;
+                .map_err(KernelError::map(PIN_LOADER_COUNTERS))?;
         }
         Ok(())
     }

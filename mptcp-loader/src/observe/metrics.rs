@@ -44,9 +44,9 @@ use tokio::{
 };
 
 use crate::{
-    errors::LoaderError,
     kernel::preflight::interface_name,
     kernel::store::MapFill,
+    observe::error::ObserveError,
     observe::stats::{read_report, StatsReport},
     policy::{PolicyMaps, PolicyState, PolicyStore as _},
 };
@@ -64,11 +64,11 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// or invalid address ends the run before it touches the kernel.
 ///
 /// # Errors
-/// [`LoaderError::MetricsListen`] when the address cannot be bound.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, LoaderError> {
+/// [`ObserveError::MetricsListen`] when the address cannot be bound.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ObserveError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| LoaderError::MetricsListen { addr, source })
+        .map_err(|source| ObserveError::MetricsListen { addr, source })
 }
 
 /// What a scrape reads: the run's pin directory and the policy maps.
@@ -89,7 +89,7 @@ impl MetricsSource {
     ///
     /// # Errors
     /// When a pin or map cannot be read.
-    pub fn scrape(&self) -> Result<String, LoaderError> {
+    pub fn scrape(&self) -> Result<String, ObserveError> {
         let report = read_report(&self.pin_dir)?;
         let (fill, state) = match &self.policy {
             Some(maps) => (maps.fill()?, Some(maps.read_state()?)),
@@ -511,11 +511,7 @@ mod tests {
 
     fn report() -> StatsReport {
         StatsReport {
-            counters: Counter::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name(), i as u64))
-                .collect(),
+            counters: crate::observe::stats::numbered_counters(),
             loader: LoaderCounter::ALL.iter().map(|c| (c.name(), 3)).collect(),
             maps: vec![MapFill {
                 name: MAP_CONNS,

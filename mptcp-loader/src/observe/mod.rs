@@ -4,6 +4,7 @@
 //! ([`loader_counters`]) and the shared store's state ([`store_state`]).
 
 pub mod conns;
+pub mod error;
 pub mod events;
 pub mod latency;
 pub mod loader_counters;
@@ -12,3 +13,5 @@ pub mod pcap;
 pub mod stats;
 pub mod status;
 pub mod store_state;
+
+pub use error::ObserveError;

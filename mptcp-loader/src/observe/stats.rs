@@ -26,9 +26,10 @@ use mptcp_common::{
 };
 
 use crate::{
-    errors::LoaderError,
+    kernel::error::KernelError,
     kernel::pins::{self, PIN_INSTALL_LATENCY, PIN_LOADER_COUNTERS},
     kernel::store::{distinct_keys, sum_counters, MapFill},
+    observe::error::ObserveError,
     observe::latency::LatencySummary,
     observe::loader_counters::read_loader_counters,
     observe::store_state::{read_store_state, StoreState, JSON_STORE_KEY},
@@ -62,8 +63,8 @@ pub struct StatsReport {
 /// [`pins::views_from_other_mount_namespaces`]).
 ///
 /// # Errors
-/// [`LoaderError::NoActiveRun`] when there are no pins.
-pub fn locate_pins(pin_dir: &Path) -> Result<PathBuf, LoaderError> {
+/// [`ObserveError::NoActiveRun`] when there are no pins.
+pub fn locate_pins(pin_dir: &Path) -> Result<PathBuf, ObserveError> {
     if pin_dir.join(MAP_COUNTERS).exists() {
         return Ok(pin_dir.to_path_buf());
     }
@@ -76,13 +77,13 @@ pub fn locate_pins(pin_dir: &Path) -> Result<PathBuf, LoaderError> {
         .iter()
         .find(|view| pins::lock_owner(view).is_some())
         .or(views.first());
-    chosen.cloned().ok_or_else(|| LoaderError::NoActiveRun {
+    chosen.cloned().ok_or_else(|| ObserveError::NoActiveRun {
         pin_dir: pin_dir.to_path_buf(),
     })
 }
 
-fn open_pin(path: &Path) -> Result<Map, LoaderError> {
-    let open_error = |source| LoaderError::OpenPin {
+fn open_pin(path: &Path) -> Result<Map, KernelError> {
+    let open_error = |source| KernelError::OpenPin {
         path: path.to_path_buf(),
         source,
     };
@@ -93,39 +94,39 @@ fn open_pin(path: &Path) -> Result<Map, LoaderError> {
 /// Reads the pinned counters of `pin_dir` (as located by [`locate_pins`]), summed over CPUs.
 ///
 /// # Errors
-/// [`LoaderError::NoActiveRun`] without pins; map errors otherwise.
-pub fn read_counters(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, LoaderError> {
+/// [`ObserveError::NoActiveRun`] without pins; map errors otherwise.
+pub fn read_counters(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, ObserveError> {
     let dir = locate_pins(pin_dir)?;
-    read_counters_at(&dir)
+    Ok(read_counters_at(&dir)?)
 }
 
-fn read_counters_at(dir: &Path) -> Result<Vec<(&'static str, u64)>, LoaderError> {
+fn read_counters_at(dir: &Path) -> Result<Vec<(&'static str, u64)>, KernelError> {
     let path = dir.join(MAP_COUNTERS);
     let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(open_pin(&path)?).map_err(|source| LoaderError::OpenPin {
+        PerCpuArray::try_from(open_pin(&path)?).map_err(|source| KernelError::OpenPin {
             path: path.clone(),
             source,
         })?;
-    sum_counters(&counters).map_err(LoaderError::map(MAP_COUNTERS))
+    sum_counters(&counters).map_err(KernelError::map(MAP_COUNTERS))
 }
 
 /// Reads the pinned install-latency summary, `None` when the run has not published one yet.
 ///
 /// # Errors
 /// When the pin exists but cannot be read.
-pub fn read_install_latency(dir: &Path) -> Result<Option<LatencySummary>, LoaderError> {
+pub fn read_install_latency(dir: &Path) -> Result<Option<LatencySummary>, KernelError> {
     let path = dir.join(PIN_INSTALL_LATENCY);
     if !path.exists() {
         return Ok(None);
     }
     let map: Array<_, LatencySummary> =
-        Array::try_from(open_pin(&path)?).map_err(|source| LoaderError::OpenPin {
+        Array::try_from(open_pin(&path)?).map_err(|source| KernelError::OpenPin {
             path: path.clone(),
             source,
         })?;
     let summary = map
         .get(&0, 0)
-        .map_err(|source| LoaderError::OpenPin { path, source })?;
+        .map_err(|source| KernelError::OpenPin { path, source })?;
     Ok((summary.count > 0).then_some(summary))
 }
 
@@ -133,12 +134,12 @@ pub fn read_install_latency(dir: &Path) -> Result<Option<LatencySummary>, Loader
 ///
 /// # Errors
 /// When the pin exists but cannot be read.
-pub fn read_loader_counters_at(dir: &Path) -> Result<Vec<(&'static str, u64)>, LoaderError> {
+pub fn read_loader_counters_at(dir: &Path) -> Result<Vec<(&'static str, u64)>, KernelError> {
     let path = dir.join(PIN_LOADER_COUNTERS);
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let open_error = |source| LoaderError::OpenPin {
+    let open_error = |source| KernelError::OpenPin {
         path: path.clone(),
         source,
     };
@@ -150,9 +151,9 @@ pub fn read_loader_counters_at(dir: &Path) -> Result<Vec<(&'static str, u64)>, L
 fn map_fill<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     dir: &Path,
     name: &'static str,
-) -> Result<MapFill, LoaderError> {
+) -> Result<MapFill, KernelError> {
     let path = dir.join(name);
-    let open_error = |source| LoaderError::OpenPin {
+    let open_error = |source| KernelError::OpenPin {
         path: path.clone(),
         source,
     };
@@ -173,7 +174,7 @@ fn map_fill<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
 ///
 /// # Errors
 /// When a pin is missing or cannot be read.
-pub fn read_map_fill(dir: &Path) -> Result<Vec<MapFill>, LoaderError> {
+pub fn read_map_fill(dir: &Path) -> Result<Vec<MapFill>, KernelError> {
     Ok(vec![
         map_fill::<u64, ConnState>(dir, MAP_CONNS)?,
         map_fill::<FlowKey, FlowRef>(dir, MAP_FLOWS)?,
@@ -186,7 +187,7 @@ pub fn read_map_fill(dir: &Path) -> Result<Vec<MapFill>, LoaderError> {
 ///
 /// # Errors
 /// See [`read_counters`].
-pub fn read_report(pin_dir: &Path) -> Result<StatsReport, LoaderError> {
+pub fn read_report(pin_dir: &Path) -> Result<StatsReport, ObserveError> {
     let dir = locate_pins(pin_dir)?;
     Ok(StatsReport {
         counters: read_counters_at(&dir)?,
@@ -256,7 +257,6 @@ pub fn format_table(report: &StatsReport) -> String {
                 0.0
             } else {
                 // Display only: precision loss beyond 2^52 entries does not matter.
-                #[allow(clippy::cast_precision_loss)]
                 let ratio = m.entries as f64 / f64::from(m.max);
                 ratio * 100.0
             };
@@ -295,6 +295,16 @@ pub fn format_summary_line(counters: &[(&'static str, u64)]) -> String {
     line
 }
 
+/// Every fast-path counter, valued by its index: distinct numbers for the formatting tests.
+#[cfg(test)]
+pub(crate) fn numbered_counters() -> Vec<(&'static str, u64)> {
+    Counter::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name(), i as u64))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,11 +312,7 @@ mod tests {
 
     fn report(latency: Option<LatencySummary>) -> StatsReport {
         StatsReport {
-            counters: Counter::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name(), i as u64))
-                .collect(),
+            counters: numbered_counters(),
             loader: LoaderCounter::ALL
                 .iter()
                 .enumerate()

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use crate::{
     clock::{rfc3339, unix_now_ns},
-    errors::LoaderError,
     kernel::bpf_sys,
     kernel::firewall::{
         clsact_filter, EgressIds, LinkIds, EGRESS_FILTER_HANDLE, EGRESS_FILTER_PRIORITY,
@@ -24,6 +23,7 @@ use crate::{
     kernel::state::{pinned_links, IfaceRecord, PinnedState, RunState},
     kernel::store::MapFill,
     mode::FilterMode,
+    observe::error::ObserveError,
     observe::stats::{locate_pins, read_map_fill},
     observe::store_state::{read_store_state, StoreState},
     VERSION,
@@ -83,8 +83,8 @@ fn open(path: &Path) -> Result<Map, MapError> {
 /// Reads the status of the firewall pinned under `pin_dir`.
 ///
 /// # Errors
-/// [`LoaderError::NoActiveRun`] without pins; map errors otherwise.
-pub fn read_status(pin_dir: &Path) -> Result<StatusReport, LoaderError> {
+/// [`ObserveError::NoActiveRun`] without pins; map errors otherwise.
+pub fn read_status(pin_dir: &Path) -> Result<StatusReport, ObserveError> {
     let dir = locate_pins(pin_dir)?;
     let config: Option<Config> = open(&dir.join(MAP_CONFIG))
         .and_then(Array::<MapData, Config>::try_from)
@@ -271,7 +271,7 @@ pub fn status_json(report: &StatusReport, now_ns: u64) -> Value {
 ///
 /// # Errors
 /// See [`read_status`].
-pub fn print_status(pin_dir: &Path, json_output: bool) -> Result<(), LoaderError> {
+pub fn print_status(pin_dir: &Path, json_output: bool) -> Result<(), ObserveError> {
     let report = read_status(pin_dir)?;
     let now = unix_now_ns();
     if json_output {

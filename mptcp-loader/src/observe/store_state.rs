@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, Map, MapData};
 
-use crate::{errors::LoaderError, observe::latency::LatencySummary};
+use crate::{kernel::error::KernelError, observe::latency::LatencySummary};
 
 /// Pin name of the one-entry [`StoreState`] array (absent for a run without a store).
 pub const PIN_STORE_STATE: &str = "store_state";
@@ -84,12 +84,12 @@ impl StoreState {
 ///
 /// # Errors
 /// When the pin exists but cannot be read.
-pub fn read_store_state(dir: &Path) -> Result<Option<StoreState>, LoaderError> {
+pub fn read_store_state(dir: &Path) -> Result<Option<StoreState>, KernelError> {
     let path = dir.join(PIN_STORE_STATE);
     if !path.exists() {
         return Ok(None);
     }
-    let open_error = |source| LoaderError::OpenPin {
+    let open_error = |source| KernelError::OpenPin {
         path: path.clone(),
         source,
     };

@@ -39,7 +39,6 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::{
-    errors::LoaderError,
     mode::FilterMode,
     policy::{Policy, PortRule, Prefix, RateLimit, UnknownConn},
 };
@@ -212,7 +211,15 @@ struct Layer {
     interface_modes: BTreeMap<String, FilterMode>,
     unknown_conn: Option<UnknownConn>,
     /// `Some(None)`: explicitly unrestricted (`--allow-prefix any`).
+    #[allow(
+        clippy::option_option,
+        reason = "not given, `any`, or a list: three cases"
+    )]
     prefixes: Option<Option<Vec<Prefix>>>,
+    #[allow(
+        clippy::option_option,
+        reason = "not given, `any`, or a list: three cases"
+    )]
     ports: Option<Option<Vec<PortRule>>>,
     join_rate: Option<u32>,
     join_burst: Option<u32>,
@@ -563,12 +570,6 @@ pub fn check_report(source: &PolicySource, policy: &Policy) -> String {
     out
 }
 
-impl From<ConfigError> for LoaderError {
-    fn from(error: ConfigError) -> Self {
-        Self::Config(Box::new(error))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,14 +579,14 @@ mod tests {
         vec!["veth0".to_owned(), "veth1".to_owned()]
     }
 
-    fn load_text(text: &str, flags: PolicyArgs) -> Result<Policy, ConfigError> {
+    fn load_text(text: &str, flags: &PolicyArgs) -> Result<Policy, ConfigError> {
         let path = Path::new("/etc/mptcp-fw.toml");
         let file = parse_file(path, text, &ifaces())?;
-        finish(file, flag_layer(None, &flags, &ifaces())?)
+        finish(file, flag_layer(None, flags, &ifaces())?)
     }
 
     fn error_of(text: &str) -> String {
-        load_text(text, PolicyArgs::default())
+        load_text(text, &PolicyArgs::default())
             .unwrap_err()
             .to_string()
     }
@@ -611,7 +612,7 @@ per_second = 50
 
     #[test]
     fn a_full_file() {
-        let policy = load_text(FULL, PolicyArgs::default()).unwrap();
+        let policy = load_text(FULL, &PolicyArgs::default()).unwrap();
         assert_eq!(policy.mode, FilterMode::Enforce);
         assert_eq!(
             policy.interface_modes,
@@ -656,12 +657,12 @@ per_second = 50
     #[test]
     fn the_empty_file_is_the_default_policy() {
         assert_eq!(
-            load_text("", PolicyArgs::default()).unwrap(),
+            load_text("", &PolicyArgs::default()).unwrap(),
             Policy::default()
         );
         let only_comments = "# nothing yet\n";
         assert_eq!(
-            load_text(only_comments, PolicyArgs::default()).unwrap(),
+            load_text(only_comments, &PolicyArgs::default()).unwrap(),
             Policy::default()
         );
     }
@@ -723,7 +724,7 @@ per_second = 50
     fn rate_defaults() {
         let p = load_text(
             "[join_syn_limit]\nper_second = 0\nburst = 5\n",
-            PolicyArgs::default(),
+            &PolicyArgs::default(),
         )
         .unwrap();
         assert_eq!(p.join_syn_limit, None, "0 means no limit");
@@ -732,7 +733,7 @@ per_second = 50
             join_syn_burst: Some(4),
             ..PolicyArgs::default()
         };
-        let err = load_text("", flags).unwrap_err().to_string();
+        let err = load_text("", &flags).unwrap_err().to_string();
         assert_eq!(
             err,
             "--join-syn-burst: needs a rate: give --join-syn-rate or join_syn_limit.per_second"
@@ -855,7 +856,7 @@ per_second = 50
             ..PolicyArgs::default()
         };
         assert_eq!(
-            load_text("", flags).unwrap_err().to_string(),
+            load_text("", &flags).unwrap_err().to_string(),
             "--iface-mode: `eth9` is not one of the --iface interfaces (veth0, veth1)"
         );
     }
@@ -867,7 +868,7 @@ per_second = 50
             ..PolicyArgs::default()
         };
         assert_eq!(
-            load_text("", flags).unwrap_err().to_string(),
+            load_text("", &flags).unwrap_err().to_string(),
             "--allow-port: `any` lifts the restriction: give it alone"
         );
     }

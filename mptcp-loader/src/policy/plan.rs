@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mptcp_common::maps::{Config, ADDR_POLICY_PORTS, ADDR_POLICY_PREFIXES};
 
 use super::model::{Policy, Prefix};
-use crate::errors::LoaderError;
+use crate::kernel::error::KernelError;
 #[cfg(test)]
 use aya::maps::MapError;
 #[cfg(test)]
@@ -28,15 +28,15 @@ pub struct PolicyState {
 }
 
 /// What `policy` looks like in the maps. Interface names are resolved with `ifindex_of`
-/// (normally [`interface_index`]) at each application: an interface re-created since the start
+/// (normally [`crate::kernel::preflight::interface_index`]) at each application: an interface re-created since the start
 /// gets its new index.
 ///
 /// # Errors
 /// The first error of `ifindex_of`.
 pub fn desired_state(
     policy: &Policy,
-    mut ifindex_of: impl FnMut(&str) -> Result<u32, LoaderError>,
-) -> Result<PolicyState, LoaderError> {
+    mut ifindex_of: impl FnMut(&str) -> Result<u32, KernelError>,
+) -> Result<PolicyState, KernelError> {
     let mut state = PolicyState {
         config: policy.config(),
         ..PolicyState::default()
@@ -177,7 +177,7 @@ pub trait PolicyStore {
     ///
     /// # Errors
     /// When a map cannot be read.
-    fn read_state(&self) -> Result<PolicyState, LoaderError>;
+    fn read_state(&self) -> Result<PolicyState, KernelError>;
 
     /// Their capacities.
     fn capacities(&self) -> Capacities;
@@ -186,7 +186,7 @@ pub trait PolicyStore {
     ///
     /// # Errors
     /// When the map refuses it.
-    fn execute(&mut self, op: &MapOp) -> Result<(), LoaderError>;
+    fn execute(&mut self, op: &MapOp) -> Result<(), KernelError>;
 }
 
 /// What [`apply_policy`] did.
@@ -207,8 +207,8 @@ pub struct ApplyOutcome {
 pub fn apply_policy(
     store: &mut impl PolicyStore,
     policy: &Policy,
-    ifindex_of: impl FnMut(&str) -> Result<u32, LoaderError>,
-) -> Result<ApplyOutcome, LoaderError> {
+    ifindex_of: impl FnMut(&str) -> Result<u32, KernelError>,
+) -> Result<ApplyOutcome, KernelError> {
     let desired = desired_state(policy, ifindex_of)?;
     let before = store.read_state()?;
     let ops = plan_policy(&before, &desired, &store.capacities());
@@ -289,7 +289,7 @@ impl Default for MemoryPolicyStore {
 
 #[cfg(test)]
 impl PolicyStore for MemoryPolicyStore {
-    fn read_state(&self) -> Result<PolicyState, LoaderError> {
+    fn read_state(&self) -> Result<PolicyState, KernelError> {
         Ok(self.state.clone())
     }
 
@@ -297,9 +297,9 @@ impl PolicyStore for MemoryPolicyStore {
         self.capacities
     }
 
-    fn execute(&mut self, op: &MapOp) -> Result<(), LoaderError> {
+    fn execute(&mut self, op: &MapOp) -> Result<(), KernelError> {
         let full = |name| {
-            LoaderError::map(name)(MapError::SyscallError(aya::sys::SyscallError {
+            KernelError::map(name)(MapError::SyscallError(aya::sys::SyscallError {
                 call: "bpf_map_update_elem",
                 io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
             }))

@@ -7,18 +7,18 @@ use mptcp_common::maps::{
 };
 
 use super::{plan::MemoryPolicyStore, *};
-use crate::{errors::LoaderError, mode::FilterMode};
+use crate::{kernel::error::KernelError, mode::FilterMode};
 use mptcp_common::maps::{MODE_ENFORCE, MODE_MONITOR, UNKNOWN_DROP};
 
 fn p(text: &str) -> Prefix {
     Prefix::parse(text).unwrap()
 }
 
-fn ifindex(name: &str) -> Result<u32, LoaderError> {
+fn ifindex(name: &str) -> Result<u32, KernelError> {
     match name {
         "veth0" => Ok(10),
         "veth1" => Ok(11),
-        _ => Err(LoaderError::UnknownInterface {
+        _ => Err(KernelError::UnknownInterface {
             iface: name.to_owned(),
         }),
     }
@@ -127,7 +127,7 @@ fn desired_state_resolves_interfaces() {
     };
     assert!(matches!(
         desired_state(&gone, ifindex),
-        Err(LoaderError::UnknownInterface { .. })
+        Err(KernelError::UnknownInterface { .. })
     ));
 }
 

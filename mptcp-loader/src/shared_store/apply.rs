@@ -19,7 +19,7 @@ use super::record::{ConnName, SharedConn, SharedSubflow};
 use crate::{
     conn::install::{install_event, InstallOutcome},
     conn::keys::token_and_idsn,
-    errors::LoaderError,
+    kernel::error::KernelError,
     kernel::store::FirewallMaps,
 };
 
@@ -48,7 +48,7 @@ pub fn apply_learned(
     conn: &SharedConn,
     now_s: u32,
     now_ns: u64,
-) -> Result<Applied, LoaderError> {
+) -> Result<Applied, KernelError> {
     let id = ConnState::id_of(&conn.key_a);
     let created = maps.insert_new_conn(
         id,
@@ -89,7 +89,7 @@ pub fn apply_learned(
 fn find(
     maps: &impl FirewallMaps,
     name: &ConnName,
-) -> Result<Option<(u64, ConnState)>, LoaderError> {
+) -> Result<Option<(u64, ConnState)>, KernelError> {
     let Some(token) = maps.token(&name.token_a)? else {
         return Ok(None);
     };
@@ -127,7 +127,7 @@ pub fn apply_join(
     name: &ConnName,
     subflow: &SharedSubflow,
     now_s: u32,
-) -> Result<JoinApplied, LoaderError> {
+) -> Result<JoinApplied, KernelError> {
     let Some((id, _)) = find(maps, name)? else {
         return Ok(JoinApplied::UnknownConn);
     };
@@ -169,7 +169,7 @@ pub enum EndApplied {
 ///
 /// # Errors
 /// When a map cannot be read or written.
-pub fn apply_end(maps: &mut impl FirewallMaps, name: &ConnName) -> Result<EndApplied, LoaderError> {
+pub fn apply_end(maps: &mut impl FirewallMaps, name: &ConnName) -> Result<EndApplied, KernelError> {
     let Some((id, state)) = find(maps, name)? else {
         return Ok(EndApplied::NotHere);
     };

@@ -16,12 +16,12 @@ use super::{
 use crate::{
     clock::{monotonic_now_ns, monotonic_now_s, unix_now_ns, ClockOffset},
     conn::keys::hex,
-    errors::LoaderError,
     kernel::pins::{open_or_create_pinned_array, PinDir},
     kernel::store::{FirewallMaps, KernelMaps},
     observe::latency::LatencyStats,
     observe::loader_counters::{LoaderCounter, LoaderCounters},
     observe::store_state::{StoreState, PIN_STORE_STATE},
+    shared_store::error::StoreError,
 };
 
 /// A replication delay above which the loader says (at debug level) where the time went.
@@ -41,12 +41,8 @@ impl StoreKeeper {
     /// Starts the connection and creates the pinned state.
     ///
     /// # Errors
-    /// A bad option ([`LoaderError::Store`]) or the pin.
-    pub fn start(
-        options: &StoreOptions,
-        ttl_s: u64,
-        pin_dir: &PinDir,
-    ) -> Result<Self, LoaderError> {
+    /// A bad option ([`StoreError::Option`]) or the pin.
+    pub fn start(options: &StoreOptions, ttl_s: u64, pin_dir: &PinDir) -> Result<Self, StoreError> {
         let store = SharedStore::start(options, ttl_s)?;
         let (pin, _) = open_or_create_pinned_array(pin_dir, PIN_STORE_STATE, 1)?;
         let mut keeper = Self {
@@ -243,7 +239,7 @@ impl StoreKeeper {
         maps: &mut KernelMaps,
         counters: &mut LoaderCounters,
         now_s: u32,
-    ) -> Result<(), LoaderError> {
+    ) -> Result<(), crate::kernel::error::KernelError> {
         let applied = apply_learned(maps, conn, now_s, monotonic_now_ns())?;
         if let Some(stored_ms) = stored_unix_ms {
             let delay = unix_now_ns().saturating_sub(conn.seen_unix_ns);

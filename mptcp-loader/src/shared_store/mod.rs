@@ -18,6 +18,7 @@
 //! URL (which may hold a password) is never printed, only its host and port.
 
 pub mod apply;
+pub mod error;
 pub mod keeper;
 pub mod link;
 pub mod record;
@@ -31,7 +32,7 @@ use self::{
     link::{FromStore, LinkConfig},
     record::Record,
 };
-use crate::errors::LoaderError;
+use crate::shared_store::error::StoreError;
 
 /// Publications queued for the store at most; beyond that they are counted as failed (and sent
 /// again at the next reconnection, from the maps).
@@ -57,6 +58,10 @@ pub struct StoreOptions {
 }
 
 // By hand: the URL may hold a password, so `{:?}` shows only where the store is.
+#[allow(
+    clippy::missing_fields_in_debug,
+    reason = "the URL is shown as its address"
+)]
 impl std::fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreOptions")
@@ -88,12 +93,12 @@ impl StoreOptions {
     /// Where the store is, without user or password: what logs may show.
     ///
     /// # Errors
-    /// [`LoaderError::Store`] for a URL the client does not understand.
-    pub fn address(&self) -> Result<String, LoaderError> {
+    /// [`StoreError::Option`] for a URL the client does not understand.
+    pub fn address(&self) -> Result<String, StoreError> {
         Ok(self.connection_info()?.addr().to_string())
     }
 
-    fn connection_info(&self) -> Result<redis::ConnectionInfo, LoaderError> {
+    fn connection_info(&self) -> Result<redis::ConnectionInfo, StoreError> {
         self.url.as_str().into_connection_info().map_err(|e| {
             store_error(format!(
                 "cannot read the URL ({:?}): use redis://[user@]HOST[:PORT][/DB] or rediss://...",
@@ -102,7 +107,7 @@ impl StoreOptions {
         })
     }
 
-    fn client(&self) -> Result<redis::Client, LoaderError> {
+    fn client(&self) -> Result<redis::Client, StoreError> {
         let info = self.connection_info()?;
         let info = match &self.password_file {
             Some(path) => {
@@ -159,8 +164,8 @@ impl StoreOptions {
     }
 }
 
-fn store_error(problem: String) -> LoaderError {
-    LoaderError::Store { problem }
+fn store_error(problem: String) -> StoreError {
+    StoreError::Option { problem }
 }
 
 /// A default loader id: host name and process id (unique among the loaders of a store as long
@@ -191,8 +196,8 @@ impl SharedStore {
     /// called inside a tokio runtime.
     ///
     /// # Errors
-    /// [`LoaderError::Store`] for a bad URL or an unreadable password or CA file.
-    pub fn start(options: &StoreOptions, ttl_s: u64) -> Result<Self, LoaderError> {
+    /// [`StoreError::Option`] for a bad URL or an unreadable password or CA file.
+    pub fn start(options: &StoreOptions, ttl_s: u64) -> Result<Self, StoreError> {
         let address = options.address()?;
         let id = options.id.clone().unwrap_or_else(default_id);
         let (out_tx, out_rx) = mpsc::channel(PUBLISH_QUEUE);

@@ -189,6 +189,20 @@ impl Netns {
         self.loader_json(&["stats"])[name].as_u64().unwrap()
     }
 
+    /// `count` pings to `peer`, 50 ms apart, which must all be answered.
+    pub fn ping(&self, peer: &str, count: u32) {
+        output_ok(self.exec("ping").args([
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            peer,
+        ]));
+    }
+
     /// A kernel SNMP counter (`/proc/net/netstat`, e.g. `MPTcpExt` `AddAddr`) of this namespace.
     pub fn netstat(&self, group: &str, name: &str) -> u64 {
         let counters = self.ns.counters().unwrap_or_else(|e| panic!("{e}"));
@@ -322,6 +336,22 @@ pub fn start_run(ns: &Netns, args: &[&str]) -> Proc {
     run
 }
 
+/// Starts `mptcp-loader run --mode enforce ARGS` in `ns`, recording its drop events into
+/// `scratch` (`--pcap`, `--state-dir`), and waits as [`start_run`] does.
+pub fn start_recording_run(ns: &Netns, args: &[&str], scratch: &Scratch) -> Proc {
+    let (pcap, state_dir) = (scratch.pcap(), scratch.state_dir());
+    let mut all = args.to_vec();
+    all.extend([
+        "--mode",
+        "enforce",
+        "--pcap",
+        &pcap,
+        "--state-dir",
+        &state_dir,
+    ]);
+    start_run(ns, &all)
+}
+
 /// Polls `pred` every 50 ms until it holds; panics with `what` after `timeout`.
 pub fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -375,6 +405,58 @@ pub fn probe_runs(pin: &Path) -> u64 {
     aya::programs::ProgramInfo::from_pin(pin)
         .unwrap()
         .run_count()
+}
+
+/// A temporary directory for a run's pcap (`drops.pcap`) and state directory (`state`),
+/// removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// An empty `mptcp-loader-<tag>-<pid>` in the temporary directory.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mptcp-loader-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// The path for `run --pcap`.
+    pub fn pcap(&self) -> String {
+        self.0.join("drops.pcap").display().to_string()
+    }
+
+    /// The path for `run --state-dir`.
+    pub fn state_dir(&self) -> String {
+        self.0.join("state").display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `tshark -r PCAP -T fields -e FIELD...`: its output, and the fields of each frame.
+pub fn tshark_fields(pcap: &str, fields: &[&str]) -> (String, Vec<Vec<String>>) {
+    let mut cmd = Command::new("tshark");
+    cmd.args(["-r", pcap, "-T", "fields"]);
+    for field in fields {
+        cmd.args(["-e", field]);
+    }
+    let text = output_ok(&mut cmd);
+    let frames = text
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect();
+    (text, frames)
+}
+
+/// Whether tshark's `tcp.options.mptcp.recvtok` shows `token` (hex digits): tshark prints it in
+/// hex or in decimal, by version.
+pub fn recvtok_is(field: &str, token: &str) -> bool {
+    let recvtok = field.trim_start_matches("0x");
+    recvtok == token || recvtok == u32::from_str_radix(token, 16).unwrap().to_string()
 }
 
 /// A bpffs directory for the test's own pins, removed on drop.

@@ -380,8 +380,10 @@ fn counters_of_one_run(ebpf: &Ebpf, prog: &Xdp, frame: &[u8]) -> String {
             .collect()
     };
     let before = read();
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::default()
+    };
     let verdict = prog.test_run(opts).map(|r| r.return_value);
     let moved: Vec<String> = Counter::ALL
         .iter()
@@ -398,26 +400,29 @@ fn run_once(ebpf: &Ebpf, frame: &[u8], expect: u32) {
         .unwrap()
         .try_into()
         .unwrap();
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::default()
+    };
     let r = prog.test_run(opts).expect("test_run");
     assert_eq!(r.return_value, expect, "setup frame");
 }
 
 fn ns_per_packet(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32, expect: u32) -> f64 {
     let prog: &Xdp = ebpf.program(name).unwrap().try_into().unwrap();
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
-    opts.repeat = repeat;
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::default()
+    };
     let r = prog.test_run(opts).expect("test_run");
-    if r.return_value != expect {
-        panic!(
-            "{name} returned {} instead of {expect} on {}; one more run counts {}",
-            r.return_value,
-            frame_summary(frame),
-            counters_of_one_run(ebpf, prog, frame)
-        );
-    }
+    assert!(
+        r.return_value == expect,
+        "{name} returned {} instead of {expect} on {}; one more run counts {}",
+        r.return_value,
+        frame_summary(frame),
+        counters_of_one_run(ebpf, prog, frame)
+    );
     // The kernel reports the mean duration of one run.
     r.duration.as_secs_f64() * 1e9
 }
@@ -430,7 +435,7 @@ fn thread_cpu_seconds() -> f64 {
         tv_nsec: 0,
     };
     // SAFETY: a valid clock id and a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
@@ -476,8 +481,10 @@ fn learn_new_connections(ebpf: &Ebpf, n: u32) -> f64 {
         f.ports = (u16::try_from(10_000 + i % 50_000).unwrap(), 443);
         f.src[3] = u8::try_from(i % 250).unwrap();
         let bytes = f.bytes();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(&bytes);
+        let opts = TestRunOptions {
+            data_in: Some(&bytes),
+            ..TestRunOptions::default()
+        };
         total += prog.test_run(opts).expect("test_run").duration;
     }
     total.as_secs_f64() * 1e9 / f64::from(n)
@@ -496,8 +503,10 @@ fn first_sight_add_addrs(
 ) -> (f64, f64, f64) {
     let time = |name: &str, frame: &[u8], expect: u32| {
         let prog: &Xdp = ebpf.program(name).unwrap().try_into().unwrap();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
         let r = prog.test_run(opts).expect("test_run");
         assert_eq!(r.return_value, expect, "{name}");
         r.duration
@@ -657,10 +666,10 @@ fn write_report(
     writeln!(md, "\n| class | XDP_PASS ns | reference ns | validator ns | ratio to XDP_PASS | ratio to reference | native ns | ratio to native |")?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
     for row in rows {
-        let (n, r) = row.native.map_or(("".into(), "".into()), |n| {
+        let (n, r) = row.native.map_or((String::new(), String::new()), |n| {
             (format!("{n:.1}"), format!("{:.2}", row.prog / n))
         });
-        let (reference, to_reference) = row.reference.map_or(("".into(), "".into()), |x| {
+        let (reference, to_reference) = row.reference.map_or((String::new(), String::new()), |x| {
             (format!("{x:.1}"), format!("{:.2}", row.prog / x))
         });
         writeln!(

@@ -90,16 +90,8 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() -> ExitCode {
-    let result = run();
-    // After Ctrl-C, errors are just children dying: let the signal thread finish and exit.
-    teardown::wait_for_signal_teardown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mptcp-demo: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // After Ctrl-C, errors are just children dying: the signal thread finishes and exits.
+    teardown::exit_code("mptcp-demo", run())
 }
 
 fn run() -> Result<()> {
@@ -130,25 +122,22 @@ fn run() -> Result<()> {
         lab.server.name()
     );
 
-    let running = match &loader {
-        Some(bin) => {
-            println!(
-                "starting {} run --iface {} --mode {}",
-                bin.display(),
-                SERVER_IFACES.join(" --iface "),
-                args.mode.as_str()
-            );
-            let v = Validator::start(&lab.server, bin, &SERVER_IFACES, args.mode)
-                .context("starting the validator")?;
-            for line in v.attach_lines() {
-                println!("  loader: {line}");
-            }
-            Some(v)
+    let running = if let Some(bin) = &loader {
+        println!(
+            "starting {} run --iface {} --mode {}",
+            bin.display(),
+            SERVER_IFACES.join(" --iface "),
+            args.mode.as_str()
+        );
+        let v = Validator::start(&lab.server, bin, &SERVER_IFACES, args.mode)
+            .context("starting the validator")?;
+        for line in v.attach_lines() {
+            println!("  loader: {line}");
         }
-        None => {
-            println!("no validator: this is the baseline (forged ADD_ADDRs reach the server)");
-            None
-        }
+        Some(v)
+    } else {
+        println!("no validator: this is the baseline (forged ADD_ADDRs reach the server)");
+        None
     };
 
     println!(

@@ -61,15 +61,7 @@ const FINISH: Duration = Duration::from_secs(30);
 const USAGE: &str = "usage: mptcp-record --out DIR | --describe-only DIR";
 
 fn main() -> ExitCode {
-    let result = run();
-    teardown::wait_for_signal_teardown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("mptcp-record: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    teardown::exit_code("mptcp-record", run())
 }
 
 fn run() -> Result<()> {

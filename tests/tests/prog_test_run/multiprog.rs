@@ -7,14 +7,18 @@
 //! before verifying); there the component test checks that the loader says so and stops.
 //! `cargo xtask vm-test` sets `MPTCP_TESTS_REQUIRE_FREPLACE=1`: Debian's kernels must accept it.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "libc's C integer types and raw packet bytes, written as C does"
+)]
+
 use aya::programs::{TestRun as _, TestRunOptions};
 use mptcp_common::maps::{Config, MODE_ENFORCE};
 use mptcp_loader::kernel::firewall::xdp_ingress_program;
-use mptcp_loader::{
-    kernel::multiprog::{
-        self, Dispatcher, DispatcherConfig, Slot, DISPATCHER_OBJECT, FIREWALL_SLOT,
-    },
-    LoaderError,
+use mptcp_loader::kernel::{
+    multiprog::{self, Dispatcher, DispatcherConfig, Slot, DISPATCHER_OBJECT, FIREWALL_SLOT},
+    KernelError,
 };
 
 use super::{add_addr_from, mpc_ab, Frame, Validator, XDP_DROP, XDP_PASS};
@@ -73,7 +77,7 @@ fn the_firewall_runs_as_a_dispatcher_component() {
     let mut ebpf =
         multiprog::load_object_as_component(mptcp_loader::EBPF_OBJ).expect("load object");
     let _link = match multiprog::load_component(&mut ebpf, xdp_ingress_program(), &d, 0) {
-        Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
+        Err(KernelError::MultiprogUnsupported { detail }) if !require => {
             assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
             eprintln!("this kernel refuses freplace programs, as the loader says: {detail}");
             return;
@@ -258,7 +262,7 @@ fn in_own_netns_if_chaining(body: fn()) {
         loopback_up();
         let require = std::env::var_os("MPTCP_TESTS_REQUIRE_FREPLACE").is_some();
         match multiprog::probe(mptcp_loader::EBPF_OBJ, DISPATCHER_OBJECT.as_ref()) {
-            Err(LoaderError::MultiprogUnsupported { detail }) if !require => {
+            Err(KernelError::MultiprogUnsupported { detail }) if !require => {
                 assert!(detail.contains("BPF_PROG_TYPE_EXT"), "{detail}");
                 eprintln!("this kernel refuses freplace programs: {detail}");
             }
@@ -516,14 +520,14 @@ impl LoaderRun {
 
     /// Waits for its "attached to lo" line (the verifier is slow under emulation).
     fn wait_attached(&mut self) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_mins(10);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with("attached to lo") => return line,
                 Ok(_) => {}
-                Err(_) => panic!(
-                    "run did not attach: {}",
+                Err(e) => panic!(
+                    "run did not attach ({e}): {}",
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 ),
             }

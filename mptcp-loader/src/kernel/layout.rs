@@ -34,7 +34,9 @@ use crate::{
 /// Bump when the meaning of a shared map's bytes changes without its sizes changing (a field
 /// reordered, a flag bit redefined): runs of different versions then refuse each other's pins.
 /// 2: the layout is read from the object, and the counter array has a capacity.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: key events carry a kind (learned, joined, ended) where they had padding; a run of an
+/// older loader would read queued joins and ends as learned connections.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `bpf_map_type` values of the shared maps.
 pub const BPF_MAP_TYPE_HASH: u32 = 1;

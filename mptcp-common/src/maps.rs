@@ -260,8 +260,9 @@ impl ConnState {
 }
 
 /// `KeyEvent::kind`: the fast path learned a new connection's keys (from an MP_CAPABLE). Zero,
-/// as these bytes were when they were padding: an earlier build's events (queued in a pinned
-/// ring a new run adopts) read as what they were, so the layout version stays.
+/// as these bytes were when they were padding. The pinned layout version was still raised
+/// (`mptcp_loader::kernel::layout::LAYOUT_VERSION` 3): an earlier loader adopting this ring
+/// would read joins and ends as learned connections.
 pub const KEY_EVENT_LEARNED: u8 = 0;
 /// `KeyEvent::kind`: a join's third ACK validated (both ends proved the keys) and its subflow
 /// is tracked as part of the connection whose Key-A is `key_a` (`key_b` is zero). `flow` is the
